@@ -1,0 +1,125 @@
+"""Error hierarchy.
+
+Every error a user can meet derives from :class:`LayerZeroError`, so a server can catch one type at its
+boundary. Errors carry structured data (candidates and reasons, attempts, validation problems) so callers
+and the CLI can render them without parsing messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+
+class LayerZeroError(Exception):
+    """Base class of every LayerZero error."""
+
+
+class KernelNotFoundError(LayerZeroError, KeyError):
+    """A kernel id or alias that the registry does not know."""
+
+    def __init__(self, kernel_id: str, known: Sequence[str] = ()):
+        self.kernel_id = kernel_id
+        self.known = tuple(known)
+        hint = ""
+        if known:
+            import difflib
+
+            close = difflib.get_close_matches(kernel_id, list(known), n=3)
+            if close:
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?"
+        super().__init__(f"unknown kernel {kernel_id!r}{hint}")
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return self.args[0]
+
+
+class BackendUnavailableError(LayerZeroError):
+    """A backend's import probe failed; the reason is the probe's."""
+
+    def __init__(self, backend: str, reason: str):
+        self.backend = backend
+        self.reason = reason
+        super().__init__(f"backend {backend!r} unavailable: {reason}")
+
+
+class NoKernelAvailableError(LayerZeroError):
+    """No candidate can run this call. Lists every candidate with the reason it was rejected."""
+
+    def __init__(self, operation: str, rejections: Sequence[tuple[str, Sequence[str]]], context: Any = None):
+        self.operation = operation
+        self.rejections = tuple((kid, tuple(reasons)) for kid, reasons in rejections)
+        self.context = context
+        lines = [f"no kernel can run operation {operation!r}"]
+        if context is not None:
+            lines[0] += f" for {context}"
+        if not self.rejections:
+            lines.append("  (no kernel is registered for this operation)")
+        for kid, reasons in self.rejections:
+            lines.append(f"  - {kid}: {'; '.join(reasons) or 'rejected'}")
+        lines.append("Fix: relax the policy (locks/denies/allows), install a backend, or register a kernel.")
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class ValidationProblem:
+    """One problem in a config: where (file, dotted field path), what value, what is wrong and the fix."""
+
+    field: str
+    value: Any
+    message: str
+    source: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}{self.field}: {self.message} (got {self.value!r})"
+
+
+class ConfigValidationError(LayerZeroError, ValueError):
+    """A policy or patch config is invalid. Holds every problem found, not just the first."""
+
+    def __init__(self, problems: Sequence[ValidationProblem], source: str | None = None):
+        self.problems = tuple(problems)
+        self.source = source
+        head = f"invalid config{f' {source}' if source else ''}: {len(self.problems)} problem(s)"
+        body = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{head}\n{body}")
+
+
+class KernelExecutionError(LayerZeroError):
+    """A kernel raised, or its output failed the output check."""
+
+    def __init__(self, kernel_id: str, cause: BaseException | str):
+        self.kernel_id = kernel_id
+        self.cause = cause
+        super().__init__(f"kernel {kernel_id!r} failed: {cause}")
+
+
+class CircuitOpenError(LayerZeroError):
+    """Every candidate kernel's circuit breaker is open."""
+
+    def __init__(self, operation: str, kernel_ids: Sequence[str]):
+        self.operation = operation
+        self.kernel_ids = tuple(kernel_ids)
+        super().__init__(
+            f"all circuits open for {operation!r}: {', '.join(self.kernel_ids) or '(none)'}; "
+            "they close again after their cooldown, or reset them with CircuitBreakerManager.reset_all()"
+        )
+
+
+class FallbackChainExhaustedError(LayerZeroError):
+    """Every kernel in the fallback chain failed. `attempts` holds (kernel_id, exception) in call order."""
+
+    def __init__(self, operation: str, attempts: Sequence[tuple[str, BaseException]]):
+        self.operation = operation
+        self.attempts = tuple(attempts)
+        detail = "; ".join(f"{kid}: {type(e).__name__}: {e}" for kid, e in self.attempts)
+        super().__init__(f"all fallbacks failed for {operation!r}: {detail}")
+
+
+class DispatcherFrozenError(LayerZeroError):
+    """A frozen static registry was modified."""
+
+
+class PatchError(LayerZeroError):
+    """A model could not be patched as asked."""

@@ -1,0 +1,126 @@
+"""KernelSpec: one kernel's identity, what it serves, what it can do, and how to call it (lazily)."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from layerzero.operations import CONTRACTS, matches
+from layerzero.registry.constraints import KernelConstraints
+
+if TYPE_CHECKING:
+    from layerzero.registry.backends import BackendRegistry
+    from layerzero.selection.context import SelectionContext
+
+
+class KernelSpec:
+    """A kernel and the truth about it.
+
+    ``impl`` is resolved on first use from ``impl_path`` (``"package.module:function"``) so that listing
+    the catalogue imports no optional backend. ``operations`` may hold globs (``"attention.*"``).
+    ``priority`` orders kernels that pass every check when no policy rule decides (higher wins); it is
+    grounded in measurements (README, "Kernel table").
+    """
+
+    def __init__(
+        self,
+        kernel_id: str,
+        operations: str | tuple[str, ...] | list[str],
+        backend: str,
+        impl: Callable[..., Any] | str | None = None,
+        constraints: KernelConstraints | None = None,
+        priority: int = 50,
+        aliases: tuple[str, ...] | list[str] = (),
+        tags: frozenset[str] | set[str] | tuple[str, ...] = frozenset(),
+        description: str = "",
+    ) -> None:
+        self.kernel_id = kernel_id
+        self.operations = (operations,) if isinstance(operations, str) else tuple(operations)
+        self.backend = backend
+        self.impl_path = impl if isinstance(impl, str) else None
+        self._impl = None if isinstance(impl, str) else impl
+        self.constraints = constraints or KernelConstraints()
+        self.priority = int(priority)
+        self.aliases = tuple(aliases)
+        self.tags = frozenset(tags)
+        self.description = description
+        self._lock = threading.Lock()
+        params: set[str] = set()
+        for op, c in CONTRACTS.items():
+            if self.serves(op):
+                params |= c.parameters
+        self._parameters = frozenset(params)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.kernel_id, *self.aliases)
+
+    def serves(self, operation: str) -> bool:
+        return any(matches(p, operation) for p in self.operations)
+
+    @property
+    def is_reference(self) -> bool:
+        return "reference" in self.tags
+
+    # ------------------------------------------------------------------ calling
+    @property
+    def impl(self) -> Callable[..., Any]:
+        fn = self._impl
+        if fn is None:
+            with self._lock:
+                if self._impl is None:
+                    if self.impl_path is None:
+                        raise RuntimeError(f"kernel {self.kernel_id!r} has no implementation")
+                    module, _, attr = self.impl_path.partition(":")
+                    self._impl = getattr(importlib.import_module(module), attr)
+                fn = self._impl
+        return fn
+
+    def map_arguments(self, inputs: Mapping[str, Any], kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Merge tensors and options into the keyword arguments of the operation's canonical contract.
+
+        Options that the contract does not know (a caller's extra bookkeeping) are dropped so every
+        kernel sees the same, documented signature."""
+        params = self._parameters
+        out = {k: v for k, v in inputs.items() if k in params}
+        if kwargs:
+            for k, v in kwargs.items():
+                if k in params:
+                    out[k] = v
+        return out
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.impl(**kwargs)
+
+    # ------------------------------------------------------------------ checks
+    def check(self, context: "SelectionContext", backends: "BackendRegistry | None" = None) -> list[str]:
+        """Every reason this kernel cannot run the call described by ``context`` (empty: it can)."""
+        reasons: list[str] = []
+        if context.operation is not None and not self.serves(context.operation):
+            reasons.append(f"does not implement {context.operation}")
+        if backends is None:
+            from layerzero.registry import get_global_backend_registry
+
+            backends = get_global_backend_registry()
+        status = backends.status(self.backend)
+        if not status.available:
+            reasons.append(status.reason or f"backend {self.backend} unavailable")
+        reasons.extend(self.constraints.check(context))
+        return reasons
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kernel_id": self.kernel_id,
+            "operations": list(self.operations),
+            "backend": self.backend,
+            "priority": self.priority,
+            "aliases": list(self.aliases),
+            "tags": sorted(self.tags),
+            "constraints": self.constraints.describe(),
+            "description": self.description,
+        }
+
+    def __repr__(self) -> str:
+        return f"KernelSpec({self.kernel_id!r}, backend={self.backend!r}, operations={self.operations})"
