@@ -1,0 +1,9 @@
+"""LayerZero's own Triton kernels (rms_norm, rope, swiglu/geglu).
+
+Importing this package does not import triton; the kernel modules (``rms_norm``, ``rope``, ``swiglu``) do,
+and they are loaded lazily through the catalogue's ``impl`` paths. ``specs.triton_kernels()`` describes them.
+"""
+
+from layerzero.kernels.triton.specs import triton_kernels
+
+__all__ = ["triton_kernels"]

@@ -1,0 +1,127 @@
+"""Catalogue entries for LayerZero's own Triton kernels.
+
+This module must not import triton: the catalogue lists every kernel without touching optional backends,
+and the kernels themselves are imported lazily through their ``impl`` paths on first call.
+
+Why these constraints:
+
+- ``platforms``: CUDA always; CPU only under the Triton interpreter (``TRITON_INTERPRET=1`` set before the
+  kernel module is first imported, because ``@triton.jit`` decides at decoration time whether it builds an
+  interpreted function). The CPU path exists for conformance tests, not speed.
+- ``supports_grad=False``: the kernels are forward-only (inference); a training call with
+  ``requires_grad`` inputs must go to a kernel with a backward.
+- ``supports_compile=True``: the wrappers only read shapes/strides and launch user-defined Triton kernels,
+  which dynamo traces as ``triton_kernel_wrapper_functional`` (checked by ``tests/kernels`` GPU tests with
+  ``torch.compile(fullgraph=True)``).
+- Priorities (higher wins among kernels that pass every check, see README "Kernel table"): set from the
+  H100 bandwidth benchmark ``benchmarks/triton_bandwidth.py`` (results in ``benchmarks/results/``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from layerzero.registry.constraints import KernelConstraints
+from layerzero.registry.kernel_spec import KernelSpec
+
+if TYPE_CHECKING:
+    from layerzero.selection.context import SelectionContext
+
+_DTYPES = frozenset({"float16", "bfloat16", "float32"})
+_PLATFORMS = frozenset({"cuda", "cpu"})
+
+# Priorities, grounded in benchmarks/results/triton_bandwidth_*.md (H100, bf16).
+RMS_NORM_PRIORITY = 60
+ROPE_PRIORITY = 60
+SWIGLU_PRIORITY = 60
+GEGLU_PRIORITY = 60
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton kernels would be built for the CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cpu_needs_interpreter(ctx: "SelectionContext") -> str | None:
+    """triton on cpu needs TRITON_INTERPRET=1"""
+    if ctx.platform == "cpu" and not interpreter_enabled():
+        return "triton on cpu needs TRITON_INTERPRET=1 (set it before the first Triton kernel is imported)"
+    return None
+
+
+def _rope_head_dim(ctx: "SelectionContext") -> str | None:
+    """rotary_dim must be even and <= head_dim"""
+    if ctx.rotary_dim is None:
+        return None
+    if ctx.rotary_dim % 2:
+        return f"rotary_dim {ctx.rotary_dim} is odd (rotation works on pairs; pass an even cos/sin width)"
+    if ctx.head_dim is not None and ctx.rotary_dim > ctx.head_dim:
+        return f"rotary_dim {ctx.rotary_dim} > head_dim {ctx.head_dim}"
+    return None
+
+
+def triton_kernels() -> list[KernelSpec]:
+    """The Triton kernels LayerZero ships (rms_norm, rope, swiglu, geglu)."""
+    base = dict(platforms=_PLATFORMS, dtypes=_DTYPES, supports_grad=False, supports_compile=True)
+    return [
+        KernelSpec(
+            "triton_rms_norm",
+            "rms_norm",
+            backend="triton",
+            impl="layerzero.kernels.triton.rms_norm:rms_norm",
+            constraints=KernelConstraints(
+                **base,
+                casting_modes=frozenset({"llama", "gemma", "none"}),
+                supports_norm_offset=True,
+                supports_fused_residual=True,
+                max_hidden_size=1 << 20,
+                custom=(cpu_needs_interpreter,),
+            ),
+            priority=RMS_NORM_PRIORITY,
+            tags=frozenset({"triton", "fused"}),
+            description="LayerZero Triton RMSNorm: fp32 accumulation, llama/gemma/none casting, weight "
+            "offset, fused residual add (one pass), any leading shape and row stride; forward only.",
+        ),
+        KernelSpec(
+            "triton_rope",
+            "rope",
+            backend="triton",
+            impl="layerzero.kernels.triton.rope:rope",
+            constraints=KernelConstraints(
+                **base,
+                layouts=frozenset({"bhsd", "bshd"}),
+                supports_partial_rotary=True,
+                supports_interleaved=True,
+                supports_gqa=True,
+                max_head_dim=1024,
+                custom=(cpu_needs_interpreter, _rope_head_dim),
+            ),
+            priority=ROPE_PRIORITY,
+            tags=frozenset({"triton", "fused"}),
+            description="LayerZero Triton RoPE: q and k rotated in one launch (GQA), rotate_half or "
+            "interleaved pairs, partial rotary, either layout, strided inputs; new outputs; forward only.",
+        ),
+        KernelSpec(
+            "triton_swiglu",
+            "swiglu",
+            backend="triton",
+            impl="layerzero.kernels.triton.swiglu:swiglu",
+            constraints=KernelConstraints(**base, custom=(cpu_needs_interpreter,)),
+            priority=SWIGLU_PRIORITY,
+            tags=frozenset({"triton", "fused"}),
+            description="LayerZero Triton SwiGLU: silu(gate) * up in fp32, one pass, strided rows "
+            "(e.g. halves of a fused gate_up projection); forward only.",
+        ),
+        KernelSpec(
+            "triton_geglu",
+            "geglu",
+            backend="triton",
+            impl="layerzero.kernels.triton.swiglu:geglu",
+            constraints=KernelConstraints(**base, custom=(cpu_needs_interpreter,)),
+            priority=GEGLU_PRIORITY,
+            tags=frozenset({"triton", "fused"}),
+            description="LayerZero Triton GeGLU: gelu(gate, 'tanh' or 'none') * up in fp32, one pass; "
+            "forward only.",
+        ),
+    ]
