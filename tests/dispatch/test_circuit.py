@@ -1,0 +1,373 @@
+"""Circuit breaker state machine, listeners, manager and thread safety (fake clock: no sleeps).
+
+The seed's "Circuit Breaker Usage" snippets run here in their CPU adaptation (the kernels are small
+torch functions instead of flash-attn)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+import torch
+
+from layerzero.dispatch.circuit import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitBreakerManager,
+    CircuitState,
+    CircuitStats,
+)
+from layerzero.errors import ConfigValidationError
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+def _reference_attention(query, key, value):
+    q, k, v = (t.transpose(1, 2).float() for t in (query, key, value))
+    out = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1) @ v
+    return out.transpose(1, 2).to(query.dtype)
+
+
+# ---------------------------------------------------------------------------- config
+def test_config_defaults_match_seed():
+    c = CircuitBreakerConfig()
+    assert (c.failure_threshold, c.success_threshold, c.cooldown_seconds, c.half_open_max_calls) == (5, 2, 30.0, 3)
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"failure_threshold": 0}, "failure_threshold"),
+        ({"success_threshold": -1}, "success_threshold"),
+        ({"half_open_max_calls": 1.5}, "half_open_max_calls"),
+        ({"cooldown_seconds": -2.0}, "cooldown_seconds"),
+        ({"cooldown_seconds": float("nan")}, "cooldown_seconds"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(kw, field):
+    with pytest.raises(ConfigValidationError) as ei:
+        CircuitBreakerConfig(**kw)
+    assert [p.field for p in ei.value.problems] == [field]
+    assert field in str(ei.value)
+
+
+def test_config_from_dispatch_config():
+    class DC:
+        failure_threshold = 7
+        recovery_timeout_seconds = 12
+    c = CircuitBreakerConfig.from_dispatch_config(DC())
+    assert c.failure_threshold == 7 and c.cooldown_seconds == 12.0 and c.success_threshold == 2
+
+
+# ---------------------------------------------------------------------------- state machine
+def _breaker(**kw):
+    clock = FakeClock()
+    cfg = CircuitBreakerConfig(**{"failure_threshold": 3, "success_threshold": 2, "cooldown_seconds": 10.0,
+                                  "half_open_max_calls": 2, **kw})
+    return CircuitBreaker("k", cfg, clock=clock), clock
+
+
+def test_closed_counts_consecutive_failures_and_success_resets():
+    cb, _ = _breaker()
+    cb.record_failure(RuntimeError("a"))
+    cb.record_failure(RuntimeError("b"))
+    assert cb.failure_count == 2 and cb.state is CircuitState.CLOSED
+    cb.record_success()
+    assert cb.failure_count == 0
+    cb.record_failure()
+    cb.record_failure()
+    assert cb.state is CircuitState.CLOSED  # 2 consecutive < 3
+    cb.record_failure(ValueError("boom"))
+    assert cb.state is CircuitState.OPEN
+    assert cb.failure_count == 3
+    s = cb.stats()
+    assert s.total_failures == 5 and s.times_opened == 1 and s.last_failure == "ValueError: boom"
+
+
+def test_open_rejects_until_cooldown_then_half_open_limits_trials():
+    cb, clock = _breaker()
+    for _ in range(3):
+        cb.record_failure()
+    assert not cb.allow_request()
+    clock.advance(9.99)
+    assert not cb.allow_request()
+    assert cb.time_until_half_open == pytest.approx(0.01)
+    clock.advance(0.01)
+    assert cb.state is CircuitState.HALF_OPEN
+    assert cb.allow_request() and cb.allow_request()
+    assert not cb.allow_request()  # half_open_max_calls=2 trials in flight
+    assert cb.stats().total_rejections == 3
+    cb.record_success()
+    assert cb.state is CircuitState.HALF_OPEN and cb.success_count == 1
+    assert cb.allow_request()  # the finished trial freed its slot
+    cb.record_success()
+    assert cb.state is CircuitState.CLOSED
+    assert cb.failure_count == 0 and cb.success_count == 0
+
+
+def test_half_open_failure_reopens_with_new_cooldown():
+    cb, clock = _breaker()
+    for _ in range(3):
+        cb.record_failure()
+    clock.advance(10)
+    assert cb.allow_request()
+    cb.record_failure(RuntimeError("still broken"))
+    assert cb.state is CircuitState.OPEN
+    clock.advance(9)
+    assert not cb.allow_request()  # the cooldown restarted at the half-open failure
+    clock.advance(1)
+    assert cb.allow_request()
+    assert cb.stats().times_opened == 2
+
+
+def test_lost_half_open_trials_do_not_wedge_the_breaker():
+    cb, clock = _breaker()
+    for _ in range(3):
+        cb.record_failure()
+    clock.advance(10)
+    assert cb.allow_request() and cb.allow_request()  # both trials lost (never reported)
+    assert not cb.allow_request()
+    clock.advance(10)
+    assert cb.allow_request()
+
+
+def test_reset_and_force_open():
+    cb, _ = _breaker()
+    cb.force_open("operator")
+    assert cb.state is CircuitState.OPEN and not cb.allow_request()
+    assert cb.stats().last_failure == "operator"
+    cb.reset()
+    assert cb.state is CircuitState.CLOSED and cb.allow_request()
+
+
+def test_listeners_see_every_transition_in_order_and_errors_are_swallowed(caplog):
+    cb, clock = _breaker()
+    seen: list[tuple[CircuitState, CircuitState]] = []
+
+    def broken(old, new):
+        raise RuntimeError("listener bug")
+
+    cb.add_listener(broken)
+    cb.add_listener(lambda old, new: seen.append((old, new)))
+    with caplog.at_level(logging.ERROR, logger="layerzero.circuit"):
+        for _ in range(3):
+            cb.record_failure()
+        clock.advance(10)
+        assert cb.allow_request()
+        cb.record_failure()
+        clock.advance(10)
+        assert cb.allow_request()
+        cb.record_success()
+        cb.record_success()
+    C, O, H = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+    assert seen == [(C, O), (O, H), (H, O), (O, H), (H, C)]
+    assert sum("listener bug" in r.exc_text for r in caplog.records if r.exc_text) == 5
+
+
+def test_listener_may_call_back_into_the_breaker():
+    cb, _ = _breaker()
+    seen = []
+
+    def reopen_then_reset(old, new):
+        seen.append(new)
+        if new is CircuitState.OPEN:
+            cb.reset()  # re-entrant: must not deadlock
+
+    cb.add_listener(reopen_then_reset)
+    for _ in range(3):
+        cb.record_failure()
+    assert seen == [CircuitState.OPEN, CircuitState.CLOSED]
+    assert cb.state is CircuitState.CLOSED
+
+
+def test_stats_dict_is_plain():
+    cb, _ = _breaker()
+    cb.record_failure(KeyError("x"))
+    d = cb.stats().as_dict()
+    assert d["state"] == "CLOSED" and d["failure_count"] == 1 and d["kernel_id"] == "k"
+
+
+# ---------------------------------------------------------------------------- threads
+def test_concurrent_failures_open_exactly_once_and_transitions_are_ordered():
+    clock = FakeClock()
+    cb = CircuitBreaker("k", CircuitBreakerConfig(failure_threshold=50, cooldown_seconds=5), clock=clock)
+    seen = []
+    cb.add_listener(lambda o, n: seen.append((o, n)))
+    barrier = threading.Barrier(8)
+
+    def worker():
+        barrier.wait()
+        for _ in range(200):
+            if cb.allow_request():
+                cb.record_failure()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s = cb.stats()
+    assert s.state is CircuitState.OPEN and s.times_opened == 1
+    assert seen == [(CircuitState.CLOSED, CircuitState.OPEN)]
+    # Every call either ran (and failed) or was rejected; none is lost.
+    assert s.total_failures + s.total_rejections == 8 * 200
+
+
+def test_concurrent_half_open_admits_at_most_max_calls():
+    clock = FakeClock()
+    cb = CircuitBreaker("k", CircuitBreakerConfig(failure_threshold=1, half_open_max_calls=3, cooldown_seconds=1),
+                        clock=clock)
+    cb.record_failure()
+    clock.advance(1)
+    admitted = []
+    barrier = threading.Barrier(8)
+
+    def worker():
+        barrier.wait()
+        admitted.append(cb.allow_request())
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 3
+
+
+# ---------------------------------------------------------------------------- manager
+def test_manager_creates_one_breaker_per_kernel_with_defaults_and_overrides():
+    clock = FakeClock()
+    m = CircuitBreakerManager(CircuitBreakerConfig(failure_threshold=2, cooldown_seconds=5), clock=clock)
+    a = m.get_circuit("a")
+    assert m.get_circuit("a") is a and "a" in m and len(m) == 1
+    m.configure("b", CircuitBreakerConfig(failure_threshold=1))
+    m.get_circuit("b").record_failure()
+    assert m.is_open("b") and not m.is_open("a") and not m.is_open("never-seen")
+    assert m.allow_request("never-seen") and not m.allow_request("b")
+    assert m.open_circuits() == ["b"]
+    clock.advance(30)
+    assert not m.is_open("b")  # cooldown elapsed: HALF_OPEN, not rejected
+    assert m.get_circuit("b").state is CircuitState.HALF_OPEN
+
+
+def test_manager_listener_reaches_existing_and_future_circuits():
+    m = CircuitBreakerManager(CircuitBreakerConfig(failure_threshold=1))
+    m.get_circuit("old")
+    seen = []
+    m.add_listener(lambda kid, o, n: seen.append((kid, n)))
+    m.get_circuit("old").record_failure()
+    m.get_circuit("new").record_failure()
+    assert seen == [("old", CircuitState.OPEN), ("new", CircuitState.OPEN)]
+
+
+def test_manager_concurrent_get_circuit_is_unique():
+    m = CircuitBreakerManager()
+    got = []
+    barrier = threading.Barrier(8)
+
+    def worker():
+        barrier.wait()
+        got.append(m.get_circuit("shared"))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(c) for c in got}) == 1
+
+
+# ---------------------------------------------------------------------------- seed snippets (CPU)
+def test_seed_basic_circuit_breaker():
+    config = CircuitBreakerConfig(
+        failure_threshold=5,
+        success_threshold=2,
+        cooldown_seconds=30.0,
+        half_open_max_calls=3,
+    )
+    circuit = CircuitBreaker("flash_attn_v2_attention", config)
+    q = k = v = torch.randn(1, 4, 2, 8)
+    kwargs = dict(query=q, key=k, value=v)
+
+    def kernel_impl(**kw):  # a kernel that fails on this input (e.g. unsupported dtype)
+        raise RuntimeError("FlashAttention only supports fp16 and bf16")
+
+    fallback_kernel = _reference_attention
+    results = []
+    for _ in range(7):
+        if circuit.allow_request():
+            try:
+                result = kernel_impl(**kwargs)
+                circuit.record_success()
+            except Exception as e:
+                circuit.record_failure(e)
+                result = fallback_kernel(**kwargs)
+        else:
+            result = fallback_kernel(**kwargs)
+        results.append(result)
+    assert circuit.state is CircuitState.OPEN
+    assert str(circuit.state) == "OPEN"
+    assert circuit.failure_count == 5 and circuit.success_count == 0
+    assert circuit.stats().total_rejections == 2
+    for r in results:
+        torch.testing.assert_close(r, _reference_attention(q, k, v))
+
+
+def test_seed_state_listener():
+    circuit = CircuitBreaker("my-kernel", CircuitBreakerConfig(failure_threshold=1, cooldown_seconds=0.0))
+    alerts = []
+
+    def on_state_change(old_state: CircuitState, new_state: CircuitState):
+        if new_state == CircuitState.OPEN:
+            alerts.append(f"Circuit opened for {circuit.kernel_id}")
+        elif new_state == CircuitState.CLOSED:
+            alerts.append(f"Circuit recovered for {circuit.kernel_id}")
+
+    circuit.add_listener(on_state_change)
+    circuit.record_failure(RuntimeError("x"))
+    assert circuit.allow_request()  # cooldown 0: straight to a half-open trial
+    circuit.record_success()
+    circuit.record_success()
+    assert alerts == ["Circuit opened for my-kernel", "Circuit recovered for my-kernel"]
+
+
+def test_seed_manager():
+    manager = CircuitBreakerManager(
+        default_config=CircuitBreakerConfig(failure_threshold=5, cooldown_seconds=30.0)
+    )
+    circuit = manager.get_circuit("flash_attn_v2_attention")
+    calls = []
+
+    def execute_kernel():
+        calls.append(1)
+        raise RuntimeError("CUDA error: no kernel image is available")
+
+    for _ in range(6):
+        if circuit.allow_request():
+            try:
+                execute_kernel()
+                circuit.record_success()
+            except Exception as e:
+                circuit.record_failure(e)
+    assert len(calls) == 5
+    stats = manager.get_all_stats()
+    assert set(stats) == {"flash_attn_v2_attention"}
+    s = stats["flash_attn_v2_attention"]
+    assert isinstance(s, CircuitStats)
+    assert s.state.name == "OPEN" and s.failure_count == 5
+    assert "no kernel image" in s.last_failure
+    manager.reset_circuit("flash_attn_v2_attention")
+    assert circuit.state is CircuitState.CLOSED
+    circuit.record_failure()
+    manager.reset_all()
+    assert circuit.failure_count == 0
