@@ -1,0 +1,14 @@
+"""LayerZero: the fastest correct kernel for every attention, norm, RoPE and activation call.
+
+Importing this package imports no optional backend (flash-attn, FlashInfer, xFormers, Liger, Triton);
+backends are probed on first use. Sub-packages: ``registry``, ``selection``, ``policy``, ``dispatch``,
+``kernels``, ``telemetry``, ``ops`` (the functional API patched models call).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from layerzero.errors import LayerZeroError  # noqa: E402
+
+__all__ = ["LayerZeroError", "__version__"]

@@ -1,0 +1,68 @@
+"""Dispatch: run an operation with the kernel chosen for the call, with fallbacks and telemetry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from layerzero.dispatch.api import dispatch, get_global_dispatcher, get_global_orchestrator, set_global_orchestrator
+from layerzero.dispatch.dynamic import DynamicDispatcher
+from layerzero.dispatch.orchestrator import DispatchOrchestrator, create_orchestrator
+from layerzero.dispatch.protocols import BaseDispatcher
+from layerzero.dispatch.static import StaticDispatcher, StaticDispatcherBuilder, StaticKernelRegistry
+from layerzero.dispatch.types import DispatchConfig, DispatchMode, DispatchResult, DispatchTiming
+from layerzero.errors import (
+    CircuitOpenError,
+    ConfigValidationError,
+    FallbackChainExhaustedError,
+    KernelExecutionError,
+    LayerZeroError,
+    NoKernelAvailableError,
+)
+
+_LAZY = {
+    "CircuitBreaker": "layerzero.dispatch.circuit",
+    "CircuitBreakerConfig": "layerzero.dispatch.circuit",
+    "CircuitBreakerManager": "layerzero.dispatch.circuit",
+    "CircuitState": "layerzero.dispatch.circuit",
+    "HotReloadDispatcher": "layerzero.dispatch.hot_reload",
+    "ConfigVersion": "layerzero.dispatch.hot_reload",
+    "create_hot_reload_dispatcher": "layerzero.dispatch.hot_reload",
+    "AutotuneDispatcher": "layerzero.dispatch.autotune",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'layerzero.dispatch' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "BaseDispatcher",
+    "CircuitOpenError",
+    "ConfigValidationError",
+    "DispatchConfig",
+    "DispatchMode",
+    "DispatchOrchestrator",
+    "DispatchResult",
+    "DispatchTiming",
+    "DynamicDispatcher",
+    "FallbackChainExhaustedError",
+    "KernelExecutionError",
+    "LayerZeroError",
+    "NoKernelAvailableError",
+    "StaticDispatcher",
+    "StaticDispatcherBuilder",
+    "StaticKernelRegistry",
+    "create_orchestrator",
+    "dispatch",
+    "get_global_dispatcher",
+    "get_global_orchestrator",
+    "set_global_orchestrator",
+    *_LAZY,
+]

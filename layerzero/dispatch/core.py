@@ -1,0 +1,260 @@
+"""The shared hot path of the built-in dispatchers: key -> cached plan -> run -> result.
+
+A cached dispatch builds one key tuple from tensor metadata, does one dict lookup, checks the primary
+kernel's circuit and calls it. Everything else (building a SelectionContext, ranking, fallbacks, error
+reports, selection-change logging) happens only on a miss or a failure.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+
+from layerzero.dispatch.protocols import BaseDispatcher
+from layerzero.dispatch.types import DispatchConfig, DispatchMode, DispatchResult, DispatchTiming
+from layerzero.errors import CircuitOpenError, FallbackChainExhaustedError, KernelExecutionError
+from layerzero.selection.context import SelectionContext, default_is_causal
+from layerzero.selection.engine import Explanation, Plan, SelectionEngine
+from layerzero.selection.keys import make_keyer
+
+if TYPE_CHECKING:
+    from layerzero.dispatch.circuit import CircuitBreakerManager
+    from layerzero.registry import BackendRegistry, KernelRegistry, KernelSpec
+    from layerzero.telemetry import DispatchTelemetry
+
+
+class SelectionState:
+    """An engine and the key function that matches its buckets. Swapped as one reference."""
+
+    __slots__ = ("engine", "keyer", "version")
+
+    def __init__(self, engine: SelectionEngine, version: Any = None):
+        self.engine = engine
+        self.keyer = make_keyer(engine.bucketers)
+        self.version = version
+
+
+def expected_output_check(operation: str, inputs: Mapping[str, Any], out: Any) -> str | None:
+    """Why an output is wrong (shape, dtype, NaN/Inf), or None. Used when ``check_outputs`` is on."""
+    tensors = out if isinstance(out, tuple) else (out,)
+    if operation.startswith("attention"):
+        q, v = inputs["query"], inputs["value"]
+        expected = [(tuple(q.shape[:-1]) + (v.shape[-1],), q.dtype)]
+    elif operation in ("rms_norm", "layer_norm"):
+        x = inputs["x"]
+        expected = [(tuple(x.shape), x.dtype)] * len(tensors)
+    elif operation == "rope":
+        expected = [(tuple(inputs["q"].shape), inputs["q"].dtype), (tuple(inputs["k"].shape), inputs["k"].dtype)]
+    elif operation in ("swiglu", "geglu"):
+        g = inputs["gate"]
+        expected = [(tuple(g.shape), g.dtype)]
+    else:
+        expected = []
+    if expected and len(tensors) != len(expected):
+        return f"returned {len(tensors)} tensors, expected {len(expected)}"
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            return f"output {i} is {type(t).__name__}, not a tensor"
+        if expected:
+            shape, dtype = expected[i]
+            if tuple(t.shape) != shape:
+                return f"output {i} has shape {tuple(t.shape)}, expected {shape}"
+            if t.dtype != dtype:
+                return f"output {i} has dtype {t.dtype}, expected {dtype}"
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"output {i} contains NaN or Inf"
+    return None
+
+
+class PlannedDispatcher(BaseDispatcher):
+    """Base of the dynamic, static, hot-reload and autotune dispatchers."""
+
+    def __init__(
+        self,
+        config: DispatchConfig | None = None,
+        kernel_registry: "KernelRegistry | None" = None,
+        backend_registry: "BackendRegistry | None" = None,
+        circuits: "CircuitBreakerManager | None" = None,
+        telemetry: "DispatchTelemetry | None" = None,
+    ):
+        from layerzero.registry import get_global_backend_registry, get_global_kernel_registry
+
+        self.config = config or DispatchConfig()
+        self.kernel_registry = kernel_registry or get_global_kernel_registry()
+        self.backend_registry = backend_registry or get_global_backend_registry()
+        if circuits is None and self.config.circuit_breaker_enabled:
+            from layerzero.dispatch.circuit import CircuitBreakerConfig, CircuitBreakerManager
+
+            circuits = CircuitBreakerManager(
+                CircuitBreakerConfig(
+                    failure_threshold=self.config.failure_threshold,
+                    success_threshold=self.config.success_threshold,
+                    cooldown_seconds=self.config.recovery_timeout_seconds,
+                    half_open_max_calls=self.config.half_open_max_calls,
+                )
+            )
+        self.circuits = circuits if self.config.circuit_breaker_enabled else None
+        if telemetry is None and self.config.enable_telemetry:
+            from layerzero.telemetry import DispatchTelemetry
+
+            telemetry = DispatchTelemetry()
+        self.telemetry = telemetry if self.config.enable_telemetry else None
+        self._state: SelectionState = self._build_state()
+
+    # ------------------------------------------------------------------ to override
+    def _build_engine(self) -> SelectionEngine:
+        raise NotImplementedError
+
+    def _build_state(self, version: Any = None) -> SelectionState:
+        return SelectionState(self._build_engine(), version)
+
+    # ------------------------------------------------------------------ public
+    @property
+    def engine(self) -> SelectionEngine:
+        return self._state.engine
+
+    def refresh(self) -> None:
+        """Rebuild selection after the kernel catalogue changed (new kernels registered)."""
+        self._state = self._build_state(self._state.version)
+
+    def explain(self, operation: str, context: SelectionContext | None = None, **facts: Any) -> Explanation:
+        ctx = context if context is not None else SelectionContext(operation=operation, **facts)
+        return self._state.engine.explain(operation, ctx)
+
+    def get_kernel_for_operation(self, operation: str, context: SelectionContext) -> "KernelSpec":
+        return self._state.engine.select(operation, context)
+
+    def select(self, operation: str, inputs: Mapping[str, Any], **kwargs: Any) -> "KernelSpec":
+        """The kernel a call with these inputs would run first (uses and fills the cache)."""
+        return self._plan_for(self._state, operation, inputs, None, kwargs)[0].primary
+
+    def dispatch(
+        self,
+        operation: str,
+        inputs: Mapping[str, Any],
+        context: SelectionContext | None = None,
+        **kwargs: Any,
+    ) -> DispatchResult:
+        t0 = perf_counter_ns()
+        state = self._state  # read once: the whole call runs under one policy version
+        if operation.startswith("attention") and "is_causal" not in kwargs:
+            kwargs["is_causal"] = context.is_causal if context is not None else default_is_causal(operation)
+        plan, hit = self._plan_for(state, operation, inputs, context, kwargs)
+        t1 = perf_counter_ns()
+        spec = plan.kernels[0]
+        circuits = self.circuits
+        if circuits is None or circuits.get_circuit(spec.kernel_id).allow_request():
+            try:
+                out = spec.impl(**spec.map_arguments(inputs, kwargs))
+                if self.config.check_outputs:
+                    problem = expected_output_check(operation, inputs, out)
+                    if problem is not None:
+                        raise KernelExecutionError(spec.kernel_id, problem)
+            except Exception as exc:  # noqa: BLE001 - any kernel failure goes to the fallback path
+                return self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [(spec.kernel_id, exc)])
+            if circuits is not None:
+                circuits.get_circuit(spec.kernel_id).record_success()
+            t2 = perf_counter_ns()
+            telemetry = self.telemetry
+            if telemetry is not None:
+                telemetry.record(operation, spec.kernel_id, t2 - t0, hit, False)
+            if self.config.record_timing:
+                return DispatchResult(out, spec.kernel_id, DispatchTiming(t2 - t0, t1 - t0, t2 - t1), False, hit, operation)
+            return DispatchResult(out, spec.kernel_id, cache_hit=hit, operation=operation)
+        return self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [], skipped=[spec.kernel_id])
+
+    # ------------------------------------------------------------------ internals
+    def _plan_for(
+        self,
+        state: SelectionState,
+        operation: str,
+        inputs: Mapping[str, Any],
+        context: SelectionContext | None,
+        kwargs: Mapping[str, Any],
+    ) -> tuple[Plan, bool]:
+        engine = state.engine
+        if context is None:
+            key = state.keyer(operation, inputs, kwargs)
+        else:
+            key = (operation, engine.bucket_context(context))
+        plan = engine.lookup(key)
+        if plan is not None:
+            return plan, True
+        engine.misses += 1
+        ctx = context if context is not None else SelectionContext.from_inputs(operation, inputs, **kwargs)
+        if ctx.operation != operation:
+            ctx = ctx.replace(operation=operation)
+        plan = self._make_plan(engine, operation, ctx, inputs, kwargs)
+        engine.store(key, plan)
+        if self.telemetry is not None:
+            self.telemetry.record_selection(operation, plan.primary.kernel_id, ctx)
+        return plan, False
+
+    def _make_plan(
+        self, engine: SelectionEngine, operation: str, ctx: SelectionContext, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]
+    ) -> Plan:
+        return engine.plan(operation, ctx)
+
+    def _recover(
+        self,
+        plan: Plan,
+        operation: str,
+        inputs: Mapping[str, Any],
+        kwargs: Mapping[str, Any],
+        t0: int,
+        t1: int,
+        hit: bool,
+        attempts: list[tuple[str, BaseException]],
+        skipped: list[str] | None = None,
+    ) -> DispatchResult:
+        """Slow path: record the failure, then walk the fallback order under the circuit breakers."""
+        skipped = list(skipped or [])
+        circuits = self.circuits
+        telemetry = self.telemetry
+        for kid, exc in attempts:
+            if circuits is not None:
+                circuits.get_circuit(kid).record_failure(exc)
+            if telemetry is not None:
+                telemetry.record_failure(operation, kid, exc)
+        if not self.config.enable_fallback:
+            if attempts:
+                raise attempts[0][1]
+            raise CircuitOpenError(operation, skipped)
+        budget = self.config.max_fallback_attempts
+        for spec in plan.kernels[1:]:
+            if budget <= 0:
+                break
+            if circuits is not None and not circuits.get_circuit(spec.kernel_id).allow_request():
+                skipped.append(spec.kernel_id)
+                continue
+            budget -= 1
+            try:
+                out = spec.impl(**spec.map_arguments(inputs, kwargs))
+                if self.config.check_outputs:
+                    problem = expected_output_check(operation, inputs, out)
+                    if problem is not None:
+                        raise KernelExecutionError(spec.kernel_id, problem)
+            except Exception as exc:  # noqa: BLE001
+                attempts.append((spec.kernel_id, exc))
+                if circuits is not None:
+                    circuits.get_circuit(spec.kernel_id).record_failure(exc)
+                if telemetry is not None:
+                    telemetry.record_failure(operation, spec.kernel_id, exc)
+                continue
+            if circuits is not None:
+                circuits.get_circuit(spec.kernel_id).record_success()
+            t2 = perf_counter_ns()
+            failed = tuple(k for k, _ in attempts) + tuple(skipped)
+            if telemetry is not None:
+                telemetry.record(operation, spec.kernel_id, t2 - t0, hit, True, failed)
+            return DispatchResult(
+                out, spec.kernel_id, DispatchTiming(t2 - t0, t1 - t0, t2 - t1), True, hit, operation, failed
+            )
+        if not attempts:
+            raise CircuitOpenError(operation, skipped)
+        raise FallbackChainExhaustedError(operation, attempts)
+
+
+__all__ = ["PlannedDispatcher", "SelectionState", "expected_output_check", "DispatchMode"]

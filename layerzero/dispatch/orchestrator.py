@@ -1,0 +1,154 @@
+"""The orchestrator: one entry point over the dispatchers of each mode, sharing breakers and telemetry."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Mapping
+
+from layerzero.dispatch.protocols import BaseDispatcher
+from layerzero.dispatch.types import DispatchConfig, DispatchMode, DispatchResult
+
+if TYPE_CHECKING:
+    from layerzero.policy import Policy
+    from layerzero.registry import BackendRegistry, KernelRegistry, KernelSpec
+    from layerzero.selection import SelectionContext
+    from layerzero.selection.engine import Explanation
+    from layerzero.telemetry import TelemetrySnapshot
+
+
+class DispatchOrchestrator:
+    """Routes each call to the dispatcher of its mode (``config.mode`` unless the call says otherwise).
+
+    Dispatchers are created on first use and share one circuit-breaker manager and one telemetry
+    recorder, so a kernel that fails under the dynamic dispatcher is also avoided by the static one."""
+
+    def __init__(
+        self,
+        config: DispatchConfig | None = None,
+        kernel_registry: "KernelRegistry | None" = None,
+        backend_registry: "BackendRegistry | None" = None,
+        policy: "Policy | None" = None,
+    ):
+        from layerzero.registry import get_global_backend_registry, get_global_kernel_registry
+
+        self.config = config or DispatchConfig()
+        self.kernel_registry = kernel_registry or get_global_kernel_registry()
+        self.backend_registry = backend_registry or get_global_backend_registry()
+        self._policy = policy
+        self.circuits = None
+        if self.config.circuit_breaker_enabled:
+            from layerzero.dispatch.circuit import CircuitBreakerConfig, CircuitBreakerManager
+
+            self.circuits = CircuitBreakerManager(
+                CircuitBreakerConfig(
+                    failure_threshold=self.config.failure_threshold,
+                    success_threshold=self.config.success_threshold,
+                    cooldown_seconds=self.config.recovery_timeout_seconds,
+                    half_open_max_calls=self.config.half_open_max_calls,
+                )
+            )
+        from layerzero.telemetry import DispatchTelemetry
+
+        self.telemetry = DispatchTelemetry(enabled=self.config.enable_telemetry)
+        self._dispatchers: dict[DispatchMode, BaseDispatcher] = {}
+        self._lock = threading.Lock()
+        self._default: BaseDispatcher = self.get_dispatcher(self.config.mode)
+
+    # ------------------------------------------------------------------ dispatchers
+    def register_dispatcher(self, mode: DispatchMode, dispatcher: BaseDispatcher) -> None:
+        if not isinstance(dispatcher, BaseDispatcher) and not callable(getattr(dispatcher, "dispatch", None)):
+            raise TypeError(f"register_dispatcher: {dispatcher!r} has no dispatch() method")
+        with self._lock:
+            self._dispatchers[mode] = dispatcher
+            if mode == self.config.mode:
+                self._default = dispatcher
+
+    def get_dispatcher(self, mode: DispatchMode | None = None) -> BaseDispatcher:
+        mode = self.config.mode if mode is None else mode
+        d = self._dispatchers.get(mode)
+        if d is None:
+            with self._lock:
+                d = self._dispatchers.get(mode)
+                if d is None:
+                    d = self._create(mode)
+                    self._dispatchers[mode] = d
+        return d
+
+    def _create(self, mode: DispatchMode) -> BaseDispatcher:
+        shared: dict[str, Any] = dict(
+            kernel_registry=self.kernel_registry,
+            backend_registry=self.backend_registry,
+            circuits=self.circuits,
+            telemetry=self.telemetry,
+        )
+        if mode is DispatchMode.STATIC:
+            from layerzero.dispatch.static import StaticDispatcher
+
+            return StaticDispatcher(self.config, **shared)
+        if mode is DispatchMode.HOT_RELOAD:
+            from layerzero.dispatch.hot_reload import HotReloadDispatcher
+
+            return HotReloadDispatcher(self.config, **shared)
+        if mode is DispatchMode.AUTOTUNE:
+            from layerzero.dispatch.autotune import AutotuneDispatcher
+
+            return AutotuneDispatcher(self.config, policy=self._policy, **shared)
+        from layerzero.dispatch.dynamic import DynamicDispatcher
+
+        return DynamicDispatcher(self.config, policy=self._policy, **shared)
+
+    # ------------------------------------------------------------------ calls
+    def dispatch(
+        self,
+        operation: str,
+        inputs: Mapping[str, Any],
+        context: "SelectionContext | None" = None,
+        mode: DispatchMode | None = None,
+        **kwargs: Any,
+    ) -> DispatchResult:
+        d = self._default if mode is None else self.get_dispatcher(mode)
+        return d.dispatch(operation, inputs, context, **kwargs)
+
+    def select(self, operation: str, inputs: Mapping[str, Any], mode: DispatchMode | None = None, **kwargs: Any) -> "KernelSpec":
+        d = self.get_dispatcher(mode)
+        return d.select(operation, inputs, **kwargs)  # type: ignore[attr-defined]
+
+    def explain(
+        self, operation: str, context: "SelectionContext | None" = None, mode: DispatchMode | None = None, **facts: Any
+    ) -> "Explanation":
+        d = self.get_dispatcher(mode)
+        explain = getattr(d, "explain", None)
+        if explain is None:
+            raise TypeError(f"{type(d).__name__} cannot explain its choices")
+        return explain(operation, context, **facts)
+
+    @property
+    def policy(self) -> "Policy | None":
+        return getattr(self.get_dispatcher(DispatchMode.DYNAMIC), "policy", None)
+
+    def set_policy(self, policy: "Policy") -> None:
+        """Swap the policy of the policy-driven dispatchers (dynamic, autotune) atomically."""
+        self._policy = policy
+        for d in list(self._dispatchers.values()):
+            setter = getattr(d, "set_policy", None)
+            if setter is not None:
+                setter(policy)
+
+    def refresh(self) -> None:
+        """Re-read the kernel catalogue (after registering kernels at run time)."""
+        for d in list(self._dispatchers.values()):
+            refresh = getattr(d, "refresh", None)
+            if refresh is not None:
+                refresh()
+
+    def get_telemetry(self) -> "TelemetrySnapshot":
+        return self.telemetry.snapshot()
+
+
+def create_orchestrator(
+    config: DispatchConfig | None = None,
+    kernel_registry: "KernelRegistry | None" = None,
+    backend_registry: "BackendRegistry | None" = None,
+    policy: "Policy | None" = None,
+) -> DispatchOrchestrator:
+    return DispatchOrchestrator(config, kernel_registry, backend_registry, policy)

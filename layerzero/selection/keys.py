@@ -1,0 +1,112 @@
+"""Cheap cache keys for a call, read from tensor metadata without building a SelectionContext.
+
+The key holds every fact a kernel constraint or a policy condition can look at, with varying sizes
+bucketed (:mod:`layerzero.selection.buckets`), so a cache hit is always right for the call it serves.
+Building one costs about a microsecond in CPython: tuple of ints, dtypes and devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable, Mapping
+
+import torch
+
+from layerzero.selection.buckets import Bucketer
+
+Keyer = Callable[[str, Mapping[str, Any], Mapping[str, Any]], Hashable]
+_grad_enabled = torch.is_grad_enabled
+
+
+def make_keyer(bucketers: Mapping[str, Bucketer]) -> Keyer:
+    bq = bucketers["seq_len_q"]
+    bk = bucketers["seq_len_k"]
+    bb = bucketers["batch_size"]
+
+    def attention_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
+        q = inputs["query"]
+        k = inputs["key"]
+        qs = q.shape
+        ks = k.shape
+        mask = kw.get("attn_mask")
+        if mask is None:
+            mask = inputs.get("attn_mask")
+        sinks = kw.get("sinks")
+        return (
+            op, bb(qs[0]), bq(qs[1]), qs[2], qs[3], bk(ks[1]), ks[2], inputs["value"].shape[-1],
+            q.dtype, q.device, kw.get("is_causal"), None if mask is None else mask.dtype,
+            bool(kw.get("dropout_p")), kw.get("sliding_window"), kw.get("softcap"),
+            sinks is not None or inputs.get("sinks") is not None,
+            q.requires_grad and _grad_enabled(), q.stride(-1) == 1,
+        )
+
+    def norm_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
+        x = inputs["x"]
+        h = x.shape[-1]
+        return (
+            op, bb(x.numel() // h if h else 0), h, x.dtype, x.device, kw.get("offset"), kw.get("casting"),
+            kw.get("residual") is not None or inputs.get("residual") is not None,
+            x.requires_grad and _grad_enabled(), x.is_contiguous(),
+        )
+
+    def rope_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
+        q = inputs["q"]
+        k = inputs["k"]
+        layout = kw.get("layout", "bhsd")
+        qs = q.shape
+        if layout == "bhsd":
+            shape = (qs[0], qs[1], bq(qs[2]), qs[3], k.shape[1])
+        else:
+            shape = (qs[0], bq(qs[1]), qs[2], qs[3], k.shape[2])
+        return (
+            op, shape, inputs["cos"].shape[-1], layout, kw.get("interleaved"), q.dtype, q.device,
+            q.requires_grad and _grad_enabled(), q.is_contiguous(),
+        )
+
+    def act_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
+        g = inputs["gate"]
+        h = g.shape[-1]
+        return (
+            op, bb(g.numel() // h if h else 0), h, g.dtype, g.device, kw.get("approximate"),
+            g.requires_grad and _grad_enabled(), g.is_contiguous(),
+        )
+
+    def generic_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
+        parts: list[Hashable] = [op]
+        for name, t in inputs.items():
+            if isinstance(t, torch.Tensor):
+                parts.append((name, tuple(t.shape), t.dtype, t.device, t.requires_grad))
+            else:
+                parts.append((name, _hashable(t)))
+        parts.append(tuple(sorted((k, _hashable(v)) for k, v in kw.items())))
+        return tuple(parts)
+
+    by_op: dict[str, Keyer] = {
+        "attention.causal": attention_key,
+        "attention.prefill": attention_key,
+        "attention.cross": attention_key,
+        "attention.decode": attention_key,
+        "rms_norm": norm_key,
+        "layer_norm": norm_key,
+        "rope": rope_key,
+        "swiglu": act_key,
+        "geglu": act_key,
+    }
+
+    def keyer(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
+        fn = by_op.get(op, generic_key)
+        try:
+            return fn(op, inputs, kw)
+        except (KeyError, IndexError, AttributeError):
+            return generic_key(op, inputs, kw)
+
+    return keyer
+
+
+def _hashable(v: Any) -> Hashable:
+    if isinstance(v, torch.Tensor):
+        return ("tensor", tuple(v.shape), v.dtype, v.device)
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return repr(v)
