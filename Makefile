@@ -1,0 +1,37 @@
+# Two entry points (README): `make demo` and `make test`. Each creates .venv on first use.
+# No GPU -> the CPU build of torch 2.13.0 is installed first (a plain `torch` would pull a multi-GB CUDA build).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH_SPEC := $(if $(HAS_CUDA),torch,torch==2.13.0)
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-quick test-vllm bench-overhead clean
+
+$(VENV)/.base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -c requirements-dev.lock -e ".[hf]"
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base requirements-dev.lock
+	$(PIP) install -q -c requirements-dev.lock -e ".[hf,dev,triton]"
+	touch $@
+
+demo: $(VENV)/.base
+	$(PY) examples/quickstart.py
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench-overhead: $(VENV)/.base
+	$(PY) benchmarks/dispatch_overhead.py
+
+test-vllm:
+	bash scripts/test_vllm.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
