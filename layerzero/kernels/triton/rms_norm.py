@@ -1,0 +1,226 @@
+"""RMSNorm (optionally fused with the residual add) as one Triton pass over the rows.
+
+Why a kernel of our own: HF's eager RMSNorm moves the tensor through memory about five times (upcast,
+square, mean, scale, cast, weight multiply); this kernel reads ``x`` (and ``residual``) once and writes
+the output (and ``x + residual``) once, with fp32 accumulation whatever the input dtype.
+
+Casting modes follow the operation contract (``layerzero/operations.py``):
+
+- ``"llama"``: ``(offset + w) * (x * rstd).to(dtype)`` — the normalised row is rounded to the input dtype
+  before the weight multiply, exactly like ``LlamaRMSNorm``;
+- ``"gemma"``: ``(x * rstd * (offset + w.float())).to(dtype)`` — one rounding at the end;
+- ``"none"``: the caller asks for no fp32 upcast; the kernel still accumulates in fp32 (it costs nothing
+  in a bandwidth-bound kernel and is closer to the fp32 reference), rounding like ``"llama"``.
+
+With ``residual`` the sum ``x + residual`` is rounded to the input dtype (what an eager ``x + residual``
+produces), written out, and that rounded sum is what gets normalised.
+
+Layout: rows are the last dimension; any leading shape is flattened to rows through a view when the
+strides allow (no copy for slices with a row stride), else through ``reshape``. Small rows are packed
+several to a program so each program moves enough bytes; rows too long for registers take a two-pass
+loop (sum of squares, then scale) whose second read mostly hits L2.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_CASTING = {"llama": 0, "gemma": 1, "none": 0}
+# Rows up to this many elements (rounded up to a power of two) stay in registers: one read, one write.
+_MAX_FUSED_BLOCK = 16384
+_CHUNK = 4096
+# Elements per program to aim for when packing several short rows into one program.
+_TARGET_ELEMS = 4096
+
+
+@triton.jit
+def _rms_norm_rows(
+    X, R, W, Y, H,
+    M, N,
+    stride_xm, stride_xn, stride_rm, stride_rn, stride_w,
+    eps, offset,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_RES: tl.constexpr, GEMMA: tl.constexpr, HAS_OFFSET: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    col_mask = cols < N
+    mask = row_mask[:, None] & col_mask[None, :]
+    x = tl.load(
+        X + rows[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0,
+        eviction_policy="evict_first",
+    ).to(tl.float32)
+    if HAS_RES:
+        r = tl.load(
+            R + rows[:, None] * stride_rm + cols[None, :] * stride_rn, mask=mask, other=0.0,
+            eviction_policy="evict_first",
+        ).to(tl.float32)
+        h = (x + r).to(H.dtype.element_ty)
+        tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
+        x = h.to(tl.float32)
+    ms = tl.sum(x * x, axis=1) / N
+    rstd = tl.rsqrt(ms + eps)
+    y = x * rstd[:, None]
+    if HAS_W:
+        w = tl.load(W + cols * stride_w, mask=col_mask, other=0.0, eviction_policy="evict_last")
+        if GEMMA:
+            y = y * (w.to(tl.float32) + offset)[None, :]
+        else:
+            if HAS_OFFSET:
+                w = (w.to(tl.float32) + offset).to(W.dtype.element_ty)
+            y = y.to(Y.dtype.element_ty).to(tl.float32) * w.to(tl.float32)[None, :]
+    tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+# N is a compile-time constant here: hidden sizes are per-model constants (a handful of compilations), and
+# the Triton interpreter cannot loop over a runtime bound.
+@triton.jit
+def _rms_norm_long_rows(
+    X, R, W, Y, H,
+    stride_xm, stride_xn, stride_rm, stride_rn, stride_w,
+    eps, offset,
+    N: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_RES: tl.constexpr, GEMMA: tl.constexpr, HAS_OFFSET: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = X + row * stride_xm
+    r_row = R + row * stride_rm
+    h_row = H + row * N
+    y_row = Y + row * N
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        mask = cols < N
+        x = tl.load(x_row + cols * stride_xn, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        if HAS_RES:
+            r = tl.load(r_row + cols * stride_rn, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+            h = (x + r).to(H.dtype.element_ty)
+            tl.store(h_row + cols, h, mask=mask)
+            x = h.to(tl.float32)
+        acc += x * x
+    rstd = tl.rsqrt(tl.sum(acc, axis=0) / N + eps)
+    if HAS_RES:
+        tl.debug_barrier()  # the second pass re-reads the sums this program just wrote
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        mask = cols < N
+        if HAS_RES:
+            x = tl.load(h_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        else:
+            x = tl.load(x_row + cols * stride_xn, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        y = x * rstd
+        if HAS_W:
+            w = tl.load(W + cols * stride_w, mask=mask, other=0.0, eviction_policy="evict_last")
+            if GEMMA:
+                y = y * (w.to(tl.float32) + offset)
+            else:
+                if HAS_OFFSET:
+                    w = (w.to(tl.float32) + offset).to(W.dtype.element_ty)
+                y = y.to(Y.dtype.element_ty).to(tl.float32) * w.to(tl.float32)
+        tl.store(y_row + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+def _as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """(rows, n) view when the strides allow it, else a contiguous copy."""
+    if t.dim() == 2:
+        return t
+    try:
+        return t.view(-1, n)
+    except RuntimeError:
+        return t.reshape(-1, n)
+
+
+def _check_device(t: torch.Tensor) -> None:
+    if t.device.type != "cuda" and type(_rms_norm_rows).__name__ != "InterpretedFunction":
+        raise RuntimeError(
+            f"triton_rms_norm got a tensor on {t.device}; Triton kernels run on CUDA, or on the CPU only "
+            "when TRITON_INTERPRET=1 is set before layerzero.kernels.triton.rms_norm is imported"
+        )
+
+
+def launch_config(m: int, n: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for the register-resident kernel; BLOCK_M == 0 means the long-row path.
+
+    Why these numbers: each program should move a few KiB (enough loads in flight to cover HBM latency)
+    while holding at most ~16 fp32 values per thread; rows of 4096 get one program of 8 warps, shorter
+    rows are packed so a program still sees ~4096 elements."""
+    block_n = triton.next_power_of_2(n)
+    if block_n > _MAX_FUSED_BLOCK:
+        return 0, _CHUNK, 8
+    block_m = 1
+    if block_n < _TARGET_ELEMS:
+        block_m = min(_TARGET_ELEMS // block_n, triton.next_power_of_2(max(m, 1)))
+    elems = block_m * block_n
+    if elems >= 16384:
+        num_warps = 16
+    elif elems >= 8192:
+        num_warps = 16
+    elif elems >= 2048:
+        num_warps = 8
+    else:
+        num_warps = 4
+    return block_m, block_n, num_warps
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    offset: float = 0.0,
+    casting: str = "llama",
+    residual: torch.Tensor | None = None,
+    *,
+    _config: tuple[int, int, int] | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm over the last dimension; with ``residual`` returns ``(normed, x + residual)``.
+
+    ``_config`` overrides :func:`launch_config` (used by the bandwidth benchmark's tuning sweep)."""
+    if casting not in _CASTING:
+        raise ValueError(f"casting={casting!r} is not one of 'llama', 'gemma', 'none'")
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the hidden size), got a 0-d tensor")
+    _check_device(x)
+    n = x.shape[-1]
+    if weight is not None and (weight.dim() != 1 or weight.shape[0] != n):
+        raise ValueError(f"weight shape {tuple(weight.shape)} does not match hidden size {n}; pass weight of shape ({n},)")
+    if residual is not None:
+        if residual.shape != x.shape:
+            raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}; pass a residual of x's shape")
+        if residual.dtype != x.dtype:
+            raise ValueError(f"residual dtype {residual.dtype} != x dtype {x.dtype}; cast the residual to {x.dtype}")
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    h = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
+    if x.numel() == 0:
+        return (y, h) if h is not None else y
+    x2 = _as_rows(x, n)
+    r2 = _as_rows(residual, n) if residual is not None else x2
+    m = x2.shape[0]
+    w = weight if weight is not None else x2  # dummy pointer, never read when HAS_W is False
+    stride_w = weight.stride(0) if weight is not None else 0
+    flags = dict(
+        HAS_W=weight is not None,
+        HAS_RES=residual is not None,
+        GEMMA=casting == "gemma",
+        HAS_OFFSET=bool(offset),
+    )
+    block_m, block_n, num_warps = _config if _config is not None else launch_config(m, n)
+    hh = h if h is not None else y
+    if block_m == 0:
+        _rms_norm_long_rows[(m,)](
+            x2, r2, w, y, hh,
+            x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), stride_w,
+            float(eps), float(offset),
+            N=n, BLOCK_N=block_n, num_warps=num_warps, **flags,
+        )
+    else:
+        _rms_norm_rows[(triton.cdiv(m, block_m),)](
+            x2, r2, w, y, hh, m, n,
+            x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), stride_w,
+            float(eps), float(offset),
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, **flags,
+        )
+    return (y, h) if h is not None else y

@@ -1,0 +1,110 @@
+"""Gated activations ``act(gate) * up`` (SwiGLU, GeGLU) as one Triton pass.
+
+Why: eager ``F.silu(gate) * up`` writes and re-reads an intermediate the size of the MLP activation; here
+gate and up are read once and the product written once, with the activation computed in fp32 and one
+rounding at the store.
+
+Contiguous inputs of the same shape run as one flat 1-D stream. Inputs whose rows are strided (the two
+halves of a fused ``gate_up_proj`` output, Phi-3 style: ``gate, up = gu.chunk(2, -1)``) run row by row
+through their row strides, without a copy. The output is a new contiguous tensor of ``gate``'s dtype.
+
+GeGLU's tanh approximation uses ``0.5 * x * (1 + tanh(z)) == x * sigmoid(2 z)``, which needs no tanh
+intrinsic and is exact in fp32 up to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_ACT_SILU = 0
+_ACT_GELU_TANH = 1
+_ACT_GELU_ERF = 2
+_APPROXIMATE = {"tanh": _ACT_GELU_TANH, "none": _ACT_GELU_ERF}
+_FLAT_BLOCK = 4096
+
+
+@triton.jit
+def _act(g, ACT: tl.constexpr):
+    if ACT == 0:
+        return g * tl.sigmoid(g)
+    elif ACT == 1:
+        z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+        return g * tl.sigmoid(2.0 * z)
+    else:
+        return 0.5 * g * (1.0 + tl.erf(g * 0.7071067811865476))
+
+
+@triton.jit
+def _glu_flat(G, U, O, n, BLOCK: tl.constexpr, ACT: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(G + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    u = tl.load(U + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    tl.store(O + offs, (_act(g, ACT) * u).to(O.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _glu_rows(G, U, O, N, stride_g, stride_u, BLOCK: tl.constexpr, ACT: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    g = tl.load(G + row * stride_g + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    u = tl.load(U + row * stride_u + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    tl.store(O + row * N + cols, (_act(g, ACT) * u).to(O.dtype.element_ty), mask=mask)
+
+
+def _num_warps(block: int) -> int:
+    return 8 if block >= 2048 else 4
+
+
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor | None:
+    """(rows, n) view with unit column stride, or None when the strides do not allow one."""
+    try:
+        v = t.view(-1, n)
+    except RuntimeError:
+        return None
+    return v if v.stride(1) == 1 or n == 1 else None
+
+
+def _gated(gate: torch.Tensor, up: torch.Tensor, act: int, name: str, block: int | None) -> torch.Tensor:
+    if gate.shape != up.shape:
+        raise ValueError(f"{name}: gate shape {tuple(gate.shape)} != up shape {tuple(up.shape)}; pass equal shapes")
+    if gate.dtype != up.dtype:
+        raise ValueError(f"{name}: gate dtype {gate.dtype} != up dtype {up.dtype}; cast up to {gate.dtype}")
+    if gate.device.type != "cuda" and type(_glu_flat).__name__ != "InterpretedFunction":
+        raise RuntimeError(
+            f"{name} got a tensor on {gate.device}; Triton kernels run on CUDA, or on the CPU only when "
+            "TRITON_INTERPRET=1 is set before layerzero.kernels.triton.swiglu is imported"
+        )
+    out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
+    numel = gate.numel()
+    if numel == 0:
+        return out
+    if gate.is_contiguous() and up.is_contiguous():
+        blk = block or _FLAT_BLOCK
+        _glu_flat[(triton.cdiv(numel, blk),)](gate, up, out, numel, BLOCK=blk, ACT=act, num_warps=_num_warps(blk))
+        return out
+    n = gate.shape[-1] if gate.dim() else 1
+    g2, u2 = _rows(gate, n), _rows(up, n)
+    if g2 is None:
+        g2 = gate.reshape(-1, n).contiguous()
+    if u2 is None:
+        u2 = up.reshape(-1, n).contiguous()
+    blk = block or min(_FLAT_BLOCK, triton.next_power_of_2(n))
+    grid = (g2.shape[0], triton.cdiv(n, blk))
+    _glu_rows[grid](g2, u2, out, n, g2.stride(0), u2.stride(0), BLOCK=blk, ACT=act, num_warps=_num_warps(blk))
+    return out
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor, *, _block: int | None = None) -> torch.Tensor:
+    """``silu(gate) * up`` in one pass (fp32 math, output in gate's dtype)."""
+    return _gated(gate, up, _ACT_SILU, "triton_swiglu", _block)
+
+
+def geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "tanh", *, _block: int | None = None) -> torch.Tensor:
+    """``gelu(gate, approximate) * up`` in one pass; ``approximate`` is ``"tanh"`` or ``"none"`` (erf)."""
+    if approximate not in _APPROXIMATE:
+        raise ValueError(f"approximate={approximate!r} is not one of 'tanh', 'none'")
+    return _gated(gate, up, _APPROXIMATE[approximate], "triton_geglu", _block)
