@@ -1,0 +1,170 @@
+"""Attention on ``torch.nn.attention.flex_attention`` (FlexAttention).
+
+Flex covers what SDPA cannot: soft-capping (a ``score_mod``), bottom-right causal and sliding windows as
+block-sparse masks (skipped blocks cost nothing), and attention sinks (folded in afterwards from the
+log-sum-exp: ``out * sigmoid(lse - sink)``, exact because a sink only adds mass to the denominator).
+
+Costs, measured on an H100 (DESIGN.md §3): 240–410 TFLOP/s once compiled, but the first call per shape
+compiles (seconds). So the compiled function and the block masks are cached, and on CPU the kernel runs
+Flex's eager path by default: ``torch.compile`` of Flex on CPU needs a C++ toolchain and ~20 s per shape
+(measured here, torch 2.13), which is no use for a fallback. ``set_compile_on_cpu(True)`` opts in.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from functools import lru_cache
+from typing import Any, Callable
+
+import torch
+
+from layerzero.registry.constraints import KernelConstraints
+
+__all__ = ["FLEX_CONSTRAINTS", "set_compile_on_cpu", "torch_flex_attention"]
+
+_compile_on_cpu = False
+_compiled: Callable[..., Any] | None = None
+_compile_lock = threading.Lock()
+
+
+def set_compile_on_cpu(enabled: bool) -> None:
+    """Compile Flex on CPU too (fast steady state, ~20 s compile per new shape)."""
+    global _compile_on_cpu
+    _compile_on_cpu = bool(enabled)
+
+
+def _flex_fn(device_type: str) -> Callable[..., Any]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device_type == "cpu" and not _compile_on_cpu:
+        return flex_attention
+    global _compiled
+    if _compiled is None:
+        with _compile_lock:
+            if _compiled is None:
+                _compiled = torch.compile(flex_attention, dynamic=False)
+    return _compiled
+
+
+def _no_grad_on_cpu(ctx) -> str | None:
+    """FlexAttention has no backward on CPU"""
+    if ctx.requires_grad and ctx.platform == "cpu":
+        return "autograd (requires_grad) not supported by FlexAttention on CPU"
+    return None
+
+
+def _gqa_ok(ctx) -> str | None:
+    """num_heads divisible by num_kv_heads"""
+    if ctx.num_heads and ctx.num_kv_heads and ctx.num_heads % ctx.num_kv_heads:
+        return f"num_heads {ctx.num_heads} not divisible by num_kv_heads {ctx.num_kv_heads}"
+    return None
+
+
+def _min_head_dim(ctx) -> str | None:
+    """Flex's Triton template needs head_dim >= 16 on CUDA"""
+    if ctx.platform == "cuda" and ctx.head_dim is not None and ctx.head_dim < 16:
+        return f"head_dim {ctx.head_dim} < 16 (FlexAttention's CUDA template tiles by 16)"
+    return None
+
+
+FLEX_CONSTRAINTS = KernelConstraints(
+    platforms=frozenset({"cuda", "cpu"}),
+    dtypes=frozenset({"float16", "bfloat16", "float32"}),
+    supports_dropout=False,
+    supports_softcap=True,
+    supports_sliding_window=True,
+    supports_sinks=True,
+    custom=(_gqa_ok, _no_grad_on_cpu, _min_head_dim),
+)
+
+
+@lru_cache(maxsize=256)
+def _block_mask(sq: int, sk: int, is_causal: bool, window: int | None, device: str):
+    """Block mask for bottom-right causal and/or a sliding window, shared by every batch and head."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    offset = sk - sq
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        q_abs = q_idx + offset
+        keep = kv_idx >= 0
+        if is_causal:
+            keep = keep & (kv_idx <= q_abs)
+        if window is not None:
+            keep = keep & (q_abs - kv_idx < window)
+        return keep
+
+    return create_block_mask(mask_mod, None, None, sq, sk, device=device)
+
+
+def _score_mod(softcap: float | None, mask: torch.Tensor | None) -> Callable[..., Any] | None:
+    if not softcap and mask is None:
+        return None
+    is_bool = mask is not None and mask.dtype == torch.bool
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if softcap:
+            score = softcap * torch.tanh(score / softcap)
+        if mask is not None:
+            m = mask[b, h, q_idx, kv_idx]
+            if is_bool:
+                score = torch.where(m, score, -float("inf"))
+            else:
+                score = score + m
+        return score
+
+    return score_mod
+
+
+def torch_flex_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """FlexAttention over (B, S, H, D) views; caller masks become a ``score_mod`` (dense, no block skip)."""
+    if dropout_p:
+        raise ValueError(f"dropout_p={dropout_p} is not supported by FlexAttention; use torch_sdpa_attention")
+    b, sq, h, _ = query.shape
+    sk = key.shape[1]
+    q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    causal = bool(is_causal) and sq > 1  # one query, bottom-right aligned, sees every key
+    block_mask = None
+    if causal or sliding_window is not None:
+        block_mask = _block_mask(sq, sk, causal, sliding_window, str(query.device))
+    mask = None
+    if attn_mask is not None:
+        mask = attn_mask
+        if mask.dtype != torch.bool and mask.dtype != torch.float32:
+            mask = mask.float()
+        mask = mask.expand(b, h, sq, sk)
+    score_mod = _score_mod(softcap, mask)
+    fn = _flex_fn(query.device.type)
+    kwargs: dict[str, Any] = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=h != k.shape[1])
+    with warnings.catch_warnings():
+        # On CPU the eager path is the documented choice (see module docstring), not a mistake.
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        if sinks is None:
+            out = fn(q, k, v, **kwargs)
+        else:
+            out, lse = _with_lse(fn, q, k, v, kwargs)
+            keep = torch.sigmoid(lse.float() - sinks.float().view(1, h, 1))  # (B, H, Sq)
+            out = (out.float() * keep.unsqueeze(-1)).to(query.dtype)
+    return out.transpose(1, 2)
+
+
+def _with_lse(fn, q, k, v, kwargs):
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:  # torch < 2.9
+        return fn(q, k, v, return_lse=True, **kwargs)
+    out, aux = fn(q, k, v, return_aux=AuxRequest(lse=True), **kwargs)
+    return out, aux.lse
