@@ -1,0 +1,395 @@
+"""Dispatch telemetry: exact counts, bounded latency samples, selection-change logs.
+
+``record`` runs on every dispatch, so it takes no lock and allocates almost nothing:
+
+* Counts are per thread (a ``threading.local`` row per (operation, kernel)), so they are exact under any
+  number of threads without a lock every call contends on; ``snapshot`` sums the rows. Counters of
+  threads that have exited are folded into one "retired" table, so memory follows the live threads.
+* Latencies go into one fixed-size ring buffer per kernel and one for all calls (``max_samples`` each):
+  percentiles describe the most recent calls, and memory is bounded whatever the traffic. Two threads
+  racing on a ring may overwrite one slot; that loses a *sample*, never a count.
+
+Failures (``record_failure``) and selection changes (``record_selection``) are rare and take a lock.
+A selection change emits one structured record on the ``layerzero.selection`` logger (``extra`` carries
+``operation``, ``old_kernel``, ``new_kernel`` and ``context``), so a server can see when and why the
+kernel serving an operation changed without logging anything on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+__all__ = ["DispatchTelemetry", "KernelStats", "OperationStats", "TelemetrySnapshot"]
+
+selection_log = logging.getLogger("layerzero.selection")
+
+
+@dataclass(frozen=True)
+class KernelStats:
+    """One kernel's share of the traffic. Latencies are microseconds over its recent samples."""
+
+    kernel_id: str
+    calls: int = 0
+    failures: int = 0
+    fallback_calls: int = 0  # calls this kernel served as a fallback
+    cache_hits: int = 0
+    mean_us: float | None = None
+    p50_us: float | None = None
+    p99_us: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class OperationStats:
+    operation: str
+    calls: int = 0
+    fallbacks: int = 0
+    failures: int = 0
+    kernels: dict[str, int] = field(default_factory=dict)  # kernel_id -> calls served
+
+
+@dataclass(frozen=True)
+class TelemetrySnapshot:
+    """A consistent-enough picture for dashboards: counts are exact as of the moment each thread's row
+    was read; latency percentiles come from the most recent ``max_samples`` calls."""
+
+    dispatch_count: int
+    cache_hits: int
+    cache_hit_rate: float
+    fallback_count: int
+    failure_count: int
+    mean_latency_us: float | None
+    p50_latency_us: float | None
+    p99_latency_us: float | None
+    per_kernel: dict[str, KernelStats]
+    per_operation: dict[str, int]
+    operations: dict[str, OperationStats]
+    selection_changes: int
+    uptime_seconds: float
+    enabled: bool = True
+
+    @property
+    def fallback_rate(self) -> float:
+        return self.fallback_count / self.dispatch_count if self.dispatch_count else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Ring:
+    """Fixed-size sample buffer. Written without a lock (see module docstring)."""
+
+    __slots__ = ("buf", "pos", "full", "n")
+
+    def __init__(self, n: int):
+        self.buf: list[int] = [0] * n
+        self.pos = 0
+        self.full = False
+        self.n = n
+
+    def samples(self) -> list[int]:
+        # Read pos/full once: a concurrent writer may move them, and slicing a consistent prefix is enough.
+        if self.full:
+            return list(self.buf)
+        return self.buf[: self.pos]
+
+
+class _ThreadRows:
+    """One thread's counters: (operation, kernel_id) -> [calls, cache_hits, fallbacks, total_ns]."""
+
+    __slots__ = ("rows", "thread")
+
+    def __init__(self, thread: threading.Thread):
+        self.rows: dict[tuple[str, str], list[int]] = {}
+        self.thread = thread
+
+
+def _percentile(sorted_samples: list[int], q: float) -> float | None:
+    """Nearest-rank percentile in microseconds (a value that was actually observed)."""
+    n = len(sorted_samples)
+    if n == 0:
+        return None
+    rank = max(1, math.ceil(q * n))
+    return sorted_samples[rank - 1] / 1000.0
+
+
+def _describe(exc: BaseException | str | None) -> str | None:
+    if exc is None:
+        return None
+    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _context_fields(context: Any) -> Any:
+    """The informative fields of a SelectionContext (defaults dropped) for structured logs."""
+    as_dict = getattr(context, "as_dict", None)
+    if as_dict is None:
+        return context
+    return {k: v for k, v in as_dict().items() if v not in (None, False, (), 0.0) or k == "is_causal"}
+
+
+class DispatchTelemetry:
+    """Counters and latency samples of a dispatcher. Shared by every dispatcher of an orchestrator (and
+    by every config version of a hot-reload dispatcher), so totals survive policy swaps."""
+
+    def __init__(self, enabled: bool = True, max_samples: int = 2048, clock=time.monotonic):
+        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
+            raise ValueError(f"DispatchTelemetry.max_samples: expected an integer >= 1, got {max_samples!r}")
+        self.enabled = bool(enabled)
+        self.max_samples = max_samples
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._local = threading.local()
+        self._threads: list[_ThreadRows] = []
+        self._retired: dict[tuple[str, str], list[int]] = {}
+        self._rings: dict[str, _Ring] = {}
+        self._all = _Ring(self.max_samples)
+        self._failures: dict[tuple[str, str], int] = {}
+        self._last_error: dict[str, str | None] = {}
+        self._selected: dict[str, str] = {}
+        self._selection_changes = 0
+        self._started = self._clock()
+
+    # ------------------------------------------------------------------ hot path
+    def record(
+        self,
+        operation: str,
+        kernel_id: str,
+        total_ns: int,
+        cache_hit: bool = False,
+        was_fallback: bool = False,
+        failed: Iterable[str] = (),
+    ) -> None:
+        """One completed dispatch. ``failed`` names the kernels the call fell through (informational:
+        their failures are counted by ``record_failure``, which the executor calls for each)."""
+        if not self.enabled:
+            return
+        try:
+            rows = self._local.rows
+        except AttributeError:
+            rows = self._register()
+        key = (operation, kernel_id)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = [0, 0, 0, 0]
+        row[0] += 1
+        if cache_hit:
+            row[1] += 1
+        if was_fallback:
+            row[2] += 1
+        row[3] += total_ns
+        r = self._rings.get(kernel_id)
+        if r is None:
+            r = self._ring_for(kernel_id)
+        p = r.pos
+        r.buf[p] = total_ns
+        p += 1
+        if p == r.n:
+            r.full = True
+            p = 0
+        r.pos = p
+        r = self._all
+        p = r.pos
+        r.buf[p] = total_ns
+        p += 1
+        if p == r.n:
+            r.full = True
+            p = 0
+        r.pos = p
+
+    def _register(self) -> dict[tuple[str, str], list[int]]:
+        t = _ThreadRows(threading.current_thread())
+        with self._lock:
+            self._threads.append(t)
+            if len(self._threads) % 64 == 0:
+                self._retire_dead_locked()
+        self._local.rows = t.rows
+        return t.rows
+
+    def _ring_for(self, kernel_id: str) -> _Ring:
+        with self._lock:
+            r = self._rings.get(kernel_id)
+            if r is None:
+                r = self._rings[kernel_id] = _Ring(self.max_samples)
+        return r
+
+    def _retire_dead_locked(self) -> None:
+        alive = []
+        for t in self._threads:
+            if t.thread.is_alive():
+                alive.append(t)
+                continue
+            for key, row in t.rows.items():
+                acc = self._retired.get(key)
+                if acc is None:
+                    self._retired[key] = list(row)
+                else:
+                    for i, v in enumerate(row):
+                        acc[i] += v
+        self._threads = alive
+
+    # ------------------------------------------------------------------ slow paths
+    def record_failure(self, operation: str, kernel_id: str | None, exc: BaseException | str | None = None) -> None:
+        """One failed kernel attempt (it raised, or its output failed the check)."""
+        if not self.enabled:
+            return
+        kid = kernel_id or "<none>"
+        with self._lock:
+            key = (operation, kid)
+            self._failures[key] = self._failures.get(key, 0) + 1
+            self._last_error[kid] = _describe(exc)
+
+    def record_selection(self, operation: str, kernel_id: str, context: Any = None) -> bool:
+        """Note the kernel chosen for ``operation``; log one structured record when it differs from the
+        previous choice. Returns whether it changed."""
+        if not self.enabled or self._selected.get(operation) == kernel_id:
+            return False
+        with self._lock:
+            old = self._selected.get(operation)
+            if old == kernel_id:
+                return False
+            self._selected[operation] = kernel_id
+            self._selection_changes += 1
+        if selection_log.isEnabledFor(logging.INFO):
+            ctx = _context_fields(context)
+            selection_log.info(
+                "kernel for %s: %s -> %s",
+                operation,
+                old,
+                kernel_id,
+                extra={"operation": operation, "old_kernel": old, "new_kernel": kernel_id, "context": ctx},
+            )
+        return True
+
+    def selected_kernels(self) -> dict[str, str]:
+        """The last kernel chosen per operation."""
+        return dict(self._selected)
+
+    def reset(self) -> None:
+        """Forget everything. Calls recorded concurrently with a reset may land before or after it."""
+        with self._lock:
+            self._init_state()
+
+    # ------------------------------------------------------------------ reading
+    def _merged_rows(self) -> dict[tuple[str, str], list[int]]:
+        with self._lock:
+            self._retire_dead_locked()
+            threads = list(self._threads)
+            merged = {k: list(v) for k, v in self._retired.items()}
+        for t in threads:
+            for key, row in list(t.rows.items()):
+                vals = list(row)
+                acc = merged.get(key)
+                if acc is None:
+                    merged[key] = vals
+                else:
+                    for i, v in enumerate(vals):
+                        acc[i] += v
+        return merged
+
+    def snapshot(self) -> TelemetrySnapshot:
+        rows = self._merged_rows()
+        with self._lock:
+            failures = dict(self._failures)
+            last_error = dict(self._last_error)
+            rings = dict(self._rings)
+            changes = self._selection_changes
+            started = self._started
+        calls = hits = fallbacks = total_ns = 0
+        by_kernel: dict[str, list[int]] = {}
+        ops: dict[str, dict[str, Any]] = {}
+        for (op, kid), (c, h, f, ns) in rows.items():
+            calls += c
+            hits += h
+            fallbacks += f
+            total_ns += ns
+            k = by_kernel.setdefault(kid, [0, 0, 0, 0])
+            k[0] += c
+            k[1] += h
+            k[2] += f
+            k[3] += ns
+            o = ops.setdefault(op, {"calls": 0, "fallbacks": 0, "failures": 0, "kernels": {}})
+            o["calls"] += c
+            o["fallbacks"] += f
+            o["kernels"][kid] = o["kernels"].get(kid, 0) + c
+        kernel_failures: dict[str, int] = {}
+        for (op, kid), n in failures.items():
+            kernel_failures[kid] = kernel_failures.get(kid, 0) + n
+            o = ops.setdefault(op, {"calls": 0, "fallbacks": 0, "failures": 0, "kernels": {}})
+            o["failures"] += n
+        per_kernel: dict[str, KernelStats] = {}
+        for kid in sorted(set(by_kernel) | set(kernel_failures)):
+            c, h, f, ns = by_kernel.get(kid, (0, 0, 0, 0))
+            ring = rings.get(kid)
+            samples = sorted(ring.samples()) if ring is not None else []
+            per_kernel[kid] = KernelStats(
+                kernel_id=kid,
+                calls=c,
+                failures=kernel_failures.get(kid, 0),
+                fallback_calls=f,
+                cache_hits=h,
+                mean_us=(ns / c / 1000.0) if c else None,
+                p50_us=_percentile(samples, 0.50),
+                p99_us=_percentile(samples, 0.99),
+                last_error=last_error.get(kid),
+            )
+        all_samples = sorted(self._all.samples())
+        return TelemetrySnapshot(
+            dispatch_count=calls,
+            cache_hits=hits,
+            cache_hit_rate=hits / calls if calls else 0.0,
+            fallback_count=fallbacks,
+            failure_count=sum(failures.values()),
+            mean_latency_us=(total_ns / calls / 1000.0) if calls else None,
+            p50_latency_us=_percentile(all_samples, 0.50),
+            p99_latency_us=_percentile(all_samples, 0.99),
+            per_kernel=per_kernel,
+            per_operation={op: o["calls"] for op, o in sorted(ops.items())},
+            operations={
+                op: OperationStats(op, o["calls"], o["fallbacks"], o["failures"], dict(o["kernels"]))
+                for op, o in sorted(ops.items())
+            },
+            selection_changes=changes,
+            uptime_seconds=self._clock() - started,
+            enabled=self.enabled,
+        )
+
+    # Attribute-style access for code written against the seed (``telemetry.cache_hit_rate``).
+    @property
+    def dispatch_count(self) -> int:
+        return self.snapshot().dispatch_count
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.snapshot().cache_hit_rate
+
+    @property
+    def fallback_count(self) -> int:
+        return self.snapshot().fallback_count
+
+    @property
+    def failure_count(self) -> int:
+        return self.snapshot().failure_count
+
+    @property
+    def p50_latency_us(self) -> float | None:
+        return self.snapshot().p50_latency_us
+
+    @property
+    def p99_latency_us(self) -> float | None:
+        return self.snapshot().p99_latency_us
+
+    def __repr__(self) -> str:
+        s = self.snapshot()
+        return (
+            f"DispatchTelemetry(dispatches={s.dispatch_count}, hit_rate={s.cache_hit_rate:.1%}, "
+            f"fallbacks={s.fallback_count}, failures={s.failure_count})"
+        )

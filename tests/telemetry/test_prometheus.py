@@ -1,0 +1,34 @@
+"""The Prometheus exporter reads one snapshot per scrape and names every series."""
+
+from __future__ import annotations
+
+import pytest
+
+prometheus_client = pytest.importorskip("prometheus_client")
+
+from layerzero.dispatch.circuit import CircuitBreakerConfig, CircuitBreakerManager  # noqa: E402
+from layerzero.telemetry import DispatchTelemetry  # noqa: E402
+from layerzero.telemetry.prometheus import PrometheusExporter  # noqa: E402
+
+
+def test_exporter_text_exposition():
+    reg = prometheus_client.CollectorRegistry()
+    t = DispatchTelemetry()
+    circuits = CircuitBreakerManager(CircuitBreakerConfig(failure_threshold=1))
+    exp = PrometheusExporter(t, registry=reg, circuits=circuits)
+    t.record("rms_norm", "torch_rms_norm", 2000, True, False)
+    t.record("rms_norm", "reference_rms_norm", 4000, False, True, failed=("torch_rms_norm",))
+    t.record_failure("rms_norm", "torch_rms_norm", RuntimeError("x"))
+    circuits.get_circuit("torch_rms_norm").record_failure()
+    text = exp.generate_latest().decode()
+    assert 'layerzero_dispatch_total{kernel="torch_rms_norm",operation="rms_norm"} 1.0' in text
+    assert 'layerzero_kernel_failures_total{operation="rms_norm"} 1.0' in text
+    assert 'layerzero_fallback_total{kernel="reference_rms_norm",operation="*"} 1.0' in text
+    assert 'layerzero_dispatch_latency_us{kernel="torch_rms_norm",quantile="0.5"} 2.0' in text
+    assert 'layerzero_circuit_state{kernel="torch_rms_norm"} 2.0' in text
+    assert "layerzero_selection_cache_hit_ratio 0.5" in text
+    # A scrape reflects new traffic (no caching in the exporter).
+    t.record("rms_norm", "torch_rms_norm", 2000, True, False)
+    assert 'layerzero_dispatch_total{kernel="torch_rms_norm",operation="rms_norm"} 2.0' in exp.generate_latest().decode()
+    exp.unregister()
+    assert b"layerzero_dispatch_total" not in prometheus_client.generate_latest(reg)
