@@ -140,7 +140,8 @@ class PlannedDispatcher(BaseDispatcher):
         t0 = perf_counter_ns()
         state = self._state  # read once: the whole call runs under one policy version
         if operation.startswith("attention") and "is_causal" not in kwargs:
-            kwargs["is_causal"] = context.is_causal if context is not None else default_is_causal(operation)
+            # "attention.causal"/"prefill" are causal by name; a context can make other attention causal.
+            kwargs["is_causal"] = default_is_causal(operation) or (context is not None and context.is_causal)
         plan, hit = self._plan_for(state, operation, inputs, context, kwargs)
         t1 = perf_counter_ns()
         spec = plan.kernels[0]
