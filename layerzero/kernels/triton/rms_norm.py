@@ -6,11 +6,14 @@ the output (and ``x + residual``) once, with fp32 accumulation whatever the inpu
 
 Casting modes follow the operation contract (``layerzero/operations.py``):
 
-- ``"llama"``: ``(offset + w) * (x * rstd).to(dtype)`` — the normalised row is rounded to the input dtype
-  before the weight multiply, exactly like ``LlamaRMSNorm``;
+- ``"llama"``: ``((offset + w.float()) * (x * rstd).to(dtype)).to(dtype)`` — the normalised row is rounded
+  to the input dtype before the weight multiply, like ``LlamaRMSNorm``;
 - ``"gemma"``: ``(x * rstd * (offset + w.float())).to(dtype)`` — one rounding at the end;
 - ``"none"``: the caller asks for no fp32 upcast; the kernel still accumulates in fp32 (it costs nothing
   in a bandwidth-bound kernel and is closer to the fp32 reference), rounding like ``"llama"``.
+
+Without a weight the output is the normalised row (``offset`` applies to the weight only), as in
+``layerzero.kernels.reference.rms_norm``. The output has ``x``'s dtype.
 
 With ``residual`` the sum ``x + residual`` is rounded to the input dtype (what an eager ``x + residual``
 produces), written out, and that rounded sum is what gets normalised.
@@ -70,9 +73,10 @@ def _rms_norm_rows(
         if GEMMA:
             y = y * (w.to(tl.float32) + offset)[None, :]
         else:
+            wf = w.to(tl.float32)
             if HAS_OFFSET:
-                w = (w.to(tl.float32) + offset).to(W.dtype.element_ty)
-            y = y.to(Y.dtype.element_ty).to(tl.float32) * w.to(tl.float32)[None, :]
+                wf = wf + offset
+            y = y.to(Y.dtype.element_ty).to(tl.float32) * wf[None, :]
     tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -118,9 +122,10 @@ def _rms_norm_long_rows(
             if GEMMA:
                 y = y * (w.to(tl.float32) + offset)
             else:
+                wf = w.to(tl.float32)
                 if HAS_OFFSET:
-                    w = (w.to(tl.float32) + offset).to(W.dtype.element_ty)
-                y = y.to(Y.dtype.element_ty).to(tl.float32) * w.to(tl.float32)
+                    wf = wf + offset
+                y = y.to(Y.dtype.element_ty).to(tl.float32) * wf
         tl.store(y_row + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 

@@ -1,0 +1,134 @@
+"""Conformance of the Triton RMSNorm against the fp32 reference.
+
+On CPU these run through the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1), on tiny
+shapes; the interpreter truncates fp32->bf16 instead of rounding to nearest, so bf16 tolerances allow a
+couple of ulps. GPU tests (``-m gpu``) use model-sized shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layerzero.kernels import reference
+from layerzero.kernels.triton.rms_norm import launch_config, rms_norm
+
+TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (4e-3, 4e-3), torch.bfloat16: (2e-2, 2e-2)}
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    rtol, atol = TOL[expected.dtype]
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("casting,offset", [("llama", 0.0), ("llama", 1.0), ("gemma", 1.0), ("gemma", 0.0), ("none", 0.0)])
+def test_matches_reference(dtype, casting, offset):
+    x = torch.randn(2, 3, 40, dtype=dtype)  # non-power-of-two hidden, 3-d input
+    w = torch.randn(40, dtype=dtype)
+    x0 = x.clone()
+    out = rms_norm(x, w, eps=1e-5, offset=offset, casting=casting)
+    _close(out, reference.rms_norm(x, w, eps=1e-5, offset=offset, casting=casting))
+    assert torch.equal(x, x0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("config", [None, (0, 16, 4)], ids=["registers", "long-row-loop"])
+def test_fused_residual(dtype, config):
+    x = torch.randn(5, 50, dtype=dtype)
+    r = torch.randn(5, 50, dtype=dtype)
+    w = torch.randn(50, dtype=dtype)
+    x0, r0 = x.clone(), r.clone()
+    normed, summed = rms_norm(x, w, eps=1e-6, offset=1.0, casting="gemma", residual=r, _config=config)
+    exp_normed, exp_summed = reference.rms_norm(x, w, eps=1e-6, offset=1.0, casting="gemma", residual=r)
+    _close(summed, exp_summed)
+    if dtype == torch.float32:
+        assert torch.equal(summed, exp_summed)
+    # normalising the kernel's own sum isolates the norm from the interpreter's bf16 truncation of the sum
+    _close(normed, reference.rms_norm(summed, w, eps=1e-6, offset=1.0, casting="gemma"))
+    _close(normed, exp_normed)
+    assert torch.equal(x, x0) and torch.equal(r, r0)
+
+
+def test_packs_many_short_rows_with_a_partial_last_block():
+    x = torch.randn(37, 24)
+    w = torch.randn(24)
+    block_m, block_n, _ = launch_config(37, 24)
+    assert block_m > 1 and 37 % block_m and block_n == 32
+    _close(rms_norm(x, w), reference.rms_norm(x, w))
+
+
+def test_long_row_loop_matches():
+    x = torch.randn(3, 100)
+    w = torch.randn(100)
+    _close(rms_norm(x, w, casting="llama", _config=(0, 32, 4)), reference.rms_norm(x, w))
+    assert launch_config(4, 20000)[0] == 0  # rows past 16384 elements take the loop
+
+
+def test_strided_rows_and_columns():
+    base = torch.randn(6, 64)
+    x = base[:, :48]  # row stride 64: addressed in place, no copy
+    w = torch.randn(48)
+    _close(rms_norm(x, w), reference.rms_norm(x, w))
+    xt = torch.randn(48, 6).t()  # column stride 6
+    _close(rms_norm(xt, w), reference.rms_norm(xt, w))
+    x4 = torch.randn(2, 3, 4, 16).transpose(1, 2)  # leading dims not collapsible: reshaped
+    w16 = torch.randn(16)
+    _close(rms_norm(x4, w16), reference.rms_norm(x4, w16))
+
+
+def test_without_weight():
+    x = torch.randn(4, 33)
+    _close(rms_norm(x, None), reference.rms_norm(x, None))
+    _close(rms_norm(x, None, offset=1.0, casting="gemma"), reference.rms_norm(x, None, offset=1.0, casting="gemma"))
+
+
+def test_empty_input():
+    out, summed = rms_norm(torch.randn(0, 8), torch.ones(8), residual=torch.randn(0, 8))
+    assert out.shape == (0, 8) and summed.shape == (0, 8)
+
+
+def test_errors_name_the_field():
+    x = torch.randn(2, 8)
+    with pytest.raises(ValueError, match="casting"):
+        rms_norm(x, casting="fp32")
+    with pytest.raises(ValueError, match="weight shape"):
+        rms_norm(x, torch.ones(7))
+    with pytest.raises(ValueError, match="residual shape"):
+        rms_norm(x, residual=torch.randn(2, 9))
+    with pytest.raises(ValueError, match="residual dtype"):
+        rms_norm(x, residual=torch.randn(2, 8, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(4, 2048, 4096), (8192, 8192), (3, 777, 5120), (64, 20000), (16384, 128)])
+@pytest.mark.parametrize("casting,offset", [("llama", 0.0), ("gemma", 1.0)])
+def test_gpu_large(dtype, shape, casting, offset):
+    x = torch.randn(shape, dtype=dtype, device="cuda")
+    r = torch.randn(shape, dtype=dtype, device="cuda")
+    w = torch.randn(shape[-1], dtype=dtype, device="cuda")
+    _close(rms_norm(x, w, offset=offset, casting=casting), reference.rms_norm(x, w, offset=offset, casting=casting))
+    normed, summed = rms_norm(x, w, offset=offset, casting=casting, residual=r)
+    exp_normed, exp_summed = reference.rms_norm(x, w, offset=offset, casting=casting, residual=r)
+    assert torch.equal(summed, exp_summed)  # on GPU the bf16 rounding of the sum is exact
+    _close(normed, exp_normed)
+
+
+@pytest.mark.gpu
+def test_gpu_torch_compile_fullgraph():
+    x = torch.randn(4, 256, 2048, dtype=torch.bfloat16, device="cuda")
+    r = torch.randn_like(x)
+    w = torch.randn(2048, dtype=torch.bfloat16, device="cuda")
+
+    def f(x, r, w):
+        normed, summed = rms_norm(x, w, eps=1e-6, residual=r)
+        return normed * 2, summed
+
+    compiled = torch.compile(f, fullgraph=True)
+    got = compiled(x, r, w)
+    exp = f(x, r, w)
+    assert torch.equal(got[1], exp[1])
+    torch.testing.assert_close(got[0], exp[0], rtol=0, atol=0)
