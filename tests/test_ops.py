@@ -1,0 +1,280 @@
+"""layerzero.ops: routing to orchestrators (global and named), eager results, and the torch.compile path
+through the ``layerzero::*`` custom ops (fullgraph, no graph breaks, fake kernels, compiled backward)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from layerzero import ops
+from layerzero.errors import LayerZeroError
+from layerzero.kernels import reference as ref
+
+_REFERENCE = {
+    "attention.decode": ref.attention,
+    "attention.prefill": ref.attention,
+    "attention.causal": ref.attention,
+    "attention.cross": ref.attention,
+    "rms_norm": ref.rms_norm,
+    "layer_norm": ref.layer_norm,
+    "rope": ref.rope,
+    "swiglu": ref.swiglu,
+    "geglu": ref.geglu,
+}
+
+
+class RecordingOrchestrator:
+    """Runs the fp32 references and records (operation, option names): lets the tests see exactly what
+    the ops pass on, independent of policy and kernel availability."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def dispatch(self, operation, inputs, context=None, mode=None, **kwargs):
+        self.calls.append((operation, dict(kwargs)))
+        return SimpleNamespace(output=_REFERENCE[operation](**inputs, **kwargs), kernel_id="reference")
+
+
+@pytest.fixture
+def rec():
+    o = RecordingOrchestrator()
+    ops.register_orchestrator("test_rec", o)
+    yield o
+    ops.unregister_orchestrator("test_rec")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _qkv(b=2, sq=5, sk=5, h=4, hkv=2, d=16, dtype=torch.float32):
+    return (torch.randn(b, sq, h, d, dtype=dtype), torch.randn(b, sk, hkv, d, dtype=dtype),
+            torch.randn(b, sk, hkv, d, dtype=dtype))
+
+
+# ---------------------------------------------------------------------------------------- orchestrators
+def test_unknown_orchestrator_name_says_how_to_fix():
+    q, k, v = _qkv()
+    with pytest.raises(ops.OrchestratorNotFoundError, match="register_orchestrator") as ei:
+        ops.attention(q, k, v, orchestrator="never_registered")
+    assert ei.value.name == "never_registered"
+
+
+def test_register_validates_name_and_object():
+    with pytest.raises(ValueError, match="non-empty string"):
+        ops.register_orchestrator("", RecordingOrchestrator())
+    with pytest.raises(TypeError, match="dispatch"):
+        ops.register_orchestrator("x", object())
+
+
+def test_named_and_object_orchestrators_route_the_call(rec):
+    x, w = torch.randn(3, 8), torch.randn(8)
+    ops.rms_norm(x, w, orchestrator="test_rec")
+    ops.rms_norm(x, w, orchestrator=rec)
+    assert [c[0] for c in rec.calls] == ["rms_norm", "rms_norm"]
+    assert ops.get_orchestrator("test_rec") is rec
+    assert "test_rec" in ops.list_orchestrators()
+
+
+def test_reregistering_a_name_replaces_the_orchestrator(rec):
+    other = RecordingOrchestrator()
+    ops.register_orchestrator("test_rec", other)
+    ops.swiglu(torch.randn(4), torch.randn(4), orchestrator="test_rec")
+    assert len(other.calls) == 1 and not rec.calls
+
+
+# ---------------------------------------------------------------------------------------- eager semantics
+@pytest.mark.parametrize(
+    "sq, sk, is_causal, operation, expected_op, expected_causal",
+    [
+        (1, 7, None, None, "attention.decode", False),
+        (5, 5, True, None, "attention.prefill", True),
+        (5, 9, False, None, "attention.cross", False),
+        (5, 5, None, "attention.causal", "attention.causal", True),
+        (5, 5, None, "attention.prefill", "attention.prefill", True),
+    ],
+)
+def test_attention_operation_and_causality_defaults(rec, sq, sk, is_causal, operation, expected_op, expected_causal):
+    q, k, v = _qkv(sq=sq, sk=sk)
+    out = ops.attention(q, k, v, is_causal=is_causal, operation=operation, orchestrator="test_rec")
+    op, options = rec.calls[-1]
+    assert (op, options["is_causal"]) == (expected_op, expected_causal)
+    assert options["enable_gqa"] is True
+    torch.testing.assert_close(out, ref.attention(q, k, v, is_causal=expected_causal))
+
+
+def test_attention_passes_only_the_options_that_are_set(rec):
+    q, k, v = _qkv(hkv=4)
+    ops.attention(q, k, v, is_causal=True, orchestrator="test_rec")
+    assert set(rec.calls[-1][1]) == {"is_causal", "enable_gqa"}
+    sinks, mask = torch.randn(4), torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    ops.attention(q, k, v, attn_mask=mask, scale=0.3, sliding_window=3, softcap=2.0, sinks=sinks,
+                  orchestrator="test_rec")
+    options = rec.calls[-1][1]
+    assert set(options) == {"is_causal", "enable_gqa", "attn_mask", "scale", "sliding_window", "softcap", "sinks"}
+    assert options["enable_gqa"] is False
+
+
+def test_attention_rejects_hf_layout_hint():
+    q = torch.randn(2, 4, 5)
+    with pytest.raises(ValueError, match="transpose"):
+        ops.attention(q, q, q)
+
+
+def test_bad_options_name_the_field():
+    x = torch.randn(2, 8)
+    with pytest.raises(ValueError, match="casting='bogus'"):
+        ops.rms_norm(x, casting="bogus")
+    with pytest.raises(ValueError, match="layout='sbhd'"):
+        ops.rope(x, x, x, x, layout="sbhd")
+    with pytest.raises(ValueError, match="approximate='fast'"):
+        ops.geglu(x, x, approximate="fast")
+
+
+# ---------------------------------------------------------------------------------------- compiled path
+def _op_cases():
+    """(name, fn(orchestrator) -> callable, args) for every op; each callable returns a tensor or tuple."""
+    q, k, v = _qkv()
+    mask = torch.rand(2, 1, 5, 5) > 0.3
+    mask[..., 0] = True
+    x, w, b, res = torch.randn(2, 5, 32), torch.randn(32), torch.randn(32), torch.randn(2, 5, 32)
+    qh, kh = q.transpose(1, 2), k.transpose(1, 2)  # bhsd views, non-contiguous like Transformers'
+    cos, sin = torch.randn(2, 5, 8), torch.randn(2, 5, 8)  # partial rotary (8 of 16)
+    sinks = torch.randn(4)
+    return [
+        ("attention", lambda o: lambda q, k, v: ops.attention(q, k, v, is_causal=True, orchestrator=o), (q, k, v)),
+        ("attention_masked", lambda o: lambda q, k, v, m, s: ops.attention(
+            q, k, v, attn_mask=m, softcap=3.0, sinks=s, scale=0.2, orchestrator=o), (q, k, v, mask, sinks)),
+        ("attention_decode", lambda o: lambda q, k, v: ops.attention(
+            q[:, -1:], k, v, sliding_window=3, orchestrator=o), (q, k, v)),
+        ("rms_norm", lambda o: lambda x, w: ops.rms_norm(x, w, eps=1e-5, orchestrator=o), (x, w)),
+        ("rms_norm_gemma", lambda o: lambda x, w: ops.rms_norm(
+            x, w, offset=1.0, casting="gemma", orchestrator=o), (x, w)),
+        ("rms_norm_residual", lambda o: lambda x, w, r: ops.rms_norm(x, w, residual=r, orchestrator=o), (x, w, res)),
+        ("layer_norm", lambda o: lambda x, w, b: ops.layer_norm(x, w, b, orchestrator=o), (x, w, b)),
+        ("rope", lambda o: lambda q, k, c, s: ops.rope(q, k, c, s, orchestrator=o), (qh, kh, cos, sin)),
+        ("rope_bshd", lambda o: lambda q, k, c, s: ops.rope(
+            q, k, c, s, layout="bshd", interleaved=True, orchestrator=o), (q, k, cos, sin)),
+        ("swiglu", lambda o: lambda g, u: ops.swiglu(g, u, orchestrator=o), (x, res)),
+        ("geglu", lambda o: lambda g, u: ops.geglu(g, u, approximate="none", orchestrator=o), (x, res)),
+    ]
+
+
+def _as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+@pytest.mark.parametrize("case", _op_cases(), ids=lambda c: c[0])
+def test_fullgraph_compile_matches_eager_without_graph_breaks(rec, case):
+    _name, make, args = case
+    fn = make("test_rec")
+    eager = _as_tuple(fn(*args))
+    n_eager = len(rec.calls)
+    explanation = torch._dynamo.explain(fn)(*args)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    torch._dynamo.reset()
+    compiled = _as_tuple(torch.compile(fn, fullgraph=True, backend="aot_eager")(*args))
+    assert len(rec.calls) > n_eager, "the compiled graph must still dispatch through the named orchestrator"
+    assert len(compiled) == len(eager)
+    for c, e in zip(compiled, eager):
+        assert c.is_contiguous()
+        torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-6)
+
+
+def test_custom_ops_pass_opcheck(rec):
+    """Schema, fake (meta) kernels, autograd registration and AOT dispatch of every custom op."""
+    q, k, v = _qkv()
+    x, w, b = torch.randn(2, 5, 32, requires_grad=True), torch.randn(32, requires_grad=True), torch.randn(32)
+    cos, sin = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    cases = [
+        (torch.ops.layerzero.attention.default,
+         (q, k, v, None, True, None, 0.0, 4, 5.0, torch.randn(4), "attention.prefill", "test_rec")),
+        (torch.ops.layerzero.rms_norm.default, (x, w, 1e-6, 0.0, "llama", "test_rec")),
+        (torch.ops.layerzero.rms_norm_residual.default, (x, w, torch.randn(2, 5, 32), 1e-6, 1.0, "gemma", "test_rec")),
+        (torch.ops.layerzero.layer_norm.default, (x, w, b, 1e-5, "test_rec")),
+        (torch.ops.layerzero.rope.default, (q.transpose(1, 2), k.transpose(1, 2), cos, sin, "bhsd", False, "test_rec")),
+        (torch.ops.layerzero.swiglu.default, (x, x.detach() * 2, "test_rec")),
+        (torch.ops.layerzero.geglu.default, (x, x.detach() * 2, "tanh", "test_rec")),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_fake_kernels_follow_the_contract_dtypes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 3, 4, 16, dtype=torch.bfloat16)
+        v = torch.empty(2, 7, 2, 8, dtype=torch.bfloat16)
+        out = torch.ops.layerzero.attention(q, v.new_empty(2, 7, 2, 16), v, None, False, None, 0.0, None, None,
+                                            None, "attention.cross", None)
+        assert out.shape == (2, 3, 4, 8) and out.dtype == torch.bfloat16
+        x = torch.empty(4, 32, dtype=torch.bfloat16)
+        normed, summed = torch.ops.layerzero.rms_norm_residual(x, torch.empty(32), x, 1e-6, 0.0, "llama", None)
+        assert normed.dtype == torch.bfloat16 and summed.shape == (4, 32)
+
+
+def test_compiled_graph_refers_to_orchestrator_by_name(rec):
+    """A per-model orchestrator object works under compile once registered, and fails loudly if not."""
+    x, w = torch.randn(3, 8), torch.randn(8)
+    compiled = torch.compile(lambda x, w: ops.rms_norm(x, w, orchestrator=rec), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, w), ref.rms_norm(x, w))
+    assert rec.calls
+    torch._dynamo.reset()
+    stranger = RecordingOrchestrator()
+    compiled = torch.compile(lambda x, w: ops.rms_norm(x, w, orchestrator=stranger), fullgraph=True, backend="eager")
+    with pytest.raises(Exception, match="register_orchestrator") as ei:
+        compiled(x, w)
+    assert isinstance(ei.value, LayerZeroError) or "LayerZeroError" in str(ei.value)
+
+
+def test_compiled_backward_matches_eager_reference_gradients(rec):
+    torch.manual_seed(1)
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    w = torch.randn(16, requires_grad=True)
+    g = torch.randn(2, 5, 16, requires_grad=True)
+
+    def fn(q, k, v, x, w, g, name):
+        a = ops.attention(q, k, v, is_causal=True, softcap=4.0, orchestrator=name)
+        n = ops.rms_norm(x, w, orchestrator=name)
+        s = ops.swiglu(g, n, orchestrator=name)
+        return a.square().sum() + s.sin().sum()
+
+    leaves = (q, k, v, x, w, g)
+    eager_grads = torch.autograd.grad(fn(*leaves, "test_rec"), leaves)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    compiled_grads = torch.autograd.grad(compiled(*leaves, "test_rec"), leaves)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_attention_backward_refuses_dropout(rec):
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    compiled = torch.compile(lambda q, k, v: ops.attention(q, k, v, dropout_p=0.5, orchestrator="test_rec"),
+                             fullgraph=True, backend="aot_eager")
+    out = compiled(q, k, v)
+    with pytest.raises(Exception, match="dropout"):
+        out.sum().backward()
+
+
+def test_inductor_compiles_a_block_with_layerzero_ops(rec):
+    """The default backend (Inductor) keeps the custom ops as extern calls around its fused kernels."""
+    q, k, v = _qkv()
+    x, w = torch.randn(2, 5, 32), torch.randn(32)
+
+    def block(q, k, v, x, w):
+        a = ops.attention(q, k, v, is_causal=True, orchestrator="test_rec")
+        n = ops.rms_norm(x * 2 + 1, w, orchestrator="test_rec")
+        return a * 3, n.relu()
+
+    eager = block(q, k, v, x, w)
+    compiled = torch.compile(block, fullgraph=True)(q, k, v, x, w)
+    for c, e in zip(compiled, eager):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5)
