@@ -131,17 +131,24 @@ def _full_rotary_only(ctx: SelectionContext) -> str | None:
     return None
 
 
-def _cudnn_seq_ok(ctx: SelectionContext) -> str | None:
-    """cuDNN SDPA needs Sq > 1 (torch routes single-token decode away from it)"""
-    if ctx.seq_len_q is not None and ctx.seq_len_q < 2:
-        return "seq_len_q 1 (decode) not supported by SDPA cuDNN in torch; use flash or efficient"
+def _cudnn_shapes_ok(ctx: SelectionContext) -> str | None:
+    """cuDNN SDPA: key length > 1, dropout a multiple of 1/16 and not with one query (torch sdp_utils.cpp)"""
+    if ctx.seq_len_k is not None and ctx.seq_len_k < 2:
+        return "seq_len_k 1 not supported by SDPA cuDNN (torch check_cudnn_tensor_shapes)"
+    if ctx.dropout_p:
+        if ctx.dropout_p * 16 != int(ctx.dropout_p * 16):
+            return f"dropout_p {ctx.dropout_p} not a multiple of 1/16 (cuDNN dropout resolution)"
+        if ctx.seq_len_q == 1:
+            return "dropout with seq_len_q 1 not supported by SDPA cuDNN"
     return None
 
 
-def _flashinfer_decode_only(ctx: SelectionContext) -> str | None:
-    """one query token per sequence"""
-    if ctx.seq_len_q is not None and ctx.seq_len_q != 1:
-        return f"seq_len_q {ctx.seq_len_q} != 1: flashinfer decode kernels take one query token per sequence"
+def _efficient_alignment(ctx: SelectionContext) -> str | None:
+    """SDPA mem-efficient: head dims multiple of 8 (fp16/bf16) or 4 (fp32) on sm80+"""
+    need = 4 if ctx.dtype == "float32" else 8
+    for name, d in (("head_dim", ctx.head_dim), ("value head_dim", ctx.head_dim_v)):
+        if d is not None and d % need:
+            return f"{name} {d} not a multiple of {need} (SDPA mem-efficient GEMM alignment for {ctx.dtype})"
     return None
 
 
@@ -205,6 +212,7 @@ def _torch_kernels() -> list[KernelSpec]:
         min_compute_capability=(5, 0),
         supports_gqa=False,
         supports_sliding_window=True,
+        custom=(_efficient_alignment,),
     )
     cudnn = KernelConstraints(
         platforms=CUDA,
@@ -214,7 +222,7 @@ def _torch_kernels() -> list[KernelSpec]:
         head_dim_multiple=8,
         supports_sliding_window=True,
         supports_different_v_dim=False,
-        custom=(_gqa_ratio_ok, _cudnn_seq_ok),
+        custom=(_gqa_ratio_ok, _cudnn_shapes_ok),
     )
     math = KernelConstraints(dtypes=ANY_FLOAT, supports_sliding_window=True, custom=(_gqa_ratio_ok,))
     return [
@@ -276,12 +284,7 @@ def _triton_kernels() -> list[KernelSpec]:
 
 def builtin_kernels() -> list[KernelSpec]:
     """Every built-in kernel spec. Imports only LayerZero modules (adapters import their library lazily)."""
-    kernels = _reference_kernels() + _torch_kernels()
-    for part in (_flex_kernels, _optional_kernels):
-        try:
-            kernels.extend(part())
-        except ImportError:
-            continue
+    kernels = _reference_kernels() + _torch_kernels() + _flex_kernels() + _optional_kernels()
     kernels.extend(_triton_kernels())
     return kernels
 

@@ -1,0 +1,134 @@
+"""Liger-Kernel (Triton) kernels: RMSNorm, LayerNorm, RoPE, SwiGLU, GeGLU.
+
+Measured on an H100 (DESIGN.md §3): Liger RMSNorm 1.2–1.9 TB/s (below ``F.rms_norm``'s 1.5–2.6), RoPE
+0.50 ms vs 1.12 ms for the HF eager function, SwiGLU 2.5 TB/s vs 1.8 eager at 16k tokens. Adapters call
+Liger's autograd functions directly (``liger_kernel.ops.*``), not its module patchers, so nothing global
+changes. Liger's RoPE writes into ``q.transpose(1, 2).contiguous()``, which *is* the caller's storage when q
+is the usual transposed view of a (B, S, H, D) projection; the adapter hands it a private copy so inputs
+are never mutated (the contract).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from layerzero.registry.constraints import KernelConstraints
+from layerzero.registry.kernel_spec import KernelSpec
+
+__all__ = ["kernel_specs", "liger_geglu", "liger_layer_norm", "liger_rms_norm", "liger_rope", "liger_swiglu"]
+
+_PARTIAL_ROTARY_MIN = (0, 8, 5)
+
+
+def liger_rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    offset: float = 0.0,
+    casting: str = "llama",
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``LigerRMSNormFunction`` with Liger's own ``offset`` and ``casting_mode`` (llama / gemma / none)."""
+    from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+
+    if residual is not None:
+        x = x + residual
+    out = LigerRMSNormFunction.apply(x, weight, eps, offset, casting, False)
+    return (out, x) if residual is not None else out
+
+
+def liger_layer_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5
+) -> torch.Tensor:
+    """``LigerLayerNormFunction``; Liger needs both parameters, so missing ones become 1 / 0."""
+    from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+
+    hidden = x.shape[-1]
+    w = weight if weight is not None else torch.ones(hidden, dtype=x.dtype, device=x.device)
+    b = bias if bias is not None else torch.zeros(hidden, dtype=x.dtype, device=x.device)
+    return LigerLayerNormFunction.apply(x, w, b, eps)
+
+
+def _private_bshd(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """A (B, H, S, D) view over a (B, S, H, D) buffer that the caller does not own (Liger writes in place)."""
+    bshd = t.transpose(1, 2) if layout == "bhsd" else t
+    buf = bshd.contiguous()
+    if buf.data_ptr() == bshd.data_ptr():
+        buf = buf.clone()
+    return buf.transpose(1, 2)
+
+
+def liger_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    layout: str = "bhsd",
+    interleaved: bool = False,
+    unsqueeze_dim: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``LigerRopeFunction`` (NeoX halves only; partial rotary from the cos width)."""
+    from liger_kernel.ops.rope import LigerRopeFunction
+
+    if interleaved:
+        raise ValueError("liger_rope: interleaved rotary is not supported; use torch_rope")
+    if layout not in ("bhsd", "bshd"):
+        raise ValueError(f"liger_rope: layout={layout!r} is not one of 'bhsd', 'bshd'")
+    qb, kb = _private_bshd(q, layout), _private_bshd(k, layout)
+    c, s = cos.to(q.dtype), sin.to(q.dtype)
+    q_out, k_out = LigerRopeFunction.apply(qb, kb, c, s)
+    if layout == "bshd":
+        return q_out.transpose(1, 2), k_out.transpose(1, 2)
+    return q_out, k_out
+
+
+def liger_swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``LigerSiLUMulFunction``: silu(gate) * up in one pass."""
+    from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+
+    return LigerSiLUMulFunction.apply(gate, up)
+
+
+def liger_geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
+    """``LigerGELUMulFunction``: gelu_tanh(gate) * up (Liger implements only the tanh approximation)."""
+    if approximate != "tanh":
+        raise ValueError(f"liger_geglu: approximate={approximate!r} unsupported (Liger is tanh-only); use torch_geglu")
+    from liger_kernel.ops.geglu import LigerGELUMulFunction
+
+    return LigerGELUMulFunction.apply(gate, up)
+
+
+def _partial_rotary_needs_new_liger(ctx) -> str | None:
+    """partial rotary needs liger-kernel >= 0.8.5"""
+    if ctx.rotary_dim is None or ctx.head_dim is None or ctx.rotary_dim >= ctx.head_dim:
+        return None
+    from layerzero.registry import get_global_backend_registry
+    from layerzero.registry.backends import _vtuple
+
+    version = get_global_backend_registry().status("liger").version
+    if version and _vtuple(version) < _PARTIAL_ROTARY_MIN:
+        return f"partial rotary needs liger-kernel >= 0.8.5 (installed {version})"
+    return None
+
+
+def kernel_specs() -> list[KernelSpec]:
+    mod = __name__
+    cuda = frozenset({"cuda"})
+    floats = frozenset({"float16", "bfloat16", "float32"})
+    return [
+        KernelSpec("liger_rms_norm", "rms_norm", "liger", f"{mod}:liger_rms_norm",
+                   KernelConstraints(platforms=cuda, dtypes=floats, casting_modes=frozenset({"llama", "gemma", "none"})),
+                   60, description="Liger RMSNorm (1.2–1.9 TB/s; below F.rms_norm's 1.5–2.6 TB/s)"),
+        KernelSpec("liger_layer_norm", "layer_norm", "liger", f"{mod}:liger_layer_norm",
+                   KernelConstraints(platforms=cuda, dtypes=floats), 60, description="Liger LayerNorm"),
+        KernelSpec("liger_rope", "rope", "liger", f"{mod}:liger_rope",
+                   KernelConstraints(platforms=cuda, dtypes=floats, supports_interleaved=False,
+                                     custom=(_partial_rotary_needs_new_liger,)),
+                   70, description="Liger RoPE (0.50 ms vs HF eager 1.12 ms at 8x2048x32x128)"),
+        KernelSpec("liger_swiglu", "swiglu", "liger", f"{mod}:liger_swiglu",
+                   KernelConstraints(platforms=cuda, dtypes=floats), 60,
+                   description="Liger SiLU*mul (2.5 TB/s vs eager 1.8 at 16k tokens; eager wins at ~128 tokens)"),
+        KernelSpec("liger_geglu", "geglu", "liger", f"{mod}:liger_geglu",
+                   KernelConstraints(platforms=cuda, dtypes=floats), 60,
+                   description="Liger GELU(tanh)*mul; approximate='none' falls back"),
+    ]
