@@ -72,7 +72,7 @@ class DispatchConfig:
         self.static_kernel_map = dict(self.static_kernel_map or {})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class DispatchTiming:
     """Wall-clock nanoseconds of the dispatch path. ``execution_ns`` is the time to launch the kernel
     from Python: on CUDA it does not include GPU time unless the kernel synchronises."""

@@ -61,6 +61,11 @@ class KernelSpec:
         return any(matches(p, operation) for p in self.operations)
 
     @property
+    def parameters(self) -> frozenset[str]:
+        """The keyword arguments this kernel accepts: the union of its operations' contracts."""
+        return self._parameters
+
+    @property
     def is_reference(self) -> bool:
         return "reference" in self.tags
 

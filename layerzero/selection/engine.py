@@ -116,12 +116,12 @@ class SelectionEngine:
         self.backends = backend_registry
         self.policy = policy_engine
         self.cache_size = max(1, int(cache_size))
+        self._touch_above = self.cache_size // 2
         self.enable_cache = enable_cache
         self.include_fallbacks = include_fallbacks
         self.preserve_order = preserve_order
         self._cache: OrderedDict[Hashable, Plan] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
         self.misses = 0
         self._generation = kernel_registry.generation
         self.bucketers = self._make_bucketers()
@@ -150,8 +150,8 @@ class SelectionEngine:
         """The hot path: one dict lookup (plus an LRU touch)."""
         cache = self._cache
         plan = cache.get(key)
-        if plan is not None:
-            self.hits += 1
+        if plan is not None and len(cache) > self._touch_above:
+            # Recency only matters once eviction is near: below half capacity a hit skips the LRU touch.
             try:
                 cache.move_to_end(key)
             except KeyError:  # evicted by another thread between get and move

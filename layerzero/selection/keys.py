@@ -17,10 +17,25 @@ Keyer = Callable[[str, Mapping[str, Any], Mapping[str, Any]], Hashable]
 _grad_enabled = torch.is_grad_enabled
 
 
+def _memo(bucket: Bucketer, limit: int = 8192) -> Callable[[int], int]:
+    """A bucketer with a bounded memo: a dict hit is cheaper than the arithmetic and the bisect."""
+    memo: dict[int, int] = {}
+
+    def fn(n: int) -> int:
+        b = memo.get(n)
+        if b is None:
+            if len(memo) >= limit:
+                memo.clear()
+            b = memo[n] = bucket(n)
+        return b
+
+    return fn
+
+
 def make_keyer(bucketers: Mapping[str, Bucketer]) -> Keyer:
-    bq = bucketers["seq_len_q"]
-    bk = bucketers["seq_len_k"]
-    bb = bucketers["batch_size"]
+    bq = _memo(bucketers["seq_len_q"])
+    bk = _memo(bucketers["seq_len_k"])
+    bb = _memo(bucketers["batch_size"])
 
     def attention_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
         q = inputs["query"]
