@@ -1,0 +1,230 @@
+"""Per-model orchestrators: rules and A/B arms turned into a registered dispatcher, at patch or load time.
+
+Every patched (or ``attn_implementation="layerzero"``-loaded) model gets its own orchestrator, built from
+the rules that match its config and its experiment arm, registered in :mod:`layerzero.ops` under a unique
+name. Kernels and the attention function find it through ``module._layerzero_orchestrator`` (a string, so
+compiled graphs can carry it as a constant). Two models in one process therefore choose kernels, count
+telemetry and open circuit breakers independently.
+
+The load-time hook: Transformers 5.17 offers no post-load callback for a custom attention implementation
+(``post_init`` and ``from_pretrained`` have no plug-in point; ``set_use_kernels`` is for the HF ``kernels``
+hub only), and rewriting ``PreTrainedModel`` methods would be the global patching we avoid. The attention
+module, however, carries the model's ``config`` (one object per loaded model), so the attention function
+calls :func:`orchestrator_for` on its first call for a module: the rules and arm are resolved from
+``module.config``, the orchestrator is built once per config object, and its name is stored on the module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from layerzero_hf.rules import ModelFacts, Resolution, RuleSet, load_rules, merge_policy, resolve
+
+ORCHESTRATOR_ATTR = "_layerzero_orchestrator"
+ARM_ATTR = "_layerzero_arm"
+SETUP_ATTR = "_layerzero_setup"
+
+_counter = itertools.count(1)
+_lock = threading.Lock()
+_by_config: dict[int, "ModelSetup"] = {}
+
+
+@dataclass
+class ModelSetup:
+    """A model's registered orchestrator and the decisions behind it."""
+
+    name: str
+    orchestrator: Any
+    resolution: Resolution
+    facts: ModelFacts
+    notes: tuple[str, ...] = ()
+
+    @property
+    def arm(self) -> str | None:
+        return self.resolution.arm
+
+    @property
+    def experiment(self) -> str | None:
+        return self.resolution.experiment
+
+    def labels(self) -> dict[str, str | None]:
+        """Labels to attach to this model's telemetry (dashboards split A/B arms by these)."""
+        return {
+            "orchestrator": self.name,
+            "model_type": self.facts.model_type,
+            "model_id": self.resolution.model_id,
+            "experiment": self.resolution.experiment,
+            "arm": self.resolution.arm,
+        }
+
+
+def build_setup(
+    config: Any,
+    model: Any = None,
+    *,
+    rules: Any = None,
+    policy: Any = None,
+    kernels: Mapping[str, str] | None = None,
+    arms: Any = None,
+    arm: str | None = None,
+    experiment: str | None = None,
+    model_id: str | None = None,
+    dispatch_config: Any = None,
+) -> ModelSetup:
+    """Resolve rules/arm for a config, build the orchestrator and register it under a fresh name.
+
+    ``rules``: a models.yaml path, a mapping, a RuleSet, None (the shipped file) or False (no rules).
+    ``policy``: a policy path or mapping (merged over the rules, so the caller wins) or a ``Policy``
+    object (used as is: rules and arms then only pick the arm and are noted in the report).
+    """
+    from layerzero import ops
+    from layerzero.dispatch import DispatchConfig, create_orchestrator
+    from layerzero.policy import Policy, load_policy
+
+    ruleset = RuleSet() if rules is False else load_rules(rules)
+    facts = ModelFacts.of(config, model)
+    policy_obj = policy if isinstance(policy, Policy) else None
+    fragment = _policy_mapping(policy) if policy is not None and policy_obj is None else None
+    res = resolve(ruleset, facts, model_id=model_id, arms=arms, arm=arm, experiment=experiment,
+                  policy=fragment, kernels=kernels)
+    notes: list[str] = []
+    overrides = res.policy_mapping()
+    if policy_obj is not None:
+        if overrides:
+            notes.append("an explicit Policy object was passed: rule/arm policy overrides were not merged into it")
+        final = policy_obj
+    elif overrides:
+        final = load_policy(merge_policy(_default_policy_mapping(), overrides))
+    else:
+        final = None  # the dispatcher's default (the packaged default policy, as the global one uses)
+    cfg = dispatch_config if dispatch_config is not None else _default_dispatch_config()
+    orchestrator = create_orchestrator(config=cfg, policy=final)
+    name = f"layerzero_hf:{facts.model_type or 'model'}:{next(_counter)}"
+    ops.register_orchestrator(name, orchestrator)
+    return ModelSetup(name, orchestrator, res, facts, tuple(notes))
+
+
+def release(setup: ModelSetup) -> None:
+    """Unregister a model's orchestrator (after unpatching, or when its config is collected)."""
+    from layerzero import ops
+
+    ops.unregister_orchestrator(setup.name)
+
+
+def _default_dispatch_config() -> Any:
+    from layerzero.dispatch import DispatchConfig, DispatchMode
+
+    try:
+        from layerzero.policy import default_policy_path
+
+        path = default_policy_path()
+    except ImportError:
+        path = None
+    return DispatchConfig(mode=DispatchMode.DYNAMIC, policy_path=str(path) if path else None)
+
+
+def _default_policy_mapping() -> dict[str, Any]:
+    """The packaged default policy as a mapping, so rule overrides add to it rather than replace it."""
+    try:
+        from layerzero.policy import default_policy_path
+
+        path = default_policy_path()
+    except ImportError:
+        return {}
+    if path is None:
+        return {}
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    return dict(data) if isinstance(data, Mapping) else {}
+
+
+def _policy_mapping(policy: Any) -> dict[str, Any]:
+    if isinstance(policy, Mapping):
+        return dict(policy)
+    import os
+
+    if isinstance(policy, (str, os.PathLike)):
+        from layerzero.errors import ConfigValidationError, ValidationProblem
+        from layerzero_hf.specs import _read_yaml
+
+        path = os.fspath(policy)
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigValidationError([ValidationProblem("policy", path, f"cannot read the policy file: {exc}")])
+        data = _read_yaml(text, path) or {}
+        if not isinstance(data, Mapping):
+            raise ConfigValidationError([ValidationProblem("<root>", type(data).__name__, "expected a mapping", path)])
+        return dict(data)
+    raise TypeError(f"policy: expected a path, a mapping or a layerzero.policy.Policy, got {type(policy).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------- load-time hook
+def setup_for_config(config: Any, model: Any = None) -> ModelSetup:
+    """The orchestrator shared by every module of the model that owns ``config`` (built on first use from
+    the shipped rules; later ``patch()`` calls replace it). Released when the config is collected."""
+    key = id(config)
+    setup = _by_config.get(key)
+    if setup is not None:
+        return setup
+    with _lock:
+        setup = _by_config.get(key)
+        if setup is None:
+            setup = build_setup(config, model)
+            _by_config[key] = setup
+            weakref.finalize(config, _forget_config, key, setup.name)
+    return setup
+
+
+def bind_config(config: Any, setup: ModelSetup) -> None:
+    """Make ``setup`` the one lazily found for ``config`` (``patch()`` calls this)."""
+    key = id(config)
+    with _lock:
+        _by_config[key] = setup
+    weakref.finalize(config, _forget_config, key, setup.name)
+
+
+def unbind_config(config: Any, setup: ModelSetup) -> None:
+    with _lock:
+        if _by_config.get(id(config)) is setup:
+            del _by_config[id(config)]
+
+
+def _forget_config(key: int, name: str) -> None:
+    with _lock:
+        setup = _by_config.get(key)
+        if setup is not None and setup.name == name:
+            del _by_config[key]
+    try:
+        from layerzero import ops
+
+        ops.unregister_orchestrator(name)
+    except Exception:  # interpreter shutdown
+        pass
+
+
+def orchestrator_for(module: Any) -> str | None:
+    """The orchestrator name the attention function should use for ``module``.
+
+    Cheap after the first call (one dict lookup). On the first eager call for a module of a model loaded
+    with ``attn_implementation="layerzero"`` and never patched, resolves the model's rules and A/B arm from
+    ``module.config`` and stores the name on the module. Under ``torch.compile`` tracing it never builds
+    anything (no side effects in the graph): an unset module then uses the global dispatcher.
+    """
+    name = module.__dict__.get(ORCHESTRATOR_ATTR)
+    if name is not None or torch.compiler.is_compiling():
+        return name
+    config = getattr(module, "config", None)
+    if config is None:
+        return None
+    setup = setup_for_config(config)
+    module.__dict__[ORCHESTRATOR_ATTR] = setup.name
+    return setup.name

@@ -1,0 +1,534 @@
+"""Per-instance patching of a Transformers model: norms, RoPE and MLP activations dispatched by LayerZero.
+
+One generic mechanism driven by data (``patches/<arch>.yaml`` or, for unknown architectures, structural
+detection plus a numerical self-check). Nothing global is touched:
+
+* norms and MLPs get a forward bound on the instance (``module.forward = MethodType(fn, module)``); the
+  parameters, buffers, state-dict keys and ``save_pretrained`` output stay exactly the same;
+* RoPE lives in a module-global function (``apply_rotary_pos_emb``) that the attention forward looks up at
+  call time. Rewriting that global would change every model of the architecture in the process, so each
+  patched attention instance gets a copy of its class forward whose globals resolve the name to this
+  model's replacement (same code object, one overlay dict per model);
+* every binding is recorded, so :func:`unpatch` deletes exactly the instance attributes it added and the
+  class forwards serve again (``'forward' not in module.__dict__``).
+
+Replacements call :mod:`layerzero.ops` with this model's orchestrator name, so under ``torch.compile`` they
+become opaque custom ops (no graph breaks) and in eager mode they dispatch per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from torch import nn
+
+from layerzero.errors import PatchError
+from layerzero_hf import detect
+from layerzero_hf.loading import (
+    ARM_ATTR,
+    ORCHESTRATOR_ATTR,
+    ModelSetup,
+    bind_config,
+    build_setup,
+    release,
+    unbind_config,
+)
+from layerzero_hf.report import PatchedModule, PatchReport, SkippedModule
+from layerzero_hf.specs import KINDS, ArchSpec, PatchSpec, load_arch_spec, parse_arch_spec, spec_for
+
+STATE_ATTR = "_layerzero_state"
+SELF_CHECK_MODES = ("unknown", "all", "none")
+
+
+@dataclass
+class _Binding:
+    module: nn.Module
+    bound: Any
+
+
+@dataclass
+class _State:
+    key: tuple
+    kwargs: dict[str, Any]
+    setup: ModelSetup
+    report: PatchReport
+    bindings: list[_Binding] = field(default_factory=list)
+    attr_modules: list[nn.Module] = field(default_factory=list)
+    previous_attn: str | None = None
+
+
+@dataclass
+class _Planned:
+    path: str
+    module: nn.Module
+    fn: Callable
+    record: PatchedModule
+
+
+class _Skip(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- replacements
+def _rms_forward(ops: Any, orch: str, eps_attr: str, weight_attr: str, offset: float, casting: str) -> Callable:
+    def forward(self, hidden_states):
+        return ops.rms_norm(hidden_states, getattr(self, weight_attr), eps=getattr(self, eps_attr), offset=offset,
+                            casting=casting, orchestrator=orch)
+
+    return forward
+
+
+def _layer_norm_forward(ops: Any, orch: str, eps_attr: str, weight_attr: str, bias_attr: str) -> Callable:
+    def forward(self, hidden_states):
+        return ops.layer_norm(hidden_states, getattr(self, weight_attr), getattr(self, bias_attr),
+                              eps=getattr(self, eps_attr), orchestrator=orch)
+
+    return forward
+
+
+def _mlp_forward(ops: Any, orch: str, params: Mapping[str, Any], op: str, approximate: str) -> Callable:
+    down = params["down"]
+    if params["layout"] == "gate_up_fused":
+        gate_up = params["gate_up"]
+        if op == "swiglu":
+            def forward(self, hidden_states):
+                gate, up = getattr(self, gate_up)(hidden_states).chunk(2, dim=-1)
+                return getattr(self, down)(ops.swiglu(gate, up, orchestrator=orch))
+        else:
+            def forward(self, hidden_states):
+                gate, up = getattr(self, gate_up)(hidden_states).chunk(2, dim=-1)
+                return getattr(self, down)(ops.geglu(gate, up, approximate=approximate, orchestrator=orch))
+        return forward
+    gate_name, up_name = params["gate"], params["up"]
+    if op == "swiglu":
+        def forward(self, hidden_states):
+            return getattr(self, down)(
+                ops.swiglu(getattr(self, gate_name)(hidden_states), getattr(self, up_name)(hidden_states),
+                           orchestrator=orch))
+    else:
+        def forward(self, hidden_states):
+            return getattr(self, down)(
+                ops.geglu(getattr(self, gate_name)(hidden_states), getattr(self, up_name)(hidden_states),
+                          approximate=approximate, orchestrator=orch))
+    return forward
+
+
+def _rope_function(ops: Any, orch: str, interleaved: bool, original: Callable) -> Callable:
+    def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+        # HF passes (B, H, S, D) with unsqueeze_dim=1; unsqueeze_dim=2 means (B, S, H, D).
+        if unsqueeze_dim == 1:
+            return ops.rope(q, k, cos, sin, layout="bhsd", interleaved=interleaved, orchestrator=orch)
+        if unsqueeze_dim == 2:
+            return ops.rope(q, k, cos, sin, layout="bshd", interleaved=interleaved, orchestrator=orch)
+        return original(q, k, cos, sin, unsqueeze_dim)
+
+    apply_rotary_pos_emb.__layerzero_original__ = original  # type: ignore[attr-defined]
+    return apply_rotary_pos_emb
+
+
+def _with_global(fn: Callable, name: str, value: Any, overlays: dict[int, dict]) -> Callable:
+    """A copy of ``fn`` (same code, defaults, closure) whose global ``name`` is ``value``. The overlay dict
+    is a snapshot of the defining module's namespace, shared by every instance of this model."""
+    g = overlays.get(id(fn.__globals__))
+    if g is None:
+        g = dict(fn.__globals__)
+        g[name] = value
+        overlays[id(fn.__globals__)] = g
+    new = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__kwdefaults__ = dict(fn.__kwdefaults__) if fn.__kwdefaults__ else None
+    new.__qualname__ = fn.__qualname__
+    new.__module__ = fn.__module__
+    new.__doc__ = fn.__doc__
+    new.__dict__.update(fn.__dict__)
+    new.__layerzero_original__ = fn  # type: ignore[attr-defined]
+    return new
+
+
+# ---------------------------------------------------------------------------------------------- planning
+class _Planner:
+    """Decides, module by module, what to bind; runs the self-checks; collects skips with reasons."""
+
+    def __init__(self, model: nn.Module, arch: ArchSpec | None, orch: str, *, detect_mode: bool,
+                 self_check: str, kinds: frozenset[str]):
+        from layerzero import ops
+
+        self.ops = ops
+        self.model = model
+        self.arch = arch
+        self.orch = orch
+        self.detect_mode = detect_mode
+        self.self_check = self_check
+        self.kinds = kinds
+        self.planned: list[_Planned] = []
+        self.skipped: list[SkippedModule] = []
+        self.attention: list[nn.Module] = []
+        self._class_verdict: dict[tuple, tuple[dict, str] | str] = {}  # per (kind, class, params) -> ok|reason
+        self._overlays: dict[int, dict] = {}
+        self._rope_fns: dict[int, Callable] = {}
+
+    def run(self) -> None:
+        attention_classes = set(self.arch.attention_classes) if self.arch else set()
+        for path, module in self.model.named_modules():
+            if module is self.model:
+                continue
+            if type(module).__name__ in attention_classes or (
+                    (self.arch is None or self.detect_mode) and detect.is_attention_module(module)):
+                self.attention.append(module)
+            spec = self._spec_for(path, module)
+            if spec is not None:
+                if spec.kind in self.kinds:
+                    self._plan(path, module, spec.kind, dict(spec.params), spec.name, verify=self.self_check == "all")
+                continue
+            if self.detect_mode:
+                proposal = detect.propose(path, module)
+                if proposal is not None and proposal.kind in self.kinds:
+                    self._plan(path, module, proposal.kind, dict(proposal.params), "detected",
+                               verify=self.self_check != "none", detected=True)
+
+    def _spec_for(self, path: str, module: nn.Module) -> PatchSpec | None:
+        if self.arch is None:
+            return None
+        for spec in self.arch.patches:
+            if spec.match(path, module):
+                return spec
+        return None
+
+    def _plan(self, path: str, module: nn.Module, kind: str, params: dict, source: str, *, verify: bool,
+              detected: bool = False) -> None:
+        cls = type(module).__name__
+        if "forward" in module.__dict__:
+            self.skipped.append(SkippedModule(path, kind, cls, "already has an instance forward (another library's "
+                                              "hook or patch); left alone so it keeps working"))
+            return
+        try:
+            fn, op, detail = getattr(self, f"_make_{kind}")(path, module, params, verify=verify, detected=detected)
+        except _Skip as why:
+            self.skipped.append(SkippedModule(path, kind, cls, str(why)))
+            return
+        self.planned.append(_Planned(path, module, fn, PatchedModule(path, kind, op, cls, detail, source)))
+
+    def _verdict(self, key: tuple, compute: Callable[[], tuple[dict, str]]) -> tuple[dict, str]:
+        """Self-check results per class (same code, same verdict), so a 32-layer model probes once."""
+        if key not in self._class_verdict:
+            try:
+                self._class_verdict[key] = compute()
+            except detect.CheckFailed as exc:
+                self._class_verdict[key] = f"self-check failed: {exc}"
+            except _Skip as exc:
+                self._class_verdict[key] = str(exc)
+        verdict = self._class_verdict[key]
+        if isinstance(verdict, str):
+            raise _Skip(verdict)
+        return verdict
+
+    # -------------------------------------------------------------- kinds
+    def _make_rms_norm(self, path, module, params, *, verify, detected):
+        eps = detect.eps_of(module, params["eps_attr"])
+        if eps is None:
+            raise _Skip(f"no float epsilon attribute among {list(params['eps_attr'])}")
+        weight_attr = params.get("weight_attr", "weight")
+        if not hasattr(module, weight_attr):
+            raise _Skip(f"no {weight_attr!r} attribute")
+        weight = getattr(module, weight_attr)
+        hidden = weight.shape[-1] if weight is not None else None
+        if hidden is None:
+            raise _Skip("weight-less RMSNorm: hidden size unknown, not patched")
+        make = lambda off, cast: _rms_forward(self.ops, self.orch, eps[0], weight_attr, off, cast)  # noqa: E731
+        if detected:
+            def compute():
+                offset, casting = detect.choose_norm_params(module, make, hidden)
+                why = detect.check_norm(module, types.MethodType(make(offset, casting), module), hidden)
+                return {"offset": offset, "casting": casting}, why
+            chosen, why = self._verdict(("rms_norm", type(module), eps[0]), compute)
+            offset, casting = chosen["offset"], chosen["casting"]
+        else:
+            offset, casting = float(params["offset"]), params["casting"]
+            why = ""
+            if verify:
+                _, why = self._verdict(("rms_norm", type(module), eps[0], offset, casting), lambda: (
+                    {}, detect.check_norm(module, types.MethodType(make(offset, casting), module), hidden)))
+        detail = f"eps={eps[1]:g} offset={offset:g} casting={casting}" + (f"; {why}" if why else "")
+        return make(offset, casting), "rms_norm", detail
+
+    def _make_layer_norm(self, path, module, params, *, verify, detected):
+        eps = detect.eps_of(module, params["eps_attr"])
+        if eps is None:
+            raise _Skip(f"no float epsilon attribute among {list(params['eps_attr'])}")
+        w, b = params.get("weight_attr", "weight"), params.get("bias_attr", "bias")
+        weight = getattr(module, w, None)
+        if weight is None or weight.dim() != 1:
+            raise _Skip("LayerNorm without a 1-D weight is not patched")
+        fn = _layer_norm_forward(self.ops, self.orch, eps[0], w, b)
+        why = ""
+        if verify or detected:
+            _, why = self._verdict(("layer_norm", type(module), eps[0]), lambda: (
+                {}, detect.check_norm(module, types.MethodType(fn, module), weight.shape[-1])))
+        return fn, "layer_norm", f"eps={eps[1]:g}" + (f"; {why}" if why else "")
+
+    def _make_mlp(self, path, module, params, *, verify, detected):
+        names = [params["down"]] + ([params["gate_up"]] if params["layout"] == "gate_up_fused"
+                                    else [params["gate"], params["up"]])
+        for n in names:
+            if not isinstance(getattr(module, n, None), nn.Module):
+                raise _Skip(f"no submodule {n!r} (layout {params['layout']})")
+        act = getattr(module, params["act"], None)
+        ident = detect.identify_activation(act)
+        if ident is None:
+            raise _Skip(f"activation {type(act).__name__} ({params['act']}) is not silu, gelu-tanh or gelu")
+        op, approx = ident
+        act_name = detect.ACTIVATION_NAMES[ident]
+        allowed = params.get("activations")
+        if allowed and act_name not in allowed:
+            raise _Skip(f"activation {act_name} not among the spec's activations {list(allowed)}")
+        fn = _mlp_forward(self.ops, self.orch, params, op, approx)
+        why = ""
+        if verify or detected:
+            first = getattr(module, names[-1] if params["layout"] == "gate_up_separate" else names[1])
+            hidden = getattr(first, "in_features", None)
+            if not isinstance(hidden, int):
+                raise _Skip("cannot size a probe: the projection has no in_features")
+            _, why = self._verdict(("mlp", type(module), params["layout"], ident), lambda: (
+                {}, detect.check_mlp(module, types.MethodType(fn, module), hidden)))
+        detail = f"{params['layout']} {act_name} -> {op}" + (f"; {why}" if why else "")
+        return fn, op, detail
+
+    def _make_rope(self, path, module, params, *, verify, detected):
+        cls_forward = type(module).forward
+        name = params["function"]
+        code = getattr(cls_forward, "__code__", None)
+        if code is None or name not in code.co_names:
+            raise _Skip(f"{type(module).__name__}.forward does not call the global {name!r} directly "
+                        "(decorated or a different RoPE path); left alone")
+        original = cls_forward.__globals__.get(name)
+        if original is None:
+            raise _Skip(f"global {name!r} not found in {cls_forward.__module__}")
+        rope_fn = self._rope_fns.get(id(original))
+        if rope_fn is None:
+            rope_fn = _rope_function(self.ops, self.orch, bool(params.get("interleaved", False)), original)
+            self._rope_fns[id(original)] = rope_fn
+        why = ""
+        dims = detect.rope_dims(module)
+        if verify or detected:
+            if dims is None:
+                raise _Skip("cannot size a RoPE probe (no head_dim / num_attention_heads on the module's config)")
+            dtype, device = detect._param_dtype_device(module)
+            if device.type == "meta":
+                raise _Skip("weights are not materialised (meta device); load the weights, then patch")
+            heads, kv, head_dim, rot = dims
+            _, why = self._verdict(("rope", id(original), rot), lambda: ({}, detect.check_rope(
+                original, rope_fn, heads=heads, kv_heads=kv, head_dim=head_dim, rot_dim=rot, dtype=dtype,
+                device=device)))
+        fn = _with_global(cls_forward, name, rope_fn, self._overlays)
+        detail = f"{name} rebound for this instance"
+        if dims is not None and dims[3] < dims[2]:
+            detail += f"; partial rotary {dims[3]}/{dims[2]}"
+        return fn, "rope", detail + (f"; {why}" if why else "")
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def patch(
+    model: nn.Module,
+    config: Any = None,
+    *,
+    policy: Any = None,
+    kernels: Mapping[str, str] | None = None,
+    arms: Any = None,
+    arm: str | None = None,
+    experiment: str | None = None,
+    model_id: str | None = None,
+    spec: ArchSpec | str | Path | Mapping[str, Any] | None = None,
+    detect_unknown: bool | None = None,
+    self_check: str = "unknown",
+    only: Iterable[str] | None = None,
+    attention: bool = False,
+    dispatch_config: Any = None,
+) -> PatchReport:
+    """Patch ``model`` in place, per instance, and return what was done.
+
+    ``config``: per-model rules (``configs/models.yaml`` format: a path, a mapping; None = the shipped file,
+    False = no rules). ``policy``/``kernels`` override the rules for this call; ``arms`` replaces the
+    matched experiment's arms and ``arm`` forces one. ``spec`` replaces the architecture spec (for a
+    new architecture or a local fix). ``detect_unknown``: None = structural detection only when no spec
+    covers the model type; True = also for modules the spec does not cover. ``self_check``: "unknown"
+    (detected replacements only), "all" (spec'd ones too, once per class) or "none" (spec'd only; detected
+    ones are always checked). ``only`` restricts the kinds (rms_norm, layer_norm, rope, mlp). ``attention``:
+    switch the model to ``attn_implementation="layerzero"`` (restored by :func:`unpatch`).
+
+    Idempotent: patching again with the same arguments returns the same report; different arguments
+    unpatch first. Raises ConfigValidationError for invalid rules/specs and PatchError for invalid
+    arguments; nothing is bound unless everything validated.
+    """
+    if not isinstance(model, nn.Module):
+        raise PatchError(f"patch: expected a torch.nn.Module (a Transformers model), got {type(model).__name__}")
+    if self_check not in SELF_CHECK_MODES:
+        raise PatchError(f"patch: self_check={self_check!r}; use one of {', '.join(SELF_CHECK_MODES)}")
+    kinds = frozenset(KINDS if only is None else only)
+    unknown_kinds = kinds - set(KINDS)
+    if unknown_kinds:
+        raise PatchError(f"patch: only={sorted(unknown_kinds)} has unknown kinds; use any of {', '.join(KINDS)}")
+    kwargs = dict(config=config, policy=policy, kernels=kernels, arms=arms, arm=arm, experiment=experiment,
+                  model_id=model_id, spec=spec, detect_unknown=detect_unknown, self_check=self_check,
+                  only=None if only is None else sorted(kinds), attention=attention,
+                  dispatch_config=dispatch_config)
+    key = _call_key(kwargs)
+    state: _State | None = model.__dict__.get(STATE_ATTR)
+    if state is not None:
+        if state.key == key:
+            return state.report
+        unpatch(model)
+
+    hf_config = getattr(model, "config", None)
+    model_type = getattr(hf_config, "model_type", None)
+    arch = _arch_spec(spec, model_type)
+    detect_mode = arch is None if detect_unknown is None else bool(detect_unknown)
+
+    setup = build_setup(hf_config, model, rules=config, policy=policy, kernels=kernels, arms=arms, arm=arm,
+                        experiment=experiment, model_id=model_id, dispatch_config=dispatch_config)
+    try:
+        planner = _Planner(model, arch, setup.name, detect_mode=detect_mode, self_check=self_check, kinds=kinds)
+        planner.run()
+    except BaseException:
+        release(setup)
+        raise
+
+    report = PatchReport(
+        model_class=type(model).__name__,
+        model_type=model_type,
+        spec=arch.source if arch else ("detected" if detect_mode else None),
+        orchestrator=setup.name,
+        experiment=setup.experiment,
+        arm=setup.arm,
+        rules=setup.resolution.rules,
+        kernels=dict(setup.resolution.kernels),
+        skipped=list(planner.skipped),
+        notes=list(setup.notes),
+    )
+    state = _State(key, kwargs, setup, report)
+    try:
+        for item in planner.planned:
+            bound = types.MethodType(item.fn, item.module)
+            item.module.forward = bound
+            state.bindings.append(_Binding(item.module, bound))
+            report.patched.append(item.record)
+        for module in [model, *planner.attention]:
+            module.__dict__[ORCHESTRATOR_ATTR] = setup.name
+            state.attr_modules.append(module)
+        model.__dict__[ARM_ATTR] = setup.arm
+        if attention and hf_config is not None and hf_config._attn_implementation != "layerzero":
+            import layerzero_hf.attention  # noqa: F401  (registers the implementation)
+
+            state.previous_attn = hf_config._attn_implementation
+            model.set_attn_implementation("layerzero")
+    except BaseException:
+        _undo(model, state)
+        raise
+    if hf_config is not None:
+        report.attn_implementation = hf_config._attn_implementation
+        bind_config(hf_config, setup)
+        if report.attn_implementation != "layerzero":
+            report.notes.append(
+                f"attention runs through Transformers' {report.attn_implementation!r} implementation; load with "
+                "attn_implementation='layerzero' or pass attention=True to dispatch it as well")
+    if arch is None and not detect_mode:
+        report.notes.append(f"no patch spec for model_type {model_type!r} and detection disabled: nothing patched")
+    if not report.patched and not report.skipped:
+        report.notes.append("no module matched the spec or the detector")
+    model.__dict__[STATE_ATTR] = state
+    return report
+
+
+def unpatch(model: nn.Module) -> bool:
+    """Restore every forward this package bound and drop its attributes. False if the model was not patched."""
+    state: _State | None = model.__dict__.pop(STATE_ATTR, None)
+    if state is None:
+        return False
+    _undo(model, state)
+    return True
+
+
+def _undo(model: nn.Module, state: _State) -> None:
+    for b in reversed(state.bindings):
+        if b.module.__dict__.get("forward") is b.bound:
+            del b.module.__dict__["forward"]
+    for module in state.attr_modules:
+        module.__dict__.pop(ORCHESTRATOR_ATTR, None)
+    # modules whose orchestrator the attention function resolved lazily while patched
+    for module in model.modules():
+        if module.__dict__.get(ORCHESTRATOR_ATTR) == state.setup.name:
+            del module.__dict__[ORCHESTRATOR_ATTR]
+    model.__dict__.pop(ARM_ATTR, None)
+    hf_config = getattr(model, "config", None)
+    if state.previous_attn is not None:
+        model.set_attn_implementation(state.previous_attn)
+    if hf_config is not None:
+        unbind_config(hf_config, state.setup)
+    release(state.setup)
+
+
+def is_patched(model: nn.Module) -> bool:
+    return STATE_ATTR in model.__dict__
+
+
+def patch_report(model: nn.Module) -> PatchReport | None:
+    state: _State | None = model.__dict__.get(STATE_ATTR)
+    return state.report if state else None
+
+
+def orchestrator_of(model: nn.Module) -> Any:
+    """The model's DispatchOrchestrator (for explain() and telemetry), or None when not patched."""
+    state: _State | None = model.__dict__.get(STATE_ATTR)
+    return state.setup.orchestrator if state else None
+
+
+def model_telemetry(model: nn.Module) -> dict[str, Any]:
+    """The model's telemetry snapshot with its labels (orchestrator, model id, experiment, arm), so A/B
+    dashboards can split by arm."""
+    state: _State | None = model.__dict__.get(STATE_ATTR)
+    if state is None:
+        raise PatchError("model_telemetry: the model is not patched; call layerzero_hf.patch(model) first")
+    return {"labels": state.setup.labels(), "snapshot": state.setup.orchestrator.get_telemetry()}
+
+
+@contextlib.contextmanager
+def patched(model: nn.Module, config: Any = None, **kwargs: Any) -> Iterator[PatchReport]:
+    """``with patched(model): ...`` patches for the block and restores the previous state after it
+    (unpatched, or the earlier patch with its arguments)."""
+    previous: _State | None = model.__dict__.get(STATE_ATTR)
+    report = patch(model, config, **kwargs)
+    try:
+        yield report
+    finally:
+        unpatch(model)
+        if previous is not None:
+            prev = dict(previous.kwargs)
+            patch(model, prev.pop("config"), **prev)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _arch_spec(spec: Any, model_type: str | None) -> ArchSpec | None:
+    if spec is None:
+        return spec_for(model_type)
+    if isinstance(spec, ArchSpec):
+        return spec
+    if isinstance(spec, Mapping):
+        return parse_arch_spec(spec, "<spec mapping>")
+    if isinstance(spec, (str, Path)):
+        return load_arch_spec(spec)
+    raise PatchError(f"patch: spec must be an ArchSpec, a YAML path or a mapping, got {type(spec).__name__}")
+
+
+def _call_key(kwargs: Mapping[str, Any]) -> tuple:
+    def freeze(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return tuple(sorted((str(k), freeze(x)) for k, x in v.items()))
+        if isinstance(v, (list, tuple)):
+            return tuple(freeze(x) for x in v)
+        if isinstance(v, (str, int, float, bool, type(None), Path)):
+            return v
+        return ("id", id(v))
+
+    return tuple((k, freeze(v)) for k, v in sorted(kwargs.items()))

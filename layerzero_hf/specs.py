@@ -1,0 +1,334 @@
+"""Architecture patch specs: ``patches/<arch>.yaml`` loaded and validated into immutable objects.
+
+An architecture is described as data (which module classes hold an RMSNorm, which attention module calls
+a module-global RoPE function, how the MLP is laid out) so one generic mechanism
+(:mod:`layerzero_hf.patching`) patches every architecture and a new Transformers release is a YAML edit,
+not a new ``apply_*`` function (DESIGN.md §5). Validation collects every problem with file, field and value.
+
+File format::
+
+    version: 1
+    model_types: [llama]                      # config.model_type values this file serves
+    module: transformers.models.llama.modeling_llama
+    attention: {classes: [LlamaAttention]}    # get ``_layerzero_orchestrator``
+    patches:
+      - name: rms_norm                        # unique within the file, shown in reports
+        kind: rms_norm                        # rms_norm | layer_norm | rope | mlp
+        match: {classes: [LlamaRMSNorm], paths: ["*"]}
+        params: {eps_attr: variance_epsilon, offset: 0.0, casting: llama}
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import threading
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from layerzero.errors import ConfigValidationError, ValidationProblem
+
+KINDS: tuple[str, ...] = ("rms_norm", "layer_norm", "rope", "mlp")
+CASTINGS: tuple[str, ...] = ("llama", "gemma", "none")
+MLP_LAYOUTS: tuple[str, ...] = ("gate_up_separate", "gate_up_fused")
+ACTIVATIONS: tuple[str, ...] = ("silu", "gelu_tanh", "gelu")
+LAYOUTS: tuple[str, ...] = ("bhsd", "bshd")
+
+_PARAMS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
+    # name -> (accepted types, default); a default of ... means required
+    "rms_norm": {
+        "eps_attr": ((str, list), ["variance_epsilon", "eps"]),
+        "weight_attr": (str, "weight"),
+        "offset": ((int, float), 0.0),
+        "casting": (str, "llama"),
+    },
+    "layer_norm": {
+        "eps_attr": ((str, list), ["eps", "variance_epsilon"]),
+        "weight_attr": (str, "weight"),
+        "bias_attr": (str, "bias"),
+    },
+    "rope": {
+        "function": (str, "apply_rotary_pos_emb"),
+        "layout": (str, "bhsd"),
+        "interleaved": (bool, False),
+        "partial": (bool, False),
+    },
+    "mlp": {
+        "layout": (str, ...),
+        "gate": (str, "gate_proj"),
+        "up": (str, "up_proj"),
+        "gate_up": (str, "gate_up_proj"),
+        "down": (str, "down_proj"),
+        "act": (str, "act_fn"),
+        "activations": (list, list(ACTIVATIONS)),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Match:
+    """Which modules a patch applies to: class names (exact) AND qualified-name globs (``*.mlp``)."""
+
+    classes: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+
+    def __call__(self, qualname: str, module: Any) -> bool:
+        if self.classes and type(module).__name__ not in self.classes:
+            return False
+        if self.paths and not any(fnmatchcase(qualname, p) for p in self.paths):
+            return False
+        return bool(self.classes or self.paths)
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """One replacement: what to match, what kind of replacement, and its parameters."""
+
+    name: str
+    kind: str
+    match: Match
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def param(self, key: str) -> Any:
+        return self.params[key]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Every patch of one architecture, plus where it came from (for reports and errors)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    module: str | None
+    attention_classes: tuple[str, ...]
+    patches: tuple[PatchSpec, ...]
+    source: str
+
+    def patches_of(self, kind: str) -> tuple[PatchSpec, ...]:
+        return tuple(p for p in self.patches if p.kind == kind)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def parse_arch_spec(data: Any, source: str, name: str | None = None) -> ArchSpec:
+    """Validate one patch file's mapping. Raises ConfigValidationError listing every problem."""
+    problems: list[ValidationProblem] = []
+
+    def bad(fld: str, value: Any, message: str) -> None:
+        problems.append(ValidationProblem(fld, value, message, source))
+
+    if not isinstance(data, Mapping):
+        raise ConfigValidationError([ValidationProblem("<root>", type(data).__name__, "expected a mapping", source)])
+    known = {"version", "model_types", "module", "attention", "patches", "name", "description"}
+    for key in data:
+        if key not in known:
+            bad(str(key), data[key], f"unknown key; expected one of {sorted(known)}")
+    if data.get("version", 1) != 1:
+        bad("version", data.get("version"), "only version 1 is supported")
+    model_types = _str_list(data.get("model_types"), "model_types", bad, required=True)
+    module = data.get("module")
+    if module is not None and not isinstance(module, str):
+        bad("module", module, "expected a dotted module name like transformers.models.llama.modeling_llama")
+        module = None
+    attention = data.get("attention") or {}
+    attention_classes: tuple[str, ...] = ()
+    if not isinstance(attention, Mapping):
+        bad("attention", attention, "expected a mapping with 'classes'")
+    else:
+        attention_classes = _str_list(attention.get("classes"), "attention.classes", bad, required=False)
+    patches: list[PatchSpec] = []
+    raw = data.get("patches")
+    if not isinstance(raw, list) or not raw:
+        bad("patches", raw, "expected a non-empty list of patches")
+        raw = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        spec = _parse_patch(entry, f"patches[{i}]", bad)
+        if spec is None:
+            continue
+        if spec.name in seen:
+            bad(f"patches[{i}].name", spec.name, "duplicate patch name; names must be unique in a file")
+        seen.add(spec.name)
+        patches.append(spec)
+    if problems:
+        raise ConfigValidationError(problems, source)
+    return ArchSpec(
+        name=name or (model_types[0] if model_types else "?"),
+        model_types=model_types,
+        module=module,
+        attention_classes=attention_classes,
+        patches=tuple(patches),
+        source=source,
+    )
+
+
+def _str_list(value: Any, fld: str, bad, *, required: bool) -> tuple[str, ...]:
+    if value is None:
+        if required:
+            bad(fld, value, "required: a list of strings")
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        bad(fld, value, "expected a list of non-empty strings")
+        return ()
+    return tuple(value)
+
+
+def _parse_patch(entry: Any, where: str, bad) -> PatchSpec | None:
+    if not isinstance(entry, Mapping):
+        bad(where, entry, "expected a mapping with name, kind, match, params")
+        return None
+    for key in entry:
+        if key not in ("name", "kind", "match", "params", "description"):
+            bad(f"{where}.{key}", entry[key], "unknown key; expected name, kind, match, params, description")
+    kind = entry.get("kind")
+    if kind not in KINDS:
+        bad(f"{where}.kind", kind, f"unknown patch kind; use one of {', '.join(KINDS)}")
+        return None
+    name = entry.get("name", kind)
+    if not isinstance(name, str) or not name:
+        bad(f"{where}.name", name, "expected a non-empty string")
+        name = kind
+    m = entry.get("match")
+    if not isinstance(m, Mapping):
+        bad(f"{where}.match", m, "expected a mapping with 'classes' and/or 'paths'")
+        return None
+    for key in m:
+        if key not in ("classes", "paths"):
+            bad(f"{where}.match.{key}", m[key], "unknown key; expected classes or paths")
+    match = Match(
+        classes=_str_list(m.get("classes"), f"{where}.match.classes", bad, required=False),
+        paths=_str_list(m.get("paths"), f"{where}.match.paths", bad, required=False),
+    )
+    if not match.classes and not match.paths:
+        bad(f"{where}.match", dict(m), "needs at least one of classes or paths")
+    params = _parse_params(kind, entry.get("params") or {}, f"{where}.params", bad)
+    return PatchSpec(name=name, kind=kind, match=match, params=params)
+
+
+def _parse_params(kind: str, raw: Any, where: str, bad) -> dict[str, Any]:
+    schema = _PARAMS[kind]
+    if not isinstance(raw, Mapping):
+        bad(where, raw, "expected a mapping")
+        raw = {}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in schema:
+            bad(f"{where}.{key}", value, f"unknown parameter for kind {kind!r}; expected one of {sorted(schema)}")
+            continue
+        types, _ = schema[key]
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            bad(f"{where}.{key}", value, f"expected {_type_names(types)}")
+            continue
+        if not isinstance(value, types):
+            bad(f"{where}.{key}", value, f"expected {_type_names(types)}")
+            continue
+        out[key] = value
+    for key, (types, default) in schema.items():
+        if key not in out:
+            if default is ...:
+                bad(f"{where}.{key}", None, f"required parameter for kind {kind!r}")
+                continue
+            out[key] = list(default) if isinstance(default, list) else default
+    if "eps_attr" in out and isinstance(out["eps_attr"], str):
+        out["eps_attr"] = [out["eps_attr"]]
+    if "offset" in out:
+        out["offset"] = float(out["offset"])
+    _check_choice(out, "casting", CASTINGS, where, bad)
+    _check_choice(out, "layout", MLP_LAYOUTS if kind == "mlp" else LAYOUTS, where, bad)
+    for act in out.get("activations", []) if kind == "mlp" else []:
+        if act not in ACTIVATIONS:
+            bad(f"{where}.activations", act, f"unknown activation; use one of {', '.join(ACTIVATIONS)}")
+    out["eps_attr"] = tuple(out["eps_attr"]) if "eps_attr" in out else None
+    if out["eps_attr"] is None:
+        del out["eps_attr"]
+    if "activations" in out:
+        out["activations"] = tuple(out["activations"])
+    return out
+
+
+def _check_choice(out: dict, key: str, choices: tuple[str, ...], where: str, bad) -> None:
+    if key in out and out[key] not in choices:
+        bad(f"{where}.{key}", out[key], f"use one of {', '.join(choices)}")
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    ts = types if isinstance(types, tuple) else (types,)
+    return " or ".join({"str": "a string", "list": "a list", "int": "a number", "float": "a number",
+                        "bool": "true/false"}.get(t.__name__, t.__name__) for t in ts)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _read_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "<document>"
+        raise ConfigValidationError([ValidationProblem(where, None, f"not valid YAML: {exc}", source)]) from None
+
+
+def load_arch_spec(path: str | Path) -> ArchSpec:
+    """Load and validate one patch file from disk."""
+    p = Path(path)
+    return parse_arch_spec(_read_yaml(p.read_text(), str(p)), str(p), name=p.stem)
+
+
+def data_files(folder: str) -> dict[str, tuple[str, str]]:
+    """``{stem: (source label, text)}`` of the YAML files shipped in ``folder`` ("patches" or "configs").
+
+    Installed wheels carry them as package data of ``layerzero_hf`` (``layerzero_hf/_data/<folder>``, mapped
+    from the repository folders by pyproject.toml); a source checkout falls back to the repository folder.
+    """
+    found: dict[str, tuple[str, str]] = {}
+    try:
+        root = importlib.resources.files("layerzero_hf").joinpath("_data", folder)
+        if root.is_dir():
+            for f in sorted(root.iterdir(), key=lambda t: t.name):
+                if f.name.endswith(".yaml"):
+                    found[f.name[:-5]] = (f"layerzero_hf/_data/{folder}/{f.name}", f.read_text())
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        pass
+    if found:
+        return found
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file() and (repo / folder).is_dir():
+        for f in sorted((repo / folder).glob("*.yaml")):
+            found[f.stem] = (str(f), f.read_text())
+    return found
+
+
+_lock = threading.Lock()
+_builtin: dict[str, ArchSpec] | None = None
+
+
+def builtin_specs() -> dict[str, ArchSpec]:
+    """Every shipped architecture spec keyed by file stem (validated once, cached)."""
+    global _builtin
+    if _builtin is None:
+        with _lock:
+            if _builtin is None:
+                specs: dict[str, ArchSpec] = {}
+                problems: list[ValidationProblem] = []
+                for stem, (source, text) in data_files("patches").items():
+                    try:
+                        specs[stem] = parse_arch_spec(_read_yaml(text, source), source, name=stem)
+                    except ConfigValidationError as exc:
+                        problems.extend(exc.problems)
+                if problems:
+                    raise ConfigValidationError(problems, "patches/")
+                _builtin = specs
+    return _builtin
+
+
+def spec_for(model_type: str | None, extra: Iterable[ArchSpec] = ()) -> ArchSpec | None:
+    """The spec serving ``model_type``: user-supplied specs first, then the shipped ones."""
+    if model_type is None:
+        return None
+    for spec in (*extra, *builtin_specs().values()):
+        if model_type in spec.model_types:
+            return spec
+    return None
