@@ -1,0 +1,64 @@
+"""One LayerZero orchestrator per model served by vLLM, built from the same configs/ files as the
+Transformers integration.
+
+vLLM constructs a model's layers inside ``set_current_vllm_config(...)``, so an op being built can see
+the model's Hugging Face config. The first op of a model resolves the per-model rules
+(``configs/models.yaml``, or the file named by ``$LAYERZERO_RULES``) and the policy (``$LAYERZERO_POLICY``
+merged over the packaged default, exactly as ``layerzero_hf`` merges a caller's policy) into an
+orchestrator registered in :mod:`layerzero.ops`; every op of that model dispatches through it by name.
+Two models in one process therefore keep separate policies, breakers and telemetry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+logger = logging.getLogger("vllm.plugins.layerzero")
+
+RULES_ENV = "LAYERZERO_RULES"
+
+_lock = threading.Lock()
+_by_config: dict[int, Any] = {}  # id(hf_config) -> layerzero_hf ModelSetup
+_configs: list[Any] = []  # keeps the configs alive so their ids stay unique while they are keys
+
+
+def current_hf_config() -> Any | None:
+    """The Hugging Face config of the model vLLM is building now, or None outside model construction."""
+    try:
+        from vllm.config import get_current_vllm_config_or_none
+    except ImportError:  # older layouts
+        from vllm.config.vllm import get_current_vllm_config_or_none  # type: ignore[no-redef]
+    cfg = get_current_vllm_config_or_none()
+    model_config = getattr(cfg, "model_config", None) if cfg is not None else None
+    return getattr(model_config, "hf_config", None) if model_config is not None else None
+
+
+def orchestrator_for_current_model() -> str | None:
+    """Name of the registered orchestrator for the model under construction (None: the global one)."""
+    hf_config = current_hf_config()
+    if hf_config is None:
+        return None
+    key = id(hf_config)
+    setup = _by_config.get(key)
+    if setup is None:
+        with _lock:
+            setup = _by_config.get(key)
+            if setup is None:
+                from layerzero_hf.loading import build_setup
+
+                setup = build_setup(hf_config, rules=os.environ.get(RULES_ENV) or None,
+                                    policy=os.environ.get("LAYERZERO_POLICY") or None)
+                _by_config[key] = setup
+                _configs.append(hf_config)
+                logger.info("LayerZero orchestrator %s for %s (rules: %s, arm: %s)", setup.name,
+                            setup.facts.model_type, ", ".join(setup.resolution.rules) or "none",
+                            setup.arm)
+    return setup.name
+
+
+def setups() -> list[Any]:
+    """The per-model setups this process built (for telemetry and reports)."""
+    return list(_by_config.values())
