@@ -80,7 +80,7 @@ def builtin_backends() -> list[BackendSpec]:
             modules=("triton",),
             description="LayerZero's own Triton kernels",
             install_hint="pip install triton",
-            extra_check=_triton_check,
+            precheck=_triton_check,
         ),
         BackendSpec(
             "flash_attn",

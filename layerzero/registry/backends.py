@@ -24,8 +24,10 @@ class BackendStatus:
 
 @dataclass
 class BackendSpec:
-    """One optional library. ``modules`` are imported by the probe; ``extra_check`` may add a reason
-    (e.g. "no CUDA device") after a successful import; ``version_module`` names where ``__version__`` lives."""
+    """One optional library. ``precheck`` runs first and can rule the backend out without importing it
+    (Triton without a GPU or the interpreter); ``modules`` are then imported; ``extra_check`` may add a
+    reason (e.g. "no CUDA device") after a successful import; ``version_module`` names where
+    ``__version__`` lives."""
 
     backend_id: str
     modules: tuple[str, ...] = ()
@@ -34,6 +36,7 @@ class BackendSpec:
     version_module: str | None = None
     min_version: str | None = None
     extra_check: Callable[[], str | None] | None = None
+    precheck: Callable[[], str | None] | None = None
     _status: BackendStatus | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -52,6 +55,13 @@ class BackendSpec:
 
     def _run_probe(self) -> BackendStatus:
         version = None
+        if self.precheck is not None:  # a cheap condition that makes importing pointless (e.g. no GPU)
+            try:
+                reason = self.precheck()
+            except Exception as e:
+                reason = f"probe failed: {type(e).__name__}: {e}"
+            if reason:
+                return BackendStatus(False, None, f"backend {self.backend_id}: {reason}")
         for name in self.modules:
             try:
                 mod = importlib.import_module(name)
