@@ -94,10 +94,12 @@ def test_unsqueeze_dim_names_the_layout():
     _close(ko, ek)
 
 
-def test_many_heads_loop_over_head_tiles():
-    q, k = _qk(1, 2, 5, 3, 16, "bshd", torch.float32)
-    cos, sin = _cos_sin(1, 2, 16, False, torch.float32)
-    qo, ko = rope(q, k, cos, sin, layout="bshd", _config=(2, 2, 4))  # 3 tiles of q heads, 2 of k heads
+@pytest.mark.parametrize("config", [(2, 2, 2, 4), (1, 8, 4, 4)], ids=["2-tokens-head-tiles", "gpu-default-shape"])
+def test_token_and_head_tiling(config):
+    q, k = _qk(1, 3, 5, 3, 16, "bshd", torch.float32)  # 3 tokens: the last token tile is partial
+    cos, sin = _cos_sin(1, 3, 16, False, torch.float32)
+    # (tokens per program, q-head tile, k-head tile, warps): 3 tiles of q heads and 2 of k heads, or one each
+    qo, ko = rope(q, k, cos, sin, layout="bshd", _config=config)
     eq, ek = reference.rope(q, k, cos, sin, layout="bshd")
     _close(qo, eq)
     _close(ko, ek)

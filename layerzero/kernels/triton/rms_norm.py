@@ -36,6 +36,7 @@ _MAX_FUSED_BLOCK = 16384
 _CHUNK = 4096
 # Elements per program to aim for when packing several short rows into one program.
 _TARGET_ELEMS = 4096
+_INTERPRETER_ELEMS = 1 << 16
 
 
 @triton.jit
@@ -156,9 +157,11 @@ def launch_config(m: int, n: int) -> tuple[int, int, int]:
     block_n = triton.next_power_of_2(n)
     if block_n > _MAX_FUSED_BLOCK:
         return 0, _CHUNK, 8
+    # the CPU interpreter pays per program and per operation, not per byte: give it big tiles
+    target = _INTERPRETER_ELEMS if type(_rms_norm_rows).__name__ == "InterpretedFunction" else _TARGET_ELEMS
     block_m = 1
-    if block_n < _TARGET_ELEMS:
-        block_m = min(_TARGET_ELEMS // block_n, triton.next_power_of_2(max(m, 1)))
+    if block_n < target:
+        block_m = min(target // block_n, triton.next_power_of_2(max(m, 1)))
     elems = block_m * block_n
     if elems >= 16384:
         num_warps = 16

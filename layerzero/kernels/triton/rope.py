@@ -3,7 +3,8 @@
 Why: HF's eager ``apply_rotary_pos_emb`` runs ~10 elementwise kernels (two ``rotate_half`` copies,
 four multiplies, two adds, for q and k separately). Here one program handles one token: it loads that
 token's cos/sin once and rotates every query head and every key head (GQA: fewer key heads) of it,
-reading q and k once and writing the two outputs once.
+reading q and k once and writing the two outputs once. (Several tokens per program are supported for
+the CPU interpreter, whose cost is per program.)
 
 Semantics (``layerzero/operations.py``): for each rotated feature pair ``(x1, x2)`` at feature indices
 ``(d1, d2)`` — ``(i, i + rot_dim/2)`` for rotate_half (HF default) or ``(2i, 2i + 1)`` for interleaved
@@ -34,31 +35,36 @@ _TILE_ELEMS = 2048
 
 @triton.jit
 def _rotate_heads(
-    X, O, b, s, NH,
+    X, O, b, s, tmask, NH,
     sx_b, sx_h, sx_s, sx_d, so_b, so_h, so_s, so_d,
     d1, d2, dmask, cos1, cos2, sin1, sin2,
     ROT: tl.constexpr, D: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_PASS: tl.constexpr,
 ):
-    x_tok = X + b * sx_b + s * sx_s
-    o_tok = O + b * so_b + s * so_s
+    # tiles are (tokens, heads, features); b, s, tmask are per token, cos/sin are (tokens, features)
+    x_tok = X + (b * sx_b + s * sx_s)[:, None, None]
+    o_tok = O + (b * so_b + s * so_s)[:, None, None]
+    c1 = cos1[:, None, :]
+    c2 = cos2[:, None, :]
+    s1 = sin1[:, None, :]
+    s2 = sin2[:, None, :]
     for h0 in range(0, NH, BLOCK_H):
         h = (h0 + tl.arange(0, BLOCK_H)).to(tl.int64)
-        hmask = h < NH
-        m = hmask[:, None] & dmask[None, :]
-        xh = x_tok + h[:, None] * sx_h
-        oh = o_tok + h[:, None] * so_h
-        x1 = tl.load(xh + d1[None, :] * sx_d, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        x2 = tl.load(xh + d2[None, :] * sx_d, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        o1 = x1 * cos1[None, :] - x2 * sin1[None, :]
-        o2 = x2 * cos2[None, :] + x1 * sin2[None, :]
-        tl.store(oh + d1[None, :] * so_d, o1.to(O.dtype.element_ty), mask=m)
-        tl.store(oh + d2[None, :] * so_d, o2.to(O.dtype.element_ty), mask=m)
+        th_mask = tmask[:, None, None] & (h < NH)[None, :, None]
+        m = th_mask & dmask[None, None, :]
+        xh = x_tok + h[None, :, None] * sx_h
+        oh = o_tok + h[None, :, None] * so_h
+        x1 = tl.load(xh + d1[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        x2 = tl.load(xh + d2[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        o1 = x1 * c1 - x2 * s1
+        o2 = x2 * c2 + x1 * s2
+        tl.store(oh + d1[None, None, :] * so_d, o1.to(O.dtype.element_ty), mask=m)
+        tl.store(oh + d2[None, None, :] * so_d, o2.to(O.dtype.element_ty), mask=m)
         if BLOCK_PASS > 0:
             p = ROT + tl.arange(0, BLOCK_PASS)
-            pm = hmask[:, None] & (p < D)[None, :]
-            xp = tl.load(xh + p[None, :] * sx_d, mask=pm, other=0.0, eviction_policy="evict_first")
-            tl.store(oh + p[None, :] * so_d, xp, mask=pm)
+            pm = th_mask & (p < D)[None, None, :]
+            xp = tl.load(xh + p[None, None, :] * sx_d, mask=pm, other=0.0, eviction_policy="evict_first")
+            tl.store(oh + p[None, None, :] * so_d, xp, mask=pm)
 
 
 # Head counts and dims are compile-time constants: they are per-model constants (few compilations), and
@@ -66,15 +72,16 @@ def _rotate_heads(
 @triton.jit
 def _rope_kernel(
     Q, K, COS, SIN, QO, KO,
-    S,
+    S, T,
     sq_b, sq_h, sq_s, sq_d, sk_b, sk_h, sk_s, sk_d,
     sqo_b, sqo_h, sqo_s, sqo_d, sko_b, sko_h, sko_s, sko_d,
     sc_b, sc_s, sc_d, ss_b, ss_s, ss_d,
     HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr, ROT: tl.constexpr,
-    BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_PASS: tl.constexpr,
-    INTERLEAVED: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
+    BLOCK_PASS: tl.constexpr, INTERLEAVED: tl.constexpr,
 ):
-    tok = tl.program_id(0).to(tl.int64)
+    tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    tmask = tok < T
     b = tok // S
     s = tok % S
     HALF: tl.constexpr = ROT // 2
@@ -86,18 +93,19 @@ def _rope_kernel(
     else:
         d1 = i
         d2 = i + HALF
-    c_tok = COS + b * sc_b + s * sc_s
-    s_tok = SIN + b * ss_b + s * ss_s
-    cos1 = tl.load(c_tok + d1 * sc_d, mask=dmask, other=0.0).to(tl.float32)
-    cos2 = tl.load(c_tok + d2 * sc_d, mask=dmask, other=0.0).to(tl.float32)
-    sin1 = tl.load(s_tok + d1 * ss_d, mask=dmask, other=0.0).to(tl.float32)
-    sin2 = tl.load(s_tok + d2 * ss_d, mask=dmask, other=0.0).to(tl.float32)
+    cm = tmask[:, None] & dmask[None, :]
+    c_tok = COS + (b * sc_b + s * sc_s)[:, None]
+    s_tok = SIN + (b * ss_b + s * ss_s)[:, None]
+    cos1 = tl.load(c_tok + d1[None, :] * sc_d, mask=cm, other=0.0).to(tl.float32)
+    cos2 = tl.load(c_tok + d2[None, :] * sc_d, mask=cm, other=0.0).to(tl.float32)
+    sin1 = tl.load(s_tok + d1[None, :] * ss_d, mask=cm, other=0.0).to(tl.float32)
+    sin2 = tl.load(s_tok + d2[None, :] * ss_d, mask=cm, other=0.0).to(tl.float32)
     _rotate_heads(
-        Q, QO, b, s, HQ, sq_b, sq_h, sq_s, sq_d, sqo_b, sqo_h, sqo_s, sqo_d,
+        Q, QO, b, s, tmask, HQ, sq_b, sq_h, sq_s, sq_d, sqo_b, sqo_h, sqo_s, sqo_d,
         d1, d2, dmask, cos1, cos2, sin1, sin2, ROT, D, BLOCK_HQ, BLOCK_PASS,
     )
     _rotate_heads(
-        K, KO, b, s, HK, sk_b, sk_h, sk_s, sk_d, sko_b, sko_h, sko_s, sko_d,
+        K, KO, b, s, tmask, HK, sk_b, sk_h, sk_s, sk_d, sko_b, sko_h, sko_s, sko_d,
         d1, d2, dmask, cos1, cos2, sin1, sin2, ROT, D, BLOCK_HK, BLOCK_PASS,
     )
 
@@ -131,15 +139,25 @@ def _cos_strides(c: torch.Tensor, name: str, batch: int, seq: int, layout: str) 
     raise ValueError(f"{name} must be (batch, seq, rot_dim) or (seq, rot_dim), got shape {tuple(c.shape)}")
 
 
-def launch_config(hq: int, hk: int, half: int) -> tuple[int, int, int]:
-    """(BLOCK_HQ, BLOCK_HK, num_warps): head tiles of at most ~_TILE_ELEMS rotated pairs."""
+def _interpreting() -> bool:
+    return type(_rope_kernel).__name__ == "InterpretedFunction"
+
+
+def launch_config(tokens: int, hq: int, hk: int, half: int) -> tuple[int, int, int, int]:
+    """(BLOCK_T, BLOCK_HQ, BLOCK_HK, num_warps).
+
+    On a GPU one program per token (cos/sin loaded once, reused by every head) with head tiles of at most
+    ~_TILE_ELEMS rotated pairs. Under the CPU interpreter, whose cost is per program and per operation,
+    one program takes many tokens and all heads."""
     block_half = triton.next_power_of_2(max(half, 1))
+    if _interpreting():
+        return min(triton.next_power_of_2(max(tokens, 1)), 64), triton.next_power_of_2(hq), triton.next_power_of_2(hk), 4
     cap = max(1, _TILE_ELEMS // block_half)
     block_hq = min(triton.next_power_of_2(hq), cap)
     block_hk = min(triton.next_power_of_2(hk), cap)
     elems = block_hq * block_half
     num_warps = 8 if elems >= 2048 else 4 if elems >= 512 else 2
-    return block_hq, block_hk, num_warps
+    return 1, block_hq, block_hk, num_warps
 
 
 def rope(
@@ -151,12 +169,12 @@ def rope(
     interleaved: bool = False,
     unsqueeze_dim: int | None = None,
     *,
-    _config: tuple[int, int, int] | None = None,
+    _config: tuple[int, int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate ``q`` and ``k`` by ``cos``/``sin``; returns new ``(q_embed, k_embed)``.
 
     ``unsqueeze_dim`` is HF's way of naming the layout (1: heads before seq, "bhsd"; 2: "bshd"); when
-    given it decides the layout."""
+    given it decides the layout. ``_config`` overrides :func:`launch_config` (benchmark tuning sweep)."""
     if unsqueeze_dim is not None:
         if unsqueeze_dim not in _LAYOUT_OF_UNSQUEEZE:
             raise ValueError(f"unsqueeze_dim={unsqueeze_dim!r} is not supported; use 1 (bhsd), 2 (bshd) or None")
@@ -192,16 +210,18 @@ def rope(
     if q.numel() == 0:
         return q_out, k_out
     half = rot // 2
-    block_hq, block_hk, num_warps = _config if _config is not None else launch_config(hq, hk, half)
+    tokens = bsz * seq
+    cfg = _config if _config is not None else launch_config(tokens, hq, hk, half)
+    block_t, block_hq, block_hk, num_warps = cfg
     block_pass = triton.next_power_of_2(d - rot) if d > rot else 0
-    _rope_kernel[(bsz * seq,)](
+    _rope_kernel[(triton.cdiv(tokens, block_t),)](
         q, k, cos, sin, q_out, k_out,
-        seq,
+        seq, tokens,
         *_bhsd_strides(q, layout), *_bhsd_strides(k, layout),
         *_bhsd_strides(q_out, layout), *_bhsd_strides(k_out, layout),
         *sc, *ss,
         HQ=hq, HK=hk, D=d, ROT=rot,
-        BLOCK_HALF=triton.next_power_of_2(half), BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_PASS=block_pass,
+        BLOCK_T=block_t, BLOCK_HALF=triton.next_power_of_2(half), BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_PASS=block_pass,
         INTERLEAVED=bool(interleaved), num_warps=num_warps,
     )
     return q_out, k_out
