@@ -1,0 +1,122 @@
+"""Autotuned dispatch: on the first call of a shape bucket, time every eligible kernel and keep the fastest.
+
+Only kernels that pass the policy and their constraints are timed, and only those whose output matches the
+reference for that very call (per-dtype tolerance) can win. The choice is persisted in a
+:class:`~layerzero.tuning.TuningCache` keyed by device, library versions, operation and bucket, and read
+back on start, so a server tunes once per shape per upgrade. Tuning never happens while torch.compile
+traces or a CUDA graph is captured: those calls get the policy's ranking and are not cached, so the next
+eager call tunes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+
+from layerzero.dispatch.core import SelectionState
+from layerzero.dispatch.dynamic import DynamicDispatcher
+from layerzero.dispatch.types import DispatchConfig, DispatchMode
+from layerzero.selection.context import SelectionContext
+from layerzero.selection.engine import Plan
+from layerzero.tuning.cache import TuneEntry, TuningCache, device_name
+from layerzero.tuning.measure import conformance_problem, time_call, unsafe_to_time
+
+if TYPE_CHECKING:
+    from layerzero.registry import KernelSpec
+
+
+class AutotuneDispatcher(DynamicDispatcher):
+    def __init__(self, config: DispatchConfig | None = None, *args: Any, tuning_cache: TuningCache | None = None, **kwargs: Any):
+        config = config or DispatchConfig(mode=DispatchMode.AUTOTUNE)
+        self.tuning = tuning_cache if tuning_cache is not None else TuningCache(config.autotune_cache_path)
+        super().__init__(config, *args, **kwargs)
+
+    @property
+    def mode(self) -> DispatchMode:
+        return DispatchMode.AUTOTUNE
+
+    def _miss(
+        self,
+        state: SelectionState,
+        key: Any,
+        operation: str,
+        inputs: Mapping[str, Any],
+        context: SelectionContext | None,
+        kwargs: Mapping[str, Any],
+    ) -> Plan:
+        engine = state.engine
+        engine.misses += 1
+        ctx = context if context is not None else SelectionContext.from_inputs(operation, inputs, **kwargs)
+        if ctx.operation != operation:
+            ctx = ctx.replace(operation=operation)
+        plan = engine.plan(operation, ctx)
+        if unsafe_to_time() is not None:
+            return plan  # not cached: the next eager call of this bucket tunes
+        plan = self.tuned_plan(plan, key, operation, inputs, kwargs)
+        plan.primary.impl
+        engine.store(key, plan)
+        if self.telemetry is not None:
+            self.telemetry.record_selection(operation, plan.primary.kernel_id, ctx)
+        return plan
+
+    def tuned_plan(self, plan: Plan, key: Any, operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Plan:
+        if len(plan.kernels) < 2:
+            return plan
+        first = next((t for t in inputs.values() if isinstance(t, torch.Tensor)), None)
+        if first is None:
+            return plan
+        tkey = TuningCache.key(device_name(first.device), operation, key)
+        entry = self.tuning.get(tkey)
+        if entry is None or entry.kernel_id not in {k.kernel_id for k in plan.kernels}:
+            entry = self.measure(plan, operation, inputs, kwargs, first)
+            if entry is None:
+                return plan
+            self.tuning.put(tkey, entry)
+        best = next(k for k in plan.kernels if k.kernel_id == entry.kernel_id)
+        return Plan(plan.operation, (best, *[k for k in plan.kernels if k is not best]), plan.context)
+
+    def measure(
+        self, plan: Plan, operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any], first: torch.Tensor
+    ) -> TuneEntry | None:
+        """Time each kernel of the plan that conforms to the reference on these very inputs."""
+        if kwargs.get("dropout_p"):
+            return None  # random outputs cannot be checked against a reference
+        ref = self._reference_output(plan, operation, inputs, kwargs)
+        times: dict[str, float] = {}
+        rejected: dict[str, str] = {}
+        cfg = self.config
+        for spec in plan.kernels:
+            args = spec.map_arguments(inputs, kwargs)
+            impl = spec.impl
+
+            def call(impl=impl, args=args):
+                return impl(**args)
+
+            try:
+                out = call()
+            except Exception as e:  # noqa: BLE001 - a kernel that raises is simply not eligible
+                rejected[spec.kernel_id] = f"raised {type(e).__name__}: {e}"
+                continue
+            if ref is not None:
+                problem = conformance_problem(out, ref, first.dtype)
+                if problem is not None:
+                    rejected[spec.kernel_id] = problem
+                    continue
+            times[spec.kernel_id] = time_call(call, first.device, cfg.autotune_warmup, cfg.autotune_repeats)
+        if not times:
+            return None
+        best = min(times, key=times.__getitem__)
+        return TuneEntry(best, times, rejected)
+
+    def _reference_output(self, plan: Plan, operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Any:
+        ref_spec: KernelSpec | None = next(
+            (k for k in self.kernel_registry.get_by_operation(operation) if k.is_reference), None
+        )
+        candidates = ([ref_spec] if ref_spec is not None else []) + [plan.kernels[0]]
+        for spec in candidates:
+            try:
+                return spec.impl(**spec.map_arguments(inputs, kwargs))
+            except Exception:  # noqa: BLE001 - e.g. the fp32 reference runs out of memory at huge shapes
+                continue
+        return None
