@@ -222,7 +222,8 @@ def compile_condition(key: Any, value: Any, path: str, problems: Problems) -> Co
     """Validate one ``key: value`` of a rule's conditions; None (with problems recorded) when invalid."""
     here = f"{path}.{key}"
     if not isinstance(key, str):
-        problems.add(here, key, f"condition keys are strings such as batch_size_gte, got {type_name(key)}")
+        problems.add(here, key, f"condition keys are strings, got {type_name(key)}; fix: write a key such as "
+                     "batch_size_gte")
         return None
     field, op = split_key(key)
     if field == "extra" or (field in CONTEXT_FIELDS and FIELD_KINDS.get(field, (None,))[0] is None):
@@ -239,8 +240,12 @@ def compile_condition(key: Any, value: Any, path: str, problems: Problems) -> Co
         return None
     kind, optional = FIELD_KINDS[field]
     assert kind is not None
+    # [8, 0] is one compute capability, not a list of two.
+    pair = kind == CAPABILITY and isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    )
     if op is None:
-        op = "in" if isinstance(value, (list, tuple)) else "eq"
+        op = "in" if isinstance(value, (list, tuple)) and not pair else "eq"
     if op in NUMERIC_OPERATORS and kind not in NUMERIC_KINDS:
         problems.add(here, value, f"operator {op} needs a numeric field but {field} is a {kind}; fix: use eq, ne, in "
                      "or not_in")
@@ -264,7 +269,7 @@ def compile_condition(key: Any, value: Any, path: str, problems: Problems) -> Co
             return None
         canon_value: Any = frozenset(members)
     else:
-        if isinstance(value, (list, tuple, Mapping)):
+        if isinstance(value, (list, tuple, Mapping)) and not pair:
             problems.add(here, value, f"{op} compares with one value, got {type_name(value)}; fix: use "
                          f"{field}_in for a list of values")
             return None
@@ -278,8 +283,8 @@ def compile_conditions(conditions: Any, path: str, problems: Problems) -> tuple[
     if conditions is None:
         return ()
     if not isinstance(conditions, Mapping):
-        problems.add(path, conditions, f"conditions must be a mapping such as {{batch_size_gte: 8}}, got "
-                     f"{type_name(conditions)}")
+        problems.add(path, conditions, f"conditions must be a mapping, got {type_name(conditions)}; fix: write "
+                     "them as {batch_size_gte: 8, dtype: bfloat16}")
         return ()
     out = []
     for key, value in conditions.items():

@@ -13,7 +13,6 @@ duplicate keys, which ``safe_load`` would silently resolve to the last one.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -171,7 +170,7 @@ def _from_text(text: str, source: str | None, registry: KernelRegistry | None) -
         problems.add(DOCUMENT, text, f"policy text must be a str, got {type_name(text)}; fix: decode it first")
         _fail(problems)
     if len(text) > MAX_SOURCE_BYTES:
-        problems.add(DOCUMENT, f"{len(text)} characters", "the text is too large for a policy")
+        problems.add(DOCUMENT, f"{len(text)} characters", "the text is too large for a policy; fix: pass the right text")
         _fail(problems)
     data = _parse_yaml(text, problems)
     if data is MISSING:  # unparseable: nothing more to check
@@ -181,8 +180,42 @@ def _from_text(text: str, source: str | None, registry: KernelRegistry | None) -
                          problems)
 
 
+MAX_FLOW_DEPTH = 64
+
+
+def _flow_depth_exceeds(text: str, limit: int) -> bool:
+    """Cheap over-estimate guard: PyYAML's scanner is quadratic in flow nesting and its composer recursive,
+    so ``[[[[...`` thousands deep takes seconds before failing. Count ``[``/``{`` outside quotes and
+    comments; no real policy nests anywhere near ``limit``."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    quote = ""
+    prev = "\n"
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#" and prev in " \t\n":
+            quote = "\n"  # skip the comment up to the end of the line
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        prev = ch
+    return False
+
+
 def _parse_yaml(text: str, problems: Problems) -> Any:
     """The parsed document, or MISSING (with a problem recorded) when there is none to validate."""
+    if _flow_depth_exceeds(text, MAX_FLOW_DEPTH):
+        problems.add(DOCUMENT, None, f"the document nests lists/mappings more than {MAX_FLOW_DEPTH} levels deep; "
+                     "fix: flatten it")
+        return MISSING
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is None:
@@ -195,11 +228,17 @@ def _parse_yaml(text: str, problems: Problems) -> Any:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
         what = e.problem or e.context or "syntax error"
-        problems.add(DOCUMENT, where, f"YAML syntax error: {what}; fix: correct the YAML at {where}")
+        fix = f"correct the YAML at {where}"
+        if "another document" in what:
+            fix = "a policy file holds one YAML document: remove the second '---' and what follows or merge them"
+        problems.add(DOCUMENT, where, f"YAML syntax error: {what}; fix: {fix}")
     except yaml.YAMLError as e:
         problems.add(DOCUMENT, clip(str(e)), f"not valid YAML ({type(e).__name__}); fix: save the policy as YAML text")
     except RecursionError:
         problems.add(DOCUMENT, None, "the document is nested too deeply; fix: flatten it")
+    except (ValueError, OverflowError, MemoryError) as e:  # e.g. an integer literal past Python's digit limit
+        problems.add(DOCUMENT, clip(str(e)), f"a value cannot be read ({type(e).__name__}); fix: check for absurdly "
+                     "long numbers or strings")
     return MISSING
 
 
@@ -241,11 +280,35 @@ def _join(path: str, key: Any) -> str:
 
 
 def _mapping_hash(data: Mapping[str, Any]) -> str:
-    try:
-        text = json.dumps(data, sort_keys=True, default=repr)
-    except (TypeError, ValueError, RecursionError):
-        text = repr(clip(data))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    """sha256 of a mapping's content, key order ignored. Each container is digested once (by identity),
+    so shared sub-structures (YAML aliases) cost nothing extra and cycles terminate."""
+    memo: dict[int, bytes] = {}
+
+    def digest(value: Any, depth: int) -> bytes:
+        if isinstance(value, (Mapping, list, tuple)):
+            key = id(value)
+            got = memo.get(key)
+            if got is not None:
+                return got
+            memo[key] = b"<cycle>"
+            if depth > 200:
+                out = b"<deep>"
+            elif isinstance(value, Mapping):
+                parts = sorted(digest(k, depth + 1) + b":" + digest(v, depth + 1) for k, v in value.items())
+                out = hashlib.sha256(b"map{" + b",".join(parts) + b"}").digest()
+            else:
+                out = hashlib.sha256(b"seq[" + b",".join(digest(v, depth + 1) for v in value) + b"]").digest()
+            memo[key] = out
+            return out
+        if isinstance(value, int) and not isinstance(value, bool):
+            text = f"int:{value:x}"  # hex: no str-digit limit for huge ints
+        elif isinstance(value, (str, float, bool, type(None))):
+            text = f"{type(value).__name__}:{value!r}"
+        else:
+            text = f"{type(value).__name__}:{clip(value)!r}"
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+    return digest(data, 0).hex()
 
 
 # ============================================================================================== validation

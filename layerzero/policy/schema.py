@@ -182,7 +182,7 @@ def glob_error(pattern: Any) -> str | None:
     fnmatch silently treats an unbalanced ``[`` as a literal, so ``"flash_[attn"`` would quietly match
     nothing; we reject it instead. Empty or whitespace-padded patterns are almost always typos."""
     if not isinstance(pattern, str):
-        return f"must be a string glob, got a {type_name(pattern)}"
+        return f"must be a string glob, got {type_name(pattern)}"
     if pattern == "":
         return "is an empty glob, which matches nothing"
     if pattern != pattern.strip():

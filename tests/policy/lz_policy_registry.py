@@ -1,11 +1,10 @@
 """A registry shaped like the architecture's catalogue, built here so policy tests do not depend on which
-backends the global catalogue has wired up yet (and never import a backend)."""
+backends the global catalogue has wired up yet (and never import a backend). Named uniquely because test
+directories are not packages."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
 
 from layerzero.registry import KernelConstraints, KernelRegistry, KernelSpec
 
@@ -33,8 +32,11 @@ KERNELS = [
     ("reference_swiglu", "swiglu", "torch", 0, (), {"reference"}, None),
     ("torch_swiglu", "swiglu", "torch", 50, (), (), None),
     ("torch_rope", "rope", "torch", 50, (), (), None),
+    ("reference_rope", "rope", "torch", 0, (), {"reference"}, None),
     ("torch_layer_norm", "layer_norm", "torch", 80, (), (), None),
+    ("reference_layer_norm", "layer_norm", "torch", 0, (), {"reference"}, None),
     ("torch_geglu", "geglu", "torch", 50, (), (), None),
+    ("reference_geglu", "geglu", "torch", 0, (), {"reference"}, None),
     ("attn_experimental", ATTN, "torch", 99, (), (), None),
     ("rms_norm_debug", "rms_norm", "torch", 99, (), (), None),
 ]
@@ -49,8 +51,3 @@ def make_registry() -> KernelRegistry:
         KernelSpec(kid, ops, backend, impl=_impl, constraints=cons, priority=prio, aliases=aliases, tags=tags)
         for kid, ops, backend, prio, aliases, tags, cons in KERNELS
     )
-
-
-@pytest.fixture
-def registry() -> KernelRegistry:
-    return make_registry()
