@@ -1,0 +1,34 @@
+"""Tests of the vLLM plugin. They run only inside the vLLM venv (scripts/test_vllm.sh builds it)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+
+pytest.importorskip("vllm", reason="tests_vllm/ runs in the vLLM venv: make test-vllm")
+
+os.environ.pop("LAYERZERO_VLLM_DISABLE", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def plugin_registered():
+    import layerzero_vllm
+
+    layerzero_vllm.register()
+    return layerzero_vllm.registration()
+
+
+@pytest.fixture
+def vllm_config():
+    """Context manager factory: a vLLM config with the given ``custom_ops`` set as the current one."""
+    from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
+
+    @contextlib.contextmanager
+    def make(custom_ops=("all",)):
+        cfg = VllmConfig(compilation_config=CompilationConfig(custom_ops=list(custom_ops)))
+        with set_current_vllm_config(cfg):
+            yield cfg
+
+    return make
