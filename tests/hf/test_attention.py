@@ -1,0 +1,299 @@
+"""The "layerzero" Transformers attention implementation against Transformers' own eager and sdpa paths.
+
+Tiny fp32 models (tests/hf/conftest.py): logits parity, greedy generation with dynamic and static caches,
+left padding, output_attentions, the three ways to select the implementation, per-model orchestrators,
+and torch.compile(fullgraph=True)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+
+import layerzero_hf.attention as lz_attention  # noqa: E402  (registers "layerzero")
+from layerzero import ops  # noqa: E402
+from layerzero.kernels import reference as ref  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
+
+
+ATOL = 1e-4
+VOCAB = 128  # tests/hf/conftest.py builds every tiny model with this vocabulary
+NAME = lz_attention.ATTN_IMPLEMENTATION
+
+
+class Recorder:
+    """Orchestrator running the fp32 references and recording each attention call's operation/options."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def dispatch(self, operation, inputs, context=None, mode=None, **kwargs):
+        self.calls.append((operation, {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}))
+        fn = ref.attention if operation.startswith("attention") else getattr(ref, operation)
+        return SimpleNamespace(output=fn(**inputs, **kwargs), kernel_id="reference")
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts calls that reach layerzero.ops.attention (proves the layerzero path really ran)."""
+    calls: list[dict] = []
+    real = ops.attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lz_attention.ops, "attention", counting)
+    return calls
+
+
+@pytest.fixture
+def recorder():
+    rec = Recorder()
+    ops.register_orchestrator("hf_test_recorder", rec)
+    yield rec
+    ops.unregister_orchestrator("hf_test_recorder")
+
+
+def _load(path, impl):
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation=impl).eval()
+
+
+def _pair(tiny_model_dir, arch):
+    path = tiny_model_dir(arch)
+    return _load(path, "eager"), _load(path, NAME)
+
+
+def _ids(batch=2, seq=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, seq), generator=g)
+
+
+def _greedy(model, ids, **kwargs):
+    with torch.no_grad():
+        return model.generate(
+            ids, max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0, **kwargs
+        )
+
+
+# ------------------------------------------------------------------------------------------ registration
+def test_registered_with_attention_and_mask_interfaces():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    assert lz_attention.is_registered()
+    assert AttentionInterface()[NAME] is lz_attention.layerzero_attention_forward
+    assert AttentionMaskInterface()[NAME] is sdpa_mask
+    assert not any(s in NAME for s in ("flash", "sdpa", "flex_attention", "/"))
+
+
+def test_three_ways_to_select_it(tiny_model_dir, tiny_config, counted):
+    ids = _ids(1, 6)
+    config = type(tiny_config("llama"))(**tiny_config("llama").to_dict(), attn_implementation=NAME)
+    assert AutoModelForCausalLM.from_config(config).config._attn_implementation == NAME
+
+    model = _load(tiny_model_dir("llama"), "eager")
+    model.set_attn_implementation(NAME)
+    assert model.config._attn_implementation == NAME
+    with torch.no_grad():
+        model(ids)
+    assert len(counted) == 2  # one call per layer
+
+    loaded = _load(tiny_model_dir("llama"), NAME)
+    assert loaded.config._attn_implementation == NAME
+
+
+def test_not_serialized_in_config_json(tiny_model_dir, tmp_path):
+    model = _load(tiny_model_dir("llama"), NAME)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert NAME not in json.dumps(saved)
+
+
+# ------------------------------------------------------------------------------------------ parity
+def test_logits_match_eager(tiny_model_dir, tiny_arch, counted):
+    """Sequence 20 > sliding window 8, so windows, softcaps (gemma2) and sinks (gpt_oss) all bite."""
+    eager, lz = _pair(tiny_model_dir, tiny_arch)
+    assert lz.config.vocab_size == VOCAB
+    ids = _ids()
+    with torch.no_grad():
+        expected = eager(ids).logits
+        got = lz(ids).logits
+    assert len(counted) == lz.config.num_hidden_layers
+    assert (got - expected).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2", "gpt_oss"])
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_greedy_generation_matches_eager(tiny_model_dir, arch, cache):
+    eager, lz = _pair(tiny_model_dir, arch)
+    ids = _ids(2, 6, seed=1)
+    kwargs = {"cache_implementation": "static"} if cache == "static" else {}
+    expected = _greedy(eager, ids, **kwargs)
+    got = _greedy(lz, ids, **kwargs)
+    assert expected.shape == (2, 6 + 32)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2"])
+def test_left_padded_batch_matches_eager(tiny_model_dir, arch):
+    eager, lz = _pair(tiny_model_dir, arch)
+    ids = _ids(3, 14, seed=2)
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # left padding
+    mask[1, :1] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    with torch.no_grad():
+        expected = eager(ids, attention_mask=mask).logits
+        got = lz(ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert torch.isfinite(got).all()
+    assert (got[real] - expected[real]).abs().max().item() <= ATOL
+    for cache in ({}, {"cache_implementation": "static"}):
+        assert torch.equal(_greedy(lz, ids, attention_mask=mask, **cache), _greedy(eager, ids, attention_mask=mask, **cache))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt_oss"])
+def test_output_attentions_returns_eager_weights(tiny_model_dir, arch):
+    eager, lz = _pair(tiny_model_dir, arch)
+    ids = _ids(2, 12, seed=3)
+    with torch.no_grad():
+        e = eager(ids, output_attentions=True)
+        g = lz(ids, output_attentions=True)
+    assert len(g.attentions) == len(e.attentions) == 2
+    for a, b in zip(g.attentions, e.attentions):
+        assert a.shape == b.shape == (2, 4, 12, 12)
+        assert (a - b).abs().max().item() <= 1e-5
+    assert (g.logits - e.logits).abs().max().item() <= ATOL
+
+
+# ------------------------------------------------------------------------------------------ the function itself
+class _Attn(nn.Module):
+    def __init__(self, is_causal=True, groups=2):
+        super().__init__()
+        self.is_causal = is_causal
+        self.num_key_value_groups = groups
+        self.head_dim = 16
+
+
+def _hf_qkv(b=2, h=4, hkv=2, sq=5, sk=5, d=16):
+    return torch.randn(b, h, sq, d), torch.randn(b, hkv, sk, d), torch.randn(b, hkv, sk, d)
+
+
+@pytest.mark.parametrize(
+    "sq, sk, is_causal",
+    [
+        (5, 5, True),  # plain causal
+        (1, 9, True),  # decode: attend to all keys
+        (5, 12, True),  # empty StaticCache prefill: keys padded to max_cache_len -> upper-left
+        (5, 9, False),  # bidirectional module over more keys
+    ],
+)
+def test_none_mask_semantics_match_hf_sdpa(sq, sk, is_causal):
+    module = _Attn(is_causal=is_causal).eval()
+    q, k, v = _hf_qkv(sq=sq, sk=sk)
+    expected, _ = sdpa_attention_forward(module, q, k, v, None, scaling=0.3)
+    got, weights = lz_attention.layerzero_attention_forward(module, q, k, v, None, scaling=0.3)
+    assert weights is None
+    assert got.shape == (2, sq, 4, 16) and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_static_cache_prefill_slices_keys(recorder):
+    """Keys past Sq (unused StaticCache slots) must not reach the kernel, and GQA must not be expanded."""
+    module = _Attn().eval()
+    module._layerzero_orchestrator = "hf_test_recorder"
+    q, k, v = _hf_qkv(sq=5, sk=12)
+    lz_attention.layerzero_attention_forward(module, q, k, v, None)
+    op, options = recorder.calls[-1]
+    assert op == "attention.prefill" and options["is_causal"] is True and options["enable_gqa"] is True
+
+
+def test_explicit_mask_is_passed_without_causal_or_window(recorder):
+    module = _Attn().eval()
+    module._layerzero_orchestrator = "hf_test_recorder"
+    q, k, v = _hf_qkv(sq=1, sk=12)
+    mask = torch.ones(2, 1, 1, 12, dtype=torch.bool)
+    mask[0, ..., :4] = False
+    out, _ = lz_attention.layerzero_attention_forward(module, q, k, v, mask, sliding_window=4, softcap=3.0)
+    op, options = recorder.calls[-1]
+    assert op == "attention.decode" and options["is_causal"] is False
+    assert "sliding_window" not in options and options["softcap"] == 3.0
+    expected = ref.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, softcap=3.0)
+    torch.testing.assert_close(out, expected)
+
+
+def test_sliding_window_kept_only_when_it_can_bite(recorder):
+    module = _Attn().eval()
+    module._layerzero_orchestrator = "hf_test_recorder"
+    q, k, v = _hf_qkv(sq=6, sk=6)
+    lz_attention.layerzero_attention_forward(module, q, k, v, None, sliding_window=8)
+    assert "sliding_window" not in recorder.calls[-1][1]
+    lz_attention.layerzero_attention_forward(module, q, k, v, None, sliding_window=4)
+    assert recorder.calls[-1][1]["sliding_window"] == 4
+
+
+def test_dropout_only_in_training(recorder):
+    module = _Attn()
+    module._layerzero_orchestrator = "hf_test_recorder"
+    q, k, v = _hf_qkv()
+    module.eval()
+    lz_attention.layerzero_attention_forward(module, q, k, v, None, dropout=0.5)
+    assert "dropout_p" not in recorder.calls[-1][1]
+    module.train()
+    lz_attention.layerzero_attention_forward(module, q, k, v, None, dropout=0.5)
+    assert recorder.calls[-1][1]["dropout_p"] == 0.5
+
+
+# ------------------------------------------------------------------------------------------ orchestrators, compile
+def test_per_model_orchestrator_attribute(tiny_model_dir, recorder):
+    eager, lz = _pair(tiny_model_dir, "llama")
+    for m in lz.modules():
+        if hasattr(m, "num_key_value_groups"):
+            setattr(m, lz_attention.ORCHESTRATOR_ATTR, "hf_test_recorder")
+    ids = _ids(1, 5)
+    assert torch.equal(_greedy(lz, ids)[:, :10], _greedy(eager, ids)[:, :10])
+    ops_seen = [c[0] for c in recorder.calls]
+    assert ops_seen[:2] == ["attention.prefill", "attention.prefill"]
+    assert set(ops_seen[2:]) == {"attention.decode"}
+
+
+def test_model_forward_compiles_fullgraph_without_breaks(tiny_model_dir):
+    torch._dynamo.reset()
+    eager, lz = _pair(tiny_model_dir, "gemma2")
+    ids = _ids(2, 12)
+    explanation = torch._dynamo.explain(lz)(ids)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(lz, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        got = compiled(ids).logits
+        expected = eager(ids).logits
+    assert (got - expected).abs().max().item() <= ATOL
+    torch._dynamo.reset()
+
+
+def test_static_cache_generation_compiled_fullgraph(tiny_model_dir, recorder):
+    """generate(cache_implementation="static") compiles the decode step (as it does on CUDA)."""
+    from transformers import CompileConfig
+
+    torch._dynamo.reset()
+    eager, lz = _pair(tiny_model_dir, "llama")
+    for m in lz.modules():
+        if hasattr(m, "num_key_value_groups"):
+            setattr(m, lz_attention.ORCHESTRATOR_ATTR, "hf_test_recorder")
+    compile_config = CompileConfig(fullgraph=True, backend="aot_eager", mode=None)
+    compile_config._compile_all_devices = True
+    ids = _ids(2, 6, seed=4)
+    got = _greedy(lz, ids, cache_implementation="static", compile_config=compile_config)
+    expected = _greedy(eager, ids, cache_implementation="static")
+    assert torch.equal(got, expected)
+    decode_calls = [c for c in recorder.calls if c[0] == "attention.decode"]
+    assert len(decode_calls) >= 2 * 31  # every decode step of both layers went through the custom op
+    torch._dynamo.reset()
