@@ -98,21 +98,31 @@ def _block_mask(sq: int, sk: int, is_causal: bool, window: int | None, device: s
     return create_block_mask(mask_mod, None, None, sq, sk, device=device)
 
 
+@lru_cache(maxsize=64)
+def _softcap_mod(softcap: float) -> Callable[..., Any]:
+    """One function object per softcap value: Flex (eager and compiled) caches its trace per score_mod
+    object, so a fresh closure per call would re-trace (and, compiled, recompile) every call."""
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return softcap * torch.tanh(score / softcap)
+
+    return score_mod
+
+
 def _score_mod(softcap: float | None, mask: torch.Tensor | None) -> Callable[..., Any] | None:
-    if not softcap and mask is None:
-        return None
-    is_bool = mask is not None and mask.dtype == torch.bool
+    if mask is None:
+        return _softcap_mod(float(softcap)) if softcap else None
+    # A caller mask is data: it is captured per call (correct, but traced per call; SDPA ranks above Flex
+    # for masked calls without softcap/sinks anyway).
+    is_bool = mask.dtype == torch.bool
 
     def score_mod(score, b, h, q_idx, kv_idx):
         if softcap:
             score = softcap * torch.tanh(score / softcap)
-        if mask is not None:
-            m = mask[b, h, q_idx, kv_idx]
-            if is_bool:
-                score = torch.where(m, score, -float("inf"))
-            else:
-                score = score + m
-        return score
+        m = mask[b, h, q_idx, kv_idx]
+        if is_bool:
+            return torch.where(m, score, -float("inf"))
+        return score + m
 
     return score_mod
 
