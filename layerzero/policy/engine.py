@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from layerzero.operations import OPERATIONS, matches
 from layerzero.policy.model import Policy
@@ -22,6 +22,13 @@ from layerzero.selection.context import SelectionContext
 
 # rank tiers: the first element of PolicyVerdict.rank
 REJECTED, DEFAULT, RULED, LOCKED = -1, 0, 1, 2
+
+
+def _cached(memo: dict, key: tuple, make: Callable[[], "PolicyVerdict"]) -> "PolicyVerdict":
+    got = memo.get(key)
+    if got is None:
+        got = memo[key] = make()
+    return got
 
 
 @dataclass(frozen=True)
@@ -127,41 +134,65 @@ class PolicyEngine:
             else:
                 lock_note = f"lock to {kid} ignored: {kid} cannot run (kernel_locks[{lock_key!r}], lock_mode prefer)"
 
+        # Verdicts are immutable and depend only on (policy, kernel, outcome), so they are built once per
+        # policy and reused: a cache miss in selection then costs dict lookups, not object construction.
+        memo = policy._memo
         verdicts: list[PolicyVerdict] = []
-        denies, allows = policy.denies, policy.allows
+        append = verdicts.append
         for spec in candidates:
-            kid = spec.kernel_id
-            names = spec.names
-            prio = spec.priority
-            hit = policy.denied_by(names) if denies else None
-            if hit is not None:
-                verdicts.append(PolicyVerdict(spec, False, f"denied by kernel_denies[{hit}] {denies[hit]!r}",
-                                              (REJECTED, 0, prio, 0)))
+            base = memo.get(spec)
+            if base is None:
+                base = memo[spec] = self._static_verdicts(policy, spec)
+            denied, excluded, plain = base
+            if denied is not None:
+                append(denied)
                 continue
+            kid = spec.kernel_id
             if lock_block is not None:
-                verdicts.append(PolicyVerdict(spec, False, lock_block, (REJECTED, 0, prio, 0)))
+                append(_cached(memo, ("lock_block", spec, lock_block),
+                               lambda: PolicyVerdict(spec, False, lock_block, (REJECTED, 0, spec.priority, 0))))
                 continue
             if locked_id is not None:
                 if kid == locked_id:
-                    verdicts.append(PolicyVerdict(spec, True, None, (LOCKED, 0, prio, 0), None, True))
+                    append(_cached(memo, ("locked", spec),
+                                   lambda: PolicyVerdict(spec, True, None, (LOCKED, 0, spec.priority, 0), None, True)))
                 else:
-                    verdicts.append(PolicyVerdict(
+                    append(_cached(memo, ("locked_out", spec, operation), lambda: PolicyVerdict(
                         spec, False, f"operation {operation} is locked to {locked_id} (kernel_locks[{lock_key!r}])",
-                        (REJECTED, 0, prio, 0),
-                    ))
+                        (REJECTED, 0, spec.priority, 0),
+                    )))
                 continue
-            if allows and not policy.admitted(kid, names):
-                verdicts.append(PolicyVerdict(
-                    spec, False, f"not in kernel_allows [{', '.join(allows)}]", (REJECTED, 0, prio, 0)
-                ))
+            if excluded is not None:
+                append(excluded)
                 continue
             won = best.get(kid) if best is not None else self._winning_rule_for_kernel(policy, spec, context)
             if won is not None:
-                rule_prio, index = won
-                verdicts.append(PolicyVerdict(spec, True, lock_note, (RULED, rule_prio, prio, -index), index))
+                append(_cached(memo, ("ruled", spec, won, lock_note), lambda: PolicyVerdict(
+                    spec, True, lock_note, (RULED, won[0], spec.priority, -won[1]), won[1]
+                )))
+            elif lock_note is not None:
+                append(_cached(memo, ("noted", spec, lock_note),
+                               lambda: PolicyVerdict(spec, True, lock_note, plain.rank)))
             else:
-                verdicts.append(PolicyVerdict(spec, True, lock_note, (DEFAULT, 0, prio, 0)))
+                append(plain)
         return verdicts
+
+    @staticmethod
+    def _static_verdicts(
+        policy: Policy, spec: KernelSpec
+    ) -> tuple[PolicyVerdict | None, PolicyVerdict | None, PolicyVerdict]:
+        """(denied verdict, not-in-allows verdict, plain allowed verdict) of one kernel under a policy."""
+        names, prio = spec.names, spec.priority
+        hit = policy.denied_by(names) if policy.denies else None
+        denied = None
+        if hit is not None:
+            denied = PolicyVerdict(spec, False, f"denied by kernel_denies[{hit}] {policy.denies[hit]!r}",
+                                   (REJECTED, 0, prio, 0))
+        excluded = None
+        if policy.allows and not policy.admitted(spec.kernel_id, names):
+            excluded = PolicyVerdict(spec, False, f"not in kernel_allows [{', '.join(policy.allows)}]",
+                                     (REJECTED, 0, prio, 0))
+        return denied, excluded, PolicyVerdict(spec, True, None, (DEFAULT, 0, prio, 0))
 
     @staticmethod
     def _winning_rules(policy: Policy, operation: str, context: SelectionContext) -> dict[str, tuple[int, int]]:

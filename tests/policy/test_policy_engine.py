@@ -283,3 +283,30 @@ def test_engine_load_keeps_old_policy_on_error(tmp_path, registry):
     with pytest.raises(ConfigValidationError):
         eng.load(good)
     assert eng.policy is first
+
+
+def test_to_dict_round_trips(registry):
+    from lz_policy_registry import SEED_YAML
+
+    from layerzero.policy import load_policy
+
+    policy = load_policy(SEED_YAML, registry)
+    again = load_policy(policy.to_dict(), registry)
+    assert again.to_dict() == policy.to_dict()
+    extra = parse_policy_text(
+        "dispatch_rules:\n  - {operation: 'attention.*', kernel: torch_sdpa, conditions: "
+        "{compute_capability_in: [[8, 0], '9.0'], attn_mask_in: [null, bool], softcap: null}}\n",
+        registry=registry,
+    )
+    assert load_policy(extra.to_dict(), registry).to_dict() == extra.to_dict()
+
+
+def test_verdicts_are_reused_per_policy(registry):
+    eng = engine(RULES, registry)
+    cands = registry.get_by_operation("attention.causal")
+    first = eng.decide("attention.causal", cands, CUDA_BF16)
+    second = eng.decide("attention.causal", cands, CUDA_BF16)
+    assert all(a is b for a, b in zip(first, second))
+    other = dataclasses.replace(CUDA_BF16, batch_size=1)
+    changed = {v.kernel_id: v for v in eng.decide("attention.causal", cands, other)}
+    assert changed["flash_attn_v2_attention"].rule_index is None  # no stale rule verdict
