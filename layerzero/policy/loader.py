@@ -319,6 +319,7 @@ class _Validator:
     def __init__(self, registry: KernelRegistry, problems: Problems):
         self.registry = registry
         self.problems = problems
+        self.warnings: list[str] = []
         served = {p for k in registry for p in k.operations if not is_glob(p)}
         self.known_operations: tuple[str, ...] = tuple(dict.fromkeys([*OPERATIONS, *sorted(served)]))
         self._names: list[str] | None = None
@@ -436,9 +437,11 @@ class _Validator:
         allows = self.globs(data.get("kernel_allows"), "kernel_allows")
         defaults, fallback_spec = self.defaults(data.get("defaults", MISSING))
         explicit: set[str] = set()
+        fallback_operations = None
         if fallback_spec is not None:
             explicit.add(fallback_spec.kernel_id)
-            self.not_denied(fallback_spec, defaults.fallback_policy or "", "defaults.fallback_policy", denies)
+            usable = self.not_denied(fallback_spec, "defaults.fallback_policy", denies, "the fallback policy")
+            fallback_operations = fallback_spec.operations if usable else ()
         rules = self.rules(data.get("dispatch_rules"), defaults.default_priority, denies, explicit)
         locks = self.locks(data.get("kernel_locks"), denies, explicit)
         chains = self.chains(data.get("fallback_chains"), denies, explicit)
@@ -455,15 +458,19 @@ class _Validator:
             source=source,
             config_hash=config_hash,
             explicit_kernels=frozenset(explicit),
-            fallback_operations=fallback_spec.operations if fallback_spec is not None else None,
+            fallback_operations=fallback_operations,
+            warnings=tuple(self.warnings),
         )
 
-    def not_denied(self, spec: KernelSpec, name: str, path: str, denies: tuple[str, ...]) -> bool:
+    def not_denied(self, spec: KernelSpec, path: str, denies: tuple[str, ...], what: str) -> bool:
+        """Whether a kernel named at ``path`` escapes every deny glob. Denies win: a denied rule kernel,
+        chain entry or fallback policy is dropped with a warning (merged policy fragments, e.g. per-model
+        rules over the default policy, legitimately deny kernels that the base names)."""
         hit = _names_match(denies, spec.names)
         if hit is None:
             return True
-        self.add(path, name, f"kernel {spec.kernel_id} is denied by kernel_denies[{hit}] {denies[hit]!r}, so this "
-                 "can never take effect; fix: remove it here or narrow the deny glob")
+        self.warnings.append(f"{path}: kernel {spec.kernel_id} is denied by kernel_denies[{hit}] {denies[hit]!r}; "
+                             f"{what} is ignored")
         return False
 
     def defaults(self, value: Any) -> tuple[PolicyDefaults, KernelSpec | None]:
@@ -522,7 +529,7 @@ class _Validator:
                     explicit.add(spec.kernel_id)
                     if covered is not None:
                         ok = self.serves(spec, name, pattern, covered, f"{path}.kernel") and ok
-                    ok = self.not_denied(spec, name, f"{path}.kernel", denies) and ok
+                    ok = self.not_denied(spec, f"{path}.kernel", denies, "the rule") and ok
                 else:
                     ok = False
             prio = item.get("priority", MISSING)
@@ -548,7 +555,11 @@ class _Validator:
             explicit.add(spec.kernel_id)
             if not self.serves(spec, name, pattern, covered, path):
                 continue
-            if not self.not_denied(spec, name, path, denies):
+            hit = _names_match(denies, spec.names)
+            if hit is not None:
+                # A lock says "only this kernel", a deny says "never this kernel": no reading satisfies both.
+                self.add(path, name, f"kernel {spec.kernel_id} is locked here but denied by kernel_denies[{hit}] "
+                         f"{denies[hit]!r}; fix: remove the lock or narrow the deny glob")
                 continue
             out[pattern] = spec.kernel_id
             covers[pattern] = covered
@@ -587,7 +598,7 @@ class _Validator:
                 explicit.add(spec.kernel_id)
                 if covered is not None and not self.serves(spec, name, pattern, covered, here):
                     continue
-                if not self.not_denied(spec, name, here, denies):
+                if not self.not_denied(spec, here, denies, "this fallback entry"):
                     continue
                 if spec.kernel_id in chain:
                     self.add(here, name, f"kernel {spec.kernel_id} appears twice in this chain; fix: keep the first")

@@ -75,7 +75,8 @@ class Policy:
     operation names or globs to tuples of canonical ids; ``explicit_kernels`` is every kernel the config
     names (locks, rule kernels, chains, ``defaults.fallback_policy``), which ``kernel_allows`` always
     admits. ``fallback_operations`` are the operation patterns the fallback kernel serves (None: unknown,
-    treat as all). ``config_hash`` is the sha256 of the source text (or of a canonical dump of a mapping)."""
+    treat as all; empty when the fallback kernel is denied). ``warnings`` lists parts of the config that
+    cannot take effect (a rule or chain entry naming a denied kernel). ``config_hash`` is the sha256 of the source text (or of a canonical dump of a mapping)."""
 
     version: str = DEFAULT_VERSION
     defaults: PolicyDefaults = field(default_factory=PolicyDefaults)
@@ -88,6 +89,7 @@ class Policy:
     config_hash: str = hashlib.sha256(b"").hexdigest()
     explicit_kernels: frozenset[str] = frozenset()
     fallback_operations: tuple[str, ...] | None = None
+    warnings: tuple[str, ...] = ()
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

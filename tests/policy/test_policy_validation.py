@@ -280,19 +280,34 @@ def test_bad_kernel_globs(registry):
 def test_lock_deny_conflict(registry):
     probs = problems_of(
         """
-        defaults: {fallback_policy: rms_norm_debug}
         kernel_denies: ["*_debug", "attn_*"]
         kernel_locks: {"attention.*": attn_experimental}
-        dispatch_rules: [{operation: rms_norm, kernel: rms_norm_debug}]
-        fallback_chains: {rms_norm: [torch_rms_norm, rms_norm_debug]}
         """,
         registry,
     )
     lock = only(probs, "kernel_locks['attention.*']")
     assert lock.value == "attn_experimental" and "kernel_denies[1] 'attn_*'" in lock.message
-    assert "kernel_denies[0] '*_debug'" in only(probs, "dispatch_rules[0].kernel").message
-    assert only(probs, "fallback_chains.rms_norm[1]").value == "rms_norm_debug"
-    assert only(probs, "defaults.fallback_policy").value == "rms_norm_debug"
+
+
+def test_denies_win_over_rules_chains_and_fallback_policy_with_warnings(registry):
+    # Per-model fragments merged over a base policy deny kernels the base names: that must stay loadable.
+    policy = parse_policy_text(
+        textwrap.dedent(
+            """
+            defaults: {fallback_policy: rms_norm_debug}
+            kernel_denies: ["*_debug"]
+            dispatch_rules: [{operation: rms_norm, kernel: rms_norm_debug}, {operation: rms_norm, kernel: torch_rms_norm}]
+            fallback_chains: {rms_norm: [torch_rms_norm, rms_norm_debug]}
+            """
+        ),
+        registry=registry,
+    )
+    assert [r.index for r in policy.rules] == [1]
+    assert policy.fallback_chain("rms_norm") == ("torch_rms_norm",)
+    assert len(policy.warnings) == 3
+    assert policy.warnings[0].startswith("defaults.fallback_policy: kernel rms_norm_debug is denied by kernel_denies[0]")
+    assert any(w.startswith("dispatch_rules[0].kernel:") for w in policy.warnings)
+    assert any(w.startswith("fallback_chains.rms_norm[1]:") for w in policy.warnings)
 
 
 def test_ambiguous_glob_locks(registry):
