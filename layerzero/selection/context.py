@@ -177,6 +177,8 @@ class SelectionContext:
                 values["hidden_size"] = g.shape[-1]
                 values["batch_size"] = g.numel() // max(1, g.shape[-1])
                 values["is_contiguous"] = g.is_contiguous()
+            if operation == "geglu" and kwargs.get("approximate", "tanh") != "tanh":  # tanh-only kernels
+                values["extra"] = (("approximate", kwargs["approximate"]),)
         values["is_compiling"] = _is_compiling()
         if values.get("platform") is None and values.get("device", "").startswith("cuda"):
             values["compute_capability"] = device_capability(values["device"])
