@@ -111,6 +111,14 @@ def _partial_rotary_needs_new_liger(ctx) -> str | None:
     return None
 
 
+def _tanh_gelu_only(ctx) -> str | None:
+    """Liger's GeGLU implements only the tanh approximation"""
+    approx = dict(ctx.extra).get("approximate", "tanh")
+    if approx != "tanh":
+        return f"gelu approximate={approx!r} not supported (Liger GeGLU is tanh-only)"
+    return None
+
+
 def kernel_specs() -> list[KernelSpec]:
     mod = __name__
     cuda = frozenset({"cuda"})
@@ -129,6 +137,6 @@ def kernel_specs() -> list[KernelSpec]:
                    KernelConstraints(platforms=cuda, dtypes=floats), 60,
                    description="Liger SiLU*mul (2.5 TB/s vs eager 1.8 at 16k tokens; eager wins at ~128 tokens)"),
         KernelSpec("liger_geglu", "geglu", "liger", f"{mod}:liger_geglu",
-                   KernelConstraints(platforms=cuda, dtypes=floats), 60,
-                   description="Liger GELU(tanh)*mul; approximate='none' falls back"),
+                   KernelConstraints(platforms=cuda, dtypes=floats, custom=(_tanh_gelu_only,)), 60,
+                   description="Liger GELU(tanh)*mul; approximate='none' is rejected"),
     ]

@@ -233,10 +233,19 @@ def _compare(out: Any, expected: Any, dtype: torch.dtype, fam: str) -> str | Non
     return None
 
 
-def run_case(spec: KernelSpec, operation: str, case: Case, dtype: torch.dtype) -> tuple[str, str | None]:
-    """("skipped", reasons) | ("ran", None) | ("failed", why)."""
+def run_case(
+    spec: KernelSpec, operation: str, case: Case, dtype: torch.dtype, assume_cuda: bool = False
+) -> tuple[str, str | None]:
+    """("skipped", reasons) | ("ran", None) | ("failed", why).
+
+    ``assume_cuda`` checks the kernel's constraints as if the CPU tensors were on an sm90 GPU and skips
+    the backend probe: that is how adapters are exercised on CPU against stand-in backend modules."""
     ctx = SelectionContext.from_inputs(operation, case.inputs, **case.kwargs)
-    reasons = spec.check(ctx)
+    if assume_cuda:
+        ctx = ctx.replace(device="cuda:0", platform="cuda", compute_capability=(9, 0))
+        reasons = spec.constraints.check(ctx)
+    else:
+        reasons = spec.check(ctx)
     if reasons:
         return "skipped", "; ".join(reasons)
     args = spec.map_arguments(case.inputs, case.kwargs)
@@ -258,11 +267,12 @@ def run_case(spec: KernelSpec, operation: str, case: Case, dtype: torch.dtype) -
 
 
 def run_conformance(
-    spec: KernelSpec, operation: str, dtype: torch.dtype, device: str, attention_shapes=None
+    spec: KernelSpec, operation: str, dtype: torch.dtype, device: str, attention_shapes=None,
+    assume_cuda: bool = False,
 ) -> Outcome:
     result = Outcome()
     for case in cases_for(operation, dtype, device, attention_shapes):
-        status, detail = run_case(spec, operation, case, dtype)
+        status, detail = run_case(spec, operation, case, dtype, assume_cuda)
         if status == "skipped":
             result.skipped.setdefault(detail or "", []).append(case.name)
         elif status == "ran":
