@@ -51,16 +51,15 @@ ENUMS: dict[str, tuple[str, ...]] = {
 
 
 def _kind_of(annotation: Any) -> tuple[str | None, bool]:
-    text = annotation if isinstance(annotation, str) else repr(annotation)
-    parts = [p.strip() for p in text.replace("Optional[", "").rstrip("]").split("|")] if "Optional[" in text else [
-        p.strip() for p in text.split("|")
-    ]
-    optional = "None" in parts or "Optional[" in text
+    """``"int | None"`` -> ``("int", True)``; kind None for types a condition cannot compare (``extra``)."""
+    if isinstance(annotation, str):
+        text = annotation
+    else:  # a real type (no postponed annotations): int, or int | None
+        text = annotation.__name__ if isinstance(annotation, type) else repr(annotation)
+    parts = [p.strip() for p in text.split("|")]
     main = [p for p in parts if p != "None"]
     kinds = {"int": INT, "float": FLOAT, "str": STR, "bool": BOOL, "tuple[int, int]": CAPABILITY}
-    if len(main) != 1:
-        return None, optional
-    return kinds.get(main[0].replace("Tuple", "tuple")), optional
+    return (kinds.get(main[0]) if len(main) == 1 else None), len(main) < len(parts)
 
 
 FIELD_KINDS: dict[str, tuple[str | None, bool]] = {

@@ -72,10 +72,10 @@ def load_policy(
         source = path
     if isinstance(source, Mapping):
         return _guarded(lambda: _from_mapping(source, None, registry, _mapping_hash(source)), None)
-    if isinstance(source, (str, os.PathLike)):
-        label = os.fspath(source)
-        label = label if isinstance(label, str) else repr(label)
-        return _guarded(lambda: _from_file(label, registry), label)
+    if isinstance(source, (str, bytes, os.PathLike)):
+        path = os.fsdecode(source)
+        label = path if "\n" not in path and len(path) <= 1024 else "<not a path>"
+        return _guarded(lambda: _from_file(path, registry, label), label)
     raise ConfigValidationError(
         [ValidationProblem(DOCUMENT, clip(source), f"a policy source is a file path or a mapping, got "
                            f"{type_name(source)}; fix: pass a path or a dict")]
@@ -136,14 +136,21 @@ def _fail(problems: Problems) -> None:
         raise ConfigValidationError(problems.items, source=problems.source)
 
 
-def _from_file(path: str, registry: KernelRegistry | None) -> Policy:
-    problems = Problems(path)
+def _from_file(path: str, registry: KernelRegistry | None, label: str | None = None) -> Policy:
+    label = path if label is None else label
+    problems = Problems(label)
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_SOURCE_BYTES + 1)
     except FileNotFoundError:
-        problems.add(DOCUMENT, path, "file not found; fix: check the path (relative paths are resolved from the "
-                     f"current directory {os.getcwd()!r})")
+        if "\n" in path or ": " in path:
+            fix = "this looks like YAML text, not a path: use parse_policy_text(text)"
+        else:
+            fix = f"check the path (relative paths are resolved from the current directory {os.getcwd()!r})"
+        problems.add(DOCUMENT, path, f"file not found; fix: {fix}")
+        _fail(problems)
+    except (ValueError, TypeError) as e:  # e.g. an embedded NUL byte in the path
+        problems.add(DOCUMENT, path, f"not a usable file path ({e}); fix: pass a plain path")
         _fail(problems)
     except IsADirectoryError:
         problems.add(DOCUMENT, path, "is a directory; fix: point to a .yaml file")
@@ -161,7 +168,7 @@ def _from_file(path: str, registry: KernelRegistry | None) -> Policy:
         problems.add(DOCUMENT, f"byte {e.start}", "the file is not UTF-8 text (binary?); fix: save the policy as "
                      "UTF-8 YAML")
         _fail(problems)
-    return _from_text(text, path, registry)
+    return _from_text(text, label, registry)
 
 
 def _from_text(text: str, source: str | None, registry: KernelRegistry | None) -> Policy:

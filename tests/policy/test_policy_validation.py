@@ -408,3 +408,10 @@ def test_validate_policy_lists_problems(tmp_path, registry):
     good.write_text("version: '1'\n")
     assert validate_policy(good, registry) == []
     assert validate_policy({"version": 1}, registry)[0].field == "version"
+
+
+def test_yaml_text_passed_as_a_path_gets_a_hint(registry):
+    with pytest.raises(ConfigValidationError) as info:
+        load_policy("version: '1'\nkernel_denies: []\n", registry)
+    (p,) = info.value.problems
+    assert "parse_policy_text" in p.message and info.value.source == "<not a path>"
