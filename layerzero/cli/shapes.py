@@ -1,0 +1,151 @@
+"""Shape lists for ``bench``, ``tune`` and ``layerzero_hf.compare``: the default grid and shape files.
+
+A shape is a mapping of :class:`~layerzero.tuning.sweep.TuneShape` fields (``seq``/``seq_len`` are accepted
+for ``seq_q``). A shape file is YAML or JSON: a list of shapes, or ``{"shapes": [...]}``. Every mistake is
+reported with its field path and value (``shapes[2].heads: expected a positive integer, got 'x'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from layerzero.errors import ConfigValidationError, ValidationProblem
+from layerzero.operations import OPERATIONS
+from layerzero.selection.context import dtype_name
+from layerzero.tuning.sweep import TuneShape
+
+_FIELDS = {f.name for f in dataclasses.fields(TuneShape)}
+_ALIASES = {"seq": "seq_q", "seq_len": "seq_q", "seq_len_q": "seq_q", "seq_len_k": "seq_k", "kv": "kv_heads",
+            "num_heads": "heads", "num_kv_heads": "kv_heads", "hidden_size": "hidden", "batch_size": "batch"}
+_INT_FIELDS = _FIELDS - {"operation", "dtype"}
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def default_shapes(device: str) -> list[TuneShape]:
+    """A small grid per operation: seconds on CPU (float32, tiny), representative on CUDA (bf16, Llama-8B)."""
+    if not device.startswith("cuda"):
+        d = "float32"
+        return [
+            TuneShape("attention.causal", d, batch=1, seq_q=128, heads=8, kv_heads=4, head_dim=64),
+            TuneShape("attention.decode", d, batch=4, seq_q=1, seq_k=256, heads=8, kv_heads=4, head_dim=64),
+            TuneShape("rms_norm", d, tokens=256, hidden=1024),
+            TuneShape("layer_norm", d, tokens=256, hidden=1024),
+            TuneShape("rope", d, batch=1, seq_q=128, heads=8, kv_heads=4, head_dim=64),
+            TuneShape("swiglu", d, tokens=256, hidden=1024),
+            TuneShape("geglu", d, tokens=256, hidden=1024),
+        ]
+    d = "bfloat16"
+    return [
+        TuneShape("attention.causal", d, batch=4, seq_q=1024, heads=32, kv_heads=8, head_dim=128),
+        TuneShape("attention.causal", d, batch=1, seq_q=4096, heads=32, kv_heads=8, head_dim=128),
+        TuneShape("attention.decode", d, batch=8, seq_q=1, seq_k=4096, heads=32, kv_heads=8, head_dim=128),
+        TuneShape("rms_norm", d, tokens=4096, hidden=4096),
+        TuneShape("layer_norm", d, tokens=4096, hidden=4096),
+        TuneShape("rope", d, batch=4, seq_q=1024, heads=32, kv_heads=8, head_dim=128),
+        TuneShape("swiglu", d, tokens=4096, hidden=14336),
+        TuneShape("geglu", d, tokens=4096, hidden=14336),
+    ]
+
+
+def parse_shape(raw: Any, where: str = "shape", problems: list[ValidationProblem] | None = None) -> TuneShape | None:
+    """One shape mapping -> TuneShape. Problems are appended (or raised when ``problems`` is None)."""
+    own = problems is None
+    found: list[ValidationProblem] = [] if own else problems  # type: ignore[assignment]
+    if isinstance(raw, TuneShape):
+        return raw
+    if not isinstance(raw, Mapping):
+        found.append(ValidationProblem(where, raw, "a shape is a mapping like {operation: rms_norm, tokens: 128, "
+                                       "hidden: 1024}"))
+    else:
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            name = _ALIASES.get(str(key), str(key))
+            if name not in _FIELDS:
+                known = ", ".join(sorted(_FIELDS | set(_ALIASES)))
+                found.append(ValidationProblem(f"{where}.{key}", value, f"unknown shape field; use one of {known}"))
+                continue
+            if name in _INT_FIELDS:
+                if value is None and name in ("seq_k", "kv_heads"):
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    found.append(ValidationProblem(f"{where}.{key}", value, "expected a positive integer"))
+                    continue
+            values[name] = value
+        op = values.get("operation")
+        if op is None:
+            found.append(ValidationProblem(f"{where}.operation", None,
+                                           f"missing; use one of {', '.join(OPERATIONS)}"))
+        elif op not in OPERATIONS:
+            found.append(ValidationProblem(f"{where}.operation", op, f"unknown operation; use one of "
+                                           f"{', '.join(OPERATIONS)}"))
+        if "dtype" in values:
+            name = dtype_name(str(values["dtype"]))
+            if name not in DTYPES:
+                found.append(ValidationProblem(f"{where}.dtype", values["dtype"],
+                                               f"unknown dtype; use one of {', '.join(DTYPES)}"))
+            values["dtype"] = name
+        if not [p for p in found if p.field.startswith(where)]:
+            return TuneShape(**values)
+    if own and found:
+        raise ConfigValidationError(found)
+    return None
+
+
+def parse_shapes(raw: Iterable[Any] | Mapping[str, Any], source: str | None = None,
+                 default_dtype: str | None = None) -> list[TuneShape]:
+    """A list of shape mappings (or ``{"shapes": [...]}``) -> TuneShapes; one error lists every problem.
+    ``default_dtype`` applies to shapes that do not name one."""
+    if isinstance(raw, Mapping):
+        if "shapes" not in raw:
+            raise ConfigValidationError([ValidationProblem("<document>", sorted(map(str, raw)),
+                                                           "expected a list of shapes or {shapes: [...]}", source)])
+        raw = raw["shapes"]
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, Iterable):
+        raise ConfigValidationError([ValidationProblem("shapes", raw, "expected a list of shapes", source)])
+    problems: list[ValidationProblem] = []
+    shapes: list[TuneShape] = []
+    for i, item in enumerate(raw):
+        if default_dtype and isinstance(item, Mapping) and "dtype" not in item:
+            item = {**item, "dtype": default_dtype}
+        shape = parse_shape(item, f"shapes[{i}]", problems)
+        if shape is not None:
+            shapes.append(shape)
+    if problems:
+        raise ConfigValidationError([dataclasses.replace(p, source=source) for p in problems], source=source)
+    return shapes
+
+
+def load_shapes(path: str | Path, default_dtype: str | None = None) -> list[TuneShape]:
+    """Shapes from a YAML (``safe_load``) or JSON file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigValidationError([ValidationProblem("<document>", str(p), f"cannot read the shapes file: {e}")],
+                                    source=str(p)) from None
+    try:
+        if p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - any syntax error becomes a problem with the file name
+        raise ConfigValidationError([ValidationProblem("<document>", str(p), f"cannot parse: {e}")],
+                                    source=str(p)) from None
+    return parse_shapes(data if data is not None else [], str(p), default_dtype)
+
+
+def shape_label(shape: TuneShape) -> str:
+    """Compact, human-readable description used as a key in ``bench``/``tune`` output."""
+    if shape.operation.startswith("attention"):
+        sk = shape.seq_k or shape.seq_q
+        return (f"{shape.operation} b{shape.batch} sq{shape.seq_q} sk{sk} h{shape.heads}/{shape.kv_heads or shape.heads}"
+                f" d{shape.head_dim} {shape.dtype}")
+    if shape.operation == "rope":
+        return (f"rope b{shape.batch} s{shape.seq_q} h{shape.heads}/{shape.kv_heads or shape.heads} d{shape.head_dim} "
+                f"{shape.dtype}")
+    return f"{shape.operation} t{shape.tokens} h{shape.hidden} {shape.dtype}"
