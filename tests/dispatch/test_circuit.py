@@ -371,3 +371,129 @@ def test_seed_manager():
     circuit.record_failure()
     manager.reset_all()
     assert circuit.failure_count == 0
+
+
+# ---------------------------------------------------------------------------- fault injection (dispatcher)
+from resilience_helpers import FaultyKernel, backends, good_kernel, ref_rms_norm, registry, spec  # noqa: E402
+
+from layerzero.dispatch.dynamic import DynamicDispatcher  # noqa: E402
+from layerzero.dispatch.types import DispatchConfig  # noqa: E402
+from layerzero.errors import CircuitOpenError, FallbackChainExhaustedError  # noqa: E402
+from layerzero.telemetry import DispatchTelemetry  # noqa: E402
+
+
+def _faulty_setup(mode: str, **cfg):
+    clock = FakeClock()
+    faulty = FaultyKernel(mode)
+    good = good_kernel("good")
+    kr = registry(spec("lz_faulty", faulty, priority=100), spec("lz_good_ref", good, priority=1, reference_tag=True))
+    config = DispatchConfig(check_outputs=True, failure_threshold=3, success_threshold=2,
+                            recovery_timeout_seconds=10.0, half_open_max_calls=1, **cfg)
+    circuits = CircuitBreakerManager(CircuitBreakerConfig.from_dispatch_config(config), clock=clock)
+    telemetry = DispatchTelemetry()
+    d = DynamicDispatcher(config, kr, backends(), circuits=circuits, telemetry=telemetry)
+    return d, faulty, good, clock, circuits, telemetry
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan", "shape"])
+def test_fault_injection_breaker_cycle_with_verified_fallbacks(mode):
+    d, faulty, good, clock, circuits, telemetry = _faulty_setup(mode)
+    transitions = []
+    circuits.add_listener(lambda kid, old, new: transitions.append((kid, old, new)))
+    inputs = {"x": torch.randn(4, 16), "weight": torch.randn(16)}
+    expected = ref_rms_norm(**inputs)
+
+    def call():
+        r = d.dispatch("rms_norm", inputs)
+        torch.testing.assert_close(r.output, expected, rtol=0, atol=0)  # every output is the reference's
+        return r
+
+    # CLOSED: each failure falls back to the reference; the third opens the circuit.
+    for i in range(3):
+        r = call()
+        assert r.was_fallback and r.kernel_id == "lz_good_ref" and r.failed_kernels == ("lz_faulty",)
+        assert circuits.get_circuit("lz_faulty").state is (CircuitState.OPEN if i == 2 else CircuitState.CLOSED)
+    assert faulty.calls == 3
+    # OPEN: the faulty kernel is not even tried.
+    for _ in range(5):
+        r = call()
+        assert r.was_fallback and r.kernel_id == "lz_good_ref"
+    assert faulty.calls == 3
+    # Cooldown elapses: one trial call; still broken -> OPEN again with a fresh cooldown.
+    clock.advance(10.0)
+    call()
+    assert faulty.calls == 4 and circuits.get_circuit("lz_faulty").state is CircuitState.OPEN
+    clock.advance(9.0)
+    call()
+    assert faulty.calls == 4
+    # The kernel recovers: the next trials succeed and success_threshold of them close the circuit.
+    faulty.mode = "ok"
+    clock.advance(1.0)
+    r = call()
+    assert r.kernel_id == "lz_faulty" and not r.was_fallback
+    assert circuits.get_circuit("lz_faulty").state is CircuitState.HALF_OPEN
+    r = call()
+    assert r.kernel_id == "lz_faulty"
+    assert circuits.get_circuit("lz_faulty").state is CircuitState.CLOSED
+    C, O, H = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+    assert transitions == [("lz_faulty", C, O), ("lz_faulty", O, H), ("lz_faulty", H, O),
+                           ("lz_faulty", O, H), ("lz_faulty", H, C)]
+    snap = telemetry.snapshot()
+    assert snap.failure_count == 4 and snap.per_kernel["lz_faulty"].failures == 4
+    assert snap.dispatch_count == 12 and snap.fallback_count == 10
+    assert snap.per_kernel["lz_good_ref"].fallback_calls == 10
+    stats = circuits.get_circuit("lz_faulty").stats()
+    assert stats.times_opened == 2 and stats.total_failures == 4
+    if mode == "raise":
+        assert "injected kernel fault" in stats.last_failure
+    elif mode == "nan":
+        assert "NaN" in stats.last_failure
+    else:
+        assert "shape" in stats.last_failure
+
+
+def test_all_kernels_failing_raises_chain_exhausted_then_circuit_open():
+    clock = FakeClock()
+    kr = registry(spec("lz_f1", FaultyKernel("raise"), priority=100), spec("lz_f2", FaultyKernel("nan"), priority=50))
+    config = DispatchConfig(check_outputs=True, failure_threshold=1, recovery_timeout_seconds=5.0)
+    circuits = CircuitBreakerManager(CircuitBreakerConfig.from_dispatch_config(config), clock=clock)
+    d = DynamicDispatcher(config, kr, backends(), circuits=circuits, telemetry=DispatchTelemetry())
+    inputs = {"x": torch.randn(2, 8), "weight": torch.randn(8)}
+    with pytest.raises(FallbackChainExhaustedError) as ei:
+        d.dispatch("rms_norm", inputs)
+    assert [kid for kid, _ in ei.value.attempts] == ["lz_f1", "lz_f2"]
+    with pytest.raises(CircuitOpenError) as ei2:
+        d.dispatch("rms_norm", inputs)
+    assert set(ei2.value.kernel_ids) == {"lz_f1", "lz_f2"}
+    assert "reset_all" in str(ei2.value)
+    circuits.reset_all()
+    with pytest.raises(FallbackChainExhaustedError):
+        d.dispatch("rms_norm", inputs)
+
+
+def test_seed_dispatch_integration_config_builds_breakers():
+    """The seed's "Circuit Breaker with Dispatch Integration" config, on CPU with injected faults."""
+    from layerzero.dispatch import DispatchMode, create_orchestrator
+
+    config = DispatchConfig(
+        mode=DispatchMode.DYNAMIC,
+        circuit_breaker_enabled=True,
+        failure_threshold=5,
+        recovery_timeout_seconds=30.0,
+        enable_fallback=True,
+        max_fallback_attempts=3,
+        check_outputs=True,
+    )
+    faulty = FaultyKernel("nan")
+    kr = registry(spec("lz_faulty", faulty, priority=100), spec("lz_good_ref", good_kernel("g"), 1, True))
+    orchestrator = create_orchestrator(config=config, kernel_registry=kr, backend_registry=backends())
+    inputs = {"x": torch.randn(2, 8), "weight": torch.randn(8)}
+    for _ in range(7):
+        try:
+            result = orchestrator.dispatch("rms_norm", inputs)
+        except (CircuitOpenError, FallbackChainExhaustedError) as e:  # pragma: no cover - must not happen
+            pytest.fail(f"fallback should have served the call: {e}")
+        torch.testing.assert_close(result.output, ref_rms_norm(**inputs))
+    assert faulty.calls == 5  # opened after failure_threshold=5, then skipped
+    stats = orchestrator.circuits.get_all_stats()["lz_faulty"]
+    assert stats.state is CircuitState.OPEN and stats.failure_count == 5
