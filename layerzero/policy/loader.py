@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -419,7 +420,18 @@ class _Validator:
                          "and aliases are matched)")
             else:
                 out.append(item)
+                self.warn_if_unmatched(item, f"{path}[{i}]", always=path == "kernel_allows")
         return tuple(out)
+
+    def warn_if_unmatched(self, pattern: str, path: str, always: bool) -> None:
+        """A glob that matches no registered kernel is legal (the kernel may be registered later) but often a
+        typo: an allow typo silently shrinks the eligible set. Warn for allows, and for exact deny names."""
+        if not (always or not is_glob(pattern)):
+            return
+        if any(fnmatchcase(n, pattern) for n in self.names()):
+            return
+        self.warnings.append(f"{path}: {pattern!r} matches no registered kernel id or alias"
+                             f"{did_you_mean(pattern, self.names())}")
 
     # ---------------------------------------------------------------- document
     def build(self, data: Any, source: str | None, config_hash: str) -> Policy | None:

@@ -415,3 +415,14 @@ def test_yaml_text_passed_as_a_path_gets_a_hint(registry):
         load_policy("version: '1'\nkernel_denies: []\n", registry)
     (p,) = info.value.problems
     assert "parse_policy_text" in p.message and info.value.source == "<not a path>"
+
+
+def test_unmatched_allow_and_exact_deny_names_warn(registry):
+    policy = parse_policy_text(
+        "kernel_allows: ['flash_atn_*', 'torch_sdpa']\nkernel_denies: ['*_experimental', 'liger_rms_nrm', 'x_*']\n",
+        registry=registry,
+    )
+    deny, allow = policy.warnings
+    assert deny.startswith("kernel_denies[1]: 'liger_rms_nrm' matches no registered kernel id or alias (did you "
+                           "mean 'liger_rms_norm'")
+    assert allow.startswith("kernel_allows[0]: 'flash_atn_*' matches no registered kernel id or alias")
