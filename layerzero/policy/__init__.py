@@ -27,7 +27,8 @@ When the context does not know a field (None) the condition does not hold, unles
 Semantics, in the order the engine applies them to each candidate:
 
 1. **denies** - a kernel whose id or any alias matches a ``kernel_denies`` glob is rejected
-   ("denied by kernel_denies[0] '*_debug'").
+   ("denied by kernel_denies[0] '*_debug'"). Denies win: a rule, chain entry or fallback policy naming
+   a denied kernel is dropped and listed in ``Policy.warnings``; a lock on a denied kernel is an error.
 2. **locks** - when a ``kernel_locks`` key matches the operation (an exact key wins over globs), the
    locked kernel is the only one allowed, if it can run (it is in the ``runnable`` set the selection
    engine passes). If it cannot: ``lock_mode: prefer`` (default) ignores the lock and notes
