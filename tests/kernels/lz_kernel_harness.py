@@ -96,9 +96,11 @@ ATTN_VARIANTS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def attention_cases(operation: str, dtype: torch.dtype, device: str, shapes=None) -> Iterator[Case]:
+def attention_cases(operation: str, dtype: torch.dtype, device: str, shapes=None, variants=None) -> Iterator[Case]:
     for b, sq, sk, h, hkv, d in shapes or ATTN_SHAPES_CPU:
         for vname, v in ATTN_VARIANTS:
+            if variants is not None and vname not in variants:
+                continue
             q = _randn(b, sq, h, d, dtype=dtype, device=device)
             k = _randn(b, sk, hkv, d, dtype=dtype, device=device)
             val = _randn(b, sk, hkv, d, dtype=dtype, device=device)
@@ -193,10 +195,10 @@ def gated_cases(operation: str, dtype: torch.dtype, device: str) -> Iterator[Cas
         yield Case("swiglu[chunked halves]", {"gate": g, "up": u})
 
 
-def cases_for(operation: str, dtype: torch.dtype, device: str, attention_shapes=None) -> list[Case]:
+def cases_for(operation: str, dtype: torch.dtype, device: str, attention_shapes=None, variants=None) -> list[Case]:
     fam = family(operation)
     if fam == "attention":
-        return list(attention_cases(operation, dtype, device, attention_shapes))
+        return list(attention_cases(operation, dtype, device, attention_shapes, variants))
     if fam == "rms_norm":
         return list(rms_norm_cases(dtype, device))
     if fam == "layer_norm":
@@ -268,10 +270,10 @@ def run_case(
 
 def run_conformance(
     spec: KernelSpec, operation: str, dtype: torch.dtype, device: str, attention_shapes=None,
-    assume_cuda: bool = False,
+    assume_cuda: bool = False, variants=None,
 ) -> Outcome:
     result = Outcome()
-    for case in cases_for(operation, dtype, device, attention_shapes):
+    for case in cases_for(operation, dtype, device, attention_shapes, variants):
         status, detail = run_case(spec, operation, case, dtype, assume_cuda)
         if status == "skipped":
             result.skipped.setdefault(detail or "", []).append(case.name)
