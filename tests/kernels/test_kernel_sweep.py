@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -12,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _load():
     spec = importlib.util.spec_from_file_location("kernel_sweep", ROOT / "benchmarks" / "kernel_sweep.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["kernel_sweep"] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
