@@ -27,6 +27,8 @@ from layerzero.policy.schema import (
     Problems,
     did_you_mean,
     is_number,
+    join_path,
+    q,
     type_name,
 )
 from layerzero.selection.context import CONTEXT_FIELDS, SelectionContext, dtype_name
@@ -184,13 +186,13 @@ def _canonical_scalar(field: str, kind: str, optional: bool, value: Any, path: s
         name = dtype_name(value)
         if not isinstance(getattr(torch, name, None), torch.dtype):
             known = ["float16", "bfloat16", "float32", "float64", "fp16", "bf16", "fp32"]
-            problems.add(path, value, f"unknown dtype {value!r}{did_you_mean(value, known)}; fix: use a torch dtype "
+            problems.add(path, value, f"unknown dtype {q(value)}{did_you_mean(value, known)}; fix: use a torch dtype "
                          "name such as bfloat16, float16 or float32")
             return False, None
         return True, name
     allowed = ENUMS.get(field)
     if allowed is not None and value not in allowed:
-        problems.add(path, value, f"unknown {field} {value!r}{did_you_mean(value, allowed)}; fix: use one of "
+        problems.add(path, value, f"unknown {field} {q(value)}{did_you_mean(value, allowed)}; fix: use one of "
                      f"{', '.join(allowed)}")
         return False, None
     return True, value
@@ -219,7 +221,7 @@ def _capability(value: Any) -> tuple[int, int] | None:
 
 def compile_condition(key: Any, value: Any, path: str, problems: Problems) -> Condition | None:
     """Validate one ``key: value`` of a rule's conditions; None (with problems recorded) when invalid."""
-    here = f"{path}.{key}"
+    here = join_path(path, key)
     if not isinstance(key, str):
         problems.add(here, key, f"condition keys are strings, got {type_name(key)}; fix: write a key such as "
                      "batch_size_gte")
@@ -233,7 +235,7 @@ def compile_condition(key: Any, value: Any, path: str, problems: Problems) -> Co
         hint = did_you_mean(key, _all_condition_keys())
         problems.add(
             here, value,
-            f"unknown condition {key!r}{hint}; fix: use a SelectionContext field ({', '.join(CONDITION_FIELDS)}), "
+            f"unknown condition {q(key)}{hint}; fix: use a SelectionContext field ({', '.join(CONDITION_FIELDS)}), "
             f"optionally suffixed with _{', _'.join(OPERATORS)}",
         )
         return None
@@ -251,7 +253,7 @@ def compile_condition(key: Any, value: Any, path: str, problems: Problems) -> Co
         return None
     if op in ("in", "not_in"):
         if not isinstance(value, (list, tuple)):
-            problems.add(here, value, f"{op} needs a list, got {type_name(value)}; fix: write [{value!r}] or use "
+            problems.add(here, value, f"{op} needs a list, got {type_name(value)}; fix: write [{q(value)}] or use "
                          f"{field}_{'eq' if op == 'in' else 'ne'}")
             return None
         if len(value) == 0:

@@ -41,6 +41,8 @@ from layerzero.policy.schema import (
     did_you_mean,
     glob_error,
     is_glob,
+    join_path,
+    q,
     type_name,
 )
 from layerzero.registry.kernel_registry import KernelRegistry
@@ -266,9 +268,9 @@ def _check_duplicate_keys(root: yaml.Node, problems: Problems) -> None:
             for key_node, value_node in node.value:
                 if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                     key = key_node.value
-                    child = _join(path, key)
+                    child = join_path(path, key)
                     if key in first_line:
-                        problems.add(child, key, f"duplicate key {key!r} (lines {first_line[key]} and "
+                        problems.add(child, key, f"duplicate key {q(key)} (lines {first_line[key]} and "
                                      f"{key_node.start_mark.line + 1}); fix: keep one of them")
                     else:
                         first_line[key] = key_node.start_mark.line + 1
@@ -278,13 +280,6 @@ def _check_duplicate_keys(root: yaml.Node, problems: Problems) -> None:
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 stack.append((item, f"{path}[{i}]"))
-
-
-def _join(path: str, key: Any) -> str:
-    if isinstance(key, str) and key and all(ch.isalnum() or ch == "_" for ch in key):
-        return f"{path}.{key}" if path else key
-    text = repr(clip(key))
-    return f"{path}[{text}]" if path else f"[{text}]"
 
 
 def _mapping_hash(data: Mapping[str, Any]) -> str:
@@ -348,7 +343,7 @@ class _Validator:
             return None
         spec = self.registry.find(name)
         if spec is None:
-            self.add(path, name, f"unknown kernel {name!r}{did_you_mean(name, self.names())}; fix: use a registered "
+            self.add(path, name, f"unknown kernel {q(name)}{did_you_mean(name, self.names())}; fix: use a registered "
                      "kernel id or alias (layerzero.registry.get_global_kernel_registry().names())")
         return spec
 
@@ -361,7 +356,7 @@ class _Validator:
             return None
         covered = tuple(op for op in self.known_operations if matches(pattern, op))
         if not covered:
-            self.add(path, pattern, f"operation {pattern!r} matches no known operation"
+            self.add(path, pattern, f"operation {q(pattern)} matches no known operation"
                      f"{did_you_mean(pattern, self.known_operations)}; fix: use one of "
                      f"{', '.join(self.known_operations)} or a glob such as 'attention.*'")
             return None
@@ -404,8 +399,7 @@ class _Validator:
     def unknown_keys(self, data: Mapping, allowed: tuple[str, ...], path: str) -> None:
         for key in data:
             if key not in allowed:
-                shown = _join(path, key) if isinstance(key, str) else f"{path}[{clip(key)!r}]" if path else f"[{clip(key)!r}]"
-                self.add(shown, key, f"unknown key {key!r}{did_you_mean(key, allowed)}; fix: use one of "
+                self.add(join_path(path, key), key, f"unknown key {q(key)}{did_you_mean(key, allowed)}; fix: use one of "
                          f"{', '.join(allowed)}")
 
     def globs(self, value: Any, path: str) -> tuple[str, ...]:
@@ -430,7 +424,7 @@ class _Validator:
             return
         if any(fnmatchcase(n, pattern) for n in self.names()):
             return
-        self.warnings.append(f"{path}: {pattern!r} matches no registered kernel id or alias"
+        self.warnings.append(f"{path}: {q(pattern)} matches no registered kernel id or alias"
                              f"{did_you_mean(pattern, self.names())}")
 
     # ---------------------------------------------------------------- document
@@ -448,8 +442,9 @@ class _Validator:
         if version is MISSING:
             version = DEFAULT_VERSION
         elif not isinstance(version, str):
+            example = version if isinstance(version, (int, float)) and not isinstance(version, bool) else "1.0"
             self.add("version", version, f"version must be a string, got {type_name(version)}; fix: quote it, "
-                     f"e.g. version: \"{version}\"")
+                     f"e.g. version: \"{q(example).strip(chr(39))}\"")
             version = DEFAULT_VERSION
 
         denies = self.globs(data.get("kernel_denies"), "kernel_denies")
@@ -566,7 +561,7 @@ class _Validator:
         out: dict[str, str] = {}
         covers: dict[str, tuple[str, ...]] = {}
         for pattern, name in (data or {}).items():
-            path = _join("kernel_locks", pattern)
+            path = join_path("kernel_locks", pattern)
             covered = self.operations(pattern, path)
             spec = self.kernel(name, path)
             if spec is None or covered is None:
@@ -592,7 +587,7 @@ class _Validator:
                 if k2 != hits[0][1]:
                     clashes.setdefault((hits[0][0], p2), []).append(op)
         for (p1, p2), ops in clashes.items():
-            self.add(_join("kernel_locks", p2), out[p2], f"locks {p1!r} -> {out[p1]} and {p2!r} -> {out[p2]} both "
+            self.add(join_path("kernel_locks", p2), out[p2], f"locks {p1!r} -> {out[p1]} and {p2!r} -> {out[p2]} both "
                      f"match {', '.join(ops)}; fix: add an exact lock for each or make the globs disjoint")
         return out
 
@@ -600,7 +595,7 @@ class _Validator:
         data = self.mapping(value, "fallback_chains", "{attention.causal: [torch_sdpa_attention, reference_attention]}")
         out: dict[str, tuple[str, ...]] = {}
         for pattern, names in (data or {}).items():
-            path = _join("fallback_chains", pattern)
+            path = join_path("fallback_chains", pattern)
             covered = self.operations(pattern, path)
             items = self.sequence(names, path, "a list of kernel ids, most preferred first")
             if items is None:

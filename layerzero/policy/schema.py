@@ -117,6 +117,18 @@ def clip(value: Any) -> Any:
         return _Clipped(f"<{type(value).__name__}>")
 
 
+def q(value: Any) -> str:
+    """``repr`` of a user value for a message, bounded (a 4 MB string or an alias bomb stays short)."""
+    return repr(clip(value))
+
+
+def join_path(path: str, key: Any) -> str:
+    """The field path of ``key`` under ``path``: ``a.b`` for identifier keys, ``a['attention.*']`` else."""
+    if isinstance(key, str) and key and len(key) <= 100 and all(ch.isalnum() or ch == "_" for ch in key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{q(key)}]"
+
+
 def type_name(value: Any) -> str:
     """The YAML-ish kind of a value with its article ("an integer", "a list"), for messages."""
     if value is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -130,8 +131,17 @@ def test_pathological_documents():
     bomb = "a: &a ['x','x','x','x','x','x','x','x']\n" + "".join(
         f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")
     )
+    dict_bomb = "a: &a {x: 1, y: 2}\n" + "".join(
+        f"{c}: &{c} {{p: *{p}, q: *{p}, r: *{p}, s: *{p}, t: *{p}, u: *{p}}}\n" for p, c in zip("abcdefgh", "bcdefghi")
+    )
+    long_name = "k" * 1_000_000
     cases = [
         bomb + "dispatch_rules: *i\nkernel_denies: *i\n",
+        bomb + "version: *i\ndefaults: {fallback_policy: *i, lock_mode: *i, default_priority: *i}\n",
+        dict_bomb + "version: *i\ndispatch_rules: [{operation: *i, kernel: *i, priority: *i, "
+        "conditions: {seq_len_in: *i, dtype: *i, batch_size_gte: *i, *i : 1}}]\nkernel_locks: {rms_norm: *i}\n",
+        f"{long_name}: 1\nkernel_denies: [{long_name}]\ndispatch_rules: [{{operation: {long_name}, kernel: {long_name}, "
+        f"conditions: {{{long_name}: 1, dtype: {long_name}}}}}]\n",
         "kernel_denies: &a [*a]\n",
         "fallback_chains: &m {rms_norm: *m}\n",
         "[" * 3000 + "]" * 3000,
@@ -147,7 +157,9 @@ def test_pathological_documents():
         "\ufeffversion: '1'\n",
     ]
     for text in cases:
+        start = time.perf_counter()
         check(parse_policy_text, text)
+        assert time.perf_counter() - start < 10, text[:80]
     recursive: dict = {}
     recursive["dispatch_rules"] = [recursive]
     check(load_policy, recursive)
