@@ -47,3 +47,8 @@ __all__ = [
     "patched",
     "unpatch",
 ]
+
+try:  # kernel comparison for notebooks (layerzero_hf/compare.py); never breaks `import layerzero_hf`
+    from layerzero_hf.compare import compare, compare_policies  # noqa: E402,F401
+except Exception:  # pragma: no cover - only if the compare module itself is broken
+    pass
