@@ -93,6 +93,16 @@ class _Active:
         self.digest = digest
 
 
+def _default_device() -> str:
+    """The device the dry run checks locks against: where this process most likely runs kernels."""
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:  # noqa: BLE001
+        return "cpu"
+
+
 def _problem_error(source: str | None, field_name: str, value: Any, message: str) -> ConfigValidationError:
     return ConfigValidationError([ValidationProblem(field_name, value, message, source)], source=source)
 
@@ -137,6 +147,7 @@ class HotReloadDispatcher(BaseDispatcher):
         self._next_version = 1
         self._stats = ReloadStats()
         self._watcher: ConfigWatcher | None = None
+        self._seen_digest: str | None = None  # the last file content handled (loaded or rejected)
 
         data, digest, error = read_config_bytes(self.path)
         policy = self._parse(data, error)  # raises: nothing to fall back on yet
@@ -146,6 +157,7 @@ class HotReloadDispatcher(BaseDispatcher):
         self.telemetry = first.telemetry
         version = replace(version, warnings=self._validate(first, policy))
         self._active = _Active(version, first, digest)
+        self._seen_digest = digest
         self._history.append(version)
         self._stats = replace(self._stats, current_version=version.version)
 
@@ -192,6 +204,7 @@ class HotReloadDispatcher(BaseDispatcher):
     ) -> ConfigVersion:
         t0 = time.perf_counter()
         with self._reload_lock:
+            self._seen_digest = digest
             watcher = self._watcher
             if watcher is not None:
                 watcher.mark_seen(digest)
@@ -286,7 +299,8 @@ class HotReloadDispatcher(BaseDispatcher):
         )
 
     def _validate(self, dispatcher: "DynamicDispatcher", policy: "Policy") -> tuple[str, ...]:
-        """Dry-run selection for every operation the policy locks or chains, before it serves traffic.
+        """Dry-run selection (on this machine's default device) for every operation the policy locks or
+        chains, before it serves traffic.
         A selection that raises rejects the policy; notes (a lock that cannot take effect here) become
         the version's warnings."""
         from layerzero.operations import expand
@@ -298,9 +312,10 @@ class HotReloadDispatcher(BaseDispatcher):
                 if op not in ops:
                     ops.append(op)
         warnings: list[str] = []
+        device = _default_device()
         for op in ops:
             try:
-                exp = dispatcher.explain(op, SelectionContext(operation=op))
+                exp = dispatcher.explain(op, SelectionContext(operation=op, device=device))
             except LayerZeroError:
                 raise
             except Exception as e:  # noqa: BLE001
@@ -426,7 +441,7 @@ class HotReloadDispatcher(BaseDispatcher):
                 grace_period_seconds=0.0, force=False, raise_errors=False,
             )
 
-        watcher = ConfigWatcher(self.path, on_change, interval, initial_digest=self._active.digest)
+        watcher = ConfigWatcher(self.path, on_change, interval, initial_digest=self._seen_digest)
         stop_event.append(watcher._stop)
         return watcher
 
