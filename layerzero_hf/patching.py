@@ -19,7 +19,10 @@ become opaque custom ops (no graph breaks) and in eager mode they dispatch per c
 from __future__ import annotations
 
 import contextlib
+import itertools
+import sys
 import types
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -59,6 +62,7 @@ class _State:
     bindings: list[_Binding] = field(default_factory=list)
     attr_modules: list[nn.Module] = field(default_factory=list)
     previous_attn: str | None = None
+    overlay_modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -130,15 +134,25 @@ def _rope_function(ops: Any, orch: str, interleaved: bool, original: Callable) -
     return apply_rotary_pos_emb
 
 
-def _with_global(fn: Callable, name: str, value: Any, overlays: dict[int, dict]) -> Callable:
-    """A copy of ``fn`` (same code, defaults, closure) whose global ``name`` is ``value``. The overlay dict
-    is a snapshot of the defining module's namespace, shared by every instance of this model."""
-    g = overlays.get(id(fn.__globals__))
-    if g is None:
-        g = dict(fn.__globals__)
-        g[name] = value
-        overlays[id(fn.__globals__)] = g
-    new = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
+def _with_global(fn: Callable, name: str, value: Any, overlays: dict[int, types.ModuleType]) -> Callable:
+    """A copy of ``fn`` (same code, defaults, closure) whose global ``name`` is ``value``.
+
+    The globals are those of a synthetic module (a snapshot of the defining module's namespace plus the
+    override) registered in ``sys.modules`` under a unique name: torch.compile re-imports an inlined
+    function's globals by ``__name__`` to build its guards, so the namespace must be importable under its
+    own name or the guards would read the original module's function. One synthetic module per model and
+    defining module; :func:`unpatch` removes it from ``sys.modules``."""
+    overlay = overlays.get(id(fn.__globals__))
+    if overlay is None:
+        base = str(fn.__globals__.get("__name__", "module")).rpartition(".")[2]
+        mod_name = f"_layerzero_overlay_{next(_overlay_ids)}_{base}"
+        overlay = types.ModuleType(mod_name)
+        overlay.__dict__.update(fn.__globals__)
+        overlay.__dict__["__name__"] = mod_name
+        overlay.__dict__[name] = value
+        sys.modules[mod_name] = overlay
+        overlays[id(fn.__globals__)] = overlay
+    new = types.FunctionType(fn.__code__, overlay.__dict__, fn.__name__, fn.__defaults__, fn.__closure__)
     new.__kwdefaults__ = dict(fn.__kwdefaults__) if fn.__kwdefaults__ else None
     new.__qualname__ = fn.__qualname__
     new.__module__ = fn.__module__
@@ -146,6 +160,9 @@ def _with_global(fn: Callable, name: str, value: Any, overlays: dict[int, dict])
     new.__dict__.update(fn.__dict__)
     new.__layerzero_original__ = fn  # type: ignore[attr-defined]
     return new
+
+
+_overlay_ids = itertools.count(1)
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -167,7 +184,7 @@ class _Planner:
         self.skipped: list[SkippedModule] = []
         self.attention: list[nn.Module] = []
         self._class_verdict: dict[tuple, tuple[dict, str] | str] = {}  # per (kind, class, params) -> ok|reason
-        self._overlays: dict[int, dict] = {}
+        self._overlays: dict[int, types.ModuleType] = {}
         self._rope_fns: dict[int, Callable] = {}
 
     def run(self) -> None:
@@ -388,10 +405,12 @@ def patch(
 
     setup = build_setup(hf_config, model, rules=config, policy=policy, kernels=kernels, arms=arms, arm=arm,
                         experiment=experiment, model_id=model_id, dispatch_config=dispatch_config)
+    planner = _Planner(model, arch, setup.name, detect_mode=detect_mode, self_check=self_check, kinds=kinds)
     try:
-        planner = _Planner(model, arch, setup.name, detect_mode=detect_mode, self_check=self_check, kinds=kinds)
         planner.run()
     except BaseException:
+        for overlay in planner._overlays.values():
+            sys.modules.pop(overlay.__name__, None)
         release(setup)
         raise
 
@@ -407,7 +426,7 @@ def patch(
         skipped=list(planner.skipped),
         notes=list(setup.notes),
     )
-    state = _State(key, kwargs, setup, report)
+    state = _State(key, kwargs, setup, report, overlay_modules=[m.__name__ for m in planner._overlays.values()])
     try:
         for item in planner.planned:
             bound = types.MethodType(item.fn, item.module)
@@ -438,7 +457,18 @@ def patch(
     if not report.patched and not report.skipped:
         report.notes.append("no module matched the spec or the detector")
     model.__dict__[STATE_ATTR] = state
+    # A model dropped while patched must not leave its orchestrator or overlay modules behind.
+    weakref.finalize(model, _release_names, tuple(state.overlay_modules), setup)
     return report
+
+
+def _release_names(overlays: tuple[str, ...], setup: ModelSetup) -> None:
+    for name in overlays:
+        sys.modules.pop(name, None)
+    try:
+        release(setup)
+    except Exception:  # interpreter shutdown
+        pass
 
 
 def unpatch(model: nn.Module) -> bool:
@@ -461,6 +491,8 @@ def _undo(model: nn.Module, state: _State) -> None:
         if module.__dict__.get(ORCHESTRATOR_ATTR) == state.setup.name:
             del module.__dict__[ORCHESTRATOR_ATTR]
     model.__dict__.pop(ARM_ATTR, None)
+    for name in state.overlay_modules:
+        sys.modules.pop(name, None)
     hf_config = getattr(model, "config", None)
     if state.previous_attn is not None:
         model.set_attn_implementation(state.previous_attn)
