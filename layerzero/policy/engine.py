@@ -250,13 +250,18 @@ class PolicyEngine:
         return [v.kernel for v in kept]
 
     def score_kernels(
-        self, candidates: Sequence[KernelSpec], context: SelectionContext, operation: str | None = None
+        self,
+        candidates: Sequence[KernelSpec],
+        context: SelectionContext,
+        operation: str | None = None,
+        runnable: Collection[str] | None = None,
     ) -> list[tuple[KernelSpec, float]]:
         """``(kernel, score)`` in the candidates' order; higher is better and orders exactly like
-        :attr:`PolicyVerdict.rank` (scores are dense ranks from 1 upwards; rejected kernels get -inf)."""
+        :attr:`PolicyVerdict.rank` of :meth:`decide` with the same arguments (scores are dense ranks from 1
+        upwards; rejected kernels get -inf)."""
         op = operation if operation is not None else context.operation
         ctx = context if op is None or context.operation == op else context.replace(operation=op)
-        verdicts = self.decide(op, candidates, ctx)
+        verdicts = self.decide(op, candidates, ctx, runnable)
         ranks = sorted({v.rank for v in verdicts if v.allowed})
         position = {r: float(i + 1) for i, r in enumerate(ranks)}
         return [(v.kernel, position[v.rank] if v.allowed else float("-inf")) for v in verdicts]
