@@ -37,6 +37,12 @@ if str(ROOT) not in sys.path:
 
 
 # ---------------------------------------------------------------------------------------------- timing
+# GPU busy-wait queued before each timed call (~100 us): the host enqueues the start event, the call and
+# the end event while the GPU is still busy, so the events measure device time only, not the Python launch
+# overhead (which ``wall_ms`` reports separately).
+_SLEEP_CYCLES = 200_000
+
+
 def _time_cuda(fn: Callable[[], Any], warmup: int, reps: int) -> float:
     for _ in range(warmup):
         fn()
@@ -44,11 +50,25 @@ def _time_cuda(fn: Callable[[], Any], warmup: int, reps: int) -> float:
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for s, e in zip(starts, ends):
+        torch.cuda._sleep(_SLEEP_CYCLES)
         s.record()
         fn()
         e.record()
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def wall_ms(fn: Callable[[], Any], device: str, calls: int) -> float:
+    """Wall-clock per call of back-to-back calls: device time, or host launch cost when that is larger."""
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3 / calls
 
 
 def _time_cpu(fn: Callable[[], Any], warmup: int, reps: int) -> float:
@@ -164,7 +184,8 @@ def build_cases(device: str, dtype: torch.dtype, quick: bool, liger: Any, compil
 
     cases: list[Case] = []
     eps = 1e-6
-    norm_shapes = [(64, 256), (33, 1000)] if quick else [(16384, 4096), (32768, 8192), (128, 4096), (524288, 128)]
+    norm_shapes = [(64, 256), (33, 1000)] if quick else [
+        (16384, 4096), (32768, 8192), (16384, 2048), (128, 4096), (524288, 128)]
     for m, n in norm_shapes:
         x = torch.randn(m, n, device=device, dtype=dtype)
         w = torch.randn(n, device=device, dtype=dtype)
@@ -183,7 +204,7 @@ def build_cases(device: str, dtype: torch.dtype, quick: bool, liger: Any, compil
 
         cases.append(Case("rms_norm", f"rms_norm {m}x{n}", _nbytes(x, x, w), impls,
                           lambda x=x, w=w: reference.rms_norm(x, w, eps)))
-    for m, n in ([(64, 256)] if quick else [(16384, 4096), (128, 4096)]):
+    for m, n in ([(64, 256)] if quick else [(16384, 4096), (16384, 2048), (128, 4096)]):
         x = torch.randn(m, n, device=device, dtype=dtype)
         r = torch.randn(m, n, device=device, dtype=dtype)
         w = torch.randn(n, device=device, dtype=dtype)
@@ -207,7 +228,7 @@ def build_cases(device: str, dtype: torch.dtype, quick: bool, liger: Any, compil
         cases.append(Case("rms_norm+residual", f"add+rms_norm {m}x{n}", _nbytes(x, r, x, x, w), impls,
                           lambda x=x, r=r, w=w: reference.rms_norm(x, w, eps, residual=r)))
 
-    rope_shapes = [(2, 16, 4, 2, 32)] if quick else [(8, 2048, 32, 8, 128), (64, 1, 32, 8, 128)]
+    rope_shapes = [(2, 16, 4, 2, 32)] if quick else [(8, 2048, 32, 8, 128), (8, 2048, 32, 8, 64), (64, 1, 32, 8, 128)]
     for b, s, hq, hk, d in rope_shapes:
         # HF layout: projections (B, S, H, D) viewed as (B, H, S, D)
         q = torch.randn(b, s, hq, d, device=device, dtype=dtype).transpose(1, 2)
@@ -282,6 +303,7 @@ def run_cases(cases: list[Case], device: str, warmup: int, reps: int, copy_gbps:
                 entry["max_abs_err"] = _max_err(fn(), ref)
                 ms = time_ms(fn, device, warmup, reps)
                 entry.update(ms=ms, gbps=case.bytes_moved / ms / 1e6, pct_of_copy=100 * case.bytes_moved / ms / 1e6 / copy_gbps)
+                entry["wall_ms"] = wall_ms(fn, device, reps)
             except Exception as e:  # a peer that cannot run this case is reported, not fatal
                 entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             case.results[name] = entry
@@ -298,78 +320,94 @@ def run_cases(cases: list[Case], device: str, warmup: int, reps: int, copy_gbps:
 
 
 # ---------------------------------------------------------------------------------------------- tuning
-def tune(device: str, dtype: torch.dtype, warmup: int, reps: int) -> list[dict[str, Any]]:
-    """Sweep launch configs at the benchmark shapes; the best ones inform launch_config()."""
+def _report_group(op: str, shape: str, rs: list[dict[str, Any]]) -> None:
+    best = min(rs, key=lambda r: r["ms"])
+    dflt = next((r for r in rs if r["default"]), None)
+    top = sorted(rs, key=lambda r: r["ms"])[:4]
+    print(f"TUNE {op:13s} {shape:22s} best {best['config']} {best['gbps']:.0f} GB/s | default "
+          f"{dflt['config'] if dflt else '-'} {dflt['gbps'] if dflt else float('nan'):.0f} GB/s | top "
+          + "; ".join(f"{r['config']}:{r['gbps']:.0f}" for r in top), flush=True)
+
+
+def tune(device: str, dtype: torch.dtype, warmup: int, reps: int, ops: set[str]) -> list[dict[str, Any]]:
+    """Sweep launch configs at the benchmark shapes; the best ones inform the launch_config() heuristics."""
     from layerzero.kernels.triton import rms_norm as rn
     from layerzero.kernels.triton import rope as rp
     from layerzero.kernels.triton import swiglu as sw
 
     rows: list[dict[str, Any]] = []
-    for m, n in [(16384, 4096), (32768, 8192), (128, 4096), (524288, 128), (16384, 2048), (16384, 5120)]:
+
+    def record(op: str, shape: str, cfg: Any, default: Any, fn: Callable[[], Any], nbytes: int, group: list) -> None:
+        ms = time_ms(fn, device, warmup, reps)
+        row = dict(op=op, shape=shape, config=cfg, default=cfg == default, ms=ms, gbps=nbytes / ms / 1e6)
+        rows.append(row)
+        group.append(row)
+
+    norm_shapes = [(16384, 4096, False), (524288, 128, False), (16384, 1024, False),
+                   (16384, 2048, True), (16384, 3072, False), (16384, 5120, False)]
+    for m, n, with_res in norm_shapes if "rms_norm" in ops else []:
         x = torch.randn(m, n, device=device, dtype=dtype)
         w = torch.randn(n, device=device, dtype=dtype)
         r = torch.randn(m, n, device=device, dtype=dtype)
         bn = 1 << (n - 1).bit_length()
         default = rn.launch_config(m, n)
-        for res in (False, True):
-            for bm in (1, 2, 4, 8, 16, 32, 64):
-                if bm * bn > 32768 or bm * bn < 256:
-                    continue
-                for nw in (2, 4, 8, 16, 32):
-                    if nw * 32 > bm * bn:
+        peer = time_ms(lambda: F.rms_norm(x, (n,), w, 1e-6), device, warmup, reps)
+        print(f"TUNE peer F.rms_norm {m}x{n}: {_nbytes(x, x) / peer / 1e6:.0f} GB/s", flush=True)
+        for res in (False, True) if with_res else (False,):
+            group: list = []
+            for bm in (1, 2, 4, 8, 16, 32):
+                for tiles in (1, 2, 4, 8):
+                    if bm * bn > 16384 or bm * bn < 512 or (tiles > 1 and bm * bn * tiles > 32768):
                         continue
-                    cfg = (bm, bn, nw)
-                    fn = (lambda cfg=cfg: rn.rms_norm(x, w, residual=r, _config=cfg)) if res else (
-                        lambda cfg=cfg: rn.rms_norm(x, w, _config=cfg))
-                    ms = time_ms(fn, device, warmup, reps)
-                    nbytes = _nbytes(x, x) * (2 if res else 1)
-                    rows.append(dict(op="rms_norm" + ("+res" if res else ""), shape=f"{m}x{n}", config=cfg,
-                                     default=cfg == default, ms=ms, gbps=nbytes / ms / 1e6))
+                    for nw in (4, 8, 16):
+                        if nw * 32 * 4 > bm * bn:
+                            continue
+                        cfg = (bm, bn, nw, tiles)
+                        fn = (lambda cfg=cfg: rn.rms_norm(x, w, residual=r, _config=cfg)) if res else (
+                            lambda cfg=cfg: rn.rms_norm(x, w, _config=cfg))
+                        record("rms_norm" + ("+res" if res else ""), f"{m}x{n}", cfg, default, fn,
+                               _nbytes(x, x) * (2 if res else 1), group)
+            _report_group("rms_norm" + ("+res" if res else ""), f"{m}x{n}", group)
+            if res is False:  # measure the default again: the spread of two runs is the noise
+                again = time_ms(lambda: rn.rms_norm(x, w), device, warmup, reps)
+                print(f"TUNE noise rms_norm {m}x{n} default again: {_nbytes(x, x) / again / 1e6:.0f} GB/s", flush=True)
         del x, w, r
-    for b, s, hq, hk, d in [(8, 2048, 32, 8, 128), (64, 1, 32, 8, 128), (4, 2048, 64, 8, 128), (8, 2048, 16, 16, 64)]:
-        q = torch.randn(b, s, hq, d, device=device, dtype=dtype).transpose(1, 2)
-        k = torch.randn(b, s, hk, d, device=device, dtype=dtype).transpose(1, 2)
-        emb = torch.randn(b, s, d, device=device)
+    rope_shapes = [(8, 2048, 32, 8, 128), (8, 2048, 32, 8, 64), (8, 2048, 16, 16, 64), (8, 2048, 32, 32, 96)]
+    for b, s_, hq, hk, d in rope_shapes if "rope" in ops else []:
+        q = torch.randn(b, s_, hq, d, device=device, dtype=dtype).transpose(1, 2)
+        k = torch.randn(b, s_, hk, d, device=device, dtype=dtype).transpose(1, 2)
+        emb = torch.randn(b, s_, d, device=device)
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-        default = rp.launch_config(b * s, hq, hk, d // 2)
-        seen = set()
-        for bt in (1, 2, 4):
-            for bh in (1, 2, 4, 8, 16, 32, 64):
-                if bh > max(hq, 1 << (hq - 1).bit_length()) or bt * bh * d // 2 > 8192:
+        default = rp.launch_config(b * s_, hq, hk, d // 2)
+        pq, pk = 1 << (hq - 1).bit_length(), 1 << (hk - 1).bit_length()
+        seen: set = set()
+        group = []
+        for bt in (1, 2):
+            for bh in (1, 2, 4, 8, 16, 32):
+                if bt * min(bh, pq) * d // 2 > 4096:
                     continue
-                for nw in (1, 2, 4, 8, 16):
-                    cfg = (bt, min(bh, 1 << (hq - 1).bit_length()), min(bh, 1 << (hk - 1).bit_length()), nw)
+                for nw in (1, 2, 4, 8):
+                    cfg = (bt, min(bh, pq), min(bh, pk), nw)
                     if cfg in seen:
                         continue
                     seen.add(cfg)
-                    ms = time_ms(lambda cfg=cfg: rp.rope(q, k, cos, sin, _config=cfg), device, warmup, reps)
-                    rows.append(dict(op="rope", shape=f"{b}x{s}x{hq}/{hk}x{d}", config=cfg,
-                                     default=cfg == default, ms=ms, gbps=_nbytes(q, k, q, k) / ms / 1e6))
+                    record("rope", f"{b}x{s_}x{hq}/{hk}x{d}", cfg, default,
+                           lambda cfg=cfg: rp.rope(q, k, cos, sin, _config=cfg), _nbytes(q, k, q, k), group)
+        _report_group("rope", f"{b}x{s_}x{hq}/{hk}x{d}", group)
         del q, k
-    for m, n in [(16384, 14336), (128, 14336)]:
+    for m, n in [(16384, 14336), (128, 14336)] if "swiglu" in ops else []:
         g = torch.randn(m, n, device=device, dtype=dtype)
         u = torch.randn(m, n, device=device, dtype=dtype)
-        for blk in (512, 1024, 2048, 4096, 8192, 16384):
-            for nw in (2, 4, 8, 16, 32):
-                if nw * 32 * 2 > blk:
+        group = []
+        default = (sw._FLAT_BLOCK, sw._num_warps(sw._FLAT_BLOCK))
+        for blk in (1024, 2048, 4096, 8192, 16384):
+            for nw in (4, 8, 16, 32):
+                if nw * 32 * 4 > blk:
                     continue
-                cfg = (blk, nw)
-                ms = time_ms(lambda cfg=cfg: sw.swiglu(g, u, _config=cfg), device, warmup, reps)
-                default = (blk, nw) == (sw._FLAT_BLOCK, sw._num_warps(sw._FLAT_BLOCK))
-                rows.append(dict(op="swiglu", shape=f"{m}x{n}", config=cfg, default=default, ms=ms,
-                                 gbps=_nbytes(g, u, g) / ms / 1e6))
+                record("swiglu", f"{m}x{n}", (blk, nw), default,
+                       lambda cfg=(blk, nw): sw.swiglu(g, u, _config=cfg), _nbytes(g, u, g), group)
+        _report_group("swiglu", f"{m}x{n}", group)
         del g, u
-    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in rows:
-        by.setdefault((row["op"], row["shape"]), []).append(row)
-    print("\n== tuning: best config vs default ==")
-    for (op, shape), rs in by.items():
-        best = min(rs, key=lambda r: r["ms"])
-        dflt = next((r for r in rs if r["default"]), None)
-        top = sorted(rs, key=lambda r: r["ms"])[:3]
-        print(f"{op:13s} {shape:22s} best {best['config']} {best['gbps']:.0f} GB/s | default "
-              f"{dflt['config'] if dflt else '-'} {dflt['gbps'] if dflt else float('nan'):.0f} GB/s | top3 "
-              + "; ".join(f"{r['config']}:{r['gbps']:.0f}" for r in top))
     return rows
 
 
@@ -398,17 +436,20 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"median of {report['reps']}. Bytes = each input read once + each output written once.",
         f"Liger: {report['liger']}.",
         "",
-        "| case | implementation | ms | GB/s | % of copy | max abs err vs fp32 ref | triton speedup vs best peer |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "`ms` is device time per call (CUDA events, the host queued ahead); `wall ms` is wall-clock per call "
+        "of back-to-back calls, which shows the host launch cost where it exceeds the device time (small shapes).",
+        "",
+        "| case | implementation | ms | GB/s | % of copy | wall ms | max abs err vs fp32 ref | triton speedup vs best peer |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for case in report["cases"]:
         for name, r in case["results"].items():
             if "ms" not in r:
-                lines.append(f"| {case['name']} | {name} | error: {r.get('error')} | | | | |")
+                lines.append(f"| {case['name']} | {name} | error: {r.get('error')} | | | | | |")
                 continue
             sp = r.get("speedup_vs_best_peer")
             lines.append(
-                f"| {case['name']} | {name} | {r['ms']:.4f} | {r['gbps']:.0f} | {r['pct_of_copy']:.0f}% | "
+                f"| {case['name']} | {name} | {r['ms']:.4f} | {r['gbps']:.0f} | {r['pct_of_copy']:.0f}% | {r['wall_ms']:.4f} | "
                 f"{r['max_abs_err']:.3g} | {f'{sp:.2f}x' if sp else ''} |"
             )
     return "\n".join(lines) + "\n"
@@ -420,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--md", type=Path, help="write a markdown table here")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, few repetitions (CPU smoke test)")
     ap.add_argument("--tune", action="store_true", help="sweep launch configurations instead")
+    ap.add_argument("--tune-ops", default="rms_norm,rope,swiglu", help="comma-separated ops to sweep")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile peers")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--reps", type=int, default=None)
@@ -436,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
 
     if args.tune:
-        rows = tune(device, dtype, warmup=5, reps=args.reps or 30)
+        rows = tune(device, dtype, warmup=5, reps=args.reps or 30, ops=set(args.tune_ops.split(",")))
         if args.json:
             args.json.write_text(json.dumps({"device_name": _device_name(device), "rows": rows}, indent=1, default=str))
         return 0

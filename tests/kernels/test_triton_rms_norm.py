@@ -34,7 +34,7 @@ def test_matches_reference(dtype, casting, offset):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("config", [None, (0, 16, 4)], ids=["registers", "long-row-loop"])
+@pytest.mark.parametrize("config", [None, (0, 16, 4, 1), (2, 64, 4, 3)], ids=["default", "long-row-loop", "row-tiles"])
 def test_fused_residual(dtype, config):
     x = torch.randn(5, 50, dtype=dtype)
     r = torch.randn(5, 50, dtype=dtype)
@@ -54,7 +54,7 @@ def test_fused_residual(dtype, config):
 def test_packs_many_short_rows_with_a_partial_last_block():
     x = torch.randn(37, 24)
     w = torch.randn(24)
-    block_m, block_n, _ = launch_config(37, 24)
+    block_m, block_n, _, _ = launch_config(37, 24)
     assert block_m > 1 and 37 % block_m and block_n == 32
     _close(rms_norm(x, w), reference.rms_norm(x, w))
 
@@ -62,7 +62,7 @@ def test_packs_many_short_rows_with_a_partial_last_block():
 def test_long_row_loop_matches():
     x = torch.randn(3, 100)
     w = torch.randn(100)
-    _close(rms_norm(x, w, casting="llama", _config=(0, 32, 4)), reference.rms_norm(x, w))
+    _close(rms_norm(x, w, casting="llama", _config=(0, 32, 4, 1)), reference.rms_norm(x, w))
     assert launch_config(4, 20000)[0] == 0  # rows past 16384 elements take the loop
 
 

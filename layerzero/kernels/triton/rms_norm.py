@@ -45,40 +45,44 @@ def _rms_norm_rows(
     M, N,
     stride_xm, stride_xn, stride_rm, stride_rn, stride_w,
     eps, offset,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROW_TILES: tl.constexpr, EVEN_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_RES: tl.constexpr, GEMMA: tl.constexpr, HAS_OFFSET: tl.constexpr,
 ):
+    # one program normalises ROW_TILES consecutive tiles of BLOCK_M rows each
     pid = tl.program_id(0)
-    rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
-    row_mask = rows < M
     col_mask = cols < N
-    mask = row_mask[:, None] & col_mask[None, :]
-    x = tl.load(
-        X + rows[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0,
-        eviction_policy="evict_first",
-    ).to(tl.float32)
-    if HAS_RES:
-        r = tl.load(
-            R + rows[:, None] * stride_rm + cols[None, :] * stride_rn, mask=mask, other=0.0,
+    if HAS_W:
+        w = tl.load(W + cols * stride_w, mask=col_mask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        if HAS_OFFSET:
+            w = w + offset
+    for t in tl.static_range(ROW_TILES):
+        rows = ((pid * ROW_TILES + t) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        if EVEN_N:
+            mask = (rows < M)[:, None]
+        else:
+            mask = (rows < M)[:, None] & col_mask[None, :]
+        x = tl.load(
+            X + rows[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0,
             eviction_policy="evict_first",
         ).to(tl.float32)
-        h = (x + r).to(H.dtype.element_ty)
-        tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
-        x = h.to(tl.float32)
-    ms = tl.sum(x * x, axis=1) / N
-    rstd = tl.rsqrt(ms + eps)
-    y = x * rstd[:, None]
-    if HAS_W:
-        w = tl.load(W + cols * stride_w, mask=col_mask, other=0.0, eviction_policy="evict_last")
-        if GEMMA:
-            y = y * (w.to(tl.float32) + offset)[None, :]
-        else:
-            wf = w.to(tl.float32)
-            if HAS_OFFSET:
-                wf = wf + offset
-            y = y.to(Y.dtype.element_ty).to(tl.float32) * wf[None, :]
-    tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        if HAS_RES:
+            r = tl.load(
+                R + rows[:, None] * stride_rm + cols[None, :] * stride_rn, mask=mask, other=0.0,
+                eviction_policy="evict_first",
+            ).to(tl.float32)
+            h = (x + r).to(H.dtype.element_ty)
+            tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
+            x = h.to(tl.float32)
+        ms = tl.sum(x * x, axis=1) / N
+        rstd = tl.rsqrt(ms + eps)
+        y = x * rstd[:, None]
+        if HAS_W:
+            if GEMMA:
+                y = y * w[None, :]
+            else:
+                y = y.to(Y.dtype.element_ty).to(tl.float32) * w[None, :]
+        tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
 # N is a compile-time constant here: hidden sizes are per-model constants (a handful of compilations), and
@@ -131,47 +135,47 @@ def _rms_norm_long_rows(
 
 
 def _as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """(rows, n) view when the strides allow it, else a contiguous copy."""
-    if t.dim() == 2:
-        return t
-    try:
-        return t.view(-1, n)
-    except RuntimeError:
-        return t.reshape(-1, n)
+    """(rows, n): a view when the strides allow it (``reshape`` copies only when they do not)."""
+    return t if t.dim() == 2 else t.reshape(-1, n)
+
+
+# Decided once at import (when @triton.jit chose interpreted or compiled kernels); a module constant keeps
+# the wrapper traceable by dynamo, which cannot take type() of a Triton kernel.
+_INTERPRETED = type(_rms_norm_rows).__name__ == "InterpretedFunction"
 
 
 def _check_device(t: torch.Tensor) -> None:
-    if t.device.type != "cuda" and type(_rms_norm_rows).__name__ != "InterpretedFunction":
+    if t.device.type != "cuda" and not _INTERPRETED:
         raise RuntimeError(
             f"triton_rms_norm got a tensor on {t.device}; Triton kernels run on CUDA, or on the CPU only "
             "when TRITON_INTERPRET=1 is set before layerzero.kernels.triton.rms_norm is imported"
         )
 
 
-def launch_config(m: int, n: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps) for the register-resident kernel; BLOCK_M == 0 means the long-row path.
+def launch_config(m: int, n: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, ROW_TILES) for the register-resident kernel; BLOCK_M == 0 means the
+    long-row path.
 
-    Why these numbers: each program should move a few KiB (enough loads in flight to cover HBM latency)
-    while holding at most ~16 fp32 values per thread; rows of 4096 get one program of 8 warps, shorter
-    rows are packed so a program still sees ~4096 elements."""
+    Measured on an H100 (benchmarks/results/triton_bandwidth_*): rows of 4096-8192 run best one per
+    program (4-8 warps, 2.85-2.98 TB/s); shorter rows are packed so a program still moves enough bytes."""
     block_n = triton.next_power_of_2(n)
     if block_n > _MAX_FUSED_BLOCK:
-        return 0, _CHUNK, 8
+        return 0, _CHUNK, 8, 1
     # the CPU interpreter pays per program and per operation, not per byte: give it big tiles
-    target = _INTERPRETER_ELEMS if type(_rms_norm_rows).__name__ == "InterpretedFunction" else _TARGET_ELEMS
+    target = _INTERPRETER_ELEMS if _INTERPRETED else _TARGET_ELEMS
     block_m = 1
     if block_n < target:
         block_m = min(target // block_n, triton.next_power_of_2(max(m, 1)))
     elems = block_m * block_n
     if elems >= 16384:
-        num_warps = 16
+        num_warps = 8
     elif elems >= 8192:
-        num_warps = 16
+        num_warps = 4
     elif elems >= 2048:
         num_warps = 8
     else:
         num_warps = 4
-    return block_m, block_n, num_warps
+    return block_m, block_n, num_warps, 1
 
 
 def rms_norm(
@@ -182,7 +186,7 @@ def rms_norm(
     casting: str = "llama",
     residual: torch.Tensor | None = None,
     *,
-    _config: tuple[int, int, int] | None = None,
+    _config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm over the last dimension; with ``residual`` returns ``(normed, x + residual)``.
 
@@ -215,7 +219,8 @@ def rms_norm(
         GEMMA=casting == "gemma",
         HAS_OFFSET=bool(offset),
     )
-    block_m, block_n, num_warps = _config if _config is not None else launch_config(m, n)
+    cfg = _config if _config is not None else launch_config(m, n)
+    block_m, block_n, num_warps, row_tiles = cfg
     hh = h if h is not None else y
     if block_m == 0:
         _rms_norm_long_rows[(m,)](
@@ -225,10 +230,11 @@ def rms_norm(
             N=n, BLOCK_N=block_n, num_warps=num_warps, **flags,
         )
     else:
-        _rms_norm_rows[(triton.cdiv(m, block_m),)](
+        _rms_norm_rows[(triton.cdiv(m, block_m * row_tiles),)](
             x2, r2, w, y, hh, m, n,
             x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), stride_w,
             float(eps), float(offset),
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, **flags,
+            BLOCK_M=block_m, BLOCK_N=block_n, ROW_TILES=row_tiles, EVEN_N=n == block_n,
+            num_warps=num_warps, **flags,
         )
     return (y, h) if h is not None else y

@@ -139,8 +139,9 @@ def _cos_strides(c: torch.Tensor, name: str, batch: int, seq: int, layout: str) 
     raise ValueError(f"{name} must be (batch, seq, rot_dim) or (seq, rot_dim), got shape {tuple(c.shape)}")
 
 
-def _interpreting() -> bool:
-    return type(_rope_kernel).__name__ == "InterpretedFunction"
+# Decided once at import (when @triton.jit chose interpreted or compiled kernels); a module constant keeps
+# the wrapper traceable by dynamo, which cannot take type() of a Triton kernel.
+_INTERPRETED = type(_rope_kernel).__name__ == "InterpretedFunction"
 
 
 def launch_config(tokens: int, hq: int, hk: int, half: int) -> tuple[int, int, int, int]:
@@ -150,7 +151,7 @@ def launch_config(tokens: int, hq: int, hk: int, half: int) -> tuple[int, int, i
     ~_TILE_ELEMS rotated pairs. Under the CPU interpreter, whose cost is per program and per operation,
     one program takes many tokens and all heads."""
     block_half = triton.next_power_of_2(max(half, 1))
-    if _interpreting():
+    if _INTERPRETED:
         return min(triton.next_power_of_2(max(tokens, 1)), 64), triton.next_power_of_2(hq), triton.next_power_of_2(hk), 4
     cap = max(1, _TILE_ELEMS // block_half)
     block_hq = min(triton.next_power_of_2(hq), cap)
@@ -183,7 +184,7 @@ def rope(
         raise ValueError(f"layout={layout!r} is not one of 'bhsd', 'bshd'")
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"q and k must be 4-d ({layout}); got q {tuple(q.shape)}, k {tuple(k.shape)}")
-    if q.device.type != "cuda" and type(_rope_kernel).__name__ != "InterpretedFunction":
+    if q.device.type != "cuda" and not _INTERPRETED:
         raise RuntimeError(
             f"triton_rope got a tensor on {q.device}; Triton kernels run on CUDA, or on the CPU only when "
             "TRITON_INTERPRET=1 is set before layerzero.kernels.triton.rope is imported"

@@ -55,17 +55,19 @@ def _glu_rows(G, U, O, N, stride_g, stride_u, BLOCK: tl.constexpr, ACT: tl.const
     tl.store(O + row * N + cols, (_act(g, ACT) * u).to(O.dtype.element_ty), mask=mask)
 
 
+# Decided once at import (when @triton.jit chose interpreted or compiled kernels); a module constant keeps
+# the wrapper traceable by dynamo, which cannot take type() of a Triton kernel.
+_INTERPRETED = type(_glu_flat).__name__ == "InterpretedFunction"
+
+
 def _num_warps(block: int) -> int:
     return 8 if block >= 2048 else 4
 
 
-def _rows(t: torch.Tensor, n: int) -> torch.Tensor | None:
-    """(rows, n) view with unit column stride, or None when the strides do not allow one."""
-    try:
-        v = t.view(-1, n)
-    except RuntimeError:
-        return None
-    return v if v.stride(1) == 1 or n == 1 else None
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """(rows, n) with unit column stride: a view when the strides allow it, else a copy."""
+    v = t.reshape(-1, n)
+    return v if v.stride(1) == 1 or n == 1 else v.contiguous()
 
 
 def _gated(
@@ -75,7 +77,7 @@ def _gated(
         raise ValueError(f"{name}: gate shape {tuple(gate.shape)} != up shape {tuple(up.shape)}; pass equal shapes")
     if gate.dtype != up.dtype:
         raise ValueError(f"{name}: gate dtype {gate.dtype} != up dtype {up.dtype}; cast up to {gate.dtype}")
-    if gate.device.type != "cuda" and type(_glu_flat).__name__ != "InterpretedFunction":
+    if gate.device.type != "cuda" and not _INTERPRETED:
         raise RuntimeError(
             f"{name} got a tensor on {gate.device}; Triton kernels run on CUDA, or on the CPU only when "
             "TRITON_INTERPRET=1 is set before layerzero.kernels.triton.swiglu is imported"
@@ -87,7 +89,7 @@ def _gated(
     if gate.is_contiguous() and up.is_contiguous():
         if config is not None:
             blk, warps = config
-        elif type(_glu_flat).__name__ == "InterpretedFunction":  # CPU interpreter: cost is per program
+        elif _INTERPRETED:  # CPU interpreter: cost is per program
             blk, warps = min(1 << 16, triton.next_power_of_2(numel)), 4
         else:
             blk, warps = _FLAT_BLOCK, _num_warps(_FLAT_BLOCK)
@@ -95,10 +97,6 @@ def _gated(
         return out
     n = gate.shape[-1] if gate.dim() else 1
     g2, u2 = _rows(gate, n), _rows(up, n)
-    if g2 is None:
-        g2 = gate.reshape(-1, n).contiguous()
-    if u2 is None:
-        u2 = up.reshape(-1, n).contiguous()
     if config is not None:
         blk, warps = config
     else:
