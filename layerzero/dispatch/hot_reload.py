@@ -517,6 +517,12 @@ class HotReloadDispatcher(BaseDispatcher):
     def engine(self) -> "SelectionEngine":
         return self._active.dispatcher.engine
 
+    @property
+    def seen_file_hash(self) -> str | None:
+        """sha256 of the file content handled last (loaded or rejected), so a deploy script can tell
+        when what it wrote has been processed."""
+        return self._seen_digest
+
     def in_flight(self) -> int:
         """Calls running under the active version now."""
         return len(self._active.inflight)
