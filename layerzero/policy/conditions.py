@@ -106,6 +106,15 @@ class Condition:
         shown = sorted(self.value, key=repr) if isinstance(self.value, frozenset) else self.value
         return f"{self.field} {self.op} {shown!r}"
 
+    def why_not(self, ctx: SelectionContext) -> str | None:
+        """None when the condition holds, else a short reason ("batch_size_gte 8: batch_size is 4")."""
+        if self.test(ctx):
+            return None
+        actual = getattr(ctx, self.field)
+        shown = sorted(self.value, key=repr) if isinstance(self.value, frozenset) else self.value
+        fact = f"{self.field} is unknown" if actual is None else f"{self.field} is {actual!r}"
+        return f"{self.key} {shown!r}: {fact}"
+
     def numbers(self) -> tuple[float, ...]:
         """The plain numbers this condition compares its field with (bucket boundaries for selection)."""
         values = self.value if isinstance(self.value, frozenset) else (self.value,)

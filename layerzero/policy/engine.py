@@ -266,6 +266,11 @@ class PolicyEngine:
         position = {r: float(i + 1) for i, r in enumerate(ranks)}
         return [(v.kernel, position[v.rank] if v.allowed else float("-inf")) for v in verdicts]
 
+    def explain_rules(self, operation: str, context: SelectionContext) -> list[tuple[int, str, tuple[str, ...]]]:
+        """``(rule index, description, failing conditions)`` for every rule of ``operation``, for
+        ``explain()`` and the CLI: an empty tuple means the rule applies."""
+        return [(r.index, r.describe(), r.why_not(context)) for r in self._policy.rules_for(operation)]
+
     def fallback_chain(self, operation: str) -> tuple[str, ...]:
         """Canonical kernel ids to fall back to for ``operation`` (see :meth:`Policy.fallback_chain`)."""
         return self._policy.fallback_chain(operation)

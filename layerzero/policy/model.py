@@ -54,6 +54,10 @@ class DispatchRule:
                 return False
         return True
 
+    def why_not(self, context: SelectionContext) -> tuple[str, ...]:
+        """Every condition that fails for ``context`` (empty: the rule's conditions hold)."""
+        return tuple(r for r in (c.why_not(context) for c in self.conditions) if r is not None)
+
     def describe(self) -> str:
         conds = " and ".join(c.describe() for c in self.conditions) or "always"
         return f"dispatch_rules[{self.index}]: {self.operation} when {conds} -> {self.kernel} (priority {self.priority})"

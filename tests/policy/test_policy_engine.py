@@ -310,3 +310,15 @@ def test_verdicts_are_reused_per_policy(registry):
     other = dataclasses.replace(CUDA_BF16, batch_size=1)
     changed = {v.kernel_id: v for v in eng.decide("attention.causal", cands, other)}
     assert changed["flash_attn_v2_attention"].rule_index is None  # no stale rule verdict
+
+
+def test_explain_rules_names_failing_conditions(registry):
+    eng = engine(RULES, registry)
+    small = dataclasses.replace(CUDA_BF16, batch_size=4, device="cpu", platform="cpu")
+    report = {i: why for i, _, why in eng.explain_rules("attention.causal", small)}
+    assert report[0] == ("batch_size_gte 8: batch_size is 4", "platform 'cuda': platform is 'cpu'")
+    assert report[1] == ("seq_len_gt 8192: seq_len is 512",)
+    assert report[2] == ()  # applies
+    assert 3 not in report  # a decode rule
+    unknown = {i: why for i, _, why in eng.explain_rules("attention.causal", SelectionContext())}
+    assert "batch_size_gte 8: batch_size is unknown" in unknown[0]
