@@ -1,6 +1,7 @@
 """Run the tiny Llama under vLLM once and write what happened as JSON (one process per variant).
 
 Usage: python run_variant.py MODEL_DIR OUT_JSON [--custom-ops none,+RMSNorm] [--no-extension]
+       [--max-tokens N] [--block-size N]
 
 The environment chooses the plugin's behaviour (LAYERZERO_VLLM_DISABLE, LAYERZERO_POLICY, ...): vLLM
 reads plugins when the engine starts, so each variant needs a fresh process. The JSON holds the greedy
@@ -24,7 +25,8 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--custom-ops", default=None, help="comma-separated compilation_config.custom_ops")
     parser.add_argument("--no-extension", action="store_true", help="do not install the worker extension")
-    parser.add_argument("--max-tokens", type=int, default=12)
+    parser.add_argument("--max-tokens", type=int, default=40)
+    parser.add_argument("--block-size", type=int, default=32, help="small blocks: sequences span several")
     args = parser.parse_args()
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +38,7 @@ def main() -> int:
         from vllm import LLM, SamplingParams
 
         kwargs: dict = dict(model=args.model, enforce_eager=True, dtype="float32", max_model_len=256,
-                            max_num_seqs=8, seed=0)
+                            max_num_seqs=8, seed=0, block_size=args.block_size)
         if args.custom_ops is not None:
             kwargs["compilation_config"] = {"custom_ops": args.custom_ops.split(",")}
         if not args.no_extension:
