@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import create_position_bias_mask
 
 from layerzero import ops
 
@@ -68,10 +69,12 @@ def layerzero_attention_forward(
     Weights are only computed (on the eager reference path) when ``output_attentions`` is requested."""
     if not module.training:
         dropout = 0.0
+    position_bias = kwargs.get("position_bias")
     if kwargs.get("output_attentions", False):
         return eager_attention_with_weights(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
             sliding_window=sliding_window, softcap=softcap, s_aux=s_aux, is_causal=is_causal,
+            position_bias=position_bias,
         )
 
     q_len, kv_len = query.shape[2], key.shape[2]
@@ -84,10 +87,16 @@ def layerzero_attention_forward(
             # Empty StaticCache prefill: keys past Sq are unused slots (upper-left causal == slice).
             key = key[:, :, :q_len]
             value = value[:, :, :q_len]
+            if position_bias is not None:
+                position_bias = position_bias[..., :q_len]
             kv_len = q_len
         # Transformers returns None for a sliding layer only while the window cannot bite; dropping it then
         # keeps kernels without sliding-window support eligible.
         window = sliding_window if sliding_window is not None and kv_len > sliding_window else None
+    if position_bias is not None:
+        # T5-style relative bias: one additive float mask carrying bias, padding and causality (as HF sdpa).
+        attention_mask = create_position_bias_mask(position_bias, attention_mask, causal, query, key)
+        causal = False
 
     out = ops.attention(
         query.transpose(1, 2),
@@ -117,6 +126,7 @@ def eager_attention_with_weights(
     softcap: float | None = None,
     s_aux: torch.Tensor | None = None,
     is_causal: bool | None = None,
+    position_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Math attention in Transformers' layout that also returns the probabilities (``output_attentions``).
 
@@ -133,6 +143,8 @@ def eager_attention_with_weights(
     scores = torch.matmul(query, key.transpose(2, 3)) * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
+    if position_bias is not None:
+        scores = scores + position_bias
     allowed = attention_mask
     if allowed is None:
         causal = (is_causal if is_causal is not None else getattr(module, "is_causal", True)) and q_len > 1
