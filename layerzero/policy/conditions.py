@@ -102,6 +102,9 @@ class Condition:
     def __call__(self, ctx: SelectionContext) -> bool:
         return self.test(ctx)
 
+    def __reduce__(self):  # the compiled closure is rebuilt, so policies pickle and deepcopy
+        return (_rebuild, (self.key, self.field, self.op, self.value))
+
     def describe(self) -> str:
         shown = sorted(self.value, key=repr) if isinstance(self.value, frozenset) else self.value
         return f"{self.field} {self.op} {shown!r}"
@@ -119,6 +122,10 @@ class Condition:
         """The plain numbers this condition compares its field with (bucket boundaries for selection)."""
         values = self.value if isinstance(self.value, frozenset) else (self.value,)
         return tuple(v for v in values if is_number(v))
+
+
+def _rebuild(key: str, field: str, op: str, value: Any) -> Condition:
+    return Condition(key, field, op, value, _make_test(field, op, value))
 
 
 _CMP = {

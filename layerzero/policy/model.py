@@ -108,6 +108,13 @@ class Policy:
         setter(self, "denies", tuple(self.denies))
         setter(self, "allows", tuple(self.allows))
 
+    def __reduce__(self):
+        # MappingProxyType and the memo do not pickle; rebuild from plain data (memo starts empty).
+        state = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "_memo"}
+        state["locks"] = dict(self.locks)
+        state["fallback_chains"] = dict(self.fallback_chains)
+        return (_rebuild_policy, (state,))
+
     @classmethod
     def empty(cls) -> "Policy":
         """No rules, locks, denies or allows: kernels rank by their built-in priority alone."""
@@ -248,3 +255,7 @@ class Policy:
             f"locks={len(self.locks)}, denies={len(self.denies)}, allows={len(self.allows)}, "
             f"fallback_chains={len(self.fallback_chains)}, config_hash={self.config_hash[:12]!r})"
         )
+
+
+def _rebuild_policy(state: dict) -> Policy:
+    return Policy(**state)

@@ -322,3 +322,18 @@ def test_explain_rules_names_failing_conditions(registry):
     assert 3 not in report  # a decode rule
     unknown = {i: why for i, _, why in eng.explain_rules("attention.causal", SelectionContext())}
     assert "batch_size_gte 8: batch_size is unknown" in unknown[0]
+
+
+def test_policy_pickles_and_deepcopies(registry):
+    import copy
+    import pickle
+
+    from lz_policy_registry import SEED_YAML
+
+    from layerzero.policy import load_policy
+
+    policy = load_policy(SEED_YAML, registry)
+    for clone in (pickle.loads(pickle.dumps(policy)), copy.deepcopy(policy)):
+        assert clone.to_dict() == policy.to_dict() and clone.config_hash == policy.config_hash
+        assert clone.rules[0].holds(CUDA_BF16) == policy.rules[0].holds(CUDA_BF16)
+        assert clone.fallback_chain("rms_norm") == policy.fallback_chain("rms_norm")
