@@ -29,10 +29,11 @@ MUST_COVER = {
 }
 
 
-# FlexAttention on CPU runs its eager path, which re-traces per new shape (~0.5 s): a smaller shape set
-# (GQA prefill, decode, chunked bottom-right prefill) keeps the file fast and still covers every variant.
+# FlexAttention on CPU runs its eager path, which re-traces per new shape and score_mod (~0.5-1 s per
+# call on this machine): one shape per dtype (chunked bottom-right prefill, GQA prefill) keeps the file
+# fast and still covers every variant; the GPU test runs Flex on more shapes.
 REDUCED_SHAPES = {
-    ("torch_flex_attention", torch.float32): [ATTN_SHAPES_CPU[1], ATTN_SHAPES_CPU[4], ATTN_SHAPES_CPU[5]],
+    ("torch_flex_attention", torch.float32): [ATTN_SHAPES_CPU[5]],
     ("torch_flex_attention", torch.bfloat16): [ATTN_SHAPES_CPU[1]],
 }
 
