@@ -121,7 +121,6 @@ class HotReloadDispatcher(BaseDispatcher):
         telemetry: "DispatchTelemetry | None" = None,
         history_size: int = 16,
         clock: Callable[[], float] = time.time,
-        **_ignored: Any,
     ) -> None:
         from layerzero.registry import get_global_backend_registry, get_global_kernel_registry
 
@@ -147,6 +146,10 @@ class HotReloadDispatcher(BaseDispatcher):
         self._next_version = 1
         self._stats = ReloadStats()
         self._watcher: ConfigWatcher | None = None
+        # Reload/error events are queued under the reload lock and delivered outside it, in order, by
+        # whichever thread gets the notify lock first (callbacks never run under the reload lock).
+        self._events: collections.deque[tuple[str, Any]] = collections.deque()
+        self._notify_lock = threading.RLock()
         self._seen_digest: str | None = None  # the last file content handled (loaded or rejected)
 
         data, digest, error = read_config_bytes(self.path)
@@ -233,12 +236,12 @@ class HotReloadDispatcher(BaseDispatcher):
                 old = self._swap(_Active(version, dispatcher, digest), t0, rollback=False)
             if failure is not None:
                 self._record_failure(digest, failure, t0)
+        self._deliver_events()
         if failure is not None:
-            self._fire_error(failure)
             if raise_errors:
                 raise failure
             return self._active.version
-        self._after_swap(old, version, grace_period_seconds)
+        self._grace(old, grace_period_seconds)
         return version
 
     def rollback(self, grace_period_seconds: float = 0.0) -> ConfigVersion:
@@ -260,17 +263,20 @@ class HotReloadDispatcher(BaseDispatcher):
             self._history = collections.deque(history[:idx], maxlen=self._history.maxlen)
             dispatcher = self._build_dispatcher(target.policy, self.circuits, self.telemetry)
             old = self._swap(_Active(target, dispatcher, None), t0, rollback=True)
-        self._after_swap(old, target, grace_period_seconds)
+        self._deliver_events()
+        self._grace(old, grace_period_seconds)
         return target
 
-    def set_policy(self, policy: "Policy", version: Any = None, grace_period_seconds: float = 0.0) -> ConfigVersion:
-        """Serve an in-memory policy as a new version (the orchestrator's ``set_policy``)."""
+    def set_policy(self, policy: "Policy", grace_period_seconds: float = 0.0) -> ConfigVersion:
+        """Serve an in-memory policy as a new version (the orchestrator's ``set_policy``). The file is
+        not changed: the watcher loads it again when its content changes."""
         t0 = time.perf_counter()
         with self._reload_lock:
             dispatcher = self._build_dispatcher(policy, self.circuits, self.telemetry)
             new = self._new_version(policy, origin="set_policy")
             old = self._swap(_Active(new, dispatcher, None), t0, rollback=False)
-        self._after_swap(old, new, grace_period_seconds)
+        self._deliver_events()
+        self._grace(old, grace_period_seconds)
         return new
 
     # ------------------------------------------------------------------ reload internals
@@ -347,25 +353,40 @@ class HotReloadDispatcher(BaseDispatcher):
             current_version=new.version.version,
             in_flight_at_last_swap=len(old.inflight),
         )
+        self._events.append(("reload", new.version))
         return old
 
-    def _after_swap(self, old: _Active, version: ConfigVersion, grace_period_seconds: float) -> None:
-        _log.info(
-            "config %s: v%d active (%s)", self.path, version.version, version.origin,
-            extra={"config_version": version.version, "config_hash": version.config_hash,
-                   "config_source": version.source, "config_origin": version.origin,
-                   "config_warnings": list(version.warnings)},
-        )
+    def _grace(self, old: _Active, grace_period_seconds: float) -> None:
         if grace_period_seconds and grace_period_seconds > 0:
             waited = self._drain(old, grace_period_seconds)
-            self._stats = replace(self._stats, last_grace_wait_ms=waited * 1000.0)
-        with self._cb_lock:
-            callbacks = list(self._reload_callbacks)
-        for cb in callbacks:
-            try:
-                cb(version)
-            except Exception:  # noqa: BLE001
-                _log.exception("on_reload callback %r failed", cb)
+            with self._reload_lock:
+                self._stats = replace(self._stats, last_grace_wait_ms=waited * 1000.0)
+
+    def _deliver_events(self) -> None:
+        """Run callbacks for queued events, in the order they happened, outside the reload lock."""
+        if not self._events:
+            return
+        with self._notify_lock:
+            while True:
+                try:
+                    kind, payload = self._events.popleft()
+                except IndexError:
+                    return
+                with self._cb_lock:
+                    callbacks = list(self._reload_callbacks if kind == "reload" else self._error_callbacks)
+                if kind == "reload":
+                    v: ConfigVersion = payload
+                    _log.info(
+                        "config %s: v%d active (%s)", self.path, v.version, v.origin,
+                        extra={"config_version": v.version, "config_hash": v.config_hash,
+                               "config_source": v.source, "config_origin": v.origin,
+                               "config_warnings": list(v.warnings)},
+                    )
+                for cb in callbacks:
+                    try:
+                        cb(payload)
+                    except Exception:  # noqa: BLE001 - an observer must not break reloads
+                        _log.exception("%s callback %r failed", "on_reload" if kind == "reload" else "on_error", cb)
 
     @staticmethod
     def _drain(old: _Active, timeout: float) -> float:
@@ -394,6 +415,7 @@ class HotReloadDispatcher(BaseDispatcher):
             last_error=str(exc),
             last_reload_time_ms=(time.perf_counter() - t0) * 1000.0,
         )
+        self._events.append(("error", exc))
         problems = getattr(exc, "problems", ())
         _log.warning(
             "config %s rejected; v%d keeps serving: %s", self.path, self._active.version.version, exc,
@@ -401,15 +423,6 @@ class HotReloadDispatcher(BaseDispatcher):
                    "config_problems": [{"field": p.field, "value": repr(p.value), "message": p.message}
                                        for p in problems]},
         )
-
-    def _fire_error(self, exc: BaseException) -> None:
-        with self._cb_lock:
-            callbacks = list(self._error_callbacks)
-        for cb in callbacks:
-            try:
-                cb(exc)
-            except Exception:  # noqa: BLE001
-                _log.exception("on_error callback %r failed", cb)
 
     # ------------------------------------------------------------------ callbacks
     def on_reload(self, callback: Callable[[ConfigVersion], Any]) -> Callable[[ConfigVersion], Any]:
