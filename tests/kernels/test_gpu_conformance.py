@@ -17,7 +17,8 @@ BF16 = (torch.bfloat16,)
 # Kernels that compile per configuration get a reduced grid: FlexAttention compiles per shape and
 # score_mod; FlashInfer JIT-builds one module per (dtype, head_dim, mask mode, window, softcap), ~1 min each.
 LIMITS: dict[str, dict] = {
-    "torch_flex_attention": dict(shapes=[ATTN_SHAPES_GPU[1], ATTN_SHAPES_GPU[4], ATTN_SHAPES_GPU[6]]),
+    "torch_flex_attention": dict(shapes=[ATTN_SHAPES_GPU[1], ATTN_SHAPES_GPU[4]], dtypes=BF16,
+                                 variants=("causal", "softcap", "sliding_window", "sinks", "bool_mask")),
     "flashinfer_prefill_attention": dict(shapes=[(2, 128, 128, 8, 2, 128), (1, 48, 200, 8, 8, 128)], dtypes=BF16,
                                          variants=("plain", "causal")),
     "flashinfer_decode_attention": dict(shapes=[(4, 1, 300, 8, 2, 128), (1, 1, 500, 8, 2, 128)], dtypes=BF16,
