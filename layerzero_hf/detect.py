@@ -13,8 +13,7 @@ activation class is called, and verifies a module-global RoPE function against L
 from __future__ import annotations
 
 import copy
-import math
-import types
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -46,12 +45,7 @@ class Proposal:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _materialised(module: nn.Module) -> bool:
-    return all(not t.is_meta for t in itertools_chain(module.parameters(), module.buffers()))
-
-
-def itertools_chain(*its: Iterable[Any]) -> Iterable[Any]:
-    for it in its:
-        yield from it
+    return all(not t.is_meta for t in itertools.chain(module.parameters(), module.buffers()))
 
 
 def _param_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -188,7 +182,7 @@ def choose_norm_params(module: nn.Module, make: Callable[[float, str], Callable]
     closest in bf16 (where the casting modes differ) wins."""
     if not _materialised(module):
         raise CheckFailed("weights are not materialised (meta device); load the weights, then patch")
-    dtype, device = _param_dtype_device(module)
+    _, device = _param_dtype_device(module)
     gen = torch.Generator(device="cpu").manual_seed(4321)
     base = torch.randn(2, 3, hidden, generator=gen) * 3
     original = type(module).forward
@@ -215,7 +209,6 @@ def choose_norm_params(module: nn.Module, make: Callable[[float, str], Callable]
         raise CheckFailed("no RMSNorm variant reproduces the module (" + "; ".join(errors[:3]) + ")")
     passing.sort(key=lambda t: t[0])
     _, offset, casting = passing[0]
-    del dtype
     return offset, casting
 
 
@@ -283,5 +276,3 @@ __all__ = [
     "propose",
     "rope_dims",
 ]
-
-_unused = (math, types)

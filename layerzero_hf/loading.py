@@ -84,7 +84,7 @@ def build_setup(
     object (used as is: rules and arms then only pick the arm and are noted in the report).
     """
     from layerzero import ops
-    from layerzero.dispatch import DispatchConfig, create_orchestrator
+    from layerzero.dispatch import create_orchestrator
     from layerzero.policy import Policy, load_policy
 
     ruleset = RuleSet() if rules is False else load_rules(rules)

@@ -1,0 +1,305 @@
+"""End-to-end: a LayerZero-patched Llama-3.2-1B-shaped model vs HF sdpa, HF eager and a Liger-patched model.
+
+Random weights (no download), bf16, one process, same weights in every variant. Measures:
+
+* prefill tokens/s at (batch x seq) 1x4096, 8x1024, 32x512 (``use_cache=False``, ``logits_to_keep=1`` so the
+  128k-vocab head does not dominate);
+* decode ms/step with a dynamic cache and with a static cache (``generate``; on CUDA Transformers
+  auto-compiles the static-cache decode step, which is the path where our ops must be compile-safe);
+* logits parity vs HF eager (max abs diff of bf16 logits, top-1 agreement) on a 1x512 input;
+* which kernels LayerZero chose (the patched model's telemetry).
+
+Liger is applied LAST and on its own model instance: ``apply_liger_kernel_to_llama`` rewrites the
+``modeling_llama`` globals and classes for the whole process (DESIGN.md §5), so any HF baseline measured after
+it would silently run Liger kernels. LayerZero's patch is per instance and unaffected.
+
+    python benchmarks/hf_llama.py --json out.json --md out.md          # GPU run (bf16, 1B shape)
+    python benchmarks/hf_llama.py --quick --json /tmp/q.json           # CPU smoke test (tiny config)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                intermediate_size=8192, vocab_size=128256, head_dim=64, max_position_embeddings=8192,
+                rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+                tie_word_embeddings=True)
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+            vocab_size=128, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False)
+
+GPU_PREFILL = [(1, 4096), (8, 1024), (32, 512)]
+CPU_PREFILL = [(1, 64), (4, 32)]
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], Any], device: str, warmup: int, repeats: int) -> float:
+    """Median seconds of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------- models
+def build_model(cfg: dict, dtype: torch.dtype, device: str, attn: str, state: dict | None = None):
+    import transformers
+
+    config = transformers.LlamaConfig(**cfg, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    with torch.device(device):
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM._from_config(config, attn_implementation=attn, dtype=dtype)
+    if state is not None:
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def prefill_tps(model, device: str, batch: int, seq: int, vocab: int, warmup: int, repeats: int) -> float:
+    ids = torch.randint(3, vocab, (batch, seq), device=device, generator=None)
+
+    def run():
+        with torch.no_grad():
+            model(ids, use_cache=False, logits_to_keep=1)
+
+    return batch * seq / time_fn(run, device, warmup, repeats)
+
+
+class _StepClock:
+    """A logits processor that timestamps every decode step (after a device sync), so ms/step excludes the
+    prefill without subtracting two noisy measurements."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        _sync(self.device)
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def decode_ms(model, device: str, vocab: int, prompt: int, steps: int, cache: str | None, repeats: int) -> float:
+    """Median ms per decode step of greedy ``generate`` (steps 2..N; step 1 follows the prefill)."""
+    from transformers import LogitsProcessorList
+
+    ids = torch.randint(3, vocab, (1, prompt), device=device)
+    per_step: list[float] = []
+    for i in range(repeats + 1):  # the first run warms up (and compiles, for the static cache on CUDA)
+        clock = _StepClock(device)
+        model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0,
+                       eos_token_id=None, cache_implementation=cache, logits_processor=LogitsProcessorList([clock]))
+        if i:
+            per_step += [b - a for a, b in zip(clock.stamps[1:], clock.stamps[2:])]
+    return statistics.median(per_step) * 1e3
+
+
+def parity(model, reference_logits: torch.Tensor, ids: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        logits = model(ids, use_cache=False).logits.float()
+    diff = (logits - reference_logits).abs().max().item()
+    agree = (logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item()
+    return {"max_abs_diff": diff, "top1_agreement": agree}
+
+
+# ---------------------------------------------------------------------------------------------- run
+def versions() -> dict[str, str | None]:
+    import transformers
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
+                                  "transformers": transformers.__version__, "liger_kernel": None, "git": None}
+    try:
+        from importlib.metadata import version
+
+        out["liger_kernel"] = version("liger-kernel")
+    except Exception:
+        pass
+    try:
+        out["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
+    except OSError:
+        pass
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import layerzero_hf  # registers the "layerzero" attention implementation
+
+    quick = args.quick
+    device = "cpu" if quick else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float32 if quick else torch.bfloat16
+    cfg = TINY if quick else LLAMA_1B
+    shapes = CPU_PREFILL if quick else GPU_PREFILL
+    warmup, repeats = (1, 2) if quick else (args.warmup, args.repeats)
+    prompt, steps = (8, 6) if quick else (args.prompt, args.steps)
+    vocab = cfg["vocab_size"]
+    caches = [None] if args.no_static else [None, "static"]
+
+    base = build_model(cfg, dtype, device, "sdpa")
+    state = {k: v for k, v in base.state_dict().items()}
+    parity_ids = torch.randint(3, vocab, (1, 64 if quick else 512), device=device,
+                               generator=torch.Generator(device=device).manual_seed(7))
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "config": {k: v for k, v in cfg.items() if k != "rope_parameters"},
+        "versions": versions(),
+        "variants": {},
+    }
+
+    base.set_attn_implementation("eager")
+    with torch.no_grad():
+        reference = base(parity_ids, use_cache=False).logits.float()
+
+    def measure(name: str, model) -> dict[str, Any]:
+        entry: dict[str, Any] = {"prefill_tokens_per_s": {}, "decode_ms_per_step": {}}
+        for b, s in shapes:
+            try:
+                entry["prefill_tokens_per_s"][f"{b}x{s}"] = prefill_tps(model, device, b, s, vocab, warmup, repeats)
+            except torch.OutOfMemoryError as exc:
+                entry["prefill_tokens_per_s"][f"{b}x{s}"] = None
+                entry.setdefault("errors", []).append(f"prefill {b}x{s}: out of memory: {exc}".splitlines()[0])
+                gc.collect()
+                torch.cuda.empty_cache()
+        for cache in caches:
+            key = cache or "dynamic"
+            try:
+                entry["decode_ms_per_step"][key] = decode_ms(model, device, vocab, prompt, steps, cache, repeats)
+            except Exception as exc:  # a variant that cannot decode with this cache is a result, not a crash
+                entry["decode_ms_per_step"][key] = None
+                entry.setdefault("errors", []).append(f"decode {key}: {type(exc).__name__}: {exc}".splitlines()[0])
+        entry["parity_vs_eager"] = parity(model, reference, parity_ids)
+        print(f"[{name}] {json.dumps(entry)}", flush=True)
+        torch._dynamo.reset()
+        return entry
+
+    variants = result["variants"]
+    base.set_attn_implementation("sdpa")
+    variants["hf_sdpa"] = measure("hf_sdpa", base)
+    base.set_attn_implementation("eager")
+    if not args.skip_eager:
+        variants["hf_eager"] = measure("hf_eager", base)
+    report = layerzero_hf.patch(base, attention=True)
+    variants["layerzero"] = measure("layerzero", base)
+    snap = layerzero_hf.model_telemetry(base)["snapshot"]
+    variants["layerzero"]["kernels"] = {k: v.calls for k, v in snap.per_kernel.items() if v.calls}
+    variants["layerzero"]["patched"] = report.counts()
+    layerzero_hf.unpatch(base)
+    del base
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+    except ImportError as exc:
+        result["liger"] = f"not measured: {exc}"
+    else:
+        liger = build_model(cfg, dtype, device, "sdpa", state)
+        apply_liger_kernel_to_llama(model=liger, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+        variants["liger"] = measure("liger", liger)
+        result["liger"] = "measured (applied last: it rewrites modeling_llama globals for the process)"
+
+    sdpa = variants["hf_sdpa"]
+    for name, entry in variants.items():
+        entry["prefill_speedup_vs_sdpa"] = {
+            k: (v / sdpa["prefill_tokens_per_s"][k]) if v and sdpa["prefill_tokens_per_s"].get(k) else None
+            for k, v in entry["prefill_tokens_per_s"].items()}
+        entry["decode_speedup_vs_sdpa"] = {
+            k: (sdpa["decode_ms_per_step"][k] / v) if v and sdpa["decode_ms_per_step"].get(k) else None
+            for k, v in entry["decode_ms_per_step"].items()}
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    v = result["versions"]
+    lines = [
+        f"# HF Llama end-to-end ({result['date']})", "",
+        f"Device: {result['device']}; dtype {result['dtype']}; torch {v['torch']}, transformers {v['transformers']}, "
+        f"liger-kernel {v['liger_kernel'] or 'not installed'}; commit {v['git']}.", "",
+        f"Config: {json.dumps(result['config'])}", "",
+        f"Liger: {result.get('liger')}", "",
+        "## Prefill tokens/s (speedup vs HF sdpa)", "",
+    ]
+    variants = result["variants"]
+    shapes = list(next(iter(variants.values()))["prefill_tokens_per_s"])
+    lines.append("| variant | " + " | ".join(shapes) + " |")
+    lines.append("|---|" + "---|" * len(shapes))
+    for name, e in variants.items():
+        cells = [f"{e['prefill_tokens_per_s'][s]:,.0f} ({e['prefill_speedup_vs_sdpa'][s]:.2f}x)"
+                 if e["prefill_tokens_per_s"][s] else "n/a" for s in shapes]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    caches = list(next(iter(variants.values()))["decode_ms_per_step"])
+    lines += ["", "## Decode ms/step (speedup vs HF sdpa)", "", "| variant | " + " | ".join(caches) + " |",
+              "|---|" + "---|" * len(caches)]
+    for name, e in variants.items():
+        cells = [f"{e['decode_ms_per_step'][c]:.2f} ({e['decode_speedup_vs_sdpa'][c]:.2f}x)"
+                 if e["decode_ms_per_step"][c] else "n/a" for c in caches]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Logits parity vs HF eager (same weights)", "", "| variant | max abs diff | top-1 agreement |",
+              "|---|---|---|"]
+    for name, e in variants.items():
+        p = e["parity_vs_eager"]
+        lines.append(f"| {name} | {p['max_abs_diff']:.4g} | {p['top1_agreement']:.4f} |")
+    lz = variants.get("layerzero", {})
+    if lz.get("kernels"):
+        lines += ["", "## Kernels LayerZero ran (calls)", "", ", ".join(f"{k}: {n}" for k, n in
+                                                                       sorted(lz["kernels"].items()))]
+    errors = [(n, e) for n, entry in variants.items() for e in entry.get("errors", [])]
+    if errors:
+        lines += ["", "## Errors", ""] + [f"- {n}: {e}" for n, e in errors]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="CPU smoke test on a tiny config")
+    ap.add_argument("--json", type=Path, help="write the results as JSON here")
+    ap.add_argument("--md", type=Path, help="write a markdown summary here")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--prompt", type=int, default=128, help="decode: prompt length")
+    ap.add_argument("--steps", type=int, default=64, help="decode: new tokens per measurement")
+    ap.add_argument("--no-static", action="store_true", help="skip the static-cache decode (compile time)")
+    ap.add_argument("--skip-eager", action="store_true", help="skip HF eager (slow at 1x4096)")
+    args = ap.parse_args(argv)
+    result = run(args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    md = markdown(result)
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(md)
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()
