@@ -11,8 +11,9 @@ The name avoids ``flash``, ``sdpa`` and ``flex_attention`` (Transformers special
 After the import, ``from_pretrained(..., attn_implementation="layerzero")``,
 ``Config(attn_implementation="layerzero")`` and ``model.set_attn_implementation("layerzero")`` all work.
 Every attention call goes through :func:`layerzero.ops.attention`, so the dispatcher picks the kernel per
-call, and a model patched with its own orchestrator (attribute ``_layerzero_orchestrator: str`` on the
-attention module) uses that orchestrator.
+call. The orchestrator is the model's own: :func:`layerzero_hf.loading.orchestrator_for` returns the name
+stored on the attention module (``_layerzero_orchestrator: str``, set by patching, or on the first eager
+call from the model's config, rules and A/B arm); under compile an unset module uses the global one.
 
 Mask semantics of ``sdpa_mask`` (bool ``(B, 1, Sq, Sk)``, True = attend, or ``None``) are translated to the
 canonical operation contract here, without reading tensor data (dynamo-traceable, no graph breaks):
@@ -35,9 +36,9 @@ from torch import nn
 from transformers.integrations.sdpa_attention import create_position_bias_mask
 
 from layerzero import ops
+from layerzero_hf.loading import ORCHESTRATOR_ATTR, orchestrator_for
 
 ATTN_IMPLEMENTATION = "layerzero"
-ORCHESTRATOR_ATTR = "_layerzero_orchestrator"
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
@@ -109,7 +110,7 @@ def layerzero_attention_forward(
         sliding_window=window,
         softcap=softcap,
         sinks=s_aux,
-        orchestrator=getattr(module, ORCHESTRATOR_ATTR, None),
+        orchestrator=orchestrator_for(module),
     )
     return out.contiguous(), None
 

@@ -301,6 +301,25 @@ def test_per_model_orchestrator_attribute(tiny_model_dir, recorder):
     assert set(ops_seen[2:]) == {"attention.decode"}
 
 
+def test_each_loaded_model_gets_its_own_orchestrator(tiny_model_dir):
+    """A model loaded with attn_implementation="layerzero" resolves its own orchestrator on the first
+    eager call (layerzero_hf.loading.orchestrator_for) and keeps it on every attention module."""
+    a = _load(tiny_model_dir("llama"), NAME)
+    b = _load(tiny_model_dir("llama"), NAME)
+    ids = _ids(1, 4)
+    with torch.no_grad():
+        a(ids)
+        b(ids)
+
+    def names(model):
+        return {m.__dict__.get(lz_attention.ORCHESTRATOR_ATTR) for m in model.modules()
+                if hasattr(m, "num_key_value_groups")}
+
+    (name_a,), (name_b,) = names(a), names(b)
+    assert name_a and name_b and name_a != name_b
+    assert ops.get_orchestrator(name_a) is not ops.get_orchestrator(name_b)
+
+
 @pytest.mark.slow
 def test_model_forward_compiles_fullgraph_without_breaks(tiny_model_dir):
     torch._dynamo.reset()
@@ -338,3 +357,43 @@ def test_static_cache_generation_compiled_fullgraph(tiny_model_dir, recorder):
     decode_calls = [c for c in recorder.calls if c[0] == "attention.decode"]
     assert len(decode_calls) >= 2 * 31  # every decode step of both layers went through the custom op
     torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------------------------------ CUDA
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt_oss"])
+def test_gpu_static_cache_generation_autocompiles(tiny_model_dir, arch):
+    """On CUDA, generate(cache_implementation="static") compiles the decode step with Inductor and
+    CUDA graphs ("reduce-overhead"): the custom op must trace, capture and replay correctly."""
+    path = tiny_model_dir(arch)
+    eager = _load(path, "eager").cuda()
+    lz = _load(path, NAME).cuda()
+    ids = _ids(2, 6, seed=6).cuda()
+    expected = _greedy(eager, ids)
+    got = _greedy(lz, ids, cache_implementation="static")
+    assert getattr(lz, "_compiled_call", None) is not None, "generate did not auto-compile the forward"
+    assert torch.equal(got, expected)
+    again = _greedy(lz, ids, cache_implementation="static")  # replay of the captured graphs
+    assert torch.equal(again, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2", "gemma3_text", "gpt_oss"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_half_precision_logits_close_to_eager(tiny_model_dir, arch, dtype):
+    path = tiny_model_dir(arch)
+    eager = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=dtype).cuda().eval()
+    lz = AutoModelForCausalLM.from_pretrained(path, attn_implementation=NAME, dtype=dtype).cuda().eval()
+    ids = _ids(2, 40, seed=7).cuda()
+    mask = torch.ones_like(ids)
+    mask[0, :7] = 0
+    with torch.no_grad():
+        expected = eager(ids, attention_mask=mask).logits.float()
+        got = lz(ids, attention_mask=mask).logits.float()
+        fp32 = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").cuda().eval()(
+            ids, attention_mask=mask).logits
+    real = mask.bool()
+    # LayerZero in half precision must be as close to the fp32 model as Transformers' own eager path is.
+    err_lz = (got[real] - fp32[real]).abs().max().item()
+    err_eager = (expected[real] - fp32[real]).abs().max().item()
+    assert err_lz <= max(2 * err_eager, 2e-2), (err_lz, err_eager)
