@@ -33,6 +33,7 @@ import torch
 logger = logging.getLogger("vllm.plugins.layerzero")
 
 _STATE: dict[str, Any] = {"native_layerzero": False}
+_INSTANCES: dict[str, int] = {}  # LayerZero class name -> instances built in this process (telemetry)
 
 # vLLM RotaryEmbedding subclasses whose forward is the base class's cos/sin-cache lookup (they only
 # change how the cache is computed), so LayerZero's rope contract covers them exactly. Classes that
@@ -49,6 +50,11 @@ ROPE_CLASS_NAMES = (
 )
 _FORWARD_METHODS = ("forward", "forward_native", "forward_static", "forward_cuda", "forward_cpu", "forward_xpu",
                     "forward_hip", "get_cos_sin", "_match_cos_sin_cache_dtype")
+
+
+def instances() -> dict[str, int]:
+    """How many layers of each LayerZero class this process built (which vLLM classes a model used)."""
+    return dict(_INSTANCES)
 
 
 def set_native_layerzero(enabled: bool) -> None:
@@ -77,6 +83,8 @@ class _LayerZeroOp:
         from layerzero_vllm.model_setup import orchestrator_for_current_model
 
         self._lz_orchestrator = orchestrator_for_current_model()
+        name = type(self).__name__
+        _INSTANCES[name] = _INSTANCES.get(name, 0) + 1
 
     @classmethod
     def enabled(cls) -> bool:

@@ -64,13 +64,15 @@ def _operations(snap: Any) -> dict[str, Any]:
 def worker_telemetry(reset: bool = False) -> dict[str, Any]:
     """This process's LayerZero telemetry as plain (msgpack/JSON-safe) data::
 
-        {"pid", "time", "dispatch_count",
+        {"pid", "time", "dispatch_count", "layers": {LayerZero class: instances built},
          "operations": {op: {"calls", "fallbacks", "failures", "kernels": {kernel_id: calls}}},  # summed
          "orchestrators": {name: {"dispatch_count", "operations", "snapshot"}}}
 
     ``reset`` clears the counters after reading, for per-phase measurements."""
+    from layerzero_vllm.custom_ops import instances
+
     out: dict[str, Any] = {"pid": os.getpid(), "time": time.time(), "dispatch_count": 0, "operations": {},
-                           "orchestrators": {}}
+                           "orchestrators": {}, "layers": instances()}
     for name, orch in _orchestrators().items():
         snap = orch.get_telemetry()
         ops = _operations(snap)

@@ -27,6 +27,8 @@ def main() -> int:
     parser.add_argument("--no-extension", action="store_true", help="do not install the worker extension")
     parser.add_argument("--max-tokens", type=int, default=40)
     parser.add_argument("--block-size", type=int, default=32, help="small blocks: sequences span several")
+    parser.add_argument("--model-impl", default=None, help="vLLM model_impl: auto, vllm or transformers")
+    parser.add_argument("--dump-dir", default=None, help="ask each worker to write its telemetry file here")
     args = parser.parse_args()
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +41,8 @@ def main() -> int:
 
         kwargs: dict = dict(model=args.model, enforce_eager=True, dtype="float32", max_model_len=256,
                             max_num_seqs=8, seed=0, block_size=args.block_size)
+        if args.model_impl:
+            kwargs["model_impl"] = args.model_impl
         if args.custom_ops is not None:
             kwargs["compilation_config"] = {"custom_ops": args.custom_ops.split(",")}
         if not args.no_extension:
@@ -53,6 +57,8 @@ def main() -> int:
             from layerzero_vllm import read_worker_telemetry
 
             result["telemetry"] = read_worker_telemetry(llm)
+            if args.dump_dir:
+                result["dumped"] = llm.collective_rpc("layerzero_dump_telemetry", args=(args.dump_dir,))
         result["main_pid"] = os.getpid()
         del llm
     except BaseException as exc:  # noqa: BLE001 - the parent test asserts on the error

@@ -32,6 +32,15 @@ kernel_locks:
   rope: reference_rope
 """
 
+# per-model rules (the layerzero_hf format): swiglu of llama models on the fp32 reference
+RULES = """\
+version: 1
+rules:
+  - name: llama-reference-swiglu
+    match: {model_type: [llama]}
+    kernels: {swiglu: reference_swiglu}
+"""
+
 BAD_POLICY = """\
 version: "1.0"
 kernel_locks:
@@ -99,19 +108,44 @@ def test_opt_out_runs_no_layerzero_code(baseline):
 def test_plugin_runs_layerzero_ops_in_the_worker_with_identical_outputs(model_dir, baseline):
     policy = WORKDIR / "policy.yaml"
     policy.write_text(POLICY)
-    dump_dir = WORKDIR / "exit-dumps"
+    rules = WORKDIR / "models.yaml"
+    rules.write_text(RULES)
+    dump_dir = WORKDIR / "dumps"
     for old in dump_dir.glob("*.json"):
         old.unlink()
-    on = ok(run("on", model_dir, {"LAYERZERO_POLICY": str(policy), "LAYERZERO_VLLM_TELEMETRY_DIR": str(dump_dir)}))
+    on = ok(run("on", model_dir, {"LAYERZERO_POLICY": str(policy), "LAYERZERO_RULES": str(rules)},
+                "--dump-dir", str(dump_dir)))
     ops = operations(on)
     assert ops["rms_norm"]["calls"] > 0 and ops["swiglu"]["calls"] > 0 and ops["rope"]["calls"] > 0, ops
     assert set(ops["rope"]["kernels"]) == {"reference_rope"}, "the policy file must reach the worker"
+    assert set(ops["swiglu"]["kernels"]) == {"reference_swiglu"}, "the per-model rules must reach the worker"
+    assert set(ops["rms_norm"]["kernels"]) == {"torch_rms_norm"}  # the packaged default's choice
     # 2 layers: 2 norms per layer + the final norm, 1 rope and 1 swiglu per layer, per forward step
     assert ops["rms_norm"]["calls"] == 5 * ops["rope"]["calls"] // 2
     assert ops["swiglu"]["calls"] == ops["rope"]["calls"]
     assert "attention.prefill" not in ops  # the attention backend is opt-in
+    (worker,) = on["telemetry"]
+    assert list(worker["orchestrators"]) == ["layerzero_hf:llama:1"]  # one orchestrator for the model
+    assert worker["layers"]["LayerZeroRMSNorm"] == 5 and worker["layers"]["LayerZeroSiluAndMul"] == 2
+    assert worker["layers"]["LayerZeroRotaryEmbedding"] >= 1
     assert on["token_ids"] == baseline["token_ids"]
     assert all(len(t) == 40 for t in on["token_ids"])
+    # the same counters, written by the worker on demand (collective_rpc "layerzero_dump_telemetry")
+    from layerzero_vllm.telemetry import read_telemetry_dir, sum_operation_calls
+
+    files = read_telemetry_dir(str(dump_dir))
+    assert [f["pid"] for f in files] == [worker["pid"]]
+    assert sum_operation_calls(files) == {op: s["calls"] for op, s in ops.items()}
+
+
+def test_transformers_backend_uses_tp_aware_rms_norm(model_dir, baseline):
+    """vLLM's Transformers modelling backend swaps HF norms for TPAwareRMSNorm: replaced as well."""
+    result = ok(run("transformers_backend", model_dir, None, "--model-impl", "transformers"))
+    (worker,) = result["telemetry"]
+    assert worker["layers"].get("LayerZeroTPAwareRMSNorm", 0) == 5, worker["layers"]
+    ops = operations(result)
+    assert ops["rms_norm"]["calls"] > 0 and ops["swiglu"]["calls"] > 0
+    assert result["token_ids"] == baseline["token_ids"]
 
 
 @pytest.mark.parametrize(
