@@ -497,3 +497,34 @@ def test_seed_dispatch_integration_config_builds_breakers():
     assert faulty.calls == 5  # opened after failure_threshold=5, then skipped
     stats = orchestrator.circuits.get_all_stats()["lz_faulty"]
     assert stats.state is CircuitState.OPEN and stats.failure_count == 5
+
+
+def test_listener_order_is_a_valid_path_under_concurrent_transitions():
+    """Many threads drive many transitions; the listener must see them as one consistent chain
+    (each transition starts where the previous one ended), with nothing lost."""
+    clock = FakeClock()
+    cb = CircuitBreaker("k", CircuitBreakerConfig(failure_threshold=2, success_threshold=1, cooldown_seconds=0.0,
+                                                  half_open_max_calls=2), clock=clock)
+    seen = []
+    cb.add_listener(lambda old, new: seen.append((old, new)))
+    barrier = threading.Barrier(8)
+
+    def worker(w):
+        barrier.wait()
+        for i in range(300):
+            if cb.allow_request():
+                if (i + w) % 3:
+                    cb.record_failure()
+                else:
+                    cb.record_success()
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) > 10
+    assert seen[0][0] is CircuitState.CLOSED
+    for (_, prev_new), (old, new) in zip(seen, seen[1:]):
+        assert old is prev_new and old is not new
+    assert seen[-1][1] is cb._state  # (reading .state could add an OPEN -> HALF_OPEN step)

@@ -32,3 +32,34 @@ def test_exporter_text_exposition():
     assert 'layerzero_dispatch_total{kernel="torch_rms_norm",operation="rms_norm"} 2.0' in exp.generate_latest().decode()
     exp.unregister()
     assert b"layerzero_dispatch_total" not in prometheus_client.generate_latest(reg)
+
+
+def test_exporter_reports_hot_reload_version(tmp_path):
+    import torch
+
+    from layerzero.dispatch.hot_reload import HotReloadDispatcher
+    from layerzero.dispatch.types import DispatchConfig, DispatchMode
+    from layerzero.kernels import reference
+    from layerzero.registry import BackendRegistry, BackendSpec, KernelRegistry, KernelSpec
+
+    def norm(x, weight=None, eps=1e-6, offset=0.0, casting="llama", residual=None):
+        return reference.rms_norm(x=x, weight=weight, eps=eps)
+
+    kr = KernelRegistry([KernelSpec("lz_a", "rms_norm", "t", norm), KernelSpec("lz_b", "rms_norm", "t", norm)])
+    br = BackendRegistry([BackendSpec("t")])
+    p = tmp_path / "k.yaml"
+    p.write_text('version: "1"\nkernel_locks: {"rms_norm": "lz_a"}\n')
+    d = HotReloadDispatcher(DispatchConfig(mode=DispatchMode.HOT_RELOAD, config_path=str(p)), kr, br)
+    reg = prometheus_client.CollectorRegistry()
+    exp = PrometheusExporter(d.telemetry, registry=reg, circuits=d.circuits, hot_reload=d)
+    d.dispatch("rms_norm", {"x": torch.randn(2, 4), "weight": torch.ones(4)})
+    p.write_text('version: "1"\nkernel_locks: {"rms_norm": "lz_b"}\n')
+    d.reload()
+    p.write_text('version: "1"\nkernel_locks: {"rms_norm": "lz_c"}\n')
+    with pytest.raises(Exception):
+        d.reload()
+    text = exp.generate_latest().decode()
+    assert "layerzero_config_version 2.0" in text
+    assert "layerzero_config_reloads_total 1.0" in text
+    assert "layerzero_config_reload_failures_total 1.0" in text
+    assert 'layerzero_dispatch_total{kernel="lz_a",operation="rms_norm"} 1.0' in text
