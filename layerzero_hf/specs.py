@@ -280,16 +280,17 @@ def load_arch_spec(path: str | Path) -> ArchSpec:
 def data_files(folder: str) -> dict[str, tuple[str, str]]:
     """``{stem: (source label, text)}`` of the YAML files shipped in ``folder`` ("patches" or "configs").
 
-    Installed wheels carry them as package data of ``layerzero_hf`` (``layerzero_hf/_data/<folder>``, mapped
-    from the repository folders by pyproject.toml); a source checkout falls back to the repository folder.
+    Installed wheels carry them as package data at ``layerzero/data/<folder>`` (in the repository that path is
+    a symlink to the top-level folder, so wheels and sdists get real copies); the repository folder itself is
+    the fallback.
     """
     found: dict[str, tuple[str, str]] = {}
     try:
-        root = importlib.resources.files("layerzero_hf").joinpath("_data", folder)
+        root = importlib.resources.files("layerzero").joinpath("data", folder)
         if root.is_dir():
             for f in sorted(root.iterdir(), key=lambda t: t.name):
                 if f.name.endswith(".yaml"):
-                    found[f.name[:-5]] = (f"layerzero_hf/_data/{folder}/{f.name}", f.read_text())
+                    found[f.name[:-5]] = (str(f), f.read_text())
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
         pass
     if found:
