@@ -15,7 +15,9 @@ and locked. The clock is injectable so tests never sleep.
 
 Listeners ``fn(old, new)`` are called outside the breaker's lock, in the order the transitions happened
 (a pending-transition queue drained under a separate re-entrant lock), and an exception in a listener is
-logged and swallowed: observers must never break dispatch.
+logged and swallowed: observers must never break dispatch. Every transition is also logged on the
+``layerzero.circuit`` logger (WARNING when a circuit opens, with the failure that opened it; INFO
+otherwise) with ``extra`` fields ``kernel_id``, ``old_state``, ``new_state``, ``last_failure``.
 """
 
 from __future__ import annotations
@@ -258,8 +260,7 @@ class CircuitBreaker:
             self._failures = 0
         self._successes = 0
         self._state = new
-        if self._listeners:
-            self._pending.append((old, new))
+        self._pending.append((old, new))  # transitions are rare: always queue them (they are logged)
 
     # ------------------------------------------------------------------ listeners
     def add_listener(self, listener: StateListener) -> None:
@@ -278,6 +279,7 @@ class CircuitBreaker:
                     old, new = self._pending.popleft()
                 except IndexError:
                     return
+                self._log_transition(old, new)
                 for listener in self._listeners:
                     try:
                         listener(old, new)
@@ -285,6 +287,19 @@ class CircuitBreaker:
                         _log.exception(
                             "circuit listener %r failed on %s: %s -> %s", listener, self.kernel_id, old, new
                         )
+
+    def _log_transition(self, old: CircuitState, new: CircuitState) -> None:
+        level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
+        if not _log.isEnabledFor(level):
+            return
+        if new is CircuitState.OPEN:
+            msg = "circuit for %s opened (%s -> %s) after: %s; calls skip it for %.1fs"
+            args = (self.kernel_id, old.name, new.name, self._last_failure, self.config.cooldown_seconds)
+        else:
+            msg = "circuit for %s: %s -> %s"
+            args = (self.kernel_id, old.name, new.name)
+        _log.log(level, msg, *args, extra={"kernel_id": self.kernel_id, "old_state": old.name,
+                                           "new_state": new.name, "last_failure": self._last_failure})
 
     # ------------------------------------------------------------------ inspection / control
     @property

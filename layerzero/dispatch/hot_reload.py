@@ -187,7 +187,12 @@ class HotReloadDispatcher(BaseDispatcher):
         """Load the file now. Returns the active version (unchanged when the content is the same, unless
         ``force``). Raises :class:`ConfigValidationError` naming the field when the content is invalid;
         the previous version keeps serving. ``grace_period_seconds`` bounds the wait for calls that
-        started under the previous version."""
+        started under the previous version.
+
+        Schema validation (fields, kernel names against the registry) always runs: a policy that does not
+        parse cannot be served. ``validate`` (default ``config.validate_on_reload``) adds a dry-run
+        selection of every locked or chained operation on this machine before the swap: one that raises
+        rejects the content, and locks that cannot take effect here become ``ConfigVersion.warnings``."""
         data, digest, error = read_config_bytes(self.path)
         return self._reload_content(
             data, digest, error,

@@ -528,3 +528,16 @@ def test_listener_order_is_a_valid_path_under_concurrent_transitions():
     for (_, prev_new), (old, new) in zip(seen, seen[1:]):
         assert old is prev_new and old is not new
     assert seen[-1][1] is cb._state  # (reading .state could add an OPEN -> HALF_OPEN step)
+
+
+def test_transitions_are_logged_with_structured_fields(caplog):
+    cb, clock = _breaker()
+    with caplog.at_level(logging.INFO, logger="layerzero.circuit"):
+        for _ in range(3):
+            cb.record_failure(RuntimeError("CUDA error: illegal memory access"))
+        clock.advance(10)
+        cb.allow_request()
+    recs = [r for r in caplog.records if r.name == "layerzero.circuit"]
+    assert [(r.levelno, r.old_state, r.new_state) for r in recs] == [
+        (logging.WARNING, "CLOSED", "OPEN"), (logging.INFO, "OPEN", "HALF_OPEN")]
+    assert recs[0].kernel_id == "k" and "illegal memory access" in recs[0].getMessage()
