@@ -330,21 +330,27 @@ def _report_group(op: str, shape: str, rs: list[dict[str, Any]]) -> None:
 
 
 def tune(device: str, dtype: torch.dtype, warmup: int, reps: int, ops: set[str]) -> list[dict[str, Any]]:
-    """Sweep launch configs at the benchmark shapes; the best ones inform the launch_config() heuristics."""
+    """Sweep launch configs and the streaming-load cache policy at benchmark shapes; the best ones inform
+    the launch_config() heuristics of each kernel module."""
     from layerzero.kernels.triton import rms_norm as rn
     from layerzero.kernels.triton import rope as rp
     from layerzero.kernels.triton import swiglu as sw
 
     rows: list[dict[str, Any]] = []
 
-    def record(op: str, shape: str, cfg: Any, default: Any, fn: Callable[[], Any], nbytes: int, group: list) -> None:
-        ms = time_ms(fn, device, warmup, reps)
-        row = dict(op=op, shape=shape, config=cfg, default=cfg == default, ms=ms, gbps=nbytes / ms / 1e6)
-        rows.append(row)
-        group.append(row)
+    def record(mod: Any, op: str, shape: str, cfg: Any, default: Any, fn: Callable[[], Any], nbytes: int,
+               group: list) -> None:
+        for evict in ("evict_first", ""):
+            mod.EVICT = evict
+            ms = time_ms(fn, device, warmup, reps)
+            row = dict(op=op, shape=shape, config=(*cfg, evict or "default"), default=cfg == default and evict == "evict_first",
+                       ms=ms, gbps=nbytes / ms / 1e6)
+            rows.append(row)
+            group.append(row)
+        mod.EVICT = "evict_first"
 
-    norm_shapes = [(16384, 4096, False), (524288, 128, False), (16384, 1024, False),
-                   (16384, 2048, True), (16384, 3072, False), (16384, 5120, False)]
+    norm_shapes = [(16384, 4096, True), (32768, 8192, False), (16384, 2048, True), (16384, 1024, False),
+                   (524288, 128, False), (16384, 5120, False)]
     for m, n, with_res in norm_shapes if "rms_norm" in ops else []:
         x = torch.randn(m, n, device=device, dtype=dtype)
         w = torch.randn(n, device=device, dtype=dtype)
@@ -356,23 +362,17 @@ def tune(device: str, dtype: torch.dtype, warmup: int, reps: int, ops: set[str])
         for res in (False, True) if with_res else (False,):
             group: list = []
             for bm in (1, 2, 4, 8, 16, 32):
-                for tiles in (1, 2, 4, 8):
-                    if bm * bn > 16384 or bm * bn < 512 or (tiles > 1 and bm * bn * tiles > 32768):
-                        continue
-                    for nw in (4, 8, 16):
-                        if nw * 32 * 4 > bm * bn:
-                            continue
-                        cfg = (bm, bn, nw, tiles)
-                        fn = (lambda cfg=cfg: rn.rms_norm(x, w, residual=r, _config=cfg)) if res else (
-                            lambda cfg=cfg: rn.rms_norm(x, w, _config=cfg))
-                        record("rms_norm" + ("+res" if res else ""), f"{m}x{n}", cfg, default, fn,
-                               _nbytes(x, x) * (2 if res else 1), group)
+                if bm * bn > 16384 or bm * bn < 1024:
+                    continue
+                for nw in (4, 8, 16):
+                    cfg = (bm, bn, nw, 1)
+                    fn = (lambda cfg=cfg: rn.rms_norm(x, w, residual=r, _config=cfg)) if res else (
+                        lambda cfg=cfg: rn.rms_norm(x, w, _config=cfg))
+                    record(rn, "rms_norm" + ("+res" if res else ""), f"{m}x{n}", cfg, default, fn,
+                           _nbytes(x, x) * (2 if res else 1), group)
             _report_group("rms_norm" + ("+res" if res else ""), f"{m}x{n}", group)
-            if res is False:  # measure the default again: the spread of two runs is the noise
-                again = time_ms(lambda: rn.rms_norm(x, w), device, warmup, reps)
-                print(f"TUNE noise rms_norm {m}x{n} default again: {_nbytes(x, x) / again / 1e6:.0f} GB/s", flush=True)
         del x, w, r
-    rope_shapes = [(8, 2048, 32, 8, 128), (8, 2048, 32, 8, 64), (8, 2048, 16, 16, 64), (8, 2048, 32, 32, 96)]
+    rope_shapes = [(8, 2048, 32, 8, 128), (8, 2048, 32, 8, 64), (8, 2048, 32, 32, 96)]
     for b, s_, hq, hk, d in rope_shapes if "rope" in ops else []:
         q = torch.randn(b, s_, hq, d, device=device, dtype=dtype).transpose(1, 2)
         k = torch.randn(b, s_, hk, d, device=device, dtype=dtype).transpose(1, 2)
@@ -380,31 +380,23 @@ def tune(device: str, dtype: torch.dtype, warmup: int, reps: int, ops: set[str])
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
         default = rp.launch_config(b * s_, hq, hk, d // 2)
         pq, pk = 1 << (hq - 1).bit_length(), 1 << (hk - 1).bit_length()
-        seen: set = set()
         group = []
         for bt in (1, 2):
-            for bh in (1, 2, 4, 8, 16, 32):
-                if bt * min(bh, pq) * d // 2 > 4096:
-                    continue
-                for nw in (1, 2, 4, 8):
+            for bh in (8, 16, 32):
+                for nw in (2, 4, 8):
                     cfg = (bt, min(bh, pq), min(bh, pk), nw)
-                    if cfg in seen:
-                        continue
-                    seen.add(cfg)
-                    record("rope", f"{b}x{s_}x{hq}/{hk}x{d}", cfg, default,
+                    record(rp, "rope", f"{b}x{s_}x{hq}/{hk}x{d}", cfg, default,
                            lambda cfg=cfg: rp.rope(q, k, cos, sin, _config=cfg), _nbytes(q, k, q, k), group)
         _report_group("rope", f"{b}x{s_}x{hq}/{hk}x{d}", group)
         del q, k
-    for m, n in [(16384, 14336), (128, 14336)] if "swiglu" in ops else []:
+    for m, n in [(16384, 14336)] if "swiglu" in ops else []:
         g = torch.randn(m, n, device=device, dtype=dtype)
         u = torch.randn(m, n, device=device, dtype=dtype)
         group = []
         default = (sw._FLAT_BLOCK, sw._num_warps(sw._FLAT_BLOCK))
-        for blk in (1024, 2048, 4096, 8192, 16384):
-            for nw in (4, 8, 16, 32):
-                if nw * 32 * 4 > blk:
-                    continue
-                record("swiglu", f"{m}x{n}", (blk, nw), default,
+        for blk in (1024, 2048, 4096, 8192):
+            for nw in (4, 8, 16):
+                record(sw, "swiglu", f"{m}x{n}", (blk, nw), default,
                        lambda cfg=(blk, nw): sw.swiglu(g, u, _config=cfg), _nbytes(g, u, g), group)
         _report_group("swiglu", f"{m}x{n}", group)
         del g, u

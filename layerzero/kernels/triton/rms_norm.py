@@ -37,6 +37,23 @@ _CHUNK = 4096
 # Elements per program to aim for when packing several short rows into one program.
 _TARGET_ELEMS = 4096
 _INTERPRETER_ELEMS = 1 << 16
+# Cache policy of the streamed (read-once) x / residual loads; "" is the default policy.
+EVICT = "evict_first"
+
+
+@triton.jit
+def _norm_rows(x, w, eps, N, OUT_DTYPE: tl.constexpr, AXIS: tl.constexpr, HAS_W: tl.constexpr, GEMMA: tl.constexpr):
+    """Normalise fp32 rows of ``x`` along AXIS (0: one row as a 1-D tile, 1: a (rows, cols) tile)."""
+    ms = tl.sum(x * x, axis=AXIS) / N
+    rstd = tl.rsqrt(ms + eps)
+    if AXIS == 1:
+        rstd = rstd[:, None]
+    y = x * rstd
+    if HAS_W:
+        if not GEMMA:  # llama / none: round the normalised row before the weight multiply
+            y = y.to(OUT_DTYPE).to(tl.float32)
+        y = y * w
+    return y.to(OUT_DTYPE)
 
 
 @triton.jit
@@ -47,42 +64,55 @@ def _rms_norm_rows(
     eps, offset,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROW_TILES: tl.constexpr, EVEN_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_RES: tl.constexpr, GEMMA: tl.constexpr, HAS_OFFSET: tl.constexpr,
+    EVICT: tl.constexpr,
 ):
-    # one program normalises ROW_TILES consecutive tiles of BLOCK_M rows each
+    # one program normalises ROW_TILES consecutive tiles of BLOCK_M rows each; BLOCK_M == 1 uses 1-D tiles
+    # (one row, a plain reduction), larger BLOCK_M a (rows, cols) tile reduced along the columns.
+    # Scalars are pinned to fp32: under torch.compile Inductor passes them as fp64, which would promote
+    # the whole row math to fp64.
+    eps = tl.cast(eps, tl.float32)
+    offset = tl.cast(offset, tl.float32)
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < N
+    w = tl.zeros([BLOCK_N], dtype=tl.float32)
     if HAS_W:
         w = tl.load(W + cols * stride_w, mask=col_mask, other=0.0, eviction_policy="evict_last").to(tl.float32)
         if HAS_OFFSET:
             w = w + offset
+    out_dtype = Y.dtype.element_ty
     for t in tl.static_range(ROW_TILES):
-        rows = ((pid * ROW_TILES + t) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-        if EVEN_N:
-            mask = (rows < M)[:, None]
+        if BLOCK_M == 1:
+            row = (pid * ROW_TILES + t).to(tl.int64)
+            mask = col_mask & (row < M)
+            x = tl.load(X + row * stride_xm + cols * stride_xn, mask=mask, other=0.0, eviction_policy=EVICT)
+            x = x.to(tl.float32)
+            if HAS_RES:
+                r = tl.load(R + row * stride_rm + cols * stride_rn, mask=mask, other=0.0, eviction_policy=EVICT)
+                h = (x + r.to(tl.float32)).to(H.dtype.element_ty)
+                tl.store(H + row * N + cols, h, mask=mask)
+                x = h.to(tl.float32)
+            y = _norm_rows(x, w, eps, N, out_dtype, 0, HAS_W, GEMMA)
+            tl.store(Y + row * N + cols, y, mask=mask)
         else:
-            mask = (rows < M)[:, None] & col_mask[None, :]
-        x = tl.load(
-            X + rows[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0,
-            eviction_policy="evict_first",
-        ).to(tl.float32)
-        if HAS_RES:
-            r = tl.load(
-                R + rows[:, None] * stride_rm + cols[None, :] * stride_rn, mask=mask, other=0.0,
-                eviction_policy="evict_first",
-            ).to(tl.float32)
-            h = (x + r).to(H.dtype.element_ty)
-            tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
-            x = h.to(tl.float32)
-        ms = tl.sum(x * x, axis=1) / N
-        rstd = tl.rsqrt(ms + eps)
-        y = x * rstd[:, None]
-        if HAS_W:
-            if GEMMA:
-                y = y * w[None, :]
+            rows = ((pid * ROW_TILES + t) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+            if EVEN_N:
+                mask = (rows < M)[:, None]
             else:
-                y = y.to(Y.dtype.element_ty).to(tl.float32) * w[None, :]
-        tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+                mask = (rows < M)[:, None] & col_mask[None, :]
+            x = tl.load(
+                X + rows[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0, eviction_policy=EVICT
+            ).to(tl.float32)
+            if HAS_RES:
+                r = tl.load(
+                    R + rows[:, None] * stride_rm + cols[None, :] * stride_rn, mask=mask, other=0.0,
+                    eviction_policy=EVICT,
+                )
+                h = (x + r.to(tl.float32)).to(H.dtype.element_ty)
+                tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
+                x = h.to(tl.float32)
+            y = _norm_rows(x, w[None, :], eps, N, out_dtype, 1, HAS_W, GEMMA)
+            tl.store(Y + rows[:, None] * N + cols[None, :], y, mask=mask)
 
 
 # N is a compile-time constant here: hidden sizes are per-model constants (a handful of compilations), and
@@ -95,6 +125,8 @@ def _rms_norm_long_rows(
     N: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_RES: tl.constexpr, GEMMA: tl.constexpr, HAS_OFFSET: tl.constexpr,
 ):
+    eps = tl.cast(eps, tl.float32)  # Inductor passes scalars as fp64 (see _rms_norm_rows)
+    offset = tl.cast(offset, tl.float32)
     row = tl.program_id(0).to(tl.int64)
     x_row = X + row * stride_xm
     r_row = R + row * stride_rm
@@ -234,7 +266,7 @@ def rms_norm(
             x2, r2, w, y, hh, m, n,
             x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), stride_w,
             float(eps), float(offset),
-            BLOCK_M=block_m, BLOCK_N=block_n, ROW_TILES=row_tiles, EVEN_N=n == block_n,
+            BLOCK_M=block_m, BLOCK_N=block_n, ROW_TILES=row_tiles, EVEN_N=n == block_n, EVICT=EVICT,
             num_warps=num_warps, **flags,
         )
     return (y, h) if h is not None else y

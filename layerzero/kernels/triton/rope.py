@@ -31,6 +31,8 @@ import triton.language as tl
 _LAYOUT_OF_UNSQUEEZE = {1: "bhsd", 2: "bshd"}
 # Elements of one (heads x half-rotary) tile; bounds registers for many heads / wide heads.
 _TILE_ELEMS = 2048
+# Cache policy of the streamed (read-once) q / k loads; "" is the default policy.
+EVICT = "evict_first"
 
 
 @triton.jit
@@ -39,7 +41,7 @@ def _rotate_heads(
     sx_b, sx_h, sx_s, sx_d, so_b, so_h, so_s, so_d,
     d1, d2, dmask, cos1, cos2, sin1, sin2,
     ROT: tl.constexpr, D: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_PASS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_PASS: tl.constexpr, EVICT: tl.constexpr,
 ):
     # tiles are (tokens, heads, features); b, s, tmask are per token, cos/sin are (tokens, features)
     x_tok = X + (b * sx_b + s * sx_s)[:, None, None]
@@ -54,8 +56,8 @@ def _rotate_heads(
         m = th_mask & dmask[None, None, :]
         xh = x_tok + h[None, :, None] * sx_h
         oh = o_tok + h[None, :, None] * so_h
-        x1 = tl.load(xh + d1[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        x2 = tl.load(xh + d2[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        x1 = tl.load(xh + d1[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT).to(tl.float32)
+        x2 = tl.load(xh + d2[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT).to(tl.float32)
         o1 = x1 * c1 - x2 * s1
         o2 = x2 * c2 + x1 * s2
         tl.store(oh + d1[None, None, :] * so_d, o1.to(O.dtype.element_ty), mask=m)
@@ -63,7 +65,7 @@ def _rotate_heads(
         if BLOCK_PASS > 0:
             p = ROT + tl.arange(0, BLOCK_PASS)
             pm = th_mask & (p < D)[None, None, :]
-            xp = tl.load(xh + p[None, None, :] * sx_d, mask=pm, other=0.0, eviction_policy="evict_first")
+            xp = tl.load(xh + p[None, None, :] * sx_d, mask=pm, other=0.0, eviction_policy=EVICT)
             tl.store(oh + p[None, None, :] * so_d, xp, mask=pm)
 
 
@@ -78,7 +80,7 @@ def _rope_kernel(
     sc_b, sc_s, sc_d, ss_b, ss_s, ss_d,
     HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr, ROT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-    BLOCK_PASS: tl.constexpr, INTERLEAVED: tl.constexpr,
+    BLOCK_PASS: tl.constexpr, INTERLEAVED: tl.constexpr, EVICT: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     tmask = tok < T
@@ -102,11 +104,11 @@ def _rope_kernel(
     sin2 = tl.load(s_tok + d2[None, :] * ss_d, mask=cm, other=0.0).to(tl.float32)
     _rotate_heads(
         Q, QO, b, s, tmask, HQ, sq_b, sq_h, sq_s, sq_d, sqo_b, sqo_h, sqo_s, sqo_d,
-        d1, d2, dmask, cos1, cos2, sin1, sin2, ROT, D, BLOCK_HQ, BLOCK_PASS,
+        d1, d2, dmask, cos1, cos2, sin1, sin2, ROT, D, BLOCK_HQ, BLOCK_PASS, EVICT,
     )
     _rotate_heads(
         K, KO, b, s, tmask, HK, sk_b, sk_h, sk_s, sk_d, sko_b, sko_h, sko_s, sko_d,
-        d1, d2, dmask, cos1, cos2, sin1, sin2, ROT, D, BLOCK_HK, BLOCK_PASS,
+        d1, d2, dmask, cos1, cos2, sin1, sin2, ROT, D, BLOCK_HK, BLOCK_PASS, EVICT,
     )
 
 
@@ -223,6 +225,6 @@ def rope(
         *sc, *ss,
         HQ=hq, HK=hk, D=d, ROT=rot,
         BLOCK_T=block_t, BLOCK_HALF=triton.next_power_of_2(half), BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_PASS=block_pass,
-        INTERLEAVED=bool(interleaved), num_warps=num_warps,
+        INTERLEAVED=bool(interleaved), EVICT=EVICT, num_warps=num_warps,
     )
     return q_out, k_out
