@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -347,7 +348,29 @@ def plot_comparison(results: Any, ax: Any = None, metric: str = "median_us", max
         _draw_panel(axis, key, groups[key], metric)
     if not keys:
         axes[0].text(0.5, 0.5, "no results", ha="center", va="center")
+    _notebook_display(Figure)
     return fig
+
+
+def _notebook_display(figure_class: type) -> None:
+    """Inside IPython/Jupyter, render Figure objects as PNG when they are a cell's value. matplotlib does
+    this only once pyplot is imported; the comparison figure deliberately avoids pyplot's global state."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None:
+        return
+    try:
+        from IPython.core.pylabtools import print_figure
+
+        formatter = shell.display_formatter.formatters["image/png"]
+        try:
+            formatter.lookup_by_type(figure_class)
+            return  # already rendered (matplotlib's inline backend or an earlier call)
+        except KeyError:
+            pass
+        formatter.for_type(figure_class, lambda fig: print_figure(fig, "png", bbox_inches="tight"))
+    except Exception:  # noqa: BLE001 - display is a nicety; the figure is still returned
+        return
 
 
 def _draw_panel(axis: Any, key: tuple[str, str], group: list[dict[str, Any]], metric: str) -> None:
