@@ -1,0 +1,5 @@
+"""``python -m layerzero.cli``: the ``layerzero`` command without the console script installed."""
+
+from layerzero.cli import main
+
+main()
