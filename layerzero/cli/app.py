@@ -114,7 +114,7 @@ def doctor(
         b.add_row(row["backend"], _yes_no(row["installed"]), row["version"] or "-", _yes_no(row["usable"]),
                   _esc(row["reason"] or ""))
     console.print(b)
-    c = Table(title=f"Default policy choices on {device}")
+    c = Table(title=f"Policy choices on {device} ($LAYERZERO_POLICY or the default policy)")
     for col in ("call", "chosen kernel", "runnable"):
         c.add_column(col)
     for row in choices:

@@ -101,14 +101,14 @@ def environment() -> dict[str, Any]:
 
 
 def default_choices(device: str) -> list[dict[str, Any]]:
-    """The kernel the default policy picks on this machine for each shape of the default grid."""
+    """The kernel the active policy ($LAYERZERO_POLICY, else the shipped default, as ``dispatch()`` uses)
+    picks on this machine for each shape of the default grid."""
     from layerzero.cli.shapes import default_shapes, shape_label
     from layerzero.dispatch.dynamic import DynamicDispatcher
     from layerzero.dispatch.types import DispatchConfig
     from layerzero.policy import default_policy_path
-    from layerzero.selection.context import SelectionContext
 
-    path = default_policy_path()
+    path = os.environ.get("LAYERZERO_POLICY") or default_policy_path()
     dispatcher = DynamicDispatcher(DispatchConfig(policy_path=str(path) if path else None, enable_telemetry=False))
     out = []
     for shape in default_shapes(device):

@@ -40,7 +40,7 @@ def run(*args: str):
 def test_doctor_table():
     r = run("doctor")
     assert r.exit_code == 0, r.output
-    for text in ("Environment", "Backends", "torch", "flash_attn", "flashinfer", "liger", "Default policy choices"):
+    for text in ("Environment", "Backends", "torch", "flash_attn", "flashinfer", "liger", "Policy choices on"):
         assert text in r.output
     assert torch.__version__ in r.output
 
