@@ -21,7 +21,7 @@ import math
 import statistics
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -147,7 +147,7 @@ class ComparisonList(list):
 
 def _as_result(rows: list[dict[str, Any]]) -> Any:
     try:
-        import pandas as pd
+        import pandas  # noqa: F401 - only: is it installed?
     except ImportError:
         return ComparisonList(rows)
     return _frame_class()(rows, columns=list(COLUMNS))
