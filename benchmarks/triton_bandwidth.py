@@ -337,20 +337,22 @@ def tune(device: str, dtype: torch.dtype, warmup: int, reps: int, ops: set[str])
     from layerzero.kernels.triton import swiglu as sw
 
     rows: list[dict[str, Any]] = []
+    variants = [("evict_first", ""), ("", ""), ("evict_first", ".cs"), ("", ".cs")]
 
     def record(mod: Any, op: str, shape: str, cfg: Any, default: Any, fn: Callable[[], Any], nbytes: int,
                group: list) -> None:
-        for evict in ("evict_first", ""):
-            mod.EVICT = evict
+        saved = (mod.EVICT, mod.STORE)
+        for evict, store in variants:
+            mod.EVICT, mod.STORE = evict, store
             ms = time_ms(fn, device, warmup, reps)
-            row = dict(op=op, shape=shape, config=(*cfg, evict or "default"), default=cfg == default and evict == "evict_first",
+            tag = f"{evict or 'ld-default'}/{store or 'st-default'}"
+            row = dict(op=op, shape=shape, config=(*cfg, tag), default=cfg == default and (evict, store) == saved,
                        ms=ms, gbps=nbytes / ms / 1e6)
             rows.append(row)
             group.append(row)
-        mod.EVICT = "evict_first"
+        mod.EVICT, mod.STORE = saved
 
-    norm_shapes = [(16384, 4096, True), (32768, 8192, False), (16384, 2048, True), (16384, 1024, False),
-                   (524288, 128, False), (16384, 5120, False)]
+    norm_shapes = [(16384, 4096, True), (32768, 8192, False), (16384, 2048, True), (524288, 128, False)]
     for m, n, with_res in norm_shapes if "rms_norm" in ops else []:
         x = torch.randn(m, n, device=device, dtype=dtype)
         w = torch.randn(n, device=device, dtype=dtype)
@@ -359,17 +361,15 @@ def tune(device: str, dtype: torch.dtype, warmup: int, reps: int, ops: set[str])
         default = rn.launch_config(m, n)
         peer = time_ms(lambda: F.rms_norm(x, (n,), w, 1e-6), device, warmup, reps)
         print(f"TUNE peer F.rms_norm {m}x{n}: {_nbytes(x, x) / peer / 1e6:.0f} GB/s", flush=True)
+        cfgs = sorted({(max(1, t // bn), bn, nw, 1) for t in (2048, 4096, 8192) for nw in (4, 8, 16)
+                       if nw * 32 * 2 <= max(1, t // bn) * bn} | {default})
         for res in (False, True) if with_res else (False,):
             group: list = []
-            for bm in (1, 2, 4, 8, 16, 32):
-                if bm * bn > 16384 or bm * bn < 1024:
-                    continue
-                for nw in (4, 8, 16):
-                    cfg = (bm, bn, nw, 1)
-                    fn = (lambda cfg=cfg: rn.rms_norm(x, w, residual=r, _config=cfg)) if res else (
-                        lambda cfg=cfg: rn.rms_norm(x, w, _config=cfg))
-                    record(rn, "rms_norm" + ("+res" if res else ""), f"{m}x{n}", cfg, default, fn,
-                           _nbytes(x, x) * (2 if res else 1), group)
+            for cfg in cfgs:
+                fn = (lambda cfg=cfg: rn.rms_norm(x, w, residual=r, _config=cfg)) if res else (
+                    lambda cfg=cfg: rn.rms_norm(x, w, _config=cfg))
+                record(rn, "rms_norm" + ("+res" if res else ""), f"{m}x{n}", cfg, default, fn,
+                       _nbytes(x, x) * (2 if res else 1), group)
             _report_group("rms_norm" + ("+res" if res else ""), f"{m}x{n}", group)
         del x, w, r
     rope_shapes = [(8, 2048, 32, 8, 128), (8, 2048, 32, 8, 64), (8, 2048, 32, 32, 96)]
@@ -381,12 +381,10 @@ def tune(device: str, dtype: torch.dtype, warmup: int, reps: int, ops: set[str])
         default = rp.launch_config(b * s_, hq, hk, d // 2)
         pq, pk = 1 << (hq - 1).bit_length(), 1 << (hk - 1).bit_length()
         group = []
-        for bt in (1, 2):
-            for bh in (8, 16, 32):
-                for nw in (2, 4, 8):
-                    cfg = (bt, min(bh, pq), min(bh, pk), nw)
-                    record(rp, "rope", f"{b}x{s_}x{hq}/{hk}x{d}", cfg, default,
-                           lambda cfg=cfg: rp.rope(q, k, cos, sin, _config=cfg), _nbytes(q, k, q, k), group)
+        cfgs = sorted({(1, min(bh, pq), min(bh, pk), nw) for bh in (8, 16, 32) for nw in (2, 4, 8)} | {default})
+        for cfg in cfgs:
+            record(rp, "rope", f"{b}x{s_}x{hq}/{hk}x{d}", cfg, default,
+                   lambda cfg=cfg: rp.rope(q, k, cos, sin, _config=cfg), _nbytes(q, k, q, k), group)
         _report_group("rope", f"{b}x{s_}x{hq}/{hk}x{d}", group)
         del q, k
     for m, n in [(16384, 14336)] if "swiglu" in ops else []:
@@ -394,10 +392,9 @@ def tune(device: str, dtype: torch.dtype, warmup: int, reps: int, ops: set[str])
         u = torch.randn(m, n, device=device, dtype=dtype)
         group = []
         default = (sw._FLAT_BLOCK, sw._num_warps(sw._FLAT_BLOCK))
-        for blk in (1024, 2048, 4096, 8192):
-            for nw in (4, 8, 16):
-                record(sw, "swiglu", f"{m}x{n}", (blk, nw), default,
-                       lambda cfg=(blk, nw): sw.swiglu(g, u, _config=cfg), _nbytes(g, u, g), group)
+        for cfg in ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (8192, 16)):
+            record(sw, "swiglu", f"{m}x{n}", cfg, default,
+                   lambda cfg=cfg: sw.swiglu(g, u, _config=cfg), _nbytes(g, u, g), group)
         _report_group("swiglu", f"{m}x{n}", group)
         del g, u
     return rows

@@ -37,8 +37,10 @@ _CHUNK = 4096
 # Elements per program to aim for when packing several short rows into one program.
 _TARGET_ELEMS = 4096
 _INTERPRETER_ELEMS = 1 << 16
-# Cache policy of the streamed (read-once) x / residual loads; "" is the default policy.
+# Cache policy of the streamed (read-once) x / residual loads ("" is the default policy) and cache
+# modifier of the output stores ("" default, ".cs" streaming); chosen by the tuning sweep.
 EVICT = "evict_first"
+STORE = ""
 
 
 @triton.jit
@@ -64,7 +66,7 @@ def _rms_norm_rows(
     eps, offset,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROW_TILES: tl.constexpr, EVEN_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_RES: tl.constexpr, GEMMA: tl.constexpr, HAS_OFFSET: tl.constexpr,
-    EVICT: tl.constexpr,
+    EVICT: tl.constexpr, STORE: tl.constexpr,
 ):
     # one program normalises ROW_TILES consecutive tiles of BLOCK_M rows each; BLOCK_M == 1 uses 1-D tiles
     # (one row, a plain reduction), larger BLOCK_M a (rows, cols) tile reduced along the columns.
@@ -90,10 +92,10 @@ def _rms_norm_rows(
             if HAS_RES:
                 r = tl.load(R + row * stride_rm + cols * stride_rn, mask=mask, other=0.0, eviction_policy=EVICT)
                 h = (x + r.to(tl.float32)).to(H.dtype.element_ty)
-                tl.store(H + row * N + cols, h, mask=mask)
+                tl.store(H + row * N + cols, h, mask=mask, cache_modifier=STORE)
                 x = h.to(tl.float32)
             y = _norm_rows(x, w, eps, N, out_dtype, 0, HAS_W, GEMMA)
-            tl.store(Y + row * N + cols, y, mask=mask)
+            tl.store(Y + row * N + cols, y, mask=mask, cache_modifier=STORE)
         else:
             rows = ((pid * ROW_TILES + t) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
             if EVEN_N:
@@ -109,10 +111,10 @@ def _rms_norm_rows(
                     eviction_policy=EVICT,
                 )
                 h = (x + r.to(tl.float32)).to(H.dtype.element_ty)
-                tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
+                tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask, cache_modifier=STORE)
                 x = h.to(tl.float32)
             y = _norm_rows(x, w[None, :], eps, N, out_dtype, 1, HAS_W, GEMMA)
-            tl.store(Y + rows[:, None] * N + cols[None, :], y, mask=mask)
+            tl.store(Y + rows[:, None] * N + cols[None, :], y, mask=mask, cache_modifier=STORE)
 
 
 # N is a compile-time constant here: hidden sizes are per-model constants (a handful of compilations), and
@@ -266,7 +268,7 @@ def rms_norm(
             x2, r2, w, y, hh, m, n,
             x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), stride_w,
             float(eps), float(offset),
-            BLOCK_M=block_m, BLOCK_N=block_n, ROW_TILES=row_tiles, EVEN_N=n == block_n, EVICT=EVICT,
+            BLOCK_M=block_m, BLOCK_N=block_n, ROW_TILES=row_tiles, EVEN_N=n == block_n, EVICT=EVICT, STORE=STORE,
             num_warps=num_warps, **flags,
         )
     return (y, h) if h is not None else y

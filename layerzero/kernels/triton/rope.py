@@ -31,8 +31,10 @@ import triton.language as tl
 _LAYOUT_OF_UNSQUEEZE = {1: "bhsd", 2: "bshd"}
 # Elements of one (heads x half-rotary) tile; bounds registers for many heads / wide heads.
 _TILE_ELEMS = 2048
-# Cache policy of the streamed (read-once) q / k loads; "" is the default policy.
+# Cache policy of the streamed (read-once) q / k loads ("" is the default policy) and cache modifier of
+# the output stores ("" default, ".cs" streaming); chosen by the tuning sweep.
 EVICT = "evict_first"
+STORE = ""
 
 
 @triton.jit
@@ -41,7 +43,7 @@ def _rotate_heads(
     sx_b, sx_h, sx_s, sx_d, so_b, so_h, so_s, so_d,
     d1, d2, dmask, cos1, cos2, sin1, sin2,
     ROT: tl.constexpr, D: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_PASS: tl.constexpr, EVICT: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_PASS: tl.constexpr, EVICT: tl.constexpr, STORE: tl.constexpr,
 ):
     # tiles are (tokens, heads, features); b, s, tmask are per token, cos/sin are (tokens, features)
     x_tok = X + (b * sx_b + s * sx_s)[:, None, None]
@@ -60,13 +62,13 @@ def _rotate_heads(
         x2 = tl.load(xh + d2[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT).to(tl.float32)
         o1 = x1 * c1 - x2 * s1
         o2 = x2 * c2 + x1 * s2
-        tl.store(oh + d1[None, None, :] * so_d, o1.to(O.dtype.element_ty), mask=m)
-        tl.store(oh + d2[None, None, :] * so_d, o2.to(O.dtype.element_ty), mask=m)
+        tl.store(oh + d1[None, None, :] * so_d, o1.to(O.dtype.element_ty), mask=m, cache_modifier=STORE)
+        tl.store(oh + d2[None, None, :] * so_d, o2.to(O.dtype.element_ty), mask=m, cache_modifier=STORE)
         if BLOCK_PASS > 0:
             p = ROT + tl.arange(0, BLOCK_PASS)
             pm = th_mask & (p < D)[None, None, :]
             xp = tl.load(xh + p[None, None, :] * sx_d, mask=pm, other=0.0, eviction_policy=EVICT)
-            tl.store(oh + p[None, None, :] * so_d, xp, mask=pm)
+            tl.store(oh + p[None, None, :] * so_d, xp, mask=pm, cache_modifier=STORE)
 
 
 # Head counts and dims are compile-time constants: they are per-model constants (few compilations), and
@@ -80,7 +82,7 @@ def _rope_kernel(
     sc_b, sc_s, sc_d, ss_b, ss_s, ss_d,
     HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr, ROT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-    BLOCK_PASS: tl.constexpr, INTERLEAVED: tl.constexpr, EVICT: tl.constexpr,
+    BLOCK_PASS: tl.constexpr, INTERLEAVED: tl.constexpr, EVICT: tl.constexpr, STORE: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     tmask = tok < T
@@ -104,11 +106,11 @@ def _rope_kernel(
     sin2 = tl.load(s_tok + d2[None, :] * ss_d, mask=cm, other=0.0).to(tl.float32)
     _rotate_heads(
         Q, QO, b, s, tmask, HQ, sq_b, sq_h, sq_s, sq_d, sqo_b, sqo_h, sqo_s, sqo_d,
-        d1, d2, dmask, cos1, cos2, sin1, sin2, ROT, D, BLOCK_HQ, BLOCK_PASS, EVICT,
+        d1, d2, dmask, cos1, cos2, sin1, sin2, ROT, D, BLOCK_HQ, BLOCK_PASS, EVICT, STORE,
     )
     _rotate_heads(
         K, KO, b, s, tmask, HK, sk_b, sk_h, sk_s, sk_d, sko_b, sko_h, sko_s, sko_d,
-        d1, d2, dmask, cos1, cos2, sin1, sin2, ROT, D, BLOCK_HK, BLOCK_PASS, EVICT,
+        d1, d2, dmask, cos1, cos2, sin1, sin2, ROT, D, BLOCK_HK, BLOCK_PASS, EVICT, STORE,
     )
 
 
@@ -225,6 +227,6 @@ def rope(
         *sc, *ss,
         HQ=hq, HK=hk, D=d, ROT=rot,
         BLOCK_T=block_t, BLOCK_HALF=triton.next_power_of_2(half), BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_PASS=block_pass,
-        INTERLEAVED=bool(interleaved), EVICT=EVICT, num_warps=num_warps,
+        INTERLEAVED=bool(interleaved), EVICT=EVICT, STORE=STORE, num_warps=num_warps,
     )
     return q_out, k_out

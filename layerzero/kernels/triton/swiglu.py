@@ -23,8 +23,10 @@ _ACT_GELU_TANH = 1
 _ACT_GELU_ERF = 2
 _APPROXIMATE = {"tanh": _ACT_GELU_TANH, "none": _ACT_GELU_ERF}
 _FLAT_BLOCK = 4096
-# Cache policy of the streamed (read-once) gate / up loads; "" is the default policy.
+# Cache policy of the streamed (read-once) gate / up loads ("" is the default policy) and cache modifier
+# of the output stores ("" default, ".cs" streaming); chosen by the tuning sweep.
 EVICT = "evict_first"
+STORE = ""
 
 
 @triton.jit
@@ -39,7 +41,7 @@ def _act(g, ACT: tl.constexpr):
 
 
 @triton.jit
-def _glu_flat(G, U, O, n, BLOCK: tl.constexpr, ACT: tl.constexpr, I64: tl.constexpr, EVICT: tl.constexpr):
+def _glu_flat(G, U, O, n, BLOCK: tl.constexpr, ACT: tl.constexpr, I64: tl.constexpr, EVICT: tl.constexpr, STORE: tl.constexpr):
     pid = tl.program_id(0)
     if I64:  # 32-bit offsets (less integer work) unless the tensor has 2**31 elements or more
         pid = pid.to(tl.int64)
@@ -47,17 +49,17 @@ def _glu_flat(G, U, O, n, BLOCK: tl.constexpr, ACT: tl.constexpr, I64: tl.conste
     mask = offs < n
     g = tl.load(G + offs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
     u = tl.load(U + offs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
-    tl.store(O + offs, (_act(g, ACT) * u).to(O.dtype.element_ty), mask=mask)
+    tl.store(O + offs, (_act(g, ACT) * u).to(O.dtype.element_ty), mask=mask, cache_modifier=STORE)
 
 
 @triton.jit
-def _glu_rows(G, U, O, N, stride_g, stride_u, BLOCK: tl.constexpr, ACT: tl.constexpr, EVICT: tl.constexpr):
+def _glu_rows(G, U, O, N, stride_g, stride_u, BLOCK: tl.constexpr, ACT: tl.constexpr, EVICT: tl.constexpr, STORE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
     g = tl.load(G + row * stride_g + cols, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
     u = tl.load(U + row * stride_u + cols, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
-    tl.store(O + row * N + cols, (_act(g, ACT) * u).to(O.dtype.element_ty), mask=mask)
+    tl.store(O + row * N + cols, (_act(g, ACT) * u).to(O.dtype.element_ty), mask=mask, cache_modifier=STORE)
 
 
 # Decided once at import (when @triton.jit chose interpreted or compiled kernels); a module constant keeps
@@ -99,7 +101,7 @@ def _gated(
         else:
             blk, warps = _FLAT_BLOCK, _num_warps(_FLAT_BLOCK)
         _glu_flat[(triton.cdiv(numel, blk),)](
-            gate, up, out, numel, BLOCK=blk, ACT=act, I64=numel + blk >= 2**31, EVICT=EVICT, num_warps=warps
+            gate, up, out, numel, BLOCK=blk, ACT=act, I64=numel + blk >= 2**31, EVICT=EVICT, STORE=STORE, num_warps=warps
         )
         return out
     n = gate.shape[-1] if gate.dim() else 1
@@ -110,7 +112,7 @@ def _gated(
         blk = min(_FLAT_BLOCK, triton.next_power_of_2(n))
         warps = _num_warps(blk)
     grid = (g2.shape[0], triton.cdiv(n, blk))
-    _glu_rows[grid](g2, u2, out, n, g2.stride(0), u2.stride(0), BLOCK=blk, ACT=act, EVICT=EVICT, num_warps=warps)
+    _glu_rows[grid](g2, u2, out, n, g2.stride(0), u2.stride(0), BLOCK=blk, ACT=act, EVICT=EVICT, STORE=STORE, num_warps=warps)
     return out
 
 
