@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover - only while the attention module is abs
 from layerzero_hf.loading import orchestrator_for
 from layerzero_hf.patching import (
     is_patched,
+    model_arm,
     model_telemetry,
     orchestrator_of,
     patch,
@@ -39,6 +40,7 @@ __all__ = [
     "is_patched",
     "load_arch_spec",
     "load_rules",
+    "model_arm",
     "model_telemetry",
     "orchestrator_for",
     "orchestrator_of",

@@ -17,6 +17,7 @@ calls :func:`orchestrator_for` on its first call for a module: the rules and arm
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import weakref
 from dataclasses import dataclass
@@ -28,11 +29,11 @@ from layerzero_hf.rules import ModelFacts, Resolution, RuleSet, load_rules, merg
 
 ORCHESTRATOR_ATTR = "_layerzero_orchestrator"
 ARM_ATTR = "_layerzero_arm"
-SETUP_ATTR = "_layerzero_setup"
+RULES_ENV = "LAYERZERO_HF_RULES"
 
 _counter = itertools.count(1)
 _lock = threading.Lock()
-_by_config: dict[int, "ModelSetup"] = {}
+_by_config: dict[int, "Owner"] = {}
 
 
 @dataclass
@@ -44,6 +45,12 @@ class ModelSetup:
     resolution: Resolution
     facts: ModelFacts
     notes: tuple[str, ...] = ()
+    users: int = 1  # owners: a patch state, a config binding, a deep copy; unregistered at zero
+
+    def retain(self) -> "ModelSetup":
+        with _lock:
+            self.users += 1
+        return self
 
     @property
     def arm(self) -> str | None:
@@ -111,10 +118,38 @@ def build_setup(
 
 
 def release(setup: ModelSetup) -> None:
-    """Unregister a model's orchestrator (after unpatching, or when its config is collected)."""
-    from layerzero import ops
+    """Drop one owner of a model's orchestrator; the last one unregisters it from :mod:`layerzero.ops`."""
+    with _lock:
+        setup.users -= 1
+        last = setup.users == 0
+    if last:
+        try:
+            from layerzero import ops
 
-    ops.unregister_orchestrator(setup.name)
+            ops.unregister_orchestrator(setup.name)
+        except Exception:  # interpreter shutdown
+            pass
+
+
+class Owner:
+    """One idempotent claim on a setup (a patch state, a config binding): closing it twice releases once,
+    so an explicit unpatch and a later garbage-collection finalizer cannot double-release."""
+
+    __slots__ = ("setup", "closed", "on_close")
+
+    def __init__(self, setup: ModelSetup, on_close: Any = None):
+        self.setup = setup
+        self.closed = False
+        self.on_close = on_close
+
+    def close(self) -> None:
+        with _lock:
+            if self.closed:
+                return
+            self.closed = True
+        if self.on_close is not None:
+            self.on_close()
+        release(self.setup)
 
 
 def _default_dispatch_config() -> Any:
@@ -170,45 +205,60 @@ def _policy_mapping(policy: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- load-time hook
 def setup_for_config(config: Any, model: Any = None) -> ModelSetup:
     """The orchestrator shared by every module of the model that owns ``config`` (built on first use from
-    the shipped rules; later ``patch()`` calls replace it). Released when the config is collected."""
+    the rules file named by $LAYERZERO_HF_RULES, else the shipped one; later ``patch()`` calls replace it).
+    Released when the config is garbage-collected."""
     key = id(config)
-    setup = _by_config.get(key)
-    if setup is not None:
-        return setup
+    entry = _by_config.get(key)
+    if entry is not None:
+        return entry.setup
     with _lock:
-        setup = _by_config.get(key)
-        if setup is None:
-            setup = build_setup(config, model)
-            _by_config[key] = setup
-            weakref.finalize(config, _forget_config, key, setup.name)
-    return setup
+        entry = _by_config.get(key)
+    if entry is None:
+        rules = os.environ.get(RULES_ENV) or None
+        setup = build_setup(config, model, rules=rules)
+        with _lock:
+            entry = _by_config.get(key)
+            if entry is None:
+                entry = _by_config[key] = Owner(setup)
+                weakref.finalize(config, _forget_config, key, entry)
+                return setup
+        release(setup)  # another thread won the race
+    return entry.setup
 
 
 def bind_config(config: Any, setup: ModelSetup) -> None:
-    """Make ``setup`` the one lazily found for ``config`` (``patch()`` calls this)."""
+    """Make ``setup`` the one lazily found for ``config`` (``patch()`` calls this); the binding owns a
+    reference until it is replaced, unbound, or the config is collected."""
     key = id(config)
+    owner = Owner(setup.retain())
     with _lock:
-        _by_config[key] = setup
-    weakref.finalize(config, _forget_config, key, setup.name)
+        previous = _by_config.get(key)
+        _by_config[key] = owner
+    if previous is not None:
+        previous.close()
+    weakref.finalize(config, _forget_config, key, owner)
 
 
 def unbind_config(config: Any, setup: ModelSetup) -> None:
     with _lock:
-        if _by_config.get(id(config)) is setup:
-            del _by_config[id(config)]
+        owner = _by_config.get(id(config))
+        if owner is None or owner.setup is not setup:
+            return
+        del _by_config[id(config)]
+    owner.close()
 
 
-def _forget_config(key: int, name: str) -> None:
+def _forget_config(key: int, owner: Owner) -> None:
     with _lock:
-        setup = _by_config.get(key)
-        if setup is not None and setup.name == name:
+        if _by_config.get(key) is owner:
             del _by_config[key]
-    try:
-        from layerzero import ops
+    owner.close()
 
-        ops.unregister_orchestrator(name)
-    except Exception:  # interpreter shutdown
-        pass
+
+def lazy_setup(config: Any) -> ModelSetup | None:
+    """The setup the attention function resolved (or a patch bound) for ``config``, if any."""
+    owner = _by_config.get(id(config))
+    return owner.setup if owner is not None else None
 
 
 def orchestrator_for(module: Any) -> str | None:

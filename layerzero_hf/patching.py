@@ -35,8 +35,10 @@ from layerzero_hf.loading import (
     ARM_ATTR,
     ORCHESTRATOR_ATTR,
     ModelSetup,
+    Owner,
     bind_config,
     build_setup,
+    lazy_setup,
     release,
     unbind_config,
 )
@@ -59,10 +61,31 @@ class _State:
     kwargs: dict[str, Any]
     setup: ModelSetup
     report: PatchReport
+    model_key: int
+    owner: Owner
     bindings: list[_Binding] = field(default_factory=list)
     attr_modules: list[nn.Module] = field(default_factory=list)
     previous_attn: str | None = None
     overlay_modules: list[str] = field(default_factory=list)
+
+    def __deepcopy__(self, memo: dict) -> "_State":
+        """``copy.deepcopy(patched_model)``: the copy is patched too (its forwards were rebound to the copied
+        modules by deepcopy) and shares this model's orchestrator, with its own claim on it."""
+        import copy
+
+        def mapped(obj: Any) -> Any:
+            return memo.get(id(obj), obj)
+
+        setup = self.setup.retain()
+        state = _State(self.key, dict(self.kwargs), setup, copy.deepcopy(self.report), 0,
+                       Owner(setup), previous_attn=self.previous_attn)
+        state.bindings = [_Binding(mapped(b.module), mapped(b.bound)) for b in self.bindings]
+        state.attr_modules = [mapped(m) for m in self.attr_modules]
+        new_model = memo.get(self.model_key)
+        if new_model is not None:
+            state.model_key = id(new_model)
+            weakref.finalize(new_model, state.owner.close)
+        return state
 
 
 @dataclass
@@ -426,7 +449,9 @@ def patch(
         skipped=list(planner.skipped),
         notes=list(setup.notes),
     )
-    state = _State(key, kwargs, setup, report, overlay_modules=[m.__name__ for m in planner._overlays.values()])
+    overlays = tuple(m.__name__ for m in planner._overlays.values())
+    owner = Owner(setup, on_close=lambda: [sys.modules.pop(n, None) for n in overlays])
+    state = _State(key, kwargs, setup, report, id(model), owner, overlay_modules=list(overlays))
     try:
         for item in planner.planned:
             bound = types.MethodType(item.fn, item.module)
@@ -458,17 +483,8 @@ def patch(
         report.notes.append("no module matched the spec or the detector")
     model.__dict__[STATE_ATTR] = state
     # A model dropped while patched must not leave its orchestrator or overlay modules behind.
-    weakref.finalize(model, _release_names, tuple(state.overlay_modules), setup)
+    weakref.finalize(model, owner.close)
     return report
-
-
-def _release_names(overlays: tuple[str, ...], setup: ModelSetup) -> None:
-    for name in overlays:
-        sys.modules.pop(name, None)
-    try:
-        release(setup)
-    except Exception:  # interpreter shutdown
-        pass
 
 
 def unpatch(model: nn.Module) -> bool:
@@ -491,14 +507,12 @@ def _undo(model: nn.Module, state: _State) -> None:
         if module.__dict__.get(ORCHESTRATOR_ATTR) == state.setup.name:
             del module.__dict__[ORCHESTRATOR_ATTR]
     model.__dict__.pop(ARM_ATTR, None)
-    for name in state.overlay_modules:
-        sys.modules.pop(name, None)
     hf_config = getattr(model, "config", None)
     if state.previous_attn is not None:
         model.set_attn_implementation(state.previous_attn)
     if hf_config is not None:
         unbind_config(hf_config, state.setup)
-    release(state.setup)
+    state.owner.close()
 
 
 def is_patched(model: nn.Module) -> bool:
@@ -510,19 +524,35 @@ def patch_report(model: nn.Module) -> PatchReport | None:
     return state.report if state else None
 
 
-def orchestrator_of(model: nn.Module) -> Any:
-    """The model's DispatchOrchestrator (for explain() and telemetry), or None when not patched."""
+def _setup_of(model: nn.Module) -> ModelSetup | None:
     state: _State | None = model.__dict__.get(STATE_ATTR)
-    return state.setup.orchestrator if state else None
+    if state is not None:
+        return state.setup
+    config = getattr(model, "config", None)
+    return lazy_setup(config) if config is not None else None
+
+
+def orchestrator_of(model: nn.Module) -> Any:
+    """The model's DispatchOrchestrator (for explain() and telemetry): the patch's, or the one the attention
+    function resolved for a model loaded with attn_implementation="layerzero"; None when it has neither."""
+    setup = _setup_of(model)
+    return setup.orchestrator if setup else None
 
 
 def model_telemetry(model: nn.Module) -> dict[str, Any]:
     """The model's telemetry snapshot with its labels (orchestrator, model id, experiment, arm), so A/B
     dashboards can split by arm."""
-    state: _State | None = model.__dict__.get(STATE_ATTR)
-    if state is None:
-        raise PatchError("model_telemetry: the model is not patched; call layerzero_hf.patch(model) first")
-    return {"labels": state.setup.labels(), "snapshot": state.setup.orchestrator.get_telemetry()}
+    setup = _setup_of(model)
+    if setup is None:
+        raise PatchError("model_telemetry: the model has no LayerZero orchestrator; call layerzero_hf.patch(model) "
+                         "or load it with attn_implementation='layerzero' and run a forward first")
+    return {"labels": setup.labels(), "snapshot": setup.orchestrator.get_telemetry()}
+
+
+def model_arm(model: nn.Module) -> str | None:
+    """The A/B arm the model runs (patched or lazily resolved), None outside any experiment."""
+    setup = _setup_of(model)
+    return setup.arm if setup else None
 
 
 @contextlib.contextmanager

@@ -251,3 +251,32 @@ def test_existing_instance_forward_is_left_alone():
     assert any(s.path == "model.norm" and "instance forward" in s.reason for s in report.skipped)
     layerzero_hf.unpatch(model)
     assert hooked.__dict__["forward"] is marker
+
+
+def test_deepcopy_and_garbage_collection_release_cleanly():
+    import copy
+    import gc
+
+    from layerzero import ops
+
+    model = build_tiny_model("llama")
+    report = layerzero_hf.patch(model)
+    clone = copy.deepcopy(model)
+    assert layerzero_hf.is_patched(clone)
+    assert clone.model.norm.forward.__self__ is clone.model.norm  # rebound to the copied module
+    ids = _ids(6)
+    with torch.no_grad():
+        assert torch.equal(clone(ids).logits, model(ids).logits)
+    layerzero_hf.unpatch(model)
+    assert report.orchestrator in ops.list_orchestrators()  # the clone still holds it
+    layerzero_hf.unpatch(clone)
+    assert report.orchestrator not in ops.list_orchestrators()
+    assert not any("forward" in m.__dict__ for m in clone.modules())
+
+    dropped = build_tiny_model("qwen3")
+    name = layerzero_hf.patch(dropped).orchestrator
+    overlays = [k for k in sys.modules if k.startswith("_layerzero_overlay_")]
+    del dropped
+    gc.collect()
+    assert name not in ops.list_orchestrators()
+    assert len([k for k in sys.modules if k.startswith("_layerzero_overlay_")]) < len(overlays)

@@ -155,3 +155,22 @@ def test_lazy_orchestrator_from_config_for_layerzero_attention(tiny_model_dir):
     # a later patch() takes over the same model's lookups
     report = layerzero_hf.patch(a)
     assert layerzero_hf.orchestrator_for(a.model.layers[1].self_attn) == report.orchestrator
+
+
+def test_lazy_path_reads_rules_from_environment(tiny_model_dir, tmp_path, monkeypatch):
+    """Servers configure rules without code: $LAYERZERO_HF_RULES names the models.yaml the attention
+    function's lazy setup uses; the arm is then visible through model_arm/model_telemetry."""
+    pytest.importorskip("layerzero_hf.attention")
+    import yaml
+
+    rules = tmp_path / "models.yaml"
+    rules.write_text(yaml.safe_dump({"experiments": [{
+        "name": "env-ab", "seed": "x", "arms": [{"name": "only", "kernels": {"rms_norm": "reference_rms_norm"}}]}]}))
+    monkeypatch.setenv("LAYERZERO_HF_RULES", str(rules))
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir("qwen2"), attn_implementation="layerzero")
+    with torch.no_grad():
+        model(torch.randint(3, 128, (1, 5)))
+    assert layerzero_hf.model_arm(model) == "only"
+    labels = layerzero_hf.model_telemetry(model)["labels"]
+    assert labels["experiment"] == "env-ab" and labels["arm"] == "only"
+    assert layerzero_hf.orchestrator_of(model).get_telemetry().per_operation.get("attention.prefill")
