@@ -4,7 +4,7 @@ Tolerances: fp32 logits within 1e-4 (the replacements compute the same maths; on
 differ). bf16 logits within BF16_ATOL: both models run in bf16 and the kernels round at different points
 (F.rms_norm vs the HF expression), so differences of a few bf16 ulps of the logits (|logit| ~ 1-5 here,
 1 ulp = 2^-7 relative) are expected; 0.1 bounds them with margin and still catches a wrong casting mode or
-offset (those move logits by > 0.5 on these models).
+offset (those move logits by > 0.5 on these models). Measured on CPU (torch kernels): 0.0 for all eight.
 """
 
 from __future__ import annotations
