@@ -107,12 +107,18 @@ def list_orchestrators() -> tuple[str, ...]:
     return tuple(_ORCHESTRATORS)
 
 
+_global_dispatcher: Any = None  # layerzero.dispatch.get_global_dispatcher, bound on first use
+
+
 def get_orchestrator(name: str | None = None) -> Any:
     """The orchestrator registered as ``name``; ``None`` means the process-wide global dispatcher."""
     if name is None:
-        from layerzero.dispatch import get_global_dispatcher
+        global _global_dispatcher
+        if _global_dispatcher is None:  # imported lazily: the dispatcher pulls in policy and registries
+            from layerzero.dispatch import get_global_dispatcher
 
-        return get_global_dispatcher()
+            _global_dispatcher = get_global_dispatcher
+        return _global_dispatcher()
     try:
         return _ORCHESTRATORS[name]
     except KeyError:
