@@ -172,9 +172,16 @@ class HotReloadDispatcher(BaseDispatcher):
         context: "SelectionContext | None" = None,
         **kwargs: Any,
     ) -> DispatchResult:
-        active = self._active  # read once: the whole call runs under this version
-        inflight = active.inflight
-        inflight.append(None)
+        # Register under the active version, then confirm it is still active: a swap between the read and
+        # the registration would otherwise let this call run on the old version unseen by the grace wait.
+        # The whole call then runs under this one version.
+        while True:
+            active = self._active
+            inflight = active.inflight
+            inflight.append(None)
+            if self._active is active:
+                break
+            inflight.pop()
         try:
             return active.dispatcher.dispatch(operation, inputs, context, **kwargs)
         finally:
