@@ -316,3 +316,22 @@ def test_gpu_reduce_overhead_captures_and_replays_dispatch():
         got = [t.clone() for t in compiled(q, k, v, x, w, cos, sin)]
     for g, e in zip(got, eager):
         torch.testing.assert_close(g, e, rtol=2e-3, atol=2e-3)
+
+
+def test_torch_export_keeps_the_custom_ops(rec):
+    """torch.export also traces through the custom ops: the exported program calls layerzero::* by name
+    and dispatches when run."""
+
+    class Block(torch.nn.Module):
+        def forward(self, q, k, v, x, w):
+            return ops.attention(q, k, v, is_causal=True, orchestrator="test_rec"), ops.rms_norm(
+                x, w, orchestrator="test_rec")
+
+    q, k, v = _qkv()
+    x, w = torch.randn(3, 8), torch.randn(8)
+    program = torch.export.export(Block(), (q, k, v, x, w))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"layerzero.attention.default", "layerzero.rms_norm.default"} <= targets
+    a, n = program.module()(q, k, v, x, w)
+    torch.testing.assert_close(a, ref.attention(q, k, v, is_causal=True))
+    torch.testing.assert_close(n, ref.rms_norm(x, w))

@@ -189,6 +189,50 @@ def test_output_attentions_returns_eager_weights(tiny_model_dir, arch):
     assert (g.logits - e.logits).abs().max().item() <= ATOL
 
 
+def _tiny_encoder_models(tmp_path, arch):
+    if arch == "bert":
+        config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=128, max_position_embeddings=64)
+        cls = transformers.BertModel
+    else:
+        config = transformers.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                       decoder_start_token_id=0)
+        cls = transformers.T5ForConditionalGeneration
+    torch.manual_seed(0)
+    cls(config).save_pretrained(tmp_path)
+    return (cls.from_pretrained(tmp_path, attn_implementation=impl).eval() for impl in ("eager", NAME))
+
+
+def test_bidirectional_encoder_with_padding_matches_eager(tmp_path, counted):
+    """BERT: non-causal modules (module.is_causal False), padding via the bidirectional sdpa mask."""
+    eager, lz = _tiny_encoder_models(tmp_path, "bert")
+    ids = _ids(2, 10, seed=8)
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    with torch.no_grad():
+        expected = eager(ids, attention_mask=mask).last_hidden_state
+        got = lz(ids, attention_mask=mask).last_hidden_state
+        lz(ids)  # no padding: Transformers passes mask=None, which must mean "attend to everything"
+    assert len(counted) == 4
+    real = mask.bool()
+    assert (got[real] - expected[real]).abs().max().item() <= ATOL
+
+
+def test_t5_position_bias_and_cross_attention_match_eager(tmp_path):
+    """T5: relative position bias (additive), causal decoder self-attention, cross-attention, generation."""
+    eager, lz = _tiny_encoder_models(tmp_path, "t5")
+    ids = _ids(2, 10, seed=9)
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    decoder_ids = _ids(2, 6, seed=10)
+    with torch.no_grad():
+        expected = eager(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+        got = lz(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+        assert (got - expected).abs().max().item() <= ATOL
+        generated = lz.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
+        assert torch.equal(generated, eager.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False))
+
+
 # ------------------------------------------------------------------------------------------ the function itself
 class _Attn(nn.Module):
     def __init__(self, is_causal=True, groups=2):
