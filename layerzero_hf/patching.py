@@ -428,11 +428,12 @@ def patch(
 
     setup = build_setup(hf_config, model, rules=config, policy=policy, kernels=kernels, arms=arms, arm=arm,
                         experiment=experiment, model_id=model_id, dispatch_config=dispatch_config)
-    planner = _Planner(model, arch, setup.name, detect_mode=detect_mode, self_check=self_check, kinds=kinds)
+    planner: _Planner | None = None
     try:
+        planner = _Planner(model, arch, setup.name, detect_mode=detect_mode, self_check=self_check, kinds=kinds)
         planner.run()
     except BaseException:
-        for overlay in planner._overlays.values():
+        for overlay in planner._overlays.values() if planner is not None else ():
             sys.modules.pop(overlay.__name__, None)
         release(setup)
         raise
