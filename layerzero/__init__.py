@@ -9,6 +9,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import logging as _logging  # noqa: E402
+
 from layerzero.errors import LayerZeroError  # noqa: E402
+
+# A library leaves handler choice to the application; this keeps warnings from printing via lastResort.
+_logging.getLogger("layerzero").addHandler(_logging.NullHandler())
 
 __all__ = ["LayerZeroError", "__version__"]
