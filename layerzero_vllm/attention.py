@@ -107,8 +107,8 @@ class LayerZeroCPUAttentionImpl(CPUAttentionBackendImpl):
         starts = attn_metadata.query_start_loc.tolist()
         seq_lens = attn_metadata.seq_lens.tolist()
         num_tokens = attn_metadata.num_actual_tokens
-        q_all = query[:num_tokens].view(num_tokens, self.num_heads, head_dim)
-        out_all = output[:num_tokens].view(num_tokens, self.num_heads, head_dim)
+        q_all = query[:num_tokens].reshape(num_tokens, self.num_heads, head_dim)
+        out_all = output[:num_tokens].view(num_tokens, self.num_heads, head_dim)  # must alias: written in place
         window = self.sliding_window if self.sliding_window and self.sliding_window > 0 else None
         softcap = self.logits_soft_cap or None
         causal = bool(attn_metadata.causal)
