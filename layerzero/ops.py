@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # the dispatcher imports heavy machinery; the ops only need i
     from layerzero.dispatch import DispatchOrchestrator
 
 __all__ = [
+    "OrchestratorNotFoundError",
     "attention",
     "attention_operation",
     "geglu",
