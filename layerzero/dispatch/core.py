@@ -161,7 +161,7 @@ class PlannedDispatcher(BaseDispatcher):
         spec = plan.kernels[0]
         circuit = None
         if self.circuits is not None:
-            circuit = self.circuits.get_circuit(spec.kernel_id)
+            circuit = self.circuits.get_circuit(plan.circuit_keys[0])
             if not circuit.allow_request():
                 return self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [], skipped=[spec.kernel_id])
         try:
@@ -243,10 +243,11 @@ class PlannedDispatcher(BaseDispatcher):
         """Slow path: record the failure, then walk the fallback order under the circuit breakers."""
         skipped = list(skipped or [])
         circuits = self.circuits
+        ckey = dict(zip((k.kernel_id for k in plan.kernels), plan.circuit_keys))
         telemetry = self.telemetry
         for kid, exc in attempts:
             if circuits is not None:
-                circuits.get_circuit(kid).record_failure(exc)
+                circuits.get_circuit(ckey.get(kid, kid)).record_failure(exc)
             if telemetry is not None:
                 telemetry.record_failure(operation, kid, exc)
         if not self.config.enable_fallback:
@@ -257,7 +258,7 @@ class PlannedDispatcher(BaseDispatcher):
         for spec in plan.kernels[1:]:
             if budget <= 0:
                 break
-            if circuits is not None and not circuits.get_circuit(spec.kernel_id).allow_request():
+            if circuits is not None and not circuits.get_circuit(ckey[spec.kernel_id]).allow_request():
                 skipped.append(spec.kernel_id)
                 continue
             budget -= 1
@@ -270,12 +271,12 @@ class PlannedDispatcher(BaseDispatcher):
             except Exception as exc:  # noqa: BLE001
                 attempts.append((spec.kernel_id, exc))
                 if circuits is not None:
-                    circuits.get_circuit(spec.kernel_id).record_failure(exc)
+                    circuits.get_circuit(ckey[spec.kernel_id]).record_failure(exc)
                 if telemetry is not None:
                     telemetry.record_failure(operation, spec.kernel_id, exc)
                 continue
             if circuits is not None:
-                circuits.get_circuit(spec.kernel_id).record_success()
+                circuits.get_circuit(ckey[spec.kernel_id]).record_success()
             t2 = perf_counter_ns()
             failed = tuple(k for k, _ in attempts) + tuple(skipped)
             if telemetry is not None:

@@ -31,6 +31,14 @@ class Plan:
     operation: str
     kernels: tuple["KernelSpec", ...]
     context: SelectionContext
+    circuit_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Circuit breakers are per kernel and per GPU: a kernel failing on cuda:1 must not open its
+        # circuit on cuda:0. CPU calls share the plain kernel id.
+        dev = self.context.device
+        suffix = f"@{dev}" if dev and dev.startswith("cuda") else ""
+        object.__setattr__(self, "circuit_keys", tuple(k.kernel_id + suffix for k in self.kernels))
 
     @property
     def primary(self) -> "KernelSpec":

@@ -175,3 +175,13 @@ def test_custom_dispatcher_registration(reg):
 
     o.register_dispatcher(DispatchMode.DYNAMIC, Fixed())
     assert o.dispatch("rms_norm", x_w()).kernel_id == "fixed"
+
+
+def test_circuits_are_per_gpu():
+    from layerzero.selection import SelectionContext
+    from layerzero.selection.engine import Plan
+
+    spec = KernelSpec("k", "rms_norm", "torch", _boom)
+    assert Plan("rms_norm", (spec,), SelectionContext(device="cuda:1")).circuit_keys == ("k@cuda:1",)
+    assert Plan("rms_norm", (spec,), SelectionContext(device="cuda:0")).circuit_keys == ("k@cuda:0",)
+    assert Plan("rms_norm", (spec,), SelectionContext(device="cpu")).circuit_keys == ("k",)
