@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=40)
     parser.add_argument("--block-size", type=int, default=32, help="small blocks: sequences span several")
     parser.add_argument("--model-impl", default=None, help="vLLM model_impl: auto, vllm or transformers")
+    parser.add_argument("--compile", action="store_true", help="let vLLM torch.compile the model (no enforce_eager)")
     parser.add_argument("--dump-dir", default=None, help="ask each worker to write its telemetry file here")
     args = parser.parse_args()
 
@@ -39,7 +40,7 @@ def main() -> int:
     try:
         from vllm import LLM, SamplingParams
 
-        kwargs: dict = dict(model=args.model, enforce_eager=True, dtype="float32", max_model_len=256,
+        kwargs: dict = dict(model=args.model, enforce_eager=not args.compile, dtype="float32", max_model_len=256,
                             max_num_seqs=8, seed=0, block_size=args.block_size)
         if args.model_impl:
             kwargs["model_impl"] = args.model_impl
