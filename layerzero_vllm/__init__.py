@@ -70,18 +70,21 @@ def _validate(settings: PluginSettings) -> None:
                 f"{exc}\nFix the file, point LAYERZERO_POLICY at a valid policy (or unset it for the packaged "
                 "default), or set LAYERZERO_VLLM_DISABLE=1 to run vLLM without LayerZero."
             ) from exc
-    rules = os.environ.get("LAYERZERO_RULES")
+    from layerzero_vllm.model_setup import HF_RULES_ENV, RULES_ENV, rules_path
+
+    rules = rules_path()
+    variable = RULES_ENV if os.environ.get(RULES_ENV) else HF_RULES_ENV
     if rules:
         try:
             from layerzero_hf.rules import load_rules
         except ImportError as exc:  # pragma: no cover - layerzero_hf ships with layerzero
-            raise PluginConfigError(f"LAYERZERO_RULES={rules!r} needs layerzero_hf, which failed to import: {exc}")
+            raise PluginConfigError(f"{variable}={rules!r} needs layerzero_hf, which failed to import: {exc}")
         try:
             load_rules(rules)
         except ConfigValidationError as exc:
             raise PluginConfigError(
-                f"LayerZero vLLM plugin: the rules file named by LAYERZERO_RULES={rules!r} is invalid:\n{exc}\n"
-                "Fix the file, unset LAYERZERO_RULES for the shipped configs/models.yaml, or set "
+                f"LayerZero vLLM plugin: the rules file named by {variable}={rules!r} is invalid:\n{exc}\n"
+                f"Fix the file, unset {variable} for the shipped configs/models.yaml, or set "
                 "LAYERZERO_VLLM_DISABLE=1."
             ) from exc
 

@@ -3,7 +3,7 @@ Transformers integration.
 
 vLLM constructs a model's layers inside ``set_current_vllm_config(...)``, so an op being built can see
 the model's Hugging Face config. The first op of a model resolves the per-model rules
-(``configs/models.yaml``, or the file named by ``$LAYERZERO_RULES``) and the policy (``$LAYERZERO_POLICY``
+(``configs/models.yaml``, or the file named by ``$LAYERZERO_RULES``, else ``$LAYERZERO_HF_RULES``) and the policy (``$LAYERZERO_POLICY``
 merged over the packaged default, exactly as ``layerzero_hf`` merges a caller's policy) into an
 orchestrator registered in :mod:`layerzero.ops`; every op of that model dispatches through it by name.
 Two models in one process therefore keep separate policies, breakers and telemetry.
@@ -19,6 +19,12 @@ from typing import Any
 logger = logging.getLogger("vllm.plugins.layerzero")
 
 RULES_ENV = "LAYERZERO_RULES"
+HF_RULES_ENV = "LAYERZERO_HF_RULES"  # the Transformers integration's variable: one rules file can serve both
+
+
+def rules_path() -> str | None:
+    """The per-model rules file: ``$LAYERZERO_RULES``, else ``$LAYERZERO_HF_RULES``, else None (shipped)."""
+    return os.environ.get(RULES_ENV) or os.environ.get(HF_RULES_ENV) or None
 
 _lock = threading.Lock()
 _by_config: dict[int, Any] = {}  # id(hf_config) -> layerzero_hf ModelSetup
@@ -49,7 +55,7 @@ def orchestrator_for_current_model() -> str | None:
             if setup is None:
                 from layerzero_hf.loading import build_setup
 
-                setup = build_setup(hf_config, rules=os.environ.get(RULES_ENV) or None,
+                setup = build_setup(hf_config, rules=rules_path(),
                                     policy=os.environ.get("LAYERZERO_POLICY") or None)
                 _by_config[key] = setup
                 _configs.append(hf_config)

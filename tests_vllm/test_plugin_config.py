@@ -70,3 +70,12 @@ def test_invalid_rules_file(tmp_path, monkeypatch):
 def test_registration_reports_what_was_done(plugin_registered):
     reg = layerzero_vllm.registration()
     assert reg["disabled"] is False and reg["attention"] is None and "RMSNorm" in reg["ops"]
+
+
+def test_rules_fall_back_to_the_transformers_integration_variable(tmp_path, monkeypatch):
+    path = tmp_path / "models.yaml"
+    path.write_text("version: 1\nrules:\n  - name: r\n    match: {model_type: [llama]}\n    kernels: {swiglu: nope}\n")
+    monkeypatch.delenv("LAYERZERO_RULES", raising=False)
+    monkeypatch.setenv("LAYERZERO_HF_RULES", str(path))
+    with pytest.raises(PluginConfigError, match="LAYERZERO_HF_RULES"):
+        _validate(settings())
