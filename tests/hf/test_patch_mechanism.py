@@ -280,3 +280,20 @@ def test_deepcopy_and_garbage_collection_release_cleanly():
     gc.collect()
     assert name not in ops.list_orchestrators()
     assert len([k for k in sys.modules if k.startswith("_layerzero_overlay_")]) < len(overlays)
+
+
+def test_attention_switch_is_restored_by_unpatch(tiny_model_dir):
+    pytest.importorskip("layerzero_hf.attention")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir("mistral"), attn_implementation="sdpa")
+    ids = _ids(12)
+    with torch.no_grad():
+        ref = model(ids).logits
+    report = layerzero_hf.patch(model, attention=True)
+    assert report.attn_implementation == "layerzero" and model.config._attn_implementation == "layerzero"
+    assert not any("attention runs through" in n for n in report.notes)
+    with torch.no_grad():
+        assert (model(ids).logits - ref).abs().max() <= 1e-4
+    ops_seen = layerzero_hf.model_telemetry(model)["snapshot"].per_operation
+    assert any(op.startswith("attention") for op in ops_seen)
+    layerzero_hf.unpatch(model)
+    assert model.config._attn_implementation == "sdpa"
