@@ -84,7 +84,7 @@ class PatchReport:
         if self.patched:
             lines.append("  patched modules:")
             for p in self.patched:
-                extra = f"  [{p.detail}]" if p.detail else ""
+                extra = f"  [{p.source}: {p.detail}]" if p.detail else f"  [{p.source}]"
                 lines.append(f"    {p.path or '<model>'}: {p.module_class} -> {p.op}{extra}")
         if self.skipped:
             lines.append("  left alone:")

@@ -37,6 +37,14 @@ def test_shipped_specs_cover_the_eight_architectures():
     assert specs["phi3"].patches_of("mlp")[0].params["layout"] == "gate_up_fused"
 
 
+def test_attribute_paths_select_qk_norms():
+    report = layerzero_hf.patch(build_tiny_model("qwen3"))
+    by_path = {p.path: p.source for p in report.patched}
+    assert by_path["model.layers.0.self_attn.q_norm"] == "qk_norm"
+    assert by_path["model.layers.1.self_attn.k_norm"] == "qk_norm"
+    assert by_path["model.layers.0.input_layernorm"] == "rms_norm"
+
+
 def test_two_models_are_independent():
     from transformers.models.llama import modeling_llama
 
