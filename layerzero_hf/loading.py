@@ -17,7 +17,6 @@ calls :func:`orchestrator_for` on its first call for a module: the rules and arm
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import weakref
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from layerzero_hf.rules import ModelFacts, Resolution, RuleSet, load_rules, merg
 
 ORCHESTRATOR_ATTR = "_layerzero_orchestrator"
 ARM_ATTR = "_layerzero_arm"
-RULES_ENV = "LAYERZERO_HF_RULES"
 
 _counter = itertools.count(1)
 _lock = threading.Lock()
@@ -214,8 +212,7 @@ def setup_for_config(config: Any, model: Any = None) -> ModelSetup:
     with _lock:
         entry = _by_config.get(key)
     if entry is None:
-        rules = os.environ.get(RULES_ENV) or None
-        setup = build_setup(config, model, rules=rules)
+        setup = build_setup(config, model)  # rules: $LAYERZERO_HF_RULES, else the shipped file
         with _lock:
             entry = _by_config.get(key)
             if entry is None:

@@ -29,6 +29,7 @@ order, later ones overriding earlier ones; then the experiment arm; then what th
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -37,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from layerzero.errors import ConfigValidationError, ValidationProblem
 from layerzero.operations import OPERATIONS, matches
 
+RULES_ENV = "LAYERZERO_HF_RULES"
 MATCH_KEYS: tuple[str, ...] = ("model_type", "architecture", "name_or_path")
 _LIST_KEYS = ("dispatch_rules", "kernel_denies", "kernel_allows")
 _MAP_KEYS = ("kernel_locks", "fallback_chains", "defaults")
@@ -383,13 +385,16 @@ def _kernel_checker() -> Callable[[str], str | None] | None:
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_rules(source: str | Path | Mapping[str, Any] | RuleSet | None = None) -> RuleSet:
-    """A RuleSet from a path, a mapping, a RuleSet, or (None) the shipped ``configs/models.yaml``."""
+    """A RuleSet from a path, a mapping, a RuleSet, or (None) the file named by ``$LAYERZERO_HF_RULES``, else
+    the shipped ``configs/models.yaml`` (so a server can change rules without code)."""
     if isinstance(source, RuleSet):
         return source
     if isinstance(source, Mapping):
         return parse_rules(source, "<mapping>")
     from layerzero_hf.specs import _read_yaml, data_files
 
+    if source is None and os.environ.get(RULES_ENV):
+        source = os.environ[RULES_ENV]
     if source is None:
         files = data_files("configs")
         if "models" not in files:
@@ -398,7 +403,8 @@ def load_rules(source: str | Path | Mapping[str, Any] | RuleSet | None = None) -
         return parse_rules(_read_yaml(text, label), label)
     path = Path(source)
     if not path.is_file():
-        raise ConfigValidationError([ValidationProblem("config", str(source), "rules file not found")])
+        raise ConfigValidationError([ValidationProblem(
+            "config", str(source), f"rules file not found (from patch(config=...) or ${RULES_ENV})")])
     return parse_rules(_read_yaml(path.read_text(), str(path)), str(path))
 
 
