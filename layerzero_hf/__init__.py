@@ -8,6 +8,12 @@ RoPE and MLP activations::
     report = layerzero_hf.patch(model)          # PatchReport: what was patched, what was left alone, arm
     with layerzero_hf.patched(model): ...       # patched for the block only
     layerzero_hf.unpatch(model)                 # every forward restored exactly
+
+Architectures are data (``patches/<arch>.yaml``; unknown ones are detected and numerically self-checked).
+Per-model rules and A/B experiments come from ``configs/models.yaml`` (or ``$LAYERZERO_HF_RULES``, or
+``patch(config=...)``); a model loaded with ``attn_implementation="layerzero"`` gets its rules and arm on the
+first attention call even without ``patch``. Each model dispatches through its own orchestrator
+(``orchestrator_of(model)``, ``model_telemetry(model)``, ``model_arm(model)``).
 """
 
 from __future__ import annotations
