@@ -118,6 +118,11 @@ def propose(qualname: str, module: nn.Module) -> Proposal | None:
             return Proposal("layer_norm", {"eps_attr": ("eps",), "weight_attr": "weight", "bias_attr": "bias"},
                             "torch.nn.LayerNorm over the last dimension")
         return None
+    if type(module) is getattr(nn, "RMSNorm", None):
+        if module.weight is not None and module.eps is not None and len(module.normalized_shape) == 1:
+            return Proposal("rms_norm", {"eps_attr": ("eps",), "weight_attr": "weight"},
+                            "torch.nn.RMSNorm over the last dimension")
+        return None
     if type(module).forward is nn.Module.forward:
         return None
     eps = eps_of(module)

@@ -182,9 +182,10 @@ class Toy(nn.Module):
         self.mlp_silu = GatedMLP(n, nn.SiLU())
         self.mlp_relu = GatedMLP(n, nn.ReLU())
         self.ln = nn.LayerNorm(n)
+        self.torch_rms = nn.RMSNorm(n, eps=1e-6)
 
     def forward(self, x):
-        return self.ln(self.mlp_relu(self.mlp_silu(self.norm_b(self.norm_a(x)))))
+        return self.torch_rms(self.ln(self.mlp_relu(self.mlp_silu(self.norm_b(self.norm_a(x))))))
 
 
 def test_unknown_architecture_is_detected_and_self_checked():
@@ -199,6 +200,7 @@ def test_unknown_architecture_is_detected_and_self_checked():
     assert patched["norm_a"].op == "rms_norm" and "offset=1 casting=gemma" in patched["norm_a"].detail
     assert patched["mlp_silu"].op == "swiglu"
     assert patched["ln"].op == "layer_norm"
+    assert patched["torch_rms"].op == "rms_norm" and "casting=llama" in patched["torch_rms"].detail
     assert "self-check failed" in skipped["norm_b"].reason
     assert "ReLU" in skipped["mlp_relu"].reason
     assert "forward" not in toy.norm_b.__dict__ and "forward" not in toy.mlp_relu.__dict__
