@@ -5,10 +5,12 @@ import on first call, what it can do (constraints, from the libraries' own docs 
 Priorities order kernels that pass every check when no policy decides; they follow the H100 measurements
 of DESIGN.md §3 and are explained kernel by kernel in ``docs/kernels.md``:
 
-- attention on CUDA: SDPA cuDNN (440–585 TFLOP/s) > FA3 > FA2 / FlashInfer prefill (≈ cuDNN single
-  prefill, 250–340 for FA2) > torch SDPA with torch's own choice (strong generic default) > FlexAttention
-  (240–410 TFLOP/s but a compile on first use) > FlashInfer decode (2.3–2.6 TB/s vs SDPA 2.7–2.8) >
-  SDPA mem-efficient (no GQA) > SDPA math (30x slower) > fp32 reference (0).
+- attention on CUDA (H100 sweep, benchmarks/results/*-kernels-*.md): SDPA with torch's own choice
+  (it picks cuDNN on sm90 itself; 480/314/108 TFLOP/s on our three prefill shapes) > SDPA pinned to cuDNN
+  (same kernel plus the ``sdpa_kernel`` switch: 398/273/97; DESIGN.md §3: 440–585) > FA3 (not measured) >
+  FA2 / FlashInfer prefill (466/257/61) > SDPA flash (252/174/62) > FlexAttention (278/154/48, compiles
+  per shape) = FlashInfer decode (0.39 ms vs SDPA 0.38 ms at 64x4096) > xFormers > SDPA mem-efficient (no
+  GQA) > SDPA math (30x slower) > fp32 reference (0).
 - RMSNorm: ``F.rms_norm`` (1.5–2.6 TB/s) > FlashInfer > Liger (1.2–1.9 TB/s) > reference.
 - RoPE: Liger (0.50 ms) > FlashInfer > HF-style eager torch (1.12 ms) > reference.
 - SwiGLU/GeGLU: Liger (2.5 TB/s at 16k tokens) > eager torch (1.8 TB/s; wins below ~128 tokens, a policy
@@ -226,11 +228,11 @@ def _torch_kernels() -> list[KernelSpec]:
     )
     math = KernelConstraints(dtypes=ANY_FLOAT, supports_sliding_window=True, custom=(_gqa_ratio_ok,))
     return [
-        KernelSpec("torch_sdpa_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_attention", generic, 70,
+        KernelSpec("torch_sdpa_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_attention", generic, 90,
                    aliases=("torch_sdpa",), tags={"sdpa"},
-                   description="SDPA, torch picks its backend (cuDNN/flash/efficient/math): strong default"),
-        KernelSpec("torch_sdpa_cudnn_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_cudnn_attention", cudnn, 90,
-                   tags={"sdpa"}, description="SDPA pinned to cuDNN: fastest measured prefill (440–585 TFLOP/s)"),
+                   description="SDPA, torch picks its backend (cuDNN on sm90): fastest measured, 480 TFLOP/s at 1x4096"),
+        KernelSpec("torch_sdpa_cudnn_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_cudnn_attention", cudnn, 85,
+                   tags={"sdpa"}, description="SDPA pinned to cuDNN (398 TFLOP/s at 1x4096; 440–585 in DESIGN.md)"),
         KernelSpec("torch_sdpa_flash_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_flash_attention", flash, 78,
                    tags={"sdpa"}, description="SDPA pinned to its FlashAttention-2 kernel (250–340 TFLOP/s)"),
         KernelSpec("torch_sdpa_efficient_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_efficient_attention",

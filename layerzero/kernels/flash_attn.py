@@ -153,7 +153,7 @@ def kernel_specs() -> list[KernelSpec]:
         ),
         KernelSpec(
             "flash_attn_v3_attention", ("attention.*",), "flash_attn_3", f"{__name__}:flash_attn_v3_attention",
-            FA3_CONSTRAINTS, 85, aliases=("flash_attention_v3",),
+            FA3_CONSTRAINTS, 84, aliases=("flash_attention_v3",),
             description="FlashAttention 3 for Hopper (not measured here: ranked between cuDNN and FA2)",
         ),
     ]

@@ -78,8 +78,9 @@ def attention(
 ) -> torch.Tensor:
     """Math attention in fp32 over (B, S, H, D) inputs; returns (B, Sq, H, Dv) in the query dtype.
 
-    Rows that may attend to nothing (e.g. a padded query) return zeros rather than NaN, matching the
-    flash-style kernels, so comparisons stay meaningful."""
+    Rows that may attend to nothing (e.g. a padded query) return zeros rather than NaN, like the
+    flash-style kernels. The contract leaves such rows unspecified (SDPA's cuDNN backend returns other
+    values, measured on an H100), so callers must not read them."""
     b, sq, h, d = query.shape
     sk = key.shape[1]
     q = query.float().transpose(1, 2)

@@ -61,10 +61,14 @@ def _gqa_ok(ctx) -> str | None:
     return None
 
 
-def _min_head_dim(ctx) -> str | None:
-    """Flex's Triton template needs head_dim >= 16 on CUDA"""
-    if ctx.platform == "cuda" and ctx.head_dim is not None and ctx.head_dim < 16:
-        return f"head_dim {ctx.head_dim} < 16 (FlexAttention's CUDA template tiles by 16)"
+def _cuda_head_dim(ctx) -> str | None:
+    """compiled Flex on CUDA: head dims a power of two >= 16"""
+    if ctx.platform != "cuda":
+        return None
+    for name, d in (("head_dim", ctx.head_dim), ("value head_dim", ctx.head_dim_v)):
+        if d is not None and (d < 16 or d & (d - 1)):
+            # Measured on an H100, torch 2.11: head_dim 80 fails to lower ("NoValidChoicesError").
+            return f"{name} {d} not a power of two >= 16 (compiled FlexAttention on CUDA)"
     return None
 
 
@@ -75,7 +79,7 @@ FLEX_CONSTRAINTS = KernelConstraints(
     supports_softcap=True,
     supports_sliding_window=True,
     supports_sinks=True,
-    custom=(_gqa_ok, _no_grad_on_cpu, _min_head_dim),
+    custom=(_gqa_ok, _no_grad_on_cpu, _cuda_head_dim),
 )
 
 

@@ -107,7 +107,11 @@ def attention_cases(operation: str, dtype: torch.dtype, device: str, shapes=None
             kw: dict[str, Any] = {"is_causal": bool(v.get("is_causal", False))}
             if v.get("mask") == "bool":
                 keep = torch.rand(b, 1, sq, sk) > 0.3
-                keep[..., -1] = True  # every query attends at least one key: no empty rows
+                # Every query keeps at least one key, under bottom-right causal too (key 0 is visible to
+                # every row when Sq <= Sk): what a fully masked row returns is unspecified by the contract
+                # (the reference gives zeros, cuDNN does not).
+                keep[..., 0] = True
+                keep[..., -1] = True
                 kw["attn_mask"] = keep.to(device)
             elif v.get("mask") == "additive":
                 kw["attn_mask"] = _randn(b, h, sq, sk, dtype=dtype, device=device)
