@@ -160,11 +160,6 @@ class _SiluAndMulMixin(_LayerZeroOp):
 
     _vllm_op_name = "silu_and_mul"
 
-    def _vllm_native(self, x: torch.Tensor) -> torch.Tensor:
-        from vllm.model_executor.layers.activation import SiluAndMul
-
-        return SiluAndMul.forward_native(x)
-
     def _lz_forward(self, x: torch.Tensor) -> torch.Tensor:
         d = x.shape[-1] // 2
         return _lz_ops().swiglu(x[..., :d], x[..., d:], orchestrator=self._lz_orchestrator)

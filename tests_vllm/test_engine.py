@@ -103,7 +103,7 @@ def baseline(model_dir) -> dict:
 
 def test_opt_out_runs_no_layerzero_code(baseline):
     assert operations(baseline) == {}
-    assert all(w["dispatch_count"] == 0 for w in baseline["telemetry"])
+    assert all(w["dispatch_count"] == 0 and w["layers"] == {} for w in baseline["telemetry"])
 
 
 def test_plugin_runs_layerzero_ops_in_the_worker_with_identical_outputs(model_dir, baseline):
