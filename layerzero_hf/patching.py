@@ -47,12 +47,26 @@ from layerzero_hf.specs import KINDS, ArchSpec, PatchSpec, load_arch_spec, parse
 
 STATE_ATTR = "_layerzero_state"
 SELF_CHECK_MODES = ("unknown", "all", "none")
+HOOK_MODES = ("skip", "compose")
+
+
+def _composable_hook(module: nn.Module) -> bool:
+    """An accelerate hook wrapping the class forward: its wrapper calls ``module._old_forward``, so a
+    replacement bound there keeps the hook's device placement/offload around our forward."""
+    old = module.__dict__.get("_old_forward")
+    return (getattr(module, "_hf_hook", None) is not None and old is not None
+            and getattr(old, "__func__", None) is type(module).forward and getattr(old, "__self__", None) is module)
 
 
 @dataclass
 class _Binding:
+    """One bound replacement: ``slot`` is ``"forward"``, or ``"_old_forward"`` when composed under an
+    accelerate hook (whose wrapper calls ``module._old_forward``); ``previous`` is what the slot held."""
+
     module: nn.Module
     bound: Any
+    slot: str = "forward"
+    previous: Any = None
 
 
 @dataclass
@@ -79,7 +93,8 @@ class _State:
         setup = self.setup.retain()
         state = _State(self.key, dict(self.kwargs), setup, copy.deepcopy(self.report), 0,
                        Owner(setup), previous_attn=self.previous_attn)
-        state.bindings = [_Binding(mapped(b.module), mapped(b.bound)) for b in self.bindings]
+        state.bindings = [_Binding(mapped(b.module), mapped(b.bound), b.slot, mapped(b.previous))
+                          for b in self.bindings]
         state.attr_modules = [mapped(m) for m in self.attr_modules]
         new_model = memo.get(self.model_key)
         if new_model is not None:
@@ -94,6 +109,7 @@ class _Planned:
     module: nn.Module
     fn: Callable
     record: PatchedModule
+    slot: str = "forward"
 
 
 class _Skip(Exception):
@@ -193,7 +209,7 @@ class _Planner:
     """Decides, module by module, what to bind; runs the self-checks; collects skips with reasons."""
 
     def __init__(self, model: nn.Module, arch: ArchSpec | None, orch: str, *, detect_mode: bool,
-                 self_check: str, kinds: frozenset[str]):
+                 self_check: str, kinds: frozenset[str], hooks: str = "skip"):
         from layerzero import ops
 
         self.ops = ops
@@ -203,6 +219,7 @@ class _Planner:
         self.detect_mode = detect_mode
         self.self_check = self_check
         self.kinds = kinds
+        self.hooks = hooks
         self.planned: list[_Planned] = []
         self.skipped: list[SkippedModule] = []
         self.attention: list[nn.Module] = []
@@ -240,16 +257,24 @@ class _Planner:
     def _plan(self, path: str, module: nn.Module, kind: str, params: dict, source: str, *, verify: bool,
               detected: bool = False) -> None:
         cls = type(module).__name__
+        slot = "forward"
         if "forward" in module.__dict__:
-            self.skipped.append(SkippedModule(path, kind, cls, "already has an instance forward (another library's "
-                                              "hook or patch); left alone so it keeps working"))
-            return
+            if self.hooks == "compose" and _composable_hook(module):
+                slot = "_old_forward"
+            else:
+                hint = " (an accelerate hook: patch(..., hooks='compose') binds under it)" if (
+                    _composable_hook(module)) else ""
+                self.skipped.append(SkippedModule(path, kind, cls, "already has an instance forward (another "
+                                                  f"library's hook or patch); left alone so it keeps working{hint}"))
+                return
         try:
             fn, op, detail = getattr(self, f"_make_{kind}")(path, module, params, verify=verify, detected=detected)
         except _Skip as why:
             self.skipped.append(SkippedModule(path, kind, cls, str(why)))
             return
-        self.planned.append(_Planned(path, module, fn, PatchedModule(path, kind, op, cls, detail, source)))
+        if slot != "forward":
+            detail += "; under accelerate hook"
+        self.planned.append(_Planned(path, module, fn, PatchedModule(path, kind, op, cls, detail, source), slot))
 
     def _verdict(self, key: tuple, compute: Callable[[], tuple[dict, str]]) -> tuple[dict, str]:
         """Self-check results per class (same code, same verdict), so a 32-layer model probes once."""
@@ -385,6 +410,7 @@ def patch(
     self_check: str = "unknown",
     only: Iterable[str] | None = None,
     attention: bool = False,
+    hooks: str = "skip",
     dispatch_config: Any = None,
 ) -> PatchReport:
     """Patch ``model`` in place, per instance, and return what was done.
@@ -396,7 +422,9 @@ def patch(
     covers the model type; True = also for modules the spec does not cover. ``self_check``: "unknown"
     (detected replacements only), "all" (spec'd ones too, once per class) or "none" (spec'd only; detected
     ones are always checked). ``only`` restricts the kinds (rms_norm, layer_norm, rope, mlp). ``attention``:
-    switch the model to ``attn_implementation="layerzero"`` (restored by :func:`unpatch`).
+    switch the model to ``attn_implementation="layerzero"`` (restored by :func:`unpatch`). ``hooks``: what to
+    do with a module whose forward another library replaced: "skip" (report it) or "compose" (for accelerate
+    dispatch hooks, bind the replacement as ``module._old_forward`` so device placement still wraps it).
 
     Idempotent: patching again with the same arguments returns the same report; different arguments
     unpatch first. Raises ConfigValidationError for invalid rules/specs and PatchError for invalid
@@ -406,13 +434,15 @@ def patch(
         raise PatchError(f"patch: expected a torch.nn.Module (a Transformers model), got {type(model).__name__}")
     if self_check not in SELF_CHECK_MODES:
         raise PatchError(f"patch: self_check={self_check!r}; use one of {', '.join(SELF_CHECK_MODES)}")
+    if hooks not in HOOK_MODES:
+        raise PatchError(f"patch: hooks={hooks!r}; use one of {', '.join(HOOK_MODES)}")
     kinds = frozenset(KINDS if only is None else only)
     unknown_kinds = kinds - set(KINDS)
     if unknown_kinds:
         raise PatchError(f"patch: only={sorted(unknown_kinds)} has unknown kinds; use any of {', '.join(KINDS)}")
     kwargs = dict(config=config, policy=policy, kernels=kernels, arms=arms, arm=arm, experiment=experiment,
                   model_id=model_id, spec=spec, detect_unknown=detect_unknown, self_check=self_check,
-                  only=None if only is None else sorted(kinds), attention=attention,
+                  only=None if only is None else sorted(kinds), attention=attention, hooks=hooks,
                   dispatch_config=dispatch_config)
     key = _call_key(kwargs)
     state: _State | None = model.__dict__.get(STATE_ATTR)
@@ -430,7 +460,8 @@ def patch(
                         experiment=experiment, model_id=model_id, dispatch_config=dispatch_config)
     planner: _Planner | None = None
     try:
-        planner = _Planner(model, arch, setup.name, detect_mode=detect_mode, self_check=self_check, kinds=kinds)
+        planner = _Planner(model, arch, setup.name, detect_mode=detect_mode, self_check=self_check, kinds=kinds,
+                           hooks=hooks)
         planner.run()
     except BaseException:
         for overlay in planner._overlays.values() if planner is not None else ():
@@ -456,8 +487,9 @@ def patch(
     try:
         for item in planner.planned:
             bound = types.MethodType(item.fn, item.module)
-            item.module.forward = bound
-            state.bindings.append(_Binding(item.module, bound))
+            previous = item.module.__dict__.get(item.slot)
+            setattr(item.module, item.slot, bound)
+            state.bindings.append(_Binding(item.module, bound, item.slot, previous))
             report.patched.append(item.record)
         for module in [model, *planner.attention]:
             module.__dict__[ORCHESTRATOR_ATTR] = setup.name
@@ -499,8 +531,15 @@ def unpatch(model: nn.Module) -> bool:
 
 def _undo(model: nn.Module, state: _State) -> None:
     for b in reversed(state.bindings):
-        if b.module.__dict__.get("forward") is b.bound:
-            del b.module.__dict__["forward"]
+        slots = b.module.__dict__
+        if slots.get(b.slot) is b.bound:
+            if b.slot == "forward":
+                del slots["forward"]
+            else:
+                slots[b.slot] = b.previous
+        elif b.slot != "forward" and slots.get("forward") is b.bound:
+            # the hook was removed while patched (accelerate moved _old_forward back to forward)
+            slots["forward"] = b.previous
     for module in state.attr_modules:
         module.__dict__.pop(ORCHESTRATOR_ATTR, None)
     # modules whose orchestrator the attention function resolved lazily while patched

@@ -307,3 +307,39 @@ def test_attention_switch_is_restored_by_unpatch(tiny_model_dir):
     assert any(op.startswith("attention") for op in ops_seen)
     layerzero_hf.unpatch(model)
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_accelerate_hooks_compose(tiny_model_dir, tmp_path):
+    """Under a device map (cpu + disk offload, the same hooks as device_map="auto" over GPUs) every module
+    carries an accelerate hook. hooks="compose" binds the replacements as ``_old_forward`` so the hook still
+    loads offloaded weights around them; unpatch puts the original ``_old_forward`` back."""
+    pytest.importorskip("accelerate")
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                  "model.layers.1": "disk", "model.norm": "disk", "lm_head": "disk"}
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), attn_implementation="sdpa")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir("llama"), attn_implementation="sdpa", device_map=device_map, offload_folder=tmp_path)
+    ids = _ids(8)
+    with torch.no_grad():
+        ref = plain(ids).logits
+    hooks = {n: m.__dict__["forward"] for n, m in model.named_modules() if "forward" in m.__dict__}
+    olds = {n: m.__dict__["_old_forward"] for n, m in model.named_modules() if "_old_forward" in m.__dict__}
+    assert hooks, "accelerate installed no hooks"
+
+    skipped = layerzero_hf.patch(model)
+    assert skipped.skipped and all("hooks='compose'" in s.reason for s in skipped.skipped)
+
+    report = layerzero_hf.patch(model, hooks="compose")
+    assert report.counts() == {"rms_norm": 5, "rope": 2, "mlp": 2} and not report.skipped
+    assert all("under accelerate hook" in p.detail for p in report.patched)
+    with torch.no_grad():
+        assert (model(ids).logits - ref).abs().max() <= 1e-4
+    assert layerzero_hf.model_telemetry(model)["snapshot"].per_operation["rms_norm"] == 5
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(model.generate(ids, **kw), plain.generate(ids, **kw))
+
+    layerzero_hf.unpatch(model)
+    assert {n: m.__dict__["forward"] for n, m in model.named_modules() if "forward" in m.__dict__} == hooks
+    assert {n: m.__dict__["_old_forward"] for n, m in model.named_modules() if "_old_forward" in m.__dict__} == olds
+    with torch.no_grad():
+        assert (model(ids).logits - ref).abs().max() <= 1e-4
