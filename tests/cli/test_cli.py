@@ -313,3 +313,16 @@ def test_main_entry_point_help(capsys):
     out = capsys.readouterr().out
     for cmd in ("doctor", "kernels", "explain", "validate", "bench", "tune"):
         assert cmd in out
+
+
+def test_python_dash_m_entry_point():
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "layerzero.cli", "kernels", "--op", "swiglu", "--json"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert {k["kernel_id"] for k in json.loads(proc.stdout)} >= {"torch_swiglu", "reference_swiglu"}
