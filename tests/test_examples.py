@@ -63,6 +63,7 @@ def test_custom_dispatcher():
     assert "swiglu -> " in out and "rms_norm -> " in out
 
 
+@pytest.mark.slow  # a Jupyter kernel start plus the notebook: ~20 s on a shared 2-core runner
 def test_notebook_executes(monkeypatch, tmp_path):
     pytest.importorskip("transformers")
     nbformat = pytest.importorskip("nbformat")
