@@ -59,7 +59,12 @@ def flash_attn_v2_attention(
     causal = bool(is_causal)
     window = _window(sliding_window, causal, key.shape[1])
     cap = float(softcap) if softcap else 0.0
-    if query.shape[1] == 1 and not dropout_p and hasattr(flash_attn, "flash_attn_with_kvcache"):
+    if (
+        query.shape[1] == 1
+        and not dropout_p
+        and query.shape[-1] % 8 == 0  # flash_attn_with_kvcache does not pad the head dim itself
+        and hasattr(flash_attn, "flash_attn_with_kvcache")
+    ):
         # One query token: bottom-right causal sees every key; split-KV decode kernel.
         return flash_attn.flash_attn_with_kvcache(
             query, key, value, softmax_scale=scale, causal=causal, window_size=window, softcap=cap
