@@ -20,6 +20,7 @@ import contextlib
 import math
 import statistics
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -94,7 +95,12 @@ def _recording(model: torch.nn.Module, keep_inputs: bool = True, **patch_kwargs:
     from layerzero import ops
 
     if layerzero_hf.is_patched(model) and not patch_kwargs:
-        ctx: Any = contextlib.nullcontext(layerzero_hf.patch_report(model))
+        report = layerzero_hf.patch_report(model)
+        if report is not None and report.attn_implementation not in (None, "layerzero"):
+            warnings.warn(f"the model is patched but its attention runs through Transformers' "
+                          f"{report.attn_implementation!r} implementation, so attention is not compared; patch it "
+                          "with attention=True (or unpatch it and let compare() patch it)", stacklevel=6)
+        ctx: Any = contextlib.nullcontext(report)
     else:
         patch_kwargs.setdefault("attention", True)
         ctx = layerzero_hf.patched(model, **patch_kwargs)

@@ -158,3 +158,15 @@ def test_compare_policies_kernel_map(tiny_llama):
     with torch.no_grad():
         plain = tiny_llama(ids).logits
     assert torch.allclose(result.a.output.logits, plain, atol=1e-5)
+
+
+def test_compare_keeps_an_existing_patch_and_warns_about_attention(tiny_llama):
+    report = layerzero_hf.patch(tiny_llama)  # norms, RoPE, MLP; attention stays on Transformers' implementation
+    try:
+        with pytest.warns(UserWarning, match="attention is not compared") as record:
+            df = compare(tiny_llama, repeats=1, warmup=0, seq_len=8, progress=False)
+        assert record[0].filename == __file__  # the warning points at the caller
+        assert set(df.operation) == {"rms_norm", "rope", "swiglu"}
+        assert layerzero_hf.is_patched(tiny_llama) and layerzero_hf.patch_report(tiny_llama) is report
+    finally:
+        layerzero_hf.unpatch(tiny_llama)
