@@ -113,22 +113,33 @@ def _softcap_mod(softcap: float) -> Callable[..., Any]:
     return score_mod
 
 
-def _score_mod(softcap: float | None, mask: torch.Tensor | None) -> Callable[..., Any] | None:
-    if mask is None:
-        return _softcap_mod(float(softcap)) if softcap else None
-    # A caller mask is data: it is captured per call (correct, but traced per call; SDPA ranks above Flex
-    # for masked calls without softcap/sinks anyway).
-    is_bool = mask.dtype == torch.bool
+class _MaskSlot:
+    """Where a masked ``score_mod`` reads the caller's mask. Flex (eager and compiled) goes through dynamo,
+    which lifts a tensor read from an object attribute as a graph input guarded on shape/dtype, not on
+    identity: one function object per (softcap, mask kind) then serves every mask without re-tracing
+    (checked on CPU: new masks, same trace, exact results). A fresh closure per call would re-trace
+    every call (~0.5 s on CPU; a recompile on CUDA)."""
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+
+
+_mask_lock = threading.Lock()  # one caller at a time owns a slot between setting it and the launch
+
+
+@lru_cache(maxsize=64)
+def _masked_mod(softcap: float | None, is_bool: bool) -> tuple[_MaskSlot, Callable[..., Any]]:
+    slot = _MaskSlot()
 
     def score_mod(score, b, h, q_idx, kv_idx):
         if softcap:
             score = softcap * torch.tanh(score / softcap)
-        m = mask[b, h, q_idx, kv_idx]
+        m = slot.mask[b, h, q_idx, kv_idx]
         if is_bool:
             return torch.where(m, score, -float("inf"))
         return score + m
 
-    return score_mod
+    return slot, score_mod
 
 
 def torch_flex_attention(
@@ -154,25 +165,33 @@ def torch_flex_attention(
     block_mask = None
     if causal or sliding_window is not None:
         block_mask = _block_mask(sq, sk, causal, sliding_window, str(query.device))
-    mask = None
-    if attn_mask is not None:
-        mask = attn_mask
-        if mask.dtype != torch.bool and mask.dtype != torch.float32:
-            mask = mask.float()
-        mask = mask.expand(b, h, sq, sk)
-    score_mod = _score_mod(softcap, mask)
     fn = _flex_fn(query.device.type)
-    kwargs: dict[str, Any] = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=h != k.shape[1])
+    kwargs: dict[str, Any] = dict(block_mask=block_mask, scale=scale, enable_gqa=h != k.shape[1])
+    if attn_mask is None:
+        kwargs["score_mod"] = _softcap_mod(float(softcap)) if softcap else None
+        return _run(fn, q, k, v, kwargs, sinks, h, query.dtype).transpose(1, 2)
+    mask = attn_mask
+    if mask.dtype != torch.bool and mask.dtype != torch.float32:
+        mask = mask.float()
+    slot, kwargs["score_mod"] = _masked_mod(float(softcap) if softcap else None, mask.dtype == torch.bool)
+    with _mask_lock:
+        slot.mask = mask.expand(b, h, sq, sk)
+        try:
+            out = _run(fn, q, k, v, kwargs, sinks, h, query.dtype)
+        finally:
+            slot.mask = None
+    return out.transpose(1, 2)
+
+
+def _run(fn, q, k, v, kwargs, sinks, h, dtype) -> torch.Tensor:
     with warnings.catch_warnings():
         # On CPU the eager path is the documented choice (see module docstring), not a mistake.
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         if sinks is None:
-            out = fn(q, k, v, **kwargs)
-        else:
-            out, lse = _with_lse(fn, q, k, v, kwargs)
-            keep = torch.sigmoid(lse.float() - sinks.float().view(1, h, 1))  # (B, H, Sq)
-            out = (out.float() * keep.unsqueeze(-1)).to(query.dtype)
-    return out.transpose(1, 2)
+            return fn(q, k, v, **kwargs)
+        out, lse = _with_lse(fn, q, k, v, kwargs)
+    keep = torch.sigmoid(lse.float() - sinks.float().view(1, h, 1))  # (B, H, Sq)
+    return (out.float() * keep.unsqueeze(-1)).to(dtype)
 
 
 def _with_lse(fn, q, k, v, kwargs):

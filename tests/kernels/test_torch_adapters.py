@@ -1,0 +1,58 @@
+"""Adapter details of the torch kernels that the value-level conformance grid cannot see."""
+
+from __future__ import annotations
+
+import torch
+
+from layerzero.kernels import reference as ref
+from layerzero.kernels.torch_flex import _masked_mod, torch_flex_attention
+from layerzero.kernels.torch_sdpa import sdpa_inputs
+
+
+def _qkv(b=2, sq=5, sk=9, h=4, hkv=2, d=32):
+    return torch.randn(b, sq, h, d), torch.randn(b, sk, hkv, d), torch.randn(b, sk, hkv, d)
+
+
+def test_sdpa_inputs_are_views_and_causal_is_bottom_right():
+    q, k, v = _qkv()
+    tq, tk, tv, mask, causal = sdpa_inputs(q, k, v, None, True, None)
+    assert tq.data_ptr() == q.data_ptr() and tq.shape == (2, 4, 5, 32)  # transpose view, no copy
+    assert tk.data_ptr() == k.data_ptr() and tv.data_ptr() == v.data_ptr()
+    # Sq < Sk: torch's is_causal would be top-left, so an explicit bottom-right mask replaces it
+    assert causal is False and mask.dtype == torch.bool
+    assert torch.equal(mask, ref.attention_allowed_mask(5, 9, True, None, "cpu"))
+    assert bool(mask[-1].all()) and not bool(mask[0, 5:].any())
+
+
+def test_sdpa_inputs_square_causal_stays_a_flag_and_decode_drops_it():
+    q, k, v = _qkv(sq=7, sk=7)
+    *_, mask, causal = sdpa_inputs(q, k, v, None, True, None)
+    assert mask is None and causal is True
+    q1, k1, v1 = _qkv(sq=1, sk=9)
+    *_, mask, causal = sdpa_inputs(q1, k1, v1, None, True, None)
+    assert mask is None and causal is False  # one query at the end sees every key
+
+
+def test_sdpa_inputs_merge_caller_mask_with_causality():
+    q, k, v = _qkv(sq=6, sk=6)
+    pad = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    pad[0, ..., :2] = False
+    *_, mask, causal = sdpa_inputs(q, k, v, pad, True, None)
+    assert causal is False and mask.shape == (2, 1, 6, 6)
+    assert not bool(mask[0, 0, 5, 0]) and bool(mask[1, 0, 5, 0]) and not bool(mask[1, 0, 0, 1])
+    additive = torch.zeros(2, 4, 6, 6)
+    *_, mask, _ = sdpa_inputs(q, k, v, additive, True, 3)
+    assert mask.dtype == torch.float32 and torch.isinf(mask[0, 0, 5, 0]) and mask[0, 0, 5, 4] == 0
+
+
+def test_flex_reuses_one_score_mod_across_masks_and_stays_exact():
+    q, k, v = _qkv(b=1, sq=6, sk=6, h=2, hkv=2, d=32)
+    slot, mod = _masked_mod(None, True)
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        m = torch.rand(1, 1, 6, 6, generator=g) > 0.4
+        m[..., 0] = True
+        out = torch_flex_attention(q, k, v, attn_mask=m)
+        assert torch.allclose(out, ref.attention(q, k, v, attn_mask=m), atol=1e-5)
+        assert _masked_mod(None, True) == (slot, mod)  # the same function object every call
+        assert slot.mask is None  # the caller's mask is not kept alive after the call
