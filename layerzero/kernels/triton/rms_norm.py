@@ -39,8 +39,10 @@ _TARGET_ELEMS = 4096
 _INTERPRETER_ELEMS = 1 << 16
 # Cache policy of the streamed (read-once) x / residual loads ("" is the default policy) and cache
 # modifier of the output stores ("" default, ".cs" streaming); chosen by the tuning sweep.
+# H100 sweep: evict_first loads + streaming (.cs) stores were best or tied at every shape (+1-2.5% over
+# evict_first with default stores).
 EVICT = "evict_first"
-STORE = ""
+STORE = ".cs"
 
 
 @triton.jit
@@ -190,25 +192,20 @@ def launch_config(m: int, n: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, ROW_TILES) for the register-resident kernel; BLOCK_M == 0 means the
     long-row path.
 
-    Measured on an H100 (benchmarks/results/triton_bandwidth_*): rows of 4096-8192 run best one per
-    program (4-8 warps, 2.85-2.98 TB/s); shorter rows are packed so a program still moves enough bytes."""
+    Measured on an H100 (benchmarks/results/triton_bandwidth_h100.md, tuning sweep): rows of 2048 and more
+    run best one per program (8 warps up to 4096, 16 from 8192: 2.80-3.01 TB/s); shorter rows are packed
+    so a program still sees ~4096 elements (128-wide rows: 2.90 TB/s)."""
     block_n = triton.next_power_of_2(n)
     if block_n > _MAX_FUSED_BLOCK:
         return 0, _CHUNK, 8, 1
     # the CPU interpreter pays per program and per operation, not per byte: give it big tiles
-    target = _INTERPRETER_ELEMS if _INTERPRETED else _TARGET_ELEMS
     block_m = 1
-    if block_n < target:
-        block_m = min(target // block_n, triton.next_power_of_2(max(m, 1)))
+    if _INTERPRETED:
+        block_m = min(max(1, _INTERPRETER_ELEMS // block_n), triton.next_power_of_2(max(m, 1)))
+    elif block_n < 2048:
+        block_m = min(_TARGET_ELEMS // block_n, triton.next_power_of_2(max(m, 1)))
     elems = block_m * block_n
-    if elems >= 16384:
-        num_warps = 8
-    elif elems >= 8192:
-        num_warps = 4
-    elif elems >= 2048:
-        num_warps = 8
-    else:
-        num_warps = 4
+    num_warps = 16 if elems >= 8192 else 8 if elems >= 2048 else 4
     return block_m, block_n, num_warps, 1
 
 

@@ -22,10 +22,11 @@ _ACT_SILU = 0
 _ACT_GELU_TANH = 1
 _ACT_GELU_ERF = 2
 _APPROXIMATE = {"tanh": _ACT_GELU_TANH, "none": _ACT_GELU_ERF}
-_FLAT_BLOCK = 4096
+# H100 sweep (16384x14336 bf16): 1024-element blocks of 4 warps reached 3.04 TB/s, 4096/8 warps 2.95.
+_FLAT_BLOCK = 1024
 # Cache policy of the streamed (read-once) gate / up loads ("" is the default policy) and cache modifier
 # of the output stores ("" default, ".cs" streaming); chosen by the tuning sweep.
-EVICT = "evict_first"
+EVICT = ""
 STORE = ""
 
 
