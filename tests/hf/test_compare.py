@@ -170,3 +170,20 @@ def test_compare_keeps_an_existing_patch_and_warns_about_attention(tiny_llama):
         assert layerzero_hf.is_patched(tiny_llama) and layerzero_hf.patch_report(tiny_llama) is report
     finally:
         layerzero_hf.unpatch(tiny_llama)
+
+
+@pytest.mark.gpu
+def test_compare_on_cuda_bf16(tiny_llama):
+    import copy
+
+    model = copy.deepcopy(tiny_llama).to("cuda", torch.bfloat16)
+    df = compare(model, repeats=3, warmup=1, seq_len=64, progress=False)
+    assert set(df.operation) == MODEL_OPS
+    assert df["ok"].all(), df.loc[~df["ok"], ["kernel_id", "error"]].to_dict("records")
+    assert (df["max_error"] < 0.1).all() and (df["median_us"] > 0).all()
+    assert "bfloat16" in df["shape"].iloc[0]
+    # GPU-only kernels take part: SDPA pinned to cuDNN/flash on sm80+, our Triton kernels
+    ids = set(df["kernel_id"])
+    assert {"triton_rms_norm", "triton_rope", "triton_swiglu"} <= ids
+    if torch.cuda.get_device_capability() >= (8, 0):
+        assert "torch_sdpa_flash_attention" in ids
