@@ -33,7 +33,10 @@ def ranks(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> lis
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(WORKER), str(tiny_llama_dir), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    for _ in range(2):  # retried once only if the launcher failed before any rank wrote (rendezvous port race)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        if any(out.glob("rank*.json")):
+            break
     results = []
     for rank in range(2):
         path = out / f"rank{rank}.json"
