@@ -161,7 +161,7 @@ def _gqa_ratio_ok(ctx: SelectionContext) -> str | None:
     return None
 
 
-def _even_hidden(ctx: SelectionContext) -> str | None:
+def _even_rotary_dim(ctx: SelectionContext) -> str | None:
     """rotary dim must be even"""
     if ctx.rotary_dim is not None and ctx.rotary_dim % 2:
         return f"rotary_dim {ctx.rotary_dim} is odd"
@@ -182,7 +182,7 @@ def _reference_kernels() -> list[KernelSpec]:
                    description="fp32 RMSNorm, all casting modes, offset and fused residual"),
         KernelSpec("reference_layer_norm", "layer_norm", "torch", f"{ref}:layer_norm", None, 0, tags=tags,
                    description="F.layer_norm in fp32"),
-        KernelSpec("reference_rope", "rope", "torch", f"{ref}:rope", KernelConstraints(custom=(_even_hidden,)), 0,
+        KernelSpec("reference_rope", "rope", "torch", f"{ref}:rope", KernelConstraints(custom=(_even_rotary_dim,)), 0,
                    tags=tags, description="HF apply_rotary_pos_emb in fp32, partial and interleaved"),
         KernelSpec("reference_swiglu", "swiglu", "torch", f"{ref}:swiglu", None, 0, tags=tags,
                    description="silu(gate) * up in fp32"),
@@ -246,7 +246,7 @@ def _torch_kernels() -> list[KernelSpec]:
         KernelSpec("torch_layer_norm", "layer_norm", "torch", f"{ops}:torch_layer_norm",
                    KernelConstraints(dtypes=ANY_FLOAT), 80, description="F.layer_norm"),
         KernelSpec("torch_rope", "rope", "torch", f"{ops}:torch_rope",
-                   KernelConstraints(dtypes=ANY_FLOAT, custom=(_even_hidden,)), 50,
+                   KernelConstraints(dtypes=ANY_FLOAT, custom=(_even_rotary_dim,)), 50,
                    description="HF rotate_half RoPE in the input dtype (eager, 1.12 ms at 8x2048x32x128)"),
         KernelSpec("torch_swiglu", "swiglu", "torch", f"{ops}:torch_swiglu", KernelConstraints(dtypes=ANY_FLOAT), 50,
                    description="F.silu(gate) * up (eager; wins at small token counts)"),
