@@ -65,6 +65,9 @@ SHAPES: dict[str, dict[str, Any]] = {
                  rms_norm_eps=1e-5, initializer_range=0.1, tie_word_embeddings=False),
 }
 FP32_TOL = 1e-4
+# The lent multi-GPU hosts must never use NVLink multicast (it can take the shared GPUs out of service); the
+# launcher passes these to every rank even if the caller's environment lost them.
+NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 CPU_DEFAULTS = dict(prefill="1x32,2x16", parity_len=24, prompt=8, steps=6, greedy=6, warmup=1, repeats=2)
 GPU_DEFAULTS = dict(prefill="1x2048,8x512", parity_len=512, prompt=128, steps=32, greedy=16, warmup=2, repeats=5)
 
@@ -381,7 +384,8 @@ def run_tp(args: argparse.Namespace, ckpt: Path) -> dict[str, Any]:
            "--prefill", args.prefill, "--parity-len", str(args.parity_len), "--prompt", str(args.prompt),
            "--steps", str(args.steps), "--greedy", str(args.greedy), "--warmup", str(args.warmup),
            "--repeats", str(args.repeats)] + (["--cpu"] if args.cpu else [])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, **NO_MULTICAST_ENV,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if args.cpu:
         env["OMP_NUM_THREADS"] = "1"
     # A launcher that fails before any rank reports (e.g. another process took the rendezvous port that
@@ -579,13 +583,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.shape is None:
         args.shape = "tiny" if args.cpu else "8b"
     if args.tp_timeout is None:
-        args.tp_timeout = 150 if args.cpu else 420
+        args.tp_timeout = 150 if args.cpu else 360
     args.prefill_shapes = _parse_shapes(args.prefill)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for key, value in NO_MULTICAST_ENV.items():
+        os.environ.setdefault(key, value)
     if args.mode == "tp" and "RANK" in os.environ:
         if not args.part or not args.checkpoint:
             raise SystemExit("--mode tp runs under torch.distributed.run with --checkpoint and --part; "
