@@ -93,6 +93,8 @@ ATTN_VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("softcap", {"is_causal": True, "softcap": 20.0}),
     ("sinks", {"is_causal": True, "sinks": True}),
     ("scale", {"scale": 0.3}),
+    # Transformers hands over (B, H, S, D) tensors; the canonical (B, S, H, D) is then a strided view.
+    ("hf_layout", {"is_causal": True, "hf_layout": True}),
 ]
 
 
@@ -101,9 +103,14 @@ def attention_cases(operation: str, dtype: torch.dtype, device: str, shapes=None
         for vname, v in ATTN_VARIANTS:
             if variants is not None and vname not in variants:
                 continue
-            q = _randn(b, sq, h, d, dtype=dtype, device=device)
-            k = _randn(b, sk, hkv, d, dtype=dtype, device=device)
-            val = _randn(b, sk, hkv, d, dtype=dtype, device=device)
+            if v.get("hf_layout"):
+                q = _randn(b, h, sq, d, dtype=dtype, device=device).transpose(1, 2)
+                k = _randn(b, hkv, sk, d, dtype=dtype, device=device).transpose(1, 2)
+                val = _randn(b, hkv, sk, d, dtype=dtype, device=device).transpose(1, 2)
+            else:
+                q = _randn(b, sq, h, d, dtype=dtype, device=device)
+                k = _randn(b, sk, hkv, d, dtype=dtype, device=device)
+                val = _randn(b, sk, hkv, d, dtype=dtype, device=device)
             kw: dict[str, Any] = {"is_causal": bool(v.get("is_causal", False))}
             if v.get("mask") == "bool":
                 keep = torch.rand(b, 1, sq, sk) > 0.3
