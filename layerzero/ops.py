@@ -151,6 +151,9 @@ def _compiling() -> bool:
 
 # ------------------------------------------------------------------------------------------ eager bodies
 def _run(orchestrator: Any, operation: str, inputs: dict[str, Any], options: dict[str, Any]) -> Any:
+    call = getattr(orchestrator, "call", None)  # output-only fast path of DispatchOrchestrator
+    if call is not None:
+        return call(operation, inputs, options)
     return orchestrator.dispatch(operation, inputs, **options).output
 
 

@@ -142,12 +142,27 @@ class PlannedDispatcher(BaseDispatcher):
         context: SelectionContext | None = None,
         **kwargs: Any,
     ) -> DispatchResult:
+        return self._execute(operation, inputs, context, kwargs, True)
+
+    def call(self, operation: str, inputs: Mapping[str, Any], kwargs: dict[str, Any]) -> Any:
+        """The output alone: the path patched modules take in decode loops (no DispatchResult, no
+        DispatchTiming objects; telemetry, breakers and fallbacks work as in ``dispatch``)."""
+        return self._execute(operation, inputs, None, kwargs, False)
+
+    def _execute(
+        self,
+        operation: str,
+        inputs: Mapping[str, Any],
+        context: SelectionContext | None,
+        kwargs: dict[str, Any],
+        want_result: bool,
+    ) -> Any:
         # The hot path. Kept flat on purpose: every attribute lookup and call here costs ~50-100 ns.
         t0 = perf_counter_ns()
         state = self._state  # read once: the whole call runs under one policy version
         if operation in _ATTENTION_OPS and "is_causal" not in kwargs:
             # "attention.causal"/"prefill" are causal by name; a context can make other attention causal.
-            kwargs["is_causal"] = default_is_causal(operation) or (context is not None and context.is_causal)
+            kwargs = {**kwargs, "is_causal": default_is_causal(operation) or (context is not None and context.is_causal)}
         engine = state.engine
         if context is None:
             key = state.keyer(operation, inputs, kwargs)
@@ -163,7 +178,8 @@ class PlannedDispatcher(BaseDispatcher):
         if self.circuits is not None:
             circuit = self.circuits.get_circuit(plan.circuit_keys[0])
             if not circuit.allow_request():
-                return self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [], skipped=[spec.kernel_id])
+                result = self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [], skipped=[spec.kernel_id])
+                return result if want_result else result.output
         try:
             params = spec.parameters
             if params.issuperset(kwargs) and params.issuperset(inputs):
@@ -175,12 +191,15 @@ class PlannedDispatcher(BaseDispatcher):
                 if problem is not None:
                     raise KernelExecutionError(spec.kernel_id, problem)
         except Exception as exc:  # noqa: BLE001 - any kernel failure goes to the fallback path
-            return self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [(spec.kernel_id, exc)])
+            result = self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [(spec.kernel_id, exc)])
+            return result if want_result else result.output
         if circuit is not None:
             circuit.record_success()
         t2 = perf_counter_ns()
         if self.telemetry is not None:
             self.telemetry.record(operation, spec.kernel_id, t2 - t0, hit, False)
+        if not want_result:
+            return out
         if self._record_timing:
             return DispatchResult(out, spec.kernel_id, DispatchTiming(t2 - t0, t1 - t0, t2 - t1), False, hit, operation)
         return DispatchResult(out, spec.kernel_id, _NO_TIMING, False, hit, operation)

@@ -109,6 +109,14 @@ class DispatchOrchestrator:
         d = self._default if mode is None else self.get_dispatcher(mode)
         return d.dispatch(operation, inputs, context, **kwargs)
 
+    def call(self, operation: str, inputs: Mapping[str, Any], kwargs: dict[str, Any] | None = None) -> Any:
+        """Run ``operation`` and return its output only (the cheapest path; used by ``layerzero.ops``)."""
+        d = self._default
+        fast = getattr(d, "call", None)
+        if fast is not None:
+            return fast(operation, inputs, kwargs if kwargs is not None else {})
+        return d.dispatch(operation, inputs, None, **(kwargs or {})).output
+
     def select(self, operation: str, inputs: Mapping[str, Any], mode: DispatchMode | None = None, **kwargs: Any) -> "KernelSpec":
         d = self.get_dispatcher(mode)
         return d.select(operation, inputs, **kwargs)  # type: ignore[attr-defined]
