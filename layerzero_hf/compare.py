@@ -67,6 +67,10 @@ class _Recorder:
                 seen.calls += 1
         return result
 
+    def call(self, operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any] | None = None) -> Any:
+        """The output-only entry point ``layerzero.ops`` uses; recorded like ``dispatch``."""
+        return self.dispatch(operation, inputs, **dict(kwargs or {})).output
+
     def __getattr__(self, name: str) -> Any:  # explain(), kernel_registry, ... of the real orchestrator
         return getattr(self.real, name)
 
@@ -92,7 +96,6 @@ def _recording(model: torch.nn.Module, keep_inputs: bool = True, **patch_kwargs:
     """Patch ``model`` (unless it already is, and no patch arguments are given), put a recorder in front
     of its orchestrator, and restore everything afterwards."""
     import layerzero_hf
-    from layerzero import ops
 
     if layerzero_hf.is_patched(model) and not patch_kwargs:
         report = layerzero_hf.patch_report(model)
@@ -104,15 +107,23 @@ def _recording(model: torch.nn.Module, keep_inputs: bool = True, **patch_kwargs:
     else:
         patch_kwargs.setdefault("attention", True)
         ctx = layerzero_hf.patched(model, **patch_kwargs)
-    with ctx as report:
-        name = report.orchestrator
-        real = ops.get_orchestrator(name)
-        recorder = _Recorder(real, keep_inputs)
-        ops.register_orchestrator(name, recorder)
-        try:
-            yield recorder
-        finally:
-            ops.register_orchestrator(name, real)
+    with ctx as report, _recorder_on(report.orchestrator, keep_inputs) as recorder:
+        yield recorder
+
+
+@contextlib.contextmanager
+def _recorder_on(name: str, keep_inputs: bool = True) -> Iterator[_Recorder]:
+    """Put a recorder in front of the orchestrator registered as ``name`` (what the model's patched
+    modules and attention function look up on every call), and put the real one back afterwards."""
+    from layerzero import ops
+
+    real = ops.get_orchestrator(name)
+    recorder = _Recorder(real, keep_inputs)
+    ops.register_orchestrator(name, recorder)
+    try:
+        yield recorder
+    finally:
+        ops.register_orchestrator(name, real)
 
 
 def _forward_inputs(model: torch.nn.Module, inputs: Any, batch: int, seq_len: int) -> dict[str, Any]:
@@ -522,9 +533,12 @@ def _run_arm(model: torch.nn.Module, kwargs: dict[str, Any], name: str, policy: 
             bar.update(1)
         return out
 
-    with _recording(model, keep_inputs=False, **patch_kwargs) as recorder, torch.no_grad():
-        output = forward()  # the recorded forward: which kernels ran
+    import layerzero_hf
+
+    with layerzero_hf.patched(model, **patch_kwargs) as report, torch.no_grad():
+        with _recorder_on(report.orchestrator, keep_inputs=False) as recorder:
+            output = forward()  # one recorded forward: which kernels ran
         kernels = {op: dict(ks) for op, ks in recorder.kernels.items()}
-        samples = timing_samples(forward, device, warmup, repeats)
+        samples = timing_samples(forward, device, warmup, repeats)  # timed without the recorder
     return ArmResult(name, statistics.median(samples), percentile(samples, 10), percentile(samples, 90), kernels,
                      output)
