@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from layerzero.dispatch.core import SelectionState
 from layerzero.dispatch.dynamic import DynamicDispatcher
 from layerzero.dispatch.types import DispatchConfig, DispatchMode
 from layerzero.selection.context import SelectionContext
-from layerzero.selection.engine import Plan
+from layerzero.selection.engine import Plan, SelectionEngine
 from layerzero.tuning.cache import TuneEntry, TuningCache, device_name
 from layerzero.tuning.measure import conformance_problem, time_call, unsafe_to_time
 
@@ -36,29 +35,19 @@ class AutotuneDispatcher(DynamicDispatcher):
     def mode(self) -> DispatchMode:
         return DispatchMode.AUTOTUNE
 
-    def _miss(
+    def _make_plan(
         self,
-        state: SelectionState,
-        key: Any,
+        engine: SelectionEngine,
         operation: str,
+        ctx: SelectionContext,
+        key: Any,
         inputs: Mapping[str, Any],
-        context: SelectionContext | None,
         kwargs: Mapping[str, Any],
-    ) -> Plan:
-        engine = state.engine
-        engine.misses += 1
-        ctx = context if context is not None else SelectionContext.from_inputs(operation, inputs, **kwargs)
-        if ctx.operation != operation:
-            ctx = ctx.replace(operation=operation)
+    ) -> tuple[Plan, bool]:
         plan = engine.plan(operation, ctx)
         if unsafe_to_time() is not None:
-            return plan  # not cached: the next eager call of this bucket tunes
-        plan = self.tuned_plan(plan, key, operation, inputs, kwargs)
-        plan.primary.impl
-        engine.store(key, plan)
-        if self.telemetry is not None:
-            self.telemetry.record_selection(operation, plan.primary.kernel_id, ctx)
-        return plan
+            return plan, False  # not cached: the next eager call of this bucket tunes
+        return self.tuned_plan(plan, key, operation, inputs, kwargs), True
 
     def tuned_plan(self, plan: Plan, key: Any, operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Plan:
         if len(plan.kernels) < 2:

@@ -235,17 +235,25 @@ class PlannedDispatcher(BaseDispatcher):
         ctx = context if context is not None else SelectionContext.from_inputs(operation, inputs, **kwargs)
         if ctx.operation != operation:
             ctx = ctx.replace(operation=operation)
-        plan = self._make_plan(engine, operation, ctx, inputs, kwargs)
+        plan, cacheable = self._make_plan(engine, operation, ctx, key, inputs, kwargs)
         plan.primary.impl  # resolve the lazy import now, not inside the timed kernel call
-        engine.store(key, plan)
-        if self.telemetry is not None:
-            self.telemetry.record_selection(operation, plan.primary.kernel_id, ctx)
+        if cacheable:
+            engine.store(key, plan)
+            if self.telemetry is not None:
+                self.telemetry.record_selection(operation, plan.primary.kernel_id, ctx)
         return plan
 
     def _make_plan(
-        self, engine: SelectionEngine, operation: str, ctx: SelectionContext, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]
-    ) -> Plan:
-        return engine.plan(operation, ctx)
+        self,
+        engine: SelectionEngine,
+        operation: str,
+        ctx: SelectionContext,
+        key: Any,
+        inputs: Mapping[str, Any],
+        kwargs: Mapping[str, Any],
+    ) -> tuple[Plan, bool]:
+        """The plan for a cache miss, and whether it may be cached (subclasses refine the ranking)."""
+        return engine.plan(operation, ctx), True
 
     def _recover(
         self,

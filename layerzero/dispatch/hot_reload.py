@@ -151,6 +151,7 @@ class HotReloadDispatcher(BaseDispatcher):
         self._events: collections.deque[tuple[str, Any]] = collections.deque()
         self._notify_lock = threading.RLock()
         self._seen_digest: str | None = None  # the last file content handled (loaded or rejected)
+        self._handled_digest: str | None = None  # the same, published once its callbacks have run
 
         data, digest, error = read_config_bytes(self.path)
         policy = self._parse(data, error)  # raises: nothing to fall back on yet
@@ -160,7 +161,7 @@ class HotReloadDispatcher(BaseDispatcher):
         self.telemetry = first.telemetry
         version = replace(version, warnings=self._validate(first, policy))
         self._active = _Active(version, first, digest)
-        self._seen_digest = digest
+        self._seen_digest = self._handled_digest = digest
         self._history.append(version)
         self._stats = replace(self._stats, current_version=version.version)
 
@@ -225,10 +226,12 @@ class HotReloadDispatcher(BaseDispatcher):
                 watcher.mark_seen(digest)
             current = self._active
             if digest == current.digest and not force:
+                self._handled_digest = digest
                 return current.version
             known = self._failed_digests.get(digest)
             if known is not None and not force:
                 # Reported once already; a manual reload still tells its caller.
+                self._handled_digest = digest
                 if raise_errors:
                     raise known
                 return current.version
@@ -249,6 +252,7 @@ class HotReloadDispatcher(BaseDispatcher):
             if failure is not None:
                 self._record_failure(digest, failure, t0)
         self._deliver_events()
+        self._handled_digest = digest
         if failure is not None:
             if raise_errors:
                 raise failure
@@ -544,9 +548,9 @@ class HotReloadDispatcher(BaseDispatcher):
 
     @property
     def seen_file_hash(self) -> str | None:
-        """sha256 of the file content handled last (loaded or rejected), so a deploy script can tell
-        when what it wrote has been processed."""
-        return self._seen_digest
+        """sha256 of the file content handled last (loaded or rejected, and its on_reload / on_error
+        callbacks run), so a deploy script can tell when what it wrote has been processed."""
+        return self._handled_digest
 
     def in_flight(self) -> int:
         """Calls running under the active version now."""
