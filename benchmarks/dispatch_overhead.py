@@ -100,27 +100,27 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _patched_module_path(calls: int, rounds: int) -> dict[str, float]:
-    """Original HF RMSNorm forward vs the same module patched by layerzero_hf (when available)."""
+    """A Llama RMSNorm module's forward before and after ``layerzero_hf.patch`` (when Transformers is
+    installed): the per-call cost a patched model pays in a decode loop."""
     try:
-        import copy
-
-        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+        from transformers import LlamaConfig, LlamaForCausalLM
 
         import layerzero_hf
     except Exception:
         return {}
-    norm = LlamaRMSNorm(8)
-    x = torch.randn(1, 1, 8)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=128)
+    model = LlamaForCausalLM(cfg).eval()
+    norm = model.model.norm
+    x = torch.randn(1, 1, 64)
     out: dict[str, float] = {}
     with torch.no_grad():
         out["hf_module_ns"] = per_call_ns(lambda: norm(x), calls, rounds)
-        model = torch.nn.Sequential(copy.deepcopy(norm))
-        try:
-            layerzero_hf.patch_module(model[0]) if hasattr(layerzero_hf, "patch_module") else None
-        except Exception:
-            return out
-        if "forward" in model[0].__dict__:
-            out["patched_module_ns"] = per_call_ns(lambda: model[0](x), calls, rounds)
+        layerzero_hf.patch(model)
+        if "forward" in norm.__dict__:
+            out["patched_module_ns"] = per_call_ns(lambda: norm(x), calls, rounds)
+            out["patched_module_overhead_ns"] = out["patched_module_ns"] - out["hf_module_ns"]
+        layerzero_hf.unpatch(model)
     return out
 
 

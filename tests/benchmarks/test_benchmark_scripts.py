@@ -1,0 +1,48 @@
+"""The benchmark scripts run end to end in their quick CPU mode (no timing is asserted: a shared CI machine
+is far too noisy; the committed GPU results carry the numbers)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_dispatch_overhead_quick(tmp_path, capsys):
+    out = _load("dispatch_overhead").main(["--quick", "--json", str(tmp_path / "o.json")])
+    res = out["results_ns"]
+    for key in ("direct_kernel_ns", "dispatch_ns", "dispatch_lean_ns", "selection_hit_ns", "dispatch_overhead_ns"):
+        assert res[key] == res[key] and key in res  # present and not NaN
+    assert res["direct_kernel_ns"] > 0 and res["dispatch_ns"] > 0 and res["selection_hit_ns"] > 0
+    assert "patched_module_ns" in res  # the patched-module path was measured too
+    assert json.loads((tmp_path / "o.json").read_text())["meta"]["kernel"] == out["meta"]["kernel"]
+    assert "cached dispatch overhead" in capsys.readouterr().out
+
+
+def test_attention_choice_quick(tmp_path):
+    summary = _load("attention_choice").main(["--quick", "--out", str(tmp_path / "a")])
+    assert summary["shapes"] == 3
+    data = json.loads((tmp_path / "a.json").read_text())
+    for row in data["rows"]:
+        assert row["best"] in row["times_us"] and row["chosen_default"]
+        assert 0 < row["ratio_default"] <= 1.0
+    assert (tmp_path / "a.md").read_text().startswith("# Attention")
+
+
+@pytest.mark.parametrize("script", ["gpu_run.sh"])
+def test_gpu_stage_script_is_valid_bash(script):
+    import subprocess
+
+    r = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
