@@ -410,7 +410,7 @@ def patch(
     self_check: str = "unknown",
     only: Iterable[str] | None = None,
     attention: bool = False,
-    hooks: str = "skip",
+    hooks: str = "compose",
     dispatch_config: Any = None,
 ) -> PatchReport:
     """Patch ``model`` in place, per instance, and return what was done.
@@ -423,8 +423,9 @@ def patch(
     (detected replacements only), "all" (spec'd ones too, once per class) or "none" (spec'd only; detected
     ones are always checked). ``only`` restricts the kinds (rms_norm, layer_norm, rope, mlp). ``attention``:
     switch the model to ``attn_implementation="layerzero"`` (restored by :func:`unpatch`). ``hooks``: what to
-    do with a module whose forward another library replaced: "skip" (report it) or "compose" (for accelerate
-    dispatch hooks, bind the replacement as ``module._old_forward`` so device placement still wraps it).
+    do with a module whose forward another library replaced: "compose" (default; for accelerate dispatch
+    hooks, bind the replacement as ``module._old_forward`` so device placement still wraps it; other
+    libraries' forwards are skipped and reported) or "skip" (report every such module, patch none).
 
     Idempotent: patching again with the same arguments returns the same report; different arguments
     unpatch first. Raises ConfigValidationError for invalid rules/specs and PatchError for invalid
