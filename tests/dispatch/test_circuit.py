@@ -1,7 +1,6 @@
 """Circuit breaker state machine, listeners, manager and thread safety (fake clock: no sleeps).
 
-The seed's "Circuit Breaker Usage" snippets run here in their CPU adaptation (the kernels are small
-torch functions instead of flash-attn)."""
+The seed's "Circuit Breaker Usage" snippets themselves run in tests/test_seed_examples.py."""
 
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from layerzero.dispatch.circuit import (
     CircuitBreakerConfig,
     CircuitBreakerManager,
     CircuitState,
-    CircuitStats,
 )
 from layerzero.errors import ConfigValidationError
 
@@ -287,90 +285,10 @@ def test_manager_concurrent_get_circuit_is_unique():
     assert len({id(c) for c in got}) == 1
 
 
-# ---------------------------------------------------------------------------- seed snippets (CPU)
-def test_seed_basic_circuit_breaker():
-    config = CircuitBreakerConfig(
-        failure_threshold=5,
-        success_threshold=2,
-        cooldown_seconds=30.0,
-        half_open_max_calls=3,
-    )
-    circuit = CircuitBreaker("flash_attn_v2_attention", config)
-    q = k = v = torch.randn(1, 4, 2, 8)
-    kwargs = dict(query=q, key=k, value=v)
-
-    def kernel_impl(**kw):  # a kernel that fails on this input (e.g. unsupported dtype)
-        raise RuntimeError("FlashAttention only supports fp16 and bf16")
-
-    fallback_kernel = _reference_attention
-    results = []
-    for _ in range(7):
-        if circuit.allow_request():
-            try:
-                result = kernel_impl(**kwargs)
-                circuit.record_success()
-            except Exception as e:
-                circuit.record_failure(e)
-                result = fallback_kernel(**kwargs)
-        else:
-            result = fallback_kernel(**kwargs)
-        results.append(result)
-    assert circuit.state is CircuitState.OPEN
-    assert str(circuit.state) == "OPEN"
-    assert circuit.failure_count == 5 and circuit.success_count == 0
-    assert circuit.stats().total_rejections == 2
-    for r in results:
-        torch.testing.assert_close(r, _reference_attention(q, k, v))
 
 
-def test_seed_state_listener():
-    circuit = CircuitBreaker("my-kernel", CircuitBreakerConfig(failure_threshold=1, cooldown_seconds=0.0))
-    alerts = []
-
-    def on_state_change(old_state: CircuitState, new_state: CircuitState):
-        if new_state == CircuitState.OPEN:
-            alerts.append(f"Circuit opened for {circuit.kernel_id}")
-        elif new_state == CircuitState.CLOSED:
-            alerts.append(f"Circuit recovered for {circuit.kernel_id}")
-
-    circuit.add_listener(on_state_change)
-    circuit.record_failure(RuntimeError("x"))
-    assert circuit.allow_request()  # cooldown 0: straight to a half-open trial
-    circuit.record_success()
-    circuit.record_success()
-    assert alerts == ["Circuit opened for my-kernel", "Circuit recovered for my-kernel"]
 
 
-def test_seed_manager():
-    manager = CircuitBreakerManager(
-        default_config=CircuitBreakerConfig(failure_threshold=5, cooldown_seconds=30.0)
-    )
-    circuit = manager.get_circuit("flash_attn_v2_attention")
-    calls = []
-
-    def execute_kernel():
-        calls.append(1)
-        raise RuntimeError("CUDA error: no kernel image is available")
-
-    for _ in range(6):
-        if circuit.allow_request():
-            try:
-                execute_kernel()
-                circuit.record_success()
-            except Exception as e:
-                circuit.record_failure(e)
-    assert len(calls) == 5
-    stats = manager.get_all_stats()
-    assert set(stats) == {"flash_attn_v2_attention"}
-    s = stats["flash_attn_v2_attention"]
-    assert isinstance(s, CircuitStats)
-    assert s.state.name == "OPEN" and s.failure_count == 5
-    assert "no kernel image" in s.last_failure
-    manager.reset_circuit("flash_attn_v2_attention")
-    assert circuit.state is CircuitState.CLOSED
-    circuit.record_failure()
-    manager.reset_all()
-    assert circuit.failure_count == 0
 
 
 # ---------------------------------------------------------------------------- fault injection (dispatcher)
