@@ -11,7 +11,7 @@ fields) and explicit calls work too, without a model.
 patched with policy (or kernel map) A, then B; it reports the output difference, the forward timings
 and which kernel ran each operation under each arm.
 
-The measurement itself is :mod:`layerzero.cli.measure`, shared with ``layerzero bench``.
+The measurement itself is :mod:`layerzero.tuning.kernel_compare`, shared with ``layerzero bench``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from layerzero.cli.measure import COLUMNS, Call, call_from_shape, measure_calls, percentile, timing_samples
+from layerzero.tuning.kernel_compare import COLUMNS, Call, call_from_shape, measure_calls, percentile, timing_samples
 
 __all__ = [
     "ComparisonList",
@@ -253,7 +253,7 @@ def compare(
 
 def _collect_calls(source: Any, shapes: Iterable[Any] | None, dtype: Any, device: Any, inputs: Any, batch: int,
                    seq_len: int, policy: Any) -> tuple[list[Call], Any]:
-    from layerzero.cli.shapes import parse_shapes
+    from layerzero.tuning.shapes import parse_shapes
     from layerzero.dispatch import create_orchestrator, get_global_orchestrator
     from layerzero.dispatch.types import DispatchConfig
 

@@ -1,7 +1,7 @@
 """The ``layerzero`` command-line tool (``pip install layerzero[cli]``: typer + rich).
 
-Importing this package is cheap and needs neither typer nor rich; they load when :func:`main` runs, so
-:mod:`layerzero.cli.measure` (shared with ``layerzero_hf.compare``) works without the CLI extras.
+Importing this package is cheap and needs neither typer nor rich; they load when :func:`main` runs. The
+measurement code it shares with ``layerzero_hf.compare`` lives in :mod:`layerzero.tuning.kernel_compare`.
 """
 
 from __future__ import annotations

@@ -397,7 +397,7 @@ def _policy_summary(pol: Any) -> dict[str, int]:
 
 # ============================================================================================== bench / tune
 def _shapes(shapes_file: Optional[Path], ops: Optional[list[str]], device: str, dtype: Optional[str]) -> list[Any]:
-    from layerzero.cli.shapes import default_shapes, load_shapes
+    from layerzero.tuning.shapes import default_shapes, load_shapes
     from layerzero.errors import ConfigValidationError
     from layerzero.operations import matches
 
@@ -478,7 +478,7 @@ def bench(
     import torch
 
     import layerzero
-    from layerzero.cli.measure import call_from_shape, measure_calls
+    from layerzero.tuning.kernel_compare import call_from_shape, measure_calls
     from layerzero.dispatch import create_orchestrator
     from layerzero.dispatch.types import DispatchConfig
     from layerzero.errors import KernelNotFoundError
@@ -537,7 +537,7 @@ def tune(
     progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
 ) -> None:
     """Fill the autotune cache ahead of time: time the conforming kernels of each shape, keep the fastest."""
-    from layerzero.cli.shapes import shape_label
+    from layerzero.tuning.shapes import shape_label
     from layerzero.tuning.sweep import tune as run_tune
 
     dev = _device_or_exit(device)

@@ -103,7 +103,7 @@ def environment() -> dict[str, Any]:
 def default_choices(device: str) -> list[dict[str, Any]]:
     """The kernel the active policy ($LAYERZERO_POLICY, else the shipped default, as ``dispatch()`` uses)
     picks on this machine for each shape of the default grid."""
-    from layerzero.cli.shapes import default_shapes, shape_label
+    from layerzero.tuning.shapes import default_shapes, shape_label
     from layerzero.dispatch.dynamic import DynamicDispatcher
     from layerzero.dispatch.types import DispatchConfig
     from layerzero.policy import default_policy_path

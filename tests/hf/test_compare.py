@@ -11,7 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import layerzero_hf  # noqa: E402
-from layerzero.cli.measure import COLUMNS  # noqa: E402
+from layerzero.tuning.kernel_compare import COLUMNS  # noqa: E402
 from layerzero_hf.compare import ComparisonList, compare, compare_policies, plot_comparison  # noqa: E402
 
 MODEL_OPS = {"rms_norm", "rope", "attention.prefill", "swiglu"}
