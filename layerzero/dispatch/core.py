@@ -229,8 +229,14 @@ class PlannedDispatcher(BaseDispatcher):
         context: SelectionContext | None,
         kwargs: Mapping[str, Any],
     ) -> Plan:
-        """Cache miss: build the full context, rank, cache the plan, note a change of kernel."""
+        """Cache miss: build the full context, rank, cache the plan, note a change of kernel. A catalogue
+        that changed since the engine was built (kernels registered at run time) is picked up here."""
         engine = state.engine
+        if engine.is_stale:
+            self.refresh()
+            state = self._state
+            engine = state.engine
+            key = state.keyer(operation, inputs, kwargs) if context is None else (operation, engine.bucket_context(context))
         engine.misses += 1
         ctx = context if context is not None else SelectionContext.from_inputs(operation, inputs, **kwargs)
         if ctx.operation != operation:

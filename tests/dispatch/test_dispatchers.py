@@ -185,3 +185,12 @@ def test_circuits_are_per_gpu():
     assert Plan("rms_norm", (spec,), SelectionContext(device="cuda:1")).circuit_keys == ("k@cuda:1",)
     assert Plan("rms_norm", (spec,), SelectionContext(device="cuda:0")).circuit_keys == ("k@cuda:0",)
     assert Plan("rms_norm", (spec,), SelectionContext(device="cpu")).circuit_keys == ("k",)
+
+
+def test_kernels_registered_later_are_picked_up_on_the_next_miss(reg):
+    d = DynamicDispatcher(DispatchConfig(), kernel_registry=reg)
+    assert d.dispatch("rms_norm", x_w()).kernel_id == "a_norm"
+    reg.register(KernelSpec("new_norm", "rms_norm", "torch", _norm_impl("n"), priority=95))
+    r = d.dispatch("rms_norm", {"x": torch.randn(5, 16), "weight": torch.randn(16)})  # a new bucket: a miss
+    assert r.kernel_id == "new_norm"
+    assert d.dispatch("rms_norm", x_w()).kernel_id == "new_norm"  # the refresh dropped the old plans
