@@ -421,6 +421,12 @@ class HotReloadDispatcher(BaseDispatcher):
         return time.monotonic() - t0
 
     def _record_failure(self, digest: str, exc: BaseException, t0: float) -> None:
+        # The rejected content's sha256 travels with the error, so on_error callbacks (and alerts) can say
+        # which write was rejected even when several arrive in quick succession.
+        try:
+            exc.config_hash = digest  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type with __slots__: leave it as it is
+            pass
         self._failed_digests[digest] = exc  # type: ignore[assignment]
         if len(self._failed_digests) > 256:  # bounded: forget the oldest
             self._failed_digests.pop(next(iter(self._failed_digests)))
