@@ -88,16 +88,9 @@ class PlannedDispatcher(BaseDispatcher):
         self.kernel_registry = kernel_registry or get_global_kernel_registry()
         self.backend_registry = backend_registry or get_global_backend_registry()
         if circuits is None and self.config.circuit_breaker_enabled:
-            from layerzero.dispatch.circuit import CircuitBreakerConfig, CircuitBreakerManager
+            from layerzero.dispatch.circuit import CircuitBreakerManager
 
-            circuits = CircuitBreakerManager(
-                CircuitBreakerConfig(
-                    failure_threshold=self.config.failure_threshold,
-                    success_threshold=self.config.success_threshold,
-                    cooldown_seconds=self.config.recovery_timeout_seconds,
-                    half_open_max_calls=self.config.half_open_max_calls,
-                )
-            )
+            circuits = CircuitBreakerManager.from_dispatch_config(self.config)
         self.circuits = circuits if self.config.circuit_breaker_enabled else None
         if telemetry is None and self.config.enable_telemetry:
             from layerzero.telemetry import DispatchTelemetry

@@ -37,16 +37,9 @@ class DispatchOrchestrator:
         self._policy = policy
         self.circuits = None
         if self.config.circuit_breaker_enabled:
-            from layerzero.dispatch.circuit import CircuitBreakerConfig, CircuitBreakerManager
+            from layerzero.dispatch.circuit import CircuitBreakerManager
 
-            self.circuits = CircuitBreakerManager(
-                CircuitBreakerConfig(
-                    failure_threshold=self.config.failure_threshold,
-                    success_threshold=self.config.success_threshold,
-                    cooldown_seconds=self.config.recovery_timeout_seconds,
-                    half_open_max_calls=self.config.half_open_max_calls,
-                )
-            )
+            self.circuits = CircuitBreakerManager.from_dispatch_config(self.config)
         from layerzero.telemetry import DispatchTelemetry
 
         self.telemetry = DispatchTelemetry(enabled=self.config.enable_telemetry)
