@@ -10,7 +10,7 @@ eager call tunes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -20,9 +20,6 @@ from layerzero.selection.context import SelectionContext
 from layerzero.selection.engine import Plan, SelectionEngine
 from layerzero.tuning.cache import TuneEntry, TuningCache, device_name
 from layerzero.tuning.measure import conformance_problem, time_call, unsafe_to_time
-
-if TYPE_CHECKING:
-    from layerzero.registry import KernelSpec
 
 
 class AutotuneDispatcher(DynamicDispatcher):
@@ -99,9 +96,7 @@ class AutotuneDispatcher(DynamicDispatcher):
         return TuneEntry(best, times, rejected)
 
     def _reference_output(self, plan: Plan, operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Any:
-        ref_spec: KernelSpec | None = next(
-            (k for k in self.kernel_registry.get_by_operation(operation) if k.is_reference), None
-        )
+        ref_spec = self.kernel_registry.reference_for(operation)
         candidates = ([ref_spec] if ref_spec is not None else []) + [plan.kernels[0]]
         for spec in candidates:
             try:

@@ -81,6 +81,10 @@ class KernelRegistry:
             self._by_op[operation] = cached
         return list(cached)
 
+    def reference_for(self, operation: str) -> KernelSpec | None:
+        """The fp32 reference kernel (tag ``"reference"``) of an operation: the conformance oracle."""
+        return next((k for k in self.get_by_operation(operation) if k.is_reference), None)
+
     def names(self) -> list[str]:
         return sorted([*self._by_id, *self._alias])
 

@@ -240,10 +240,6 @@ def requested_candidates(
     return out
 
 
-def reference_spec(operation: str, registry: Any) -> Any | None:
-    return next((k for k in registry.get_by_operation(operation) if k.is_reference), None)
-
-
 def with_reference(candidates: list[Candidate], reference: Any | None) -> list[Candidate]:
     """Make sure the reference kernel is timed (the speedup column's denominator), last."""
     if reference is None or any(c.spec.kernel_id == reference.kernel_id for c in candidates):
@@ -297,7 +293,7 @@ def measure_calls(
                                          registry, backends)
         else:
             cands = candidates_from_explanation(explanation, registry)
-        ref = reference_spec(call.operation, registry)
+        ref = registry.reference_for(call.operation)
         plans.append((call, with_reference(cands, ref), ref))
     total = sum(len(c) for _, c, _ in plans)
     bar = _progress_bar(total, desc) if progress else None

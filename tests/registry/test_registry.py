@@ -120,3 +120,10 @@ def test_global_backend_registry_knows_every_optional_backend():
     reg = get_global_backend_registry()
     for b in ("torch", "torch_flex", "triton", "flash_attn", "flash_attn_3", "flashinfer", "xformers", "liger"):
         assert b in reg
+
+
+def test_reference_for_names_the_fp32_oracle():
+    reg = get_global_kernel_registry()
+    assert reg.reference_for("rms_norm").kernel_id == "reference_rms_norm"
+    assert reg.reference_for("attention.decode").kernel_id == "reference_attention"
+    assert KernelRegistry([_spec("plain")]).reference_for("rms_norm") is None
