@@ -124,14 +124,15 @@ def test_reload_under_load(tmp_path):
     elapsed = time.monotonic() - t0
 
     assert not escaped, f"{len(escaped)} dispatch calls raised, first: {escaped[0]!r}"
-    assert bad_outputs == [0] * THREADS
+    assert bad_outputs == [0] * THREADS, f"calls with a fallback or a wrong output per thread: {bad_outputs}"
     valid_versions = set(range(n_valid + 1))
     observed = set()
     for w in range(THREADS):
-        assert len(seen[w]) == CALLS
-        assert set(seen[w]) <= valid_versions
+        assert len(seen[w]) == CALLS, f"thread {w} finished {len(seen[w])} of {CALLS} calls"
+        assert set(seen[w]) <= valid_versions, f"thread {w} ran under {sorted(set(seen[w]) - valid_versions)}"
         # Each call ran under one version, and a thread never sees an older version after a newer one.
-        assert all(a <= b for a, b in zip(seen[w], seen[w][1:]))
+        back = [(a, b) for a, b in zip(seen[w], seen[w][1:]) if a > b]
+        assert not back, f"thread {w} went back to an older version: {back[:5]}"
         observed |= set(seen[w])
     assert len(observed) > 3, "the writes did not overlap the dispatches"
 
@@ -153,16 +154,16 @@ def test_reload_under_load(tmp_path):
         if kind == "valid":
             assert not excs, f"valid write {i} produced errors {excs}"
         elif kind == "truncated":
-            assert len(excs) == 1
+            assert len(excs) == 1, f"truncated write {i}: errors {excs}"
             assert "YAML syntax error" in str(excs[0]) or "empty" in str(excs[0])
         else:
             field = INVALID[kind][1]
             assert len(excs) == 1, f"write {i} ({kind}): errors {excs}"
             assert any(p.field == field for p in excs[0].problems) and field in str(excs[0])
     s = d.stats
-    assert s.total_reloads == n_valid == len(reloads)
-    assert s.failed_reloads == len(errors) >= n_invalid
-    assert s.current_version == n_valid + 1 == d.current_version.version
+    assert s.total_reloads == n_valid == len(reloads), (s, n_valid, [v.version for v in reloads])
+    assert s.failed_reloads == len(errors) >= n_invalid, (s, len(errors), [str(e) for _, e in errors][:5])
+    assert s.current_version == n_valid + 1 == d.current_version.version, (s, n_valid)
     assert [v.version for v in reloads] == list(range(2, n_valid + 2))
 
     last = d.current_version
