@@ -378,8 +378,11 @@ def tp_rank_main(args: argparse.Namespace) -> int:
 
 
 def run_tp(args: argparse.Namespace, ckpt: Path) -> dict[str, Any]:
-    part = Path(tempfile.mkdtemp(prefix="lz_tp_")) / "tp.json"
+    workdir = Path(tempfile.mkdtemp(prefix="lz_tp_"))
+    part, logs = workdir / "tp.json", workdir / "logs"
+    # --log-dir/--tee keep each rank's own stderr: torchrun's summary of a dead rank names the signal only.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc),
+           "--log-dir", str(logs), "--tee", "3",
            str(Path(__file__).resolve()), "--mode", "tp", "--checkpoint", str(ckpt), "--part", str(part),
            "--prefill", args.prefill, "--parity-len", str(args.parity_len), "--prompt", str(args.prompt),
            "--steps", str(args.steps), "--greedy", str(args.greedy), "--warmup", str(args.warmup),
@@ -407,7 +410,18 @@ def run_tp(args: argparse.Namespace, ckpt: Path) -> dict[str, Any]:
     if proc.returncode and "error" not in result:
         result["error"] = f"a rank failed (rc={proc.returncode})"
         result["stderr_tail"] = proc.stderr[-3000:]
+        result["rank_stderr_tails"] = _rank_stderr_tails(logs)
     return result
+
+
+def _rank_stderr_tails(logs: Path, chars: int = 1500) -> dict[str, str]:
+    """The end of each rank's stderr.log under torchrun's --log-dir (layout: <run>/attempt_<n>/<rank>/)."""
+    tails = {}
+    for log in sorted(logs.glob("*/attempt_*/*/stderr.log")):
+        text = "\n".join(line for line in log.read_text(errors="replace").splitlines()
+                         if line.strip() and "Loading weights" not in line)
+        tails[f"{log.parent.parent.name}/rank{log.parent.name}"] = text[-chars:]
+    return tails
 
 
 # ---------------------------------------------------------------------------------------------- orchestration
@@ -551,6 +565,8 @@ def markdown(result: dict[str, Any]) -> str:
         for n, e in errors:
             lines += [f"### {n}", "", "```", e["error"], (e.get("traceback") or e.get("stderr_tail") or "")[-2000:],
                       "```"]
+            for rank, tail in (e.get("rank_stderr_tails") or {}).items():
+                lines += ["", f"{rank} stderr:", "", "```", tail or "(empty)", "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -596,7 +612,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.part or not args.checkpoint:
             raise SystemExit("--mode tp runs under torch.distributed.run with --checkpoint and --part; "
                              "run the script without --mode to launch it")
-        return tp_rank_main(args)
+        rc = tp_rank_main(args)
+        # Leave without running C++ static destructors: on CPU/gloo a rank that had already reported and
+        # destroyed its process group still died at interpreter exit now and then with "terminate called
+        # without an active exception" (a joinable std::thread in a static object), which torchrun turns
+        # into a failed run. Everything this rank owes is written and flushed before this point.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
     result = run(args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

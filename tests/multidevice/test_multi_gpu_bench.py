@@ -30,7 +30,8 @@ def test_cpu_mode_runs_device_map_and_tp_with_parity(bench, tmp_path: Path):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     rc = bench.main(["--cpu", "--tp-timeout", "120", "--json", str(out), "--md", str(md)])
     result = json.loads(out.read_text())
-    errors = {name: (e.get("error"), (e.get("traceback") or e.get("stderr_tail") or "")[-2500:])
+    errors = {name: (e.get("error"), (e.get("traceback") or e.get("stderr_tail") or "")[-1500:],
+                     e.get("rank_stderr_tails"))
               for name, e in result["setups"].items() if "error" in e}
     assert not errors, errors
     assert rc == 0 and result["status"] == "passed", json.dumps(result, indent=1)[-3000:]
@@ -59,3 +60,12 @@ def test_gpu_mode_without_two_gpus_reports_blocked(bench, tmp_path: Path):
     assert result["status"] == "blocked" and result["setups"] == {}
     assert [line.split(":")[0] for line in result["not_run"]] == ["device_map", "tp"]
     assert "needs 2 CUDA GPUs" in md.read_text()
+
+
+def test_rank_stderr_tails_read_torchrun_log_layout(bench, tmp_path: Path):
+    for rank, text in (("0", "ok\n"), ("1", "Loading weights: 100%\nterminate called without an active exception\n")):
+        log = tmp_path / "run_abc" / "attempt_0" / rank / "stderr.log"
+        log.parent.mkdir(parents=True)
+        log.write_text(text)
+    tails = bench._rank_stderr_tails(tmp_path)
+    assert tails == {"attempt_0/rank0": "ok", "attempt_0/rank1": "terminate called without an active exception"}
