@@ -1,11 +1,16 @@
 """Cost of LayerZero's hot path, measured against calling the chosen kernel directly in the same run.
 
 For a cached dispatch on tiny CPU tensors (so the kernel itself is as cheap as possible) it reports the
-median per-call time of: the kernel called directly, ``dispatch()`` through the global orchestrator, a
-dispatcher with telemetry and breakers off, the selection alone (key + cache lookup), and, when
-Transformers is installed, a patched module's forward vs the original module's forward.
+per-call time of: the kernel called directly, ``dispatch()`` through the global orchestrator, a
+dispatcher with telemetry and breakers off, the selection alone (key + cache lookup), ``layerzero.ops``
+with and without a CallSite (the bound plan a patched module keeps), and, when Transformers is installed,
+a patched Llama RMSNorm module's forward vs the original module's forward.
 
-Targets (DESIGN/issue): dispatch() - direct <= 2 us, selection on a hit <= 1 us.
+Variants are interleaved: every round times each variant once, back to back, so a slow stretch of the
+machine hits all of them alike. Each time is the median over rounds; each overhead is the median of the
+per-round differences against its peer (the direct kernel, or the unpatched module).
+
+Targets (issue #6): dispatch() - direct <= 2 us, selection on a hit <= 1 us.
 
     python benchmarks/dispatch_overhead.py [--quick] [--json out.json]
 """
@@ -25,20 +30,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from layerzero import ops  # noqa: E402
 from layerzero.dispatch import DispatchConfig, DispatchMode, create_orchestrator, dispatch, get_global_orchestrator  # noqa: E402
 
 
-def per_call_ns(fn: Callable[[], object], calls: int, rounds: int) -> float:
-    """Median over rounds of the mean time per call within a round (robust to scheduler noise)."""
-    for _ in range(min(calls, 200)):
-        fn()
-    samples = []
-    for _ in range(rounds):
-        t0 = time.perf_counter_ns()
-        for _ in range(calls):
+def interleaved_ns(variants: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, list[float]]:
+    """Per-round mean time per call of each variant, the variants timed back to back in every round."""
+    for fn in variants.values():
+        for _ in range(min(calls, 200)):
             fn()
-        samples.append((time.perf_counter_ns() - t0) / calls)
-    return statistics.median(samples)
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            t0 = time.perf_counter_ns()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter_ns() - t0) / calls)
+    return samples
+
+
+def paired_overhead(samples: dict[str, list[float]], name: str, peer: str) -> float:
+    return statistics.median(a - b for a, b in zip(samples[name], samples[peer]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -46,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="few iterations (CI smoke test); numbers are noisy")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
-    calls, rounds = (200, 5) if args.quick else (5000, 15)
+    calls, rounds = (200, 5) if args.quick else (4000, 21)
     torch.set_num_threads(1)
 
     x = torch.randn(1, 8)
@@ -54,28 +66,34 @@ def main(argv: list[str] | None = None) -> dict:
     inputs = {"x": x, "weight": w}
     orch = get_global_orchestrator()
     first = dispatch("rms_norm", inputs, eps=1e-6)
-    spec = orch.kernel_registry.get(first.kernel_id)
-    impl = spec.impl
+    impl = orch.kernel_registry.get(first.kernel_id).impl
 
-    lean = create_orchestrator(DispatchConfig(mode=DispatchMode.DYNAMIC, enable_telemetry=False, circuit_breaker_enabled=False, record_timing=False))
+    lean = create_orchestrator(DispatchConfig(mode=DispatchMode.DYNAMIC, enable_telemetry=False,
+                                              circuit_breaker_enabled=False, record_timing=False))
     lean.dispatch("rms_norm", inputs, eps=1e-6)
-    lean_dispatcher = lean.get_dispatcher()
-    state = lean_dispatcher._state
+    state = lean.get_dispatcher()._state
+    # Patched models reach their orchestrator by a registered name; measure the functional API the same way.
+    ops.register_orchestrator("dispatch_overhead_bench", orch)
+    site = ops.call_site("dispatch_overhead_bench")
 
     def selection_only() -> object:
-        kw = {"eps": 1e-6}
-        return state.engine.lookup(state.keyer("rms_norm", inputs, kw))
+        return state.engine.lookup(state.keyer("rms_norm", inputs, {"eps": 1e-6}))
 
-    results: dict[str, float] = {}
-    results["direct_kernel_ns"] = per_call_ns(lambda: impl(x=x, weight=w, eps=1e-6), calls, rounds)
-    results["dispatch_ns"] = per_call_ns(lambda: dispatch("rms_norm", inputs, eps=1e-6), calls, rounds)
-    results["dispatch_lean_ns"] = per_call_ns(lambda: lean.dispatch("rms_norm", inputs, eps=1e-6), calls, rounds)
-    results["selection_hit_ns"] = per_call_ns(selection_only, calls, rounds)
-    results["dispatch_overhead_ns"] = results["dispatch_ns"] - results["direct_kernel_ns"]
-    results["dispatch_lean_overhead_ns"] = results["dispatch_lean_ns"] - results["direct_kernel_ns"]
-
-    patched = _patched_module_path(calls, rounds)
-    results.update(patched)
+    variants: dict[str, Callable[[], object]] = {
+        "direct_kernel": lambda: impl(x=x, weight=w, eps=1e-6),
+        "dispatch": lambda: dispatch("rms_norm", inputs, eps=1e-6),
+        "dispatch_lean": lambda: lean.dispatch("rms_norm", inputs, eps=1e-6),
+        "selection_hit": selection_only,
+        # the functional API patched modules call: through the orchestrator, and through a CallSite
+        "ops_call": lambda: ops.rms_norm(x, w, eps=1e-6, orchestrator="dispatch_overhead_bench"),
+        "ops_call_site": lambda: ops.rms_norm(x, w, eps=1e-6, orchestrator=site),
+    }
+    samples = interleaved_ns(variants, calls, rounds)
+    ops.unregister_orchestrator("dispatch_overhead_bench")
+    results: dict[str, float] = {f"{name}_ns": statistics.median(s) for name, s in samples.items()}
+    for name in ("dispatch", "dispatch_lean", "ops_call", "ops_call_site"):
+        results[f"{name}_overhead_ns"] = paired_overhead(samples, name, "direct_kernel")
+    results.update(_patched_module_path(calls, rounds))
 
     meta = {
         "kernel": first.kernel_id,
@@ -86,8 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
         "quick": args.quick,
         "calls_per_round": calls,
         "rounds": rounds,
+        "method": "interleaved rounds; times are medians over rounds, overheads medians of per-round differences",
     }
-    print(f"cached dispatch overhead on tiny CPU tensors (kernel {first.kernel_id}; median of {rounds} rounds x {calls} calls)")
+    print(f"cached dispatch overhead on tiny CPU tensors (kernel {first.kernel_id}; {rounds} interleaved rounds x {calls} calls)")
     for name, value in results.items():
         print(f"  {name:<32} {value / 1000:8.2f} us")
     ok_dispatch = results["dispatch_overhead_ns"] <= 2000
@@ -101,8 +120,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _patched_module_path(calls: int, rounds: int) -> dict[str, float]:
     """A Llama RMSNorm module's forward before and after ``layerzero_hf.patch`` (when Transformers is
-    installed): the per-call cost a patched model pays in a decode loop."""
+    installed): the per-call cost a patched model pays in a decode loop. Two copies of the same module,
+    one patched, timed interleaved."""
     try:
+        import copy
+
         from transformers import LlamaConfig, LlamaForCausalLM
 
         import layerzero_hf
@@ -110,18 +132,20 @@ def _patched_module_path(calls: int, rounds: int) -> dict[str, float]:
         return {}
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
                       num_key_value_heads=2, vocab_size=128)
-    model = LlamaForCausalLM(cfg).eval()
-    norm = model.model.norm
+    plain = LlamaForCausalLM(cfg).eval()
+    patched = copy.deepcopy(plain)
+    layerzero_hf.patch(patched)
+    norm, patched_norm = plain.model.norm, patched.model.norm
+    if "forward" not in patched_norm.__dict__:
+        return {}
     x = torch.randn(1, 1, 64)
-    out: dict[str, float] = {}
     with torch.no_grad():
-        out["hf_module_ns"] = per_call_ns(lambda: norm(x), calls, rounds)
-        layerzero_hf.patch(model)
-        if "forward" in norm.__dict__:
-            out["patched_module_ns"] = per_call_ns(lambda: norm(x), calls, rounds)
-            out["patched_module_overhead_ns"] = out["patched_module_ns"] - out["hf_module_ns"]
-        layerzero_hf.unpatch(model)
-    return out
+        samples = interleaved_ns({"hf_module": lambda: norm(x), "patched_module": lambda: patched_norm(x)},
+                                 calls, rounds)
+    layerzero_hf.unpatch(patched)
+    return {"hf_module_ns": statistics.median(samples["hf_module"]),
+            "patched_module_ns": statistics.median(samples["patched_module"]),
+            "patched_module_overhead_ns": paired_overhead(samples, "patched_module", "hf_module")}
 
 
 if __name__ == "__main__":

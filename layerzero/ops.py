@@ -33,6 +33,7 @@ activations return the gate's dtype.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -41,12 +42,13 @@ import torch
 from layerzero.errors import LayerZeroError
 
 if TYPE_CHECKING:  # the dispatcher imports heavy machinery; the ops only need it at call time
-    from layerzero.dispatch import DispatchOrchestrator
+    from layerzero.dispatch import CallSite, DispatchOrchestrator
 
 __all__ = [
     "OrchestratorNotFoundError",
     "attention",
     "attention_operation",
+    "call_site",
     "geglu",
     "get_orchestrator",
     "layer_norm",
@@ -58,7 +60,7 @@ __all__ = [
     "unregister_orchestrator",
 ]
 
-OrchestratorLike = Union[str, "DispatchOrchestrator", None]
+OrchestratorLike = Union[str, "DispatchOrchestrator", "CallSite", None]
 
 
 # ------------------------------------------------------------------------------------------ orchestrators
@@ -132,10 +134,27 @@ def _resolve(orchestrator: OrchestratorLike) -> Any:
     return orchestrator
 
 
+def call_site(orchestrator: str | None = None) -> "CallSite":
+    """A :class:`~layerzero.dispatch.CallSite` for the orchestrator registered as ``orchestrator``
+    (``None``: the global one). Pass it as ``orchestrator=`` to the functions here: in eager mode the call
+    reuses the site's last plan while the call's cache key is unchanged; under ``torch.compile`` the
+    custom op carries the orchestrator's name, as without a site. One site per patched module (or per
+    shared function) keeps bindings from thrashing between shapes."""
+    from layerzero.dispatch.callsite import CallSite
+
+    if orchestrator is not None and not isinstance(orchestrator, str):
+        raise TypeError(f"call_site takes an orchestrator name or None, got {type(orchestrator).__name__}")
+    return CallSite(functools.partial(get_orchestrator, orchestrator), orchestrator)
+
+
 def _name_for_graph(orchestrator: OrchestratorLike) -> Optional[str]:
     """The string a custom op carries to find the orchestrator again at run time."""
     if orchestrator is None or isinstance(orchestrator, str):
         return orchestrator
+    from layerzero.dispatch.callsite import CallSite
+
+    if isinstance(orchestrator, CallSite):
+        return orchestrator.orchestrator_name
     for name, registered in _ORCHESTRATORS.items():
         if registered is orchestrator:
             return name
@@ -145,8 +164,7 @@ def _name_for_graph(orchestrator: OrchestratorLike) -> Optional[str]:
     )
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
+_compiling = torch.compiler.is_compiling  # bound once: the eager hot path calls it on every op
 
 
 # ------------------------------------------------------------------------------------------ eager bodies

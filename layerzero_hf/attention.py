@@ -36,7 +36,7 @@ from torch import nn
 from transformers.integrations.sdpa_attention import create_position_bias_mask
 
 from layerzero import ops
-from layerzero_hf.loading import ORCHESTRATOR_ATTR, orchestrator_for
+from layerzero_hf.loading import ORCHESTRATOR_ATTR, call_site_for, orchestrator_for
 
 ATTN_IMPLEMENTATION = "layerzero"
 
@@ -110,7 +110,7 @@ def layerzero_attention_forward(
         sliding_window=window,
         softcap=softcap,
         sinks=s_aux,
-        orchestrator=orchestrator_for(module),
+        orchestrator=call_site_for(module),
     )
     return out.contiguous(), None
 

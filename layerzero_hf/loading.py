@@ -27,6 +27,7 @@ import torch
 from layerzero_hf.rules import ModelFacts, Resolution, RuleSet, load_rules, merge_policy, resolve
 
 ORCHESTRATOR_ATTR = "_layerzero_orchestrator"
+SITE_ATTR = "_layerzero_call_site"  # the attention module's CallSite (layerzero.dispatch.callsite)
 ARM_ATTR = "_layerzero_arm"
 
 _counter = itertools.count(1)
@@ -275,3 +276,20 @@ def orchestrator_for(module: Any) -> str | None:
     setup = setup_for_config(config)
     module.__dict__[ORCHESTRATOR_ATTR] = setup.name
     return setup.name
+
+
+def call_site_for(module: Any) -> Any:
+    """What the attention function passes as ``orchestrator=`` for ``module``: in eager mode the module's
+    own :class:`~layerzero.dispatch.CallSite` (created on first use, replaced when the module's orchestrator
+    name changes), so decode steps reuse the bound plan; under ``torch.compile`` the name alone (no object
+    is created while tracing)."""
+    name = orchestrator_for(module)
+    site = module.__dict__.get(SITE_ATTR)
+    if site is not None and site.orchestrator_name == name:
+        return site
+    if torch.compiler.is_compiling():
+        return name
+    from layerzero import ops
+
+    site = module.__dict__[SITE_ATTR] = ops.call_site(name)
+    return site

@@ -34,6 +34,7 @@ from layerzero_hf import detect
 from layerzero_hf.loading import (
     ARM_ATTR,
     ORCHESTRATOR_ATTR,
+    SITE_ATTR,
     ModelSetup,
     Owner,
     bind_config,
@@ -117,56 +118,66 @@ class _Skip(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- replacements
+# Each replacement owns a CallSite (layerzero.dispatch.callsite): in eager mode it reuses the plan of its
+# last call while the call's cache key is unchanged (decode steps), skipping the orchestrator and the cache
+# lookup; under torch.compile the custom op carries the orchestrator's name as before.
 def _rms_forward(ops: Any, orch: str, eps_attr: str, weight_attr: str, offset: float, casting: str) -> Callable:
+    site = ops.call_site(orch)
+
     def forward(self, hidden_states):
         return ops.rms_norm(hidden_states, getattr(self, weight_attr), eps=getattr(self, eps_attr), offset=offset,
-                            casting=casting, orchestrator=orch)
+                            casting=casting, orchestrator=site)
 
     return forward
 
 
 def _layer_norm_forward(ops: Any, orch: str, eps_attr: str, weight_attr: str, bias_attr: str) -> Callable:
+    site = ops.call_site(orch)
+
     def forward(self, hidden_states):
         return ops.layer_norm(hidden_states, getattr(self, weight_attr), getattr(self, bias_attr),
-                              eps=getattr(self, eps_attr), orchestrator=orch)
+                              eps=getattr(self, eps_attr), orchestrator=site)
 
     return forward
 
 
 def _mlp_forward(ops: Any, orch: str, params: Mapping[str, Any], op: str, approximate: str) -> Callable:
+    site = ops.call_site(orch)
     down = params["down"]
     if params["layout"] == "gate_up_fused":
         gate_up = params["gate_up"]
         if op == "swiglu":
             def forward(self, hidden_states):
                 gate, up = getattr(self, gate_up)(hidden_states).chunk(2, dim=-1)
-                return getattr(self, down)(ops.swiglu(gate, up, orchestrator=orch))
+                return getattr(self, down)(ops.swiglu(gate, up, orchestrator=site))
         else:
             def forward(self, hidden_states):
                 gate, up = getattr(self, gate_up)(hidden_states).chunk(2, dim=-1)
-                return getattr(self, down)(ops.geglu(gate, up, approximate=approximate, orchestrator=orch))
+                return getattr(self, down)(ops.geglu(gate, up, approximate=approximate, orchestrator=site))
         return forward
     gate_name, up_name = params["gate"], params["up"]
     if op == "swiglu":
         def forward(self, hidden_states):
             return getattr(self, down)(
                 ops.swiglu(getattr(self, gate_name)(hidden_states), getattr(self, up_name)(hidden_states),
-                           orchestrator=orch))
+                           orchestrator=site))
     else:
         def forward(self, hidden_states):
             return getattr(self, down)(
                 ops.geglu(getattr(self, gate_name)(hidden_states), getattr(self, up_name)(hidden_states),
-                          approximate=approximate, orchestrator=orch))
+                          approximate=approximate, orchestrator=site))
     return forward
 
 
 def _rope_function(ops: Any, orch: str, interleaved: bool, original: Callable) -> Callable:
+    site = ops.call_site(orch)
+
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
         # HF passes (B, H, S, D) with unsqueeze_dim=1; unsqueeze_dim=2 means (B, S, H, D).
         if unsqueeze_dim == 1:
-            return ops.rope(q, k, cos, sin, layout="bhsd", interleaved=interleaved, orchestrator=orch)
+            return ops.rope(q, k, cos, sin, layout="bhsd", interleaved=interleaved, orchestrator=site)
         if unsqueeze_dim == 2:
-            return ops.rope(q, k, cos, sin, layout="bshd", interleaved=interleaved, orchestrator=orch)
+            return ops.rope(q, k, cos, sin, layout="bshd", interleaved=interleaved, orchestrator=site)
         return original(q, k, cos, sin, unsqueeze_dim)
 
     apply_rotary_pos_emb.__layerzero_original__ = original  # type: ignore[attr-defined]
@@ -543,10 +554,14 @@ def _undo(model: nn.Module, state: _State) -> None:
             slots["forward"] = b.previous
     for module in state.attr_modules:
         module.__dict__.pop(ORCHESTRATOR_ATTR, None)
+        module.__dict__.pop(SITE_ATTR, None)
     # modules whose orchestrator the attention function resolved lazily while patched
     for module in model.modules():
         if module.__dict__.get(ORCHESTRATOR_ATTR) == state.setup.name:
             del module.__dict__[ORCHESTRATOR_ATTR]
+        site = module.__dict__.get(SITE_ATTR)
+        if site is not None and site.orchestrator_name == state.setup.name:
+            del module.__dict__[SITE_ATTR]
     model.__dict__.pop(ARM_ATTR, None)
     hf_config = getattr(model, "config", None)
     if state.previous_attn is not None:

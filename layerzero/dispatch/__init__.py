@@ -31,6 +31,7 @@ _LAZY = {
     "ConfigVersion": "layerzero.dispatch.hot_reload",
     "create_hot_reload_dispatcher": "layerzero.dispatch.hot_reload",
     "AutotuneDispatcher": "layerzero.dispatch.autotune",
+    "CallSite": "layerzero.dispatch.callsite",
 }
 
 
@@ -47,6 +48,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BaseDispatcher",
+    "CallSite",
     "CircuitOpenError",
     "ConfigValidationError",
     "DispatchConfig",

@@ -14,6 +14,7 @@ import torch
 
 from layerzero.dispatch.protocols import BaseDispatcher
 from layerzero.dispatch.types import _NO_TIMING, DispatchConfig, DispatchMode, DispatchResult, DispatchTiming
+from layerzero.dispatch.circuit import CircuitState
 from layerzero.errors import CircuitOpenError, FallbackChainExhaustedError, KernelExecutionError
 from layerzero.selection.context import SelectionContext, default_is_causal
 from layerzero.selection.engine import Explanation, Plan, SelectionEngine
@@ -21,6 +22,7 @@ from layerzero.selection.keys import make_keyer
 from layerzero.operations import ATTENTION_OPS
 
 _ATTENTION_OPS = frozenset(ATTENTION_OPS)
+_CLOSED = CircuitState.CLOSED
 
 if TYPE_CHECKING:
     from layerzero.dispatch.circuit import CircuitBreakerManager
@@ -165,12 +167,27 @@ class PlannedDispatcher(BaseDispatcher):
         hit = plan is not None
         if not hit:
             plan = self._miss(state, key, operation, inputs, context, kwargs)
+        return self._run_plan(plan, hit, operation, inputs, kwargs, t0, want_result)
+
+    def _run_plan(
+        self,
+        plan: Plan,
+        hit: bool,
+        operation: str,
+        inputs: Mapping[str, Any],
+        kwargs: Mapping[str, Any],
+        t0: int,
+        want_result: bool,
+    ) -> Any:
+        """Run a plan's primary kernel under its breaker; on failure walk the fallbacks. Shared by
+        ``_execute`` and by :class:`~layerzero.dispatch.callsite.CallSite`, which brings its own plan."""
         t1 = perf_counter_ns()
         spec = plan.kernels[0]
         circuit = None
         if self.circuits is not None:
             circuit = self.circuits.get_circuit(plan.circuit_keys[0])
-            if not circuit.allow_request():
+            # CLOSED is checked inline (the common case); any other state takes the locked path.
+            if circuit._state is not _CLOSED and not circuit.allow_request():
                 result = self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [], skipped=[spec.kernel_id])
                 return result if want_result else result.output
         try:
@@ -186,7 +203,7 @@ class PlannedDispatcher(BaseDispatcher):
         except Exception as exc:  # noqa: BLE001 - any kernel failure goes to the fallback path
             result = self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [(spec.kernel_id, exc)])
             return result if want_result else result.output
-        if circuit is not None:
+        if circuit is not None and (circuit._failures or circuit._state is not _CLOSED):
             circuit.record_success()
         t2 = perf_counter_ns()
         if self.telemetry is not None:

@@ -46,6 +46,7 @@ class DispatchOrchestrator:
         self._dispatchers: dict[DispatchMode, BaseDispatcher] = {}
         self._lock = threading.Lock()
         self._default: BaseDispatcher = self.get_dispatcher(self.config.mode)
+        self._default_execute = _plain_execute(self._default)
 
     # ------------------------------------------------------------------ dispatchers
     def register_dispatcher(self, mode: DispatchMode, dispatcher: BaseDispatcher) -> None:
@@ -54,7 +55,9 @@ class DispatchOrchestrator:
         with self._lock:
             self._dispatchers[mode] = dispatcher
             if mode == self.config.mode:
+                self._default_execute = None  # never pair the new dispatcher with the old runner
                 self._default = dispatcher
+                self._default_execute = _plain_execute(dispatcher)
 
     def get_dispatcher(self, mode: DispatchMode | None = None) -> BaseDispatcher:
         mode = self.config.mode if mode is None else mode
@@ -99,11 +102,18 @@ class DispatchOrchestrator:
         mode: DispatchMode | None = None,
         **kwargs: Any,
     ) -> DispatchResult:
-        d = self._default if mode is None else self.get_dispatcher(mode)
-        return d.dispatch(operation, inputs, context, **kwargs)
+        if mode is None:
+            execute = self._default_execute
+            if execute is not None:  # skips a frame and a **kwargs repack on the hot path
+                return execute(operation, inputs, context, kwargs, True)
+            return self._default.dispatch(operation, inputs, context, **kwargs)
+        return self.get_dispatcher(mode).dispatch(operation, inputs, context, **kwargs)
 
     def call(self, operation: str, inputs: Mapping[str, Any], kwargs: dict[str, Any] | None = None) -> Any:
         """Run ``operation`` and return its output only (the cheapest path; used by ``layerzero.ops``)."""
+        execute = self._default_execute
+        if execute is not None:
+            return execute(operation, inputs, None, kwargs if kwargs is not None else {}, False)
         d = self._default
         fast = getattr(d, "call", None)
         if fast is not None:
@@ -144,6 +154,18 @@ class DispatchOrchestrator:
 
     def get_telemetry(self) -> "TelemetrySnapshot":
         return self.telemetry.snapshot()
+
+
+def _plain_execute(dispatcher: BaseDispatcher) -> Any:
+    """The bound ``_execute`` of a PlannedDispatcher whose public entry points are the stock ones, else None
+    (a dispatcher overriding ``dispatch``/``call`` must be called through them)."""
+    from layerzero.dispatch.core import PlannedDispatcher
+
+    cls = type(dispatcher)
+    if (isinstance(dispatcher, PlannedDispatcher) and cls.dispatch is PlannedDispatcher.dispatch
+            and cls.call is PlannedDispatcher.call):
+        return dispatcher._execute
+    return None
 
 
 def create_orchestrator(

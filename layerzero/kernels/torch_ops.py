@@ -35,11 +35,14 @@ def torch_rms_norm(
         x = x + residual
     shape = (x.shape[-1],)
     dtype = x.dtype
+    # ``.to`` is skipped when the dtype already matches: even a no-op cast is an ATen call (~1 us of host
+    # time), and decode loops are host-bound.
     if casting == "llama":
         w = None
         if weight is not None:
             w = (offset + weight.float()) if offset else weight
-            w = w.to(dtype)
+            if w.dtype != dtype:
+                w = w.to(dtype)
         out = F.rms_norm(x, shape, w, eps)
     elif casting == "gemma":
         w = None
@@ -51,7 +54,8 @@ def torch_rms_norm(
         w = None
         if weight is not None:
             w = (offset + weight) if offset else weight
-            w = w.to(dtype)
+            if w.dtype != dtype:
+                w = w.to(dtype)
         out = F.rms_norm(x, shape, w, eps)
     else:
         raise ValueError(f"rms_norm casting={casting!r} is not one of 'llama', 'gemma', 'none'")
@@ -80,8 +84,12 @@ def torch_rope(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """HF ``apply_rotary_pos_emb`` in the input dtype (what Transformers runs eagerly), plus partial
     rotary and interleaved pairs. Full-width rotation skips the slice/concat copies."""
-    c = rope_broadcast(cos, layout, unsqueeze_dim).to(q.dtype)
-    s = rope_broadcast(sin, layout, unsqueeze_dim).to(q.dtype)
+    c = rope_broadcast(cos, layout, unsqueeze_dim)
+    s = rope_broadcast(sin, layout, unsqueeze_dim)
+    if c.dtype != q.dtype:
+        c = c.to(q.dtype)
+    if s.dtype != q.dtype:
+        s = s.to(q.dtype)
     rot = cos.shape[-1]
     rotate = rotate_interleaved if interleaved else rotate_half
 

@@ -75,6 +75,12 @@ def test_patch_is_idempotent_and_unpatch_is_exact():
     model = build_tiny_model("qwen3")
     class_forwards = {name: type(m).forward for name, m in model.named_modules()}
     overlays_before = {k for k in sys.modules if k.startswith("_layerzero_overlay_")}
+    layerzero_hf.patch(model, attention=True)
+    with torch.no_grad():
+        model(_ids())  # attention modules get their call sites
+    assert any("_layerzero_call_site" in m.__dict__ for m in model.modules())
+    assert layerzero_hf.unpatch(model) is True
+    assert not any("_layerzero_call_site" in m.__dict__ for m in model.modules())
     report = layerzero_hf.patch(model)
     bound = {name: m.__dict__["forward"] for name, m in model.named_modules() if "forward" in m.__dict__}
     assert layerzero_hf.patch(model) is report  # same arguments: nothing changes
@@ -89,7 +95,7 @@ def test_patch_is_idempotent_and_unpatch_is_exact():
     for name, m in model.named_modules():
         assert "forward" not in m.__dict__
         assert type(m).forward is class_forwards[name]
-        assert "_layerzero_orchestrator" not in m.__dict__
+        assert "_layerzero_orchestrator" not in m.__dict__ and "_layerzero_call_site" not in m.__dict__
     assert {k for k in sys.modules if k.startswith("_layerzero_overlay_")} == overlays_before
 
 
@@ -343,3 +349,34 @@ def test_accelerate_hooks_compose(tiny_model_dir, tmp_path):
     assert {n: m.__dict__["_old_forward"] for n, m in model.named_modules() if "_old_forward" in m.__dict__} == olds
     with torch.no_grad():
         assert (model(ids).logits - ref).abs().max() <= 1e-4
+
+
+def _sites_of(model: nn.Module) -> list:
+    """The CallSites held by the model's patched forwards (closure cells)."""
+    from layerzero.dispatch import CallSite
+
+    sites = []
+    for m in model.modules():
+        fn = m.__dict__.get("forward")
+        for cell in getattr(getattr(fn, "__func__", fn), "__closure__", None) or ():
+            if isinstance(cell.cell_contents, CallSite):
+                sites.append(cell.cell_contents)
+    return sites
+
+
+def test_decode_loop_runs_on_bound_plans():
+    """Each patched module binds its plan once; a greedy decode loop does not select again, and the output
+    matches the unpatched model."""
+    plain, model = build_tiny_model("llama"), build_tiny_model("llama")
+    ids = _ids()
+    layerzero_hf.patch(model)
+    with torch.no_grad():
+        expected = plain.generate(ids, max_new_tokens=6, do_sample=False)
+        model.generate(ids, max_new_tokens=2, do_sample=False)  # prefill + decode shapes seen once
+        sites = _sites_of(model)
+        before = {id(s): s.binds for s in sites}
+        out = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert torch.equal(out, expected)
+    assert len(sites) >= 5 and all(s.bound_kernel for s in sites)
+    # per site: at most one rebind per call shape (prefill, then decode), never one per step
+    assert all(s.binds - before[id(s)] <= 2 for s in sites), [(s, before[id(s)]) for s in sites]
