@@ -222,8 +222,9 @@ def check_mlp(module: nn.Module, replacement: Callable[[torch.Tensor], torch.Ten
 
 
 def check_rope(original: Callable, replacement: Callable, *, heads: int, kv_heads: int, head_dim: int,
-               rot_dim: int, dtype: torch.dtype, device: torch.device) -> str:
-    """The module-global RoPE function vs LayerZero's on rotary tables built like HF's (cat(freqs, freqs))."""
+               rot_dim: int, dtype: torch.dtype, device: torch.device, half_tables: bool = False) -> str:
+    """The module-global RoPE function vs LayerZero's on rotary tables built like HF's (cat(freqs, freqs)),
+    or, with ``half_tables``, like gpt-oss's (freqs alone)."""
     gen = torch.Generator(device="cpu").manual_seed(99)
     b, s = 2, 5
     q = torch.randn(b, heads, s, head_dim, generator=gen).to(device=device, dtype=dtype)
@@ -231,7 +232,7 @@ def check_rope(original: Callable, replacement: Callable, *, heads: int, kv_head
     inv = 1.0 / (10000.0 ** (torch.arange(0, rot_dim, 2, dtype=torch.float32) / rot_dim))
     pos = torch.arange(s, dtype=torch.float32)[None, :].expand(b, s) + torch.tensor([[0.0], [3.0]])
     freqs = pos[..., None] * inv
-    emb = torch.cat((freqs, freqs), dim=-1)
+    emb = freqs if half_tables else torch.cat((freqs, freqs), dim=-1)
     cos, sin = emb.cos().to(device=device, dtype=dtype), emb.sin().to(device=device, dtype=dtype)
     with torch.no_grad():
         try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import torch
 from torch import nn
 
 from layerzero.errors import PatchError
@@ -169,10 +170,13 @@ def _mlp_forward(ops: Any, orch: str, params: Mapping[str, Any], op: str, approx
     return forward
 
 
-def _rope_function(ops: Any, orch: str, interleaved: bool, original: Callable) -> Callable:
+def _rope_function(ops: Any, orch: str, interleaved: bool, original: Callable, half_tables: bool = False) -> Callable:
     site = ops.call_site(orch)
+    widen = _table_widener() if half_tables else None
 
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+        if widen is not None:  # gpt-oss: half-width tables -> HF's full-width cat(freqs, freqs)
+            cos, sin = widen(cos, sin)
         # HF passes (B, H, S, D) with unsqueeze_dim=1; unsqueeze_dim=2 means (B, S, H, D).
         if unsqueeze_dim == 1:
             return ops.rope(q, k, cos, sin, layout="bhsd", interleaved=interleaved, orchestrator=site)
@@ -182,6 +186,24 @@ def _rope_function(ops: Any, orch: str, interleaved: bool, original: Callable) -
 
     apply_rotary_pos_emb.__layerzero_original__ = original  # type: ignore[attr-defined]
     return apply_rotary_pos_emb
+
+
+def _table_widener() -> Callable:
+    """cos/sin of half width -> full width. Every layer of one forward gets the same two tensors, so the
+    last pair is remembered by identity in eager mode (one concat per forward, not per layer); under
+    torch.compile the concat is traced and fused instead."""
+    last: list[Any] = [None, None, None, None]
+
+    def widen(cos, sin):
+        if torch.compiler.is_compiling():
+            return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+        if cos is last[0] and sin is last[1]:
+            return last[2], last[3]
+        wide = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+        last[:] = [cos, sin, *wide]
+        return wide
+
+    return widen
 
 
 def _with_global(fn: Callable, name: str, value: Any, overlays: dict[int, types.ModuleType]) -> Callable:
@@ -382,9 +404,11 @@ class _Planner:
         original = cls_forward.__globals__.get(name)
         if original is None:
             raise _Skip(f"global {name!r} not found in {cls_forward.__module__}")
+        half_tables = params.get("tables", "full") == "half"
         rope_fn = self._rope_fns.get(id(original))
         if rope_fn is None:
-            rope_fn = _rope_function(self.ops, self.orch, bool(params.get("interleaved", False)), original)
+            rope_fn = _rope_function(self.ops, self.orch, bool(params.get("interleaved", False)), original,
+                                     half_tables)
             self._rope_fns[id(original)] = rope_fn
         why = ""
         dims = detect.rope_dims(module)
@@ -395,11 +419,11 @@ class _Planner:
             if device.type == "meta":
                 raise _Skip("weights are not materialised (meta device); load the weights, then patch")
             heads, kv, head_dim, rot = dims
-            _, why = self._verdict(("rope", id(original), rot), lambda: ({}, detect.check_rope(
+            _, why = self._verdict(("rope", id(original), rot, half_tables), lambda: ({}, detect.check_rope(
                 original, rope_fn, heads=heads, kv_heads=kv, head_dim=head_dim, rot_dim=rot, dtype=dtype,
-                device=device)))
+                device=device, half_tables=half_tables)))
         fn = _with_global(cls_forward, name, rope_fn, self._overlays)
-        detail = f"{name} rebound for this instance"
+        detail = f"{name} rebound for this instance" + ("; half-width cos/sin tables" if half_tables else "")
         if dims is not None and dims[3] < dims[2]:
             detail += f"; partial rotary {dims[3]}/{dims[2]}"
         return fn, "rope", detail + (f"; {why}" if why else "")

@@ -16,6 +16,9 @@ File format::
         kind: rms_norm                        # rms_norm | layer_norm | rope | mlp
         match: {classes: [LlamaRMSNorm], paths: ["*"]}
         params: {eps_attr: variance_epsilon, offset: 0.0, casting: llama}
+
+RoPE params: ``function`` (the module-global name the attention forward calls), ``layout`` (bhsd | bshd),
+``interleaved``, ``tables`` (full: HF's head_dim-wide cos/sin; half: gpt-oss's half-width tables).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ CASTINGS: tuple[str, ...] = ("llama", "gemma", "none")
 MLP_LAYOUTS: tuple[str, ...] = ("gate_up_separate", "gate_up_fused")
 ACTIVATIONS: tuple[str, ...] = ("silu", "gelu_tanh", "gelu")
 LAYOUTS: tuple[str, ...] = ("bhsd", "bshd")
+# RoPE cos/sin tables: "full" = HF's cat(freqs, freqs) (head_dim wide); "half" = freqs only (gpt-oss), the
+# same rotate_half rotation written as first/second halves.
+ROPE_TABLES: tuple[str, ...] = ("full", "half")
 
 _PARAMS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     # name -> (accepted types, default); a default of ... means required
@@ -55,6 +61,7 @@ _PARAMS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "layout": (str, "bhsd"),
         "interleaved": (bool, False),
         "partial": (bool, False),
+        "tables": (str, "full"),
     },
     "mlp": {
         "layout": (str, ...),
@@ -239,6 +246,7 @@ def _parse_params(kind: str, raw: Any, where: str, bad) -> dict[str, Any]:
         out["offset"] = float(out["offset"])
     _check_choice(out, "casting", CASTINGS, where, bad)
     _check_choice(out, "layout", MLP_LAYOUTS if kind == "mlp" else LAYOUTS, where, bad)
+    _check_choice(out, "tables", ROPE_TABLES, where, bad)
     for act in out.get("activations", []) if kind == "mlp" else []:
         if act not in ACTIVATIONS:
             bad(f"{where}.activations", act, f"unknown activation; use one of {', '.join(ACTIVATIONS)}")

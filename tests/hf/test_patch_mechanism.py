@@ -35,6 +35,8 @@ def test_shipped_specs_cover_the_eight_architectures():
     assert gemma.params["offset"] == 1.0 and gemma.params["casting"] == "gemma"
     assert specs["llama"].patches_of("rms_norm")[0].params["casting"] == "llama"
     assert specs["phi3"].patches_of("mlp")[0].params["layout"] == "gate_up_fused"
+    assert specs["gpt_oss"].patches_of("rope")[0].params["tables"] == "half"
+    assert specs["llama"].patches_of("rope")[0].params["tables"] == "full"
 
 
 def test_attribute_paths_select_qk_norms():
@@ -128,8 +130,9 @@ def test_report_renders_text_and_html():
     assert report.to_dict()["model_type"] == "phi3"
 
 
-def test_torch_compile_fullgraph_of_a_patched_model():
-    model = build_tiny_model("llama")
+@pytest.mark.parametrize("arch", ["llama", "gpt_oss"])  # gpt_oss: half-width RoPE tables widened in the graph
+def test_torch_compile_fullgraph_of_a_patched_model(arch):
+    model = build_tiny_model(arch)
     ids = _ids(8)
     with torch.no_grad():
         ref = model(ids, use_cache=False).logits
@@ -216,14 +219,24 @@ def test_unknown_architecture_is_detected_and_self_checked():
     assert not any("forward" in m.__dict__ for m in toy.modules())
 
 
-def test_unknown_hf_architecture_reports_refused_rope():
-    """gpt-oss has no spec: its norms are detected (and verified); its RoPE takes half-width cos/sin, which
-    LayerZero's rope contract does not, so the self-check refuses it and the report says why."""
+def test_detection_refuses_half_width_rope_that_the_spec_declares():
+    """gpt-oss's RoPE takes half-width cos/sin. Its spec says so (``tables: half``) and the patched model
+    matches exactly; structural detection assumes HF's full-width tables, so its self-check refuses the
+    same function and the report says why (nothing wrong is ever bound)."""
     model = build_tiny_model("gpt_oss")
     ids = _ids()
     with torch.no_grad():
         ref = model(ids).logits
     report = layerzero_hf.patch(model)
+    assert report.counts() == {"rms_norm": 5, "rope": 2} and not report.skipped, report
+    assert all("half-width" in p.detail for p in report.patched if p.kind == "rope")
+    with torch.no_grad():
+        assert (model(ids).logits - ref).abs().max() <= 1e-4
+    layerzero_hf.unpatch(model)
+
+    matches_nothing = {"model_types": ["gpt_oss"], "patches": [
+        {"name": "none", "kind": "rms_norm", "match": {"classes": ["NoSuchNorm"]}}]}
+    report = layerzero_hf.patch(model, spec=matches_nothing, detect_unknown=True)
     assert report.counts().get("rms_norm") == 5
     assert report.skipped and all("self-check failed" in s.reason for s in report.skipped if s.kind == "rope")
     with torch.no_grad():
@@ -241,7 +254,8 @@ def test_spec_override_and_validation_errors():
     bad = {"model_types": ["x"], "patches": [
         {"kind": "rmsnorm", "match": {"classes": ["A"]}},
         {"kind": "rms_norm", "match": {"classes": ["A"]}, "params": {"casting": "fp8", "offset": "one"}},
-        {"kind": "mlp", "match": {}, "params": {}}]}
+        {"kind": "mlp", "match": {}, "params": {}},
+        {"kind": "rope", "match": {"classes": ["A"]}, "params": {"tables": "quarter"}}]}
     with pytest.raises(ConfigValidationError) as exc:
         parse_arch_spec(bad, "my_arch.yaml")
     fields = {p.field: p for p in exc.value.problems}
@@ -249,6 +263,7 @@ def test_spec_override_and_validation_errors():
     assert fields["patches[1].params.casting"].value == "fp8"
     assert fields["patches[1].params.offset"].value == "one"
     assert "patches[2].params.layout" in fields and "patches[2].match" in fields
+    assert fields["patches[3].params.tables"].value == "quarter" and "full, half" in fields["patches[3].params.tables"].message
     assert all(p.source == "my_arch.yaml" for p in exc.value.problems)
     assert "my_arch.yaml" in str(exc.value)
 
