@@ -31,5 +31,5 @@ if [ "$stage" = verify ]; then
 elif [ "$stage" = models ]; then
   timeout 200 python3 benchmarks/attention_choice.py --out "$OUT/attention" 2>&1 | tail -8
   timeout 330 python3 benchmarks/hf_llama.py --json "$OUT/hf_llama.json" --md "$OUT/hf_llama.md" 2>&1 | tail -25
-  timeout 60 python3 benchmarks/dispatch_overhead.py --json "$OUT/overhead.json" 2>&1 | tail -10
+  timeout 60 python3 benchmarks/dispatch_overhead.py --json "$OUT/overhead.json" --md "$OUT/overhead.md" 2>&1 | tail -16
 fi

@@ -17,11 +17,13 @@ Keyer = Callable[[str, Mapping[str, Any], Mapping[str, Any]], Hashable]
 _grad_enabled = torch.is_grad_enabled
 
 
-def _memo(bucket: Bucketer, limit: int = 8192) -> Callable[[int], int]:
-    """A bucketer with a bounded memo: a dict hit is cheaper than the arithmetic and the bisect."""
+def _memo(bucket: Bucketer, limit: int = 8192) -> tuple[dict[int, int], Callable[[int], int]]:
+    """A bucketer with a bounded memo: a dict hit is cheaper than the arithmetic and the bisect. Returns
+    the memo too, so keyers read a hit inline (``memo.get(n) or fill(n)``: buckets are >= 1) and pay the
+    extra Python call only on a miss."""
     memo: dict[int, int] = {}
 
-    def fn(n: int) -> int:
+    def fill(n: int) -> int:
         b = memo.get(n)
         if b is None:
             if len(memo) >= limit:
@@ -29,13 +31,13 @@ def _memo(bucket: Bucketer, limit: int = 8192) -> Callable[[int], int]:
             b = memo[n] = bucket(n)
         return b
 
-    return fn
+    return memo, fill
 
 
 def make_keyer(bucketers: Mapping[str, Bucketer]) -> Keyer:
-    bq = _memo(bucketers["seq_len_q"])
-    bk = _memo(bucketers["seq_len_k"])
-    bb = _memo(bucketers["batch_size"])
+    mq, bq = _memo(bucketers["seq_len_q"])
+    mk, bk = _memo(bucketers["seq_len_k"])
+    mb, bb = _memo(bucketers["batch_size"])
 
     def attention_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
         q = inputs["query"]
@@ -47,7 +49,8 @@ def make_keyer(bucketers: Mapping[str, Bucketer]) -> Keyer:
             mask = inputs.get("attn_mask")
         sinks = kw.get("sinks")
         return (
-            op, bb(qs[0]), bq(qs[1]), qs[2], qs[3], bk(ks[1]), ks[2], inputs["value"].shape[-1],
+            op, mb.get(qs[0]) or bb(qs[0]), mq.get(qs[1]) or bq(qs[1]), qs[2], qs[3], mk.get(ks[1]) or bk(ks[1]),
+            ks[2], inputs["value"].shape[-1],
             q.dtype, q.device, kw.get("is_causal"), None if mask is None else mask.dtype,
             bool(kw.get("dropout_p")), kw.get("sliding_window"), kw.get("softcap"),
             sinks is not None or inputs.get("sinks") is not None,
@@ -57,8 +60,9 @@ def make_keyer(bucketers: Mapping[str, Bucketer]) -> Keyer:
     def norm_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
         x = inputs["x"]
         h = x.shape[-1]
+        rows = x.numel() // h if h else 0
         return (
-            op, bb(x.numel() // h if h else 0), h, x.dtype, x.device, kw.get("offset"), kw.get("casting"),
+            op, mb.get(rows) or bb(rows), h, x.dtype, x.device, kw.get("offset"), kw.get("casting"),
             kw.get("residual") is not None or inputs.get("residual") is not None,
             x.requires_grad and _grad_enabled(), x.is_contiguous(),
         )
@@ -69,9 +73,9 @@ def make_keyer(bucketers: Mapping[str, Bucketer]) -> Keyer:
         layout = kw.get("layout", "bhsd")
         qs = q.shape
         if layout == "bhsd":
-            shape = (qs[0], qs[1], bq(qs[2]), qs[3], k.shape[1])
+            shape = (qs[0], qs[1], mq.get(qs[2]) or bq(qs[2]), qs[3], k.shape[1])
         else:
-            shape = (qs[0], bq(qs[1]), qs[2], qs[3], k.shape[2])
+            shape = (qs[0], mq.get(qs[1]) or bq(qs[1]), qs[2], qs[3], k.shape[2])
         return (
             op, shape, inputs["cos"].shape[-1], layout, kw.get("interleaved"), q.dtype, q.device,
             q.requires_grad and _grad_enabled(), q.is_contiguous(),
@@ -80,8 +84,9 @@ def make_keyer(bucketers: Mapping[str, Bucketer]) -> Keyer:
     def act_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
         g = inputs["gate"]
         h = g.shape[-1]
+        rows = g.numel() // h if h else 0
         return (
-            op, bb(g.numel() // h if h else 0), h, g.dtype, g.device, kw.get("approximate"),
+            op, mb.get(rows) or bb(rows), h, g.dtype, g.device, kw.get("approximate"),
             g.requires_grad and _grad_enabled(), g.is_contiguous(),
         )
 
