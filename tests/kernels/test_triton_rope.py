@@ -150,3 +150,19 @@ def test_gpu_torch_compile_fullgraph():
     got = torch.compile(f, fullgraph=True)(q, k, cos, sin)
     exp = f(q, k, cos, sin)
     assert torch.equal(got[0], exp[0]) and torch.equal(got[1], exp[1])
+
+
+@pytest.mark.parametrize("hq,hk,d", [(32, 8, 128), (32, 8, 64), (12, 4, 96)])
+def test_gpu_launch_configs_under_the_interpreter(hq, hk, d, monkeypatch):
+    """The tiles the CUDA heuristics pick for Llama/Qwen-like heads, run by the interpreter on 3 tokens."""
+    import layerzero.kernels.triton.rope as mod
+
+    monkeypatch.setattr(mod, "_INTERPRETED", False)
+    cfg = mod.launch_config(3, hq, hk, d // 2)
+    monkeypatch.undo()
+    q, k = _qk(1, 3, hq, hk, d, "bhsd", torch.float32)
+    cos, sin = _cos_sin(1, 3, d, False, torch.float32)
+    qo, ko = rope(q, k, cos, sin, layout="bhsd", _config=cfg)
+    eq, ek = reference.rope(q, k, cos, sin, layout="bhsd")
+    _close(qo, eq)
+    _close(ko, ek)

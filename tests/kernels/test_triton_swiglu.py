@@ -85,3 +85,19 @@ def test_gpu_torch_compile_fullgraph():
         return swiglu(g, u) * 2 + geglu(g, u)
 
     assert torch.equal(torch.compile(f, fullgraph=True)(g, u), f(g, u))
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["flat", "rows"])
+def test_gpu_block_size_under_the_interpreter(contiguous):
+    """The CUDA block size (flat: _FLAT_BLOCK elements per program; rows: up to _FLAT_BLOCK columns) on a
+    size that leaves a partial last block."""
+    import layerzero.kernels.triton.swiglu as mod
+
+    blk = mod._FLAT_BLOCK
+    if contiguous:
+        gate, up = torch.randn(3, blk + 77), torch.randn(3, blk + 77)
+    else:
+        both = torch.randn(3, 2 * (blk + 77))
+        gate, up = both[:, : blk + 77], both[:, blk + 77:]
+    out = swiglu(gate, up, _config=(blk, mod._num_warps(blk)))
+    torch.testing.assert_close(out, reference.swiglu(gate, up), rtol=1e-5, atol=1e-5)
