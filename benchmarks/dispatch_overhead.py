@@ -4,7 +4,8 @@ For a cached dispatch on tiny CPU tensors (so the kernel itself is as cheap as p
 per-call time of: the kernel called directly, ``dispatch()`` through the global orchestrator, a
 dispatcher with telemetry and breakers off, the selection alone (key + cache lookup), ``layerzero.ops``
 with and without a CallSite (the bound plan a patched module keeps), and, when Transformers is installed,
-a patched Llama RMSNorm module's forward vs the original module's forward.
+a patched Llama RMSNorm module's forward vs the original module's forward, and a whole decode step of a
+tiny patched Llama vs HF sdpa (the in-context host cost).
 
 Variants are interleaved: every round times each variant once, back to back, so a slow stretch of the
 machine hits all of them alike. Each time is the median over rounds; each overhead is the median of the
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("dispatch", "dispatch_lean", "ops_call", "ops_call_site"):
         results[f"{name}_overhead_ns"] = paired_overhead(samples, name, "direct_kernel")
     results.update(_patched_module_path(calls, rounds))
+    results.update(_decode_step_path(10 if args.quick else 60, rounds))
 
     meta = {
         "kernel": first.kernel_id,
@@ -139,7 +141,10 @@ def markdown(out: dict) -> str:
             ("layerzero.ops.rms_norm (orchestrator by name)", "ops_call", "ops_call_overhead", "direct kernel"),
             ("layerzero.ops.rms_norm through a CallSite", "ops_call_site", "ops_call_site_overhead", "direct kernel"),
             ("HF LlamaRMSNorm, unpatched", "hf_module", None, ""),
-            ("HF LlamaRMSNorm, patched", "patched_module", "patched_module_overhead", "unpatched module")]
+            ("HF LlamaRMSNorm, patched", "patched_module", "patched_module_overhead", "unpatched module"),
+            ("tiny Llama decode step, HF sdpa", "hf_decode_step", None, ""),
+            ("tiny Llama decode step, patched (21 dispatches)", "patched_decode_step",
+             "patched_decode_step_overhead", "HF sdpa step")]
     for label, key, over, peer in rows:
         if f"{key}_ns" not in res:
             continue
@@ -177,6 +182,53 @@ def _patched_module_path(calls: int, rounds: int) -> dict[str, float]:
     return {"hf_module_ns": statistics.median(samples["hf_module"]),
             "patched_module_ns": statistics.median(samples["patched_module"]),
             "patched_module_overhead_ns": paired_overhead(samples, "patched_module", "hf_module")}
+
+
+def _decode_step_path(steps: int, rounds: int) -> dict[str, float]:
+    """One decode step (dynamic cache) of a tiny 4-layer Llama on CPU, HF sdpa vs patched with
+    attention: per step the patched model makes 4 x 5 + 1 dispatches, and with tensors this small the step
+    is all host time, so this is the in-context cost that decode loops on a GPU pay (the per-call numbers
+    above come from tight loops, where caches are warm: in a real step each call costs ~2x more)."""
+    try:
+        import copy
+
+        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers.cache_utils import DynamicCache
+
+        import layerzero_hf
+    except Exception:
+        return {}
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=128, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    plain = LlamaForCausalLM(cfg).eval()
+    plain.set_attn_implementation("sdpa")
+    patched = copy.deepcopy(plain)
+    layerzero_hf.patch(patched, attention=True)
+    prompt = torch.randint(3, 128, (1, 8))
+
+    def decoder(model):
+        state: dict = {}
+
+        def step() -> None:
+            if not state or state["n"] >= steps:  # a fresh cache every `steps` tokens keeps shapes bounded
+                state["cache"] = DynamicCache(config=model.config)
+                with torch.no_grad():
+                    model(prompt, past_key_values=state["cache"], use_cache=True)
+                state["n"] = 0
+                state["tok"] = prompt[:, -1:]
+            with torch.no_grad():
+                model(state["tok"], past_key_values=state["cache"], use_cache=True)
+            state["n"] += 1
+
+        return step
+
+    samples = interleaved_ns({"hf_decode_step": decoder(plain), "patched_decode_step": decoder(patched)},
+                             steps, rounds)
+    layerzero_hf.unpatch(patched)
+    return {"hf_decode_step_ns": statistics.median(samples["hf_decode_step"]),
+            "patched_decode_step_ns": statistics.median(samples["patched_decode_step"]),
+            "patched_decode_step_overhead_ns": paired_overhead(samples, "patched_decode_step", "hf_decode_step")}
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ def call_site(orchestrator: str | None = None) -> "CallSite":
 
     if orchestrator is not None and not isinstance(orchestrator, str):
         raise TypeError(f"call_site takes an orchestrator name or None, got {type(orchestrator).__name__}")
-    return CallSite(functools.partial(get_orchestrator, orchestrator), orchestrator)
+    return CallSite(functools.partial(get_orchestrator, orchestrator), orchestrator,
+                    _ORCHESTRATORS if orchestrator is not None else None)
 
 
 def _name_for_graph(orchestrator: OrchestratorLike) -> Optional[str]:

@@ -181,3 +181,33 @@ def test_copies_and_pickles_start_unbound(named):
         assert clone.orchestrator_name == "lz_test_site" and clone.bound_kernel is None
         torch.testing.assert_close(_call(clone, x, w), reference.rms_norm(x=x, weight=w, eps=1e-5))
         assert clone.bound_kernel == "a_norm"
+
+
+def test_output_checks_still_apply_to_bound_calls():
+    """With check_outputs on, a bound plan runs through the dispatcher's checked runner: a kernel that
+    starts returning NaN is caught and the next kernel serves."""
+
+    class NaNAfterFirst:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, x, weight=None, eps=1e-6, offset=0.0, casting="llama", residual=None):
+            self.calls += 1
+            out = reference.rms_norm(x=x, weight=weight, eps=eps)
+            return out if self.calls == 1 else out * float("nan")
+
+    bad = NaNAfterFirst()
+    reg = KernelRegistry([KernelSpec("nan_norm", "rms_norm", "torch", bad, priority=90),
+                          KernelSpec("a_norm", "rms_norm", "torch", _counting("a"), priority=60)])
+    orch = create_orchestrator(DispatchConfig(check_outputs=True), kernel_registry=reg)
+    ops.register_orchestrator("lz_test_checked", orch)
+    try:
+        site = ops.call_site("lz_test_checked")
+        x, w = torch.randn(2, 16), torch.randn(16)
+        expected = reference.rms_norm(x=x, weight=w, eps=1e-5)
+        torch.testing.assert_close(ops.rms_norm(x, w, eps=1e-5, orchestrator=site), expected)
+        assert site.bound_kernel == "nan_norm"
+        torch.testing.assert_close(ops.rms_norm(x, w, eps=1e-5, orchestrator=site), expected)
+        assert reg.get("a_norm").impl.calls == 1 and orch.get_telemetry().failure_count == 1
+    finally:
+        ops.unregister_orchestrator("lz_test_checked")
