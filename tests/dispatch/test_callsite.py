@@ -11,38 +11,15 @@ from layerzero.dispatch import CallSite, DispatchConfig, create_orchestrator
 from layerzero.kernels import reference
 from layerzero.policy import load_policy
 from layerzero.registry import KernelRegistry, KernelSpec
-
-
-def _counting(tag: str):
-    def impl(x, weight=None, eps=1e-6, offset=0.0, casting="llama", residual=None):
-        impl.calls += 1
-        return reference.rms_norm(x=x, weight=weight, eps=eps, offset=offset, casting=casting, residual=residual)
-
-    impl.calls = 0
-    impl.__name__ = tag
-    return impl
-
-
-class _Switchable:
-    """A kernel that raises while ``broken`` is set."""
-
-    def __init__(self):
-        self.broken = False
-        self.calls = 0
-
-    def __call__(self, x, weight=None, eps=1e-6, offset=0.0, casting="llama", residual=None):
-        self.calls += 1
-        if self.broken:
-            raise RuntimeError("injected fault")
-        return reference.rms_norm(x=x, weight=weight, eps=eps, offset=offset, casting=casting, residual=residual)
+from resilience_helpers import FaultyKernel, good_kernel
 
 
 @pytest.fixture
 def named():
     """An orchestrator over a test registry, registered under a name; unregistered afterwards."""
     reg = KernelRegistry([
-        KernelSpec("a_norm", "rms_norm", "torch", _counting("a"), priority=60),
-        KernelSpec("b_norm", "rms_norm", "torch", _counting("b"), priority=40),
+        KernelSpec("a_norm", "rms_norm", "torch", good_kernel("a"), priority=60),
+        KernelSpec("b_norm", "rms_norm", "torch", good_kernel("b"), priority=40),
     ])
     orch = create_orchestrator(DispatchConfig(failure_threshold=2), kernel_registry=reg)
     ops.register_orchestrator("lz_test_site", orch)
@@ -96,14 +73,14 @@ def test_policy_swap_is_seen_at_the_next_call(named):
 
 def test_a_failing_bound_kernel_falls_back_and_opens_its_breaker(named):
     orch, reg = named
-    flaky = _Switchable()
+    flaky = FaultyKernel("ok")
     reg.register(KernelSpec("flaky_norm", "rms_norm", "torch", flaky, priority=90))
     orch.refresh()
     site = ops.call_site("lz_test_site")
     x, w = torch.randn(2, 16), torch.randn(16)
     _call(site, x, w)
     assert site.bound_kernel == "flaky_norm"
-    flaky.broken = True
+    flaky.mode = "raise"
     for _ in range(4):
         out = _call(site, x, w)
         torch.testing.assert_close(out, reference.rms_norm(x=x, weight=w, eps=1e-5))
@@ -118,7 +95,7 @@ def test_reregistered_orchestrator_is_used_by_existing_sites(named):
     site = ops.call_site("lz_test_site")
     x, w = torch.randn(2, 16), torch.randn(16)
     _call(site, x, w)
-    reg2 = KernelRegistry([KernelSpec("c_norm", "rms_norm", "torch", _counting("c"), priority=60)])
+    reg2 = KernelRegistry([KernelSpec("c_norm", "rms_norm", "torch", good_kernel("c"), priority=60)])
     orch2 = create_orchestrator(DispatchConfig(), kernel_registry=reg2)
     ops.register_orchestrator("lz_test_site", orch2)
     _call(site, x, w)
@@ -186,19 +163,9 @@ def test_copies_and_pickles_start_unbound(named):
 def test_output_checks_still_apply_to_bound_calls():
     """With check_outputs on, a bound plan runs through the dispatcher's checked runner: a kernel that
     starts returning NaN is caught and the next kernel serves."""
-
-    class NaNAfterFirst:
-        def __init__(self):
-            self.calls = 0
-
-        def __call__(self, x, weight=None, eps=1e-6, offset=0.0, casting="llama", residual=None):
-            self.calls += 1
-            out = reference.rms_norm(x=x, weight=weight, eps=eps)
-            return out if self.calls == 1 else out * float("nan")
-
-    bad = NaNAfterFirst()
+    bad = FaultyKernel("ok")
     reg = KernelRegistry([KernelSpec("nan_norm", "rms_norm", "torch", bad, priority=90),
-                          KernelSpec("a_norm", "rms_norm", "torch", _counting("a"), priority=60)])
+                          KernelSpec("a_norm", "rms_norm", "torch", good_kernel("a"), priority=60)])
     orch = create_orchestrator(DispatchConfig(check_outputs=True), kernel_registry=reg)
     ops.register_orchestrator("lz_test_checked", orch)
     try:
@@ -207,6 +174,7 @@ def test_output_checks_still_apply_to_bound_calls():
         expected = reference.rms_norm(x=x, weight=w, eps=1e-5)
         torch.testing.assert_close(ops.rms_norm(x, w, eps=1e-5, orchestrator=site), expected)
         assert site.bound_kernel == "nan_norm"
+        bad.mode = "nan"
         torch.testing.assert_close(ops.rms_norm(x, w, eps=1e-5, orchestrator=site), expected)
         assert reg.get("a_norm").impl.calls == 1 and orch.get_telemetry().failure_count == 1
     finally:
