@@ -82,14 +82,15 @@ class CallSite:
 
     @staticmethod
     def _bindable(orch: Any) -> PlannedDispatcher | None:
-        """Bind only a plain DispatchOrchestrator over a PlannedDispatcher: anything standing in for one
-        (a recorder, a subclass overriding ``call``/``dispatch``) must see every call."""
+        """Bind only a plain DispatchOrchestrator whose default dispatcher it may bypass itself (its
+        ``_default_execute``): anything standing in for one (a recorder, a subclass overriding
+        ``call``/``dispatch``, a dispatcher with its own entry points) must see every call."""
         cls = type(orch)
         if (
             not issubclass(cls, DispatchOrchestrator)
             or cls.call is not DispatchOrchestrator.call
             or cls.dispatch is not DispatchOrchestrator.dispatch
-            or not isinstance(orch._default, PlannedDispatcher)
+            or orch._default_execute is None
         ):
             return None
         return orch._default
