@@ -154,10 +154,9 @@ def markdown(out: dict) -> str:
     return "\n".join(lines)
 
 
-def _patched_module_path(calls: int, rounds: int) -> dict[str, float]:
-    """A Llama RMSNorm module's forward before and after ``layerzero_hf.patch`` (when Transformers is
-    installed): the per-call cost a patched model pays in a decode loop. Two copies of the same module,
-    one patched, timed interleaved."""
+def _tiny_llama_pair(layers: int, **patch_kwargs) -> tuple | None:
+    """(plain, patched) copies of one random tiny Llama on CPU (sdpa attention), or None without
+    Transformers. Unpatch the second when done."""
     try:
         import copy
 
@@ -165,23 +164,41 @@ def _patched_module_path(calls: int, rounds: int) -> dict[str, float]:
 
         import layerzero_hf
     except Exception:
-        return {}
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=128)
+        return None
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=128, max_position_embeddings=4096)
+    torch.manual_seed(0)
     plain = LlamaForCausalLM(cfg).eval()
+    plain.set_attn_implementation("sdpa")
     patched = copy.deepcopy(plain)
-    layerzero_hf.patch(patched)
+    layerzero_hf.patch(patched, **patch_kwargs)
+    return plain, patched
+
+
+def _against(samples: dict[str, list[float]], name: str, peer: str) -> dict[str, float]:
+    """Both medians and the paired overhead of ``name`` over ``peer``."""
+    return {f"{peer}_ns": statistics.median(samples[peer]), f"{name}_ns": statistics.median(samples[name]),
+            f"{name}_overhead_ns": paired_overhead(samples, name, peer)}
+
+
+def _patched_module_path(calls: int, rounds: int) -> dict[str, float]:
+    """A Llama RMSNorm module's forward before and after ``layerzero_hf.patch`` (when Transformers is
+    installed): the per-call cost a patched model pays in a decode loop. Two copies of the same module,
+    one patched, timed interleaved."""
+    pair = _tiny_llama_pair(1)
+    if pair is None:
+        return {}
+    plain, patched = pair
     norm, patched_norm = plain.model.norm, patched.model.norm
-    if "forward" not in patched_norm.__dict__:
+    if "forward" not in patched_norm.__dict__:  # not patched: there is nothing to compare
+        _unpatch(patched)
         return {}
     x = torch.randn(1, 1, 64)
     with torch.no_grad():
         samples = interleaved_ns({"hf_module": lambda: norm(x), "patched_module": lambda: patched_norm(x)},
                                  calls, rounds)
-    layerzero_hf.unpatch(patched)
-    return {"hf_module_ns": statistics.median(samples["hf_module"]),
-            "patched_module_ns": statistics.median(samples["patched_module"]),
-            "patched_module_overhead_ns": paired_overhead(samples, "patched_module", "hf_module")}
+    _unpatch(patched)
+    return _against(samples, "patched_module", "hf_module")
 
 
 def _decode_step_path(steps: int, rounds: int) -> dict[str, float]:
@@ -189,22 +206,12 @@ def _decode_step_path(steps: int, rounds: int) -> dict[str, float]:
     attention: per step the patched model makes 4 x 5 + 1 dispatches, and with tensors this small the step
     is all host time, so this is the in-context cost that decode loops on a GPU pay (the per-call numbers
     above come from tight loops, where caches are warm: in a real step each call costs ~2x more)."""
-    try:
-        import copy
-
-        from transformers import LlamaConfig, LlamaForCausalLM
-        from transformers.cache_utils import DynamicCache
-
-        import layerzero_hf
-    except Exception:
+    pair = _tiny_llama_pair(4, attention=True)
+    if pair is None:
         return {}
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=128, max_position_embeddings=4096)
-    torch.manual_seed(0)
-    plain = LlamaForCausalLM(cfg).eval()
-    plain.set_attn_implementation("sdpa")
-    patched = copy.deepcopy(plain)
-    layerzero_hf.patch(patched, attention=True)
+    plain, patched = pair
+    from transformers.cache_utils import DynamicCache
+
     prompt = torch.randint(3, 128, (1, 8))
 
     def decoder(model):
@@ -225,10 +232,14 @@ def _decode_step_path(steps: int, rounds: int) -> dict[str, float]:
 
     samples = interleaved_ns({"hf_decode_step": decoder(plain), "patched_decode_step": decoder(patched)},
                              steps, rounds)
-    layerzero_hf.unpatch(patched)
-    return {"hf_decode_step_ns": statistics.median(samples["hf_decode_step"]),
-            "patched_decode_step_ns": statistics.median(samples["patched_decode_step"]),
-            "patched_decode_step_overhead_ns": paired_overhead(samples, "patched_decode_step", "hf_decode_step")}
+    _unpatch(patched)
+    return _against(samples, "patched_decode_step", "hf_decode_step")
+
+
+def _unpatch(model) -> None:
+    import layerzero_hf
+
+    layerzero_hf.unpatch(model)
 
 
 if __name__ == "__main__":
