@@ -10,7 +10,8 @@ re-reads the file, which could have changed again in between).
 
 A content that differs from the last one seen is reported once; the consumer decides whether it is
 valid. A half-written file is simply a content that fails to parse: the next poll sees the finished
-file (a new hash) and reports that. A missing or unreadable file is reported once as ``data=None`` with
+file (a new hash) and reports that. A read that overlaps a rewrite (old bytes, then new ones) is never
+reported: contents are read until two reads agree (:func:`read_config_bytes`). A missing or unreadable file is reported once as ``data=None`` with
 the error, and again only after a different state has been seen.
 """
 
@@ -31,8 +32,7 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 ChangeCallback = Callable[["bytes | None", str, "OSError | None"], None]
 
 
-def read_config_bytes(path: str) -> tuple[bytes | None, str, OSError | None]:
-    """The file's bytes and their sha256, or (None, a digest naming the error, the error)."""
+def _read_once(path: str) -> tuple[bytes | None, str, OSError | None]:
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)
@@ -40,6 +40,23 @@ def read_config_bytes(path: str) -> tuple[bytes | None, str, OSError | None]:
         # Distinct error kinds are distinct states (missing, then unreadable, is two reports).
         return None, f"<unreadable:{type(e).__name__}:{e.errno}>", e
     return data, hashlib.sha256(data).hexdigest(), None
+
+
+def read_config_bytes(path: str, max_reads: int = 8) -> tuple[bytes | None, str, OSError | None]:
+    """The file's bytes and their sha256, or (None, a digest naming the error, the error).
+
+    A read that overlaps an in-place rewrite (``echo > file``) can return the old bytes up to some offset
+    and the new bytes after it: a content the file never held, which may even parse as a valid policy that
+    nobody wrote. So the file is read until two consecutive reads agree (at most ``max_reads`` times):
+    what is returned was the file's content at some moment (empty, or a prefix while a writer is still
+    writing, which fails to parse as a whole)."""
+    prev = _read_once(path)
+    for _ in range(max_reads - 1):
+        cur = _read_once(path)
+        if cur[1] == prev[1]:
+            return cur
+        prev = cur
+    return prev
 
 
 class ConfigWatcher:
@@ -83,6 +100,11 @@ class ConfigWatcher:
         """Check the file now; returns whether a new content was reported."""
         with self._poll_lock:
             self.polls += 1
+            # One read tells whether anything changed (the common case: nothing did); a change is then
+            # read settled, and a transient mix of two writes that settles back to the old content is
+            # no change at all.
+            if _read_once(self.path)[1] == self._last_digest:
+                return False
             data, digest, error = read_config_bytes(self.path)
             if digest == self._last_digest:
                 return False

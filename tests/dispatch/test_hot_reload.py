@@ -312,6 +312,36 @@ def test_watcher_survives_callback_errors(tmp_path):
         ConfigWatcher(str(p), cb, interval_seconds=0)
 
 
+def test_a_read_overlapping_a_rewrite_is_never_reported(tmp_path, monkeypatch):
+    """A read racing ``echo > file`` can return old bytes then new ones (seen in CI: a mix of two policies
+    whose key read ``kernellocks``). Reads are repeated until two agree, so only real contents reach the
+    consumer; a mix that settles back to the old content is no change at all."""
+    import layerzero.dispatch.config_watch as cw
+
+    p = tmp_path / "f"
+    p.write_text('{"version": "old"}')
+    seen = []
+    w = ConfigWatcher(str(p), lambda data, digest, error: seen.append(data), interval_seconds=0.01)
+    assert w.poll_once() and seen == [b'{"version": "old"}']
+
+    real = cw._read_once
+    mixes = [b'{"version": "oldnew"}']  # what one racing read returns, once
+
+    def racing(path):
+        if mixes:
+            data = mixes.pop()
+            return data, cw.hashlib.sha256(data).hexdigest(), None
+        return real(path)
+
+    monkeypatch.setattr(cw, "_read_once", racing)
+    assert not w.poll_once() and len(seen) == 1  # the mix settled back to the unchanged file
+    p.write_text('{"version": "new"}')
+    mixes.append(b'{"version": "nold"}')
+    assert w.poll_once() and seen[-1] == b'{"version": "new"}'
+    data, digest, _ = cw.read_config_bytes(str(p))
+    assert data == b'{"version": "new"}' and digest == cw.hashlib.sha256(data).hexdigest()
+
+
 def test_unreferenced_dispatcher_stops_its_watcher(cfg_path, kr):
     d = _make(cfg_path, kr, watch_interval_seconds=0.01)
     d.watch()
