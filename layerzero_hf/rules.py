@@ -391,7 +391,7 @@ def load_rules(source: str | Path | Mapping[str, Any] | RuleSet | None = None) -
         return source
     if isinstance(source, Mapping):
         return parse_rules(source, "<mapping>")
-    from layerzero_hf.specs import _read_yaml, data_files
+    from layerzero_hf.specs import _read_yaml, _read_yaml_file, data_files
 
     if source is None and os.environ.get(RULES_ENV):
         source = os.environ[RULES_ENV]
@@ -402,10 +402,11 @@ def load_rules(source: str | Path | Mapping[str, Any] | RuleSet | None = None) -
         label, text = files["models"]
         return parse_rules(_read_yaml(text, label), label)
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigValidationError([ValidationProblem(
-            "config", str(source), f"rules file not found (from patch(config=...) or ${RULES_ENV})")])
-    return parse_rules(_read_yaml(path.read_text(), str(path)), str(path))
+            "config", str(source), f"rules file not found (from patch(config=...) or ${RULES_ENV}); fix: check "
+            "the path")])
+    return parse_rules(_read_yaml_file(path, f"rules file (from patch(config=...) or ${RULES_ENV})"), str(path))
 
 
 def resolve(

@@ -30,8 +30,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
+from layerzero.config_files import load_yaml_file, load_yaml_text
 from layerzero.errors import ConfigValidationError, ValidationProblem
 
 KINDS: tuple[str, ...] = ("rms_norm", "layer_norm", "rope", "mlp")
@@ -271,18 +270,20 @@ def _type_names(types: type | tuple[type, ...]) -> str:
 
 # ---------------------------------------------------------------------------------------------- loading
 def _read_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "<document>"
-        raise ConfigValidationError([ValidationProblem(where, None, f"not valid YAML: {exc}", source)]) from None
+    """Parse YAML text through the guarded parser (alias/size limits, safe construction only)."""
+    return load_yaml_text(text, source)
+
+
+def _read_yaml_file(path: str | Path, what: str) -> Any:
+    """Read and parse a YAML file through the guarded reader (regular files only, never blocks on a FIFO,
+    size and alias limits); every failure is a ConfigValidationError naming the file."""
+    return load_yaml_file(path, what)
 
 
 def load_arch_spec(path: str | Path) -> ArchSpec:
     """Load and validate one patch file from disk."""
     p = Path(path)
-    return parse_arch_spec(_read_yaml(p.read_text(), str(p)), str(p), name=p.stem)
+    return parse_arch_spec(_read_yaml_file(p, "arch spec file"), str(p), name=p.stem)
 
 
 def data_files(folder: str) -> dict[str, tuple[str, str]]:

@@ -6,8 +6,9 @@ numbers and plain type mistakes all become :class:`~layerzero.errors.ValidationP
 the field path (``dispatch_rules[2].conditions.batch_size_gte``), the offending value and the fix. That is
 what lets a hot-reloading dispatcher keep serving the previous policy on any bad edit.
 
-YAML is parsed with ``yaml.safe_load`` (no object construction); ``yaml.compose`` on the same text finds
-duplicate keys, which ``safe_load`` would silently resolve to the last one.
+Files and YAML go through :mod:`layerzero.config_files` (regular files only, opened without blocking, size
+and alias limits, safe construction only); the composed node graph also yields duplicate keys, which
+a plain ``safe_load`` would silently resolve to the last one.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from layerzero.config_files import compose_yaml, construct_yaml, read_config_text
 from layerzero.errors import ConfigValidationError, ValidationProblem
 from layerzero.operations import OPERATIONS, matches
 from layerzero.policy.conditions import compile_conditions
@@ -140,37 +143,13 @@ def _fail(problems: Problems) -> None:
 
 
 def _from_file(path: str, registry: KernelRegistry | None, label: str | None = None) -> Policy:
+    """Read through the guarded reader: regular files only (a FIFO is rejected, never waited on), size
+    limit, UTF-8; any failure is a ConfigValidationError naming the file."""
     label = path if label is None else label
-    problems = Problems(label)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_SOURCE_BYTES + 1)
-    except FileNotFoundError:
-        if "\n" in path or ": " in path:
-            fix = "this looks like YAML text, not a path: use parse_policy_text(text)"
-        else:
-            fix = f"check the path (relative paths are resolved from the current directory {os.getcwd()!r})"
-        problems.add(DOCUMENT, path, f"file not found; fix: {fix}")
-        _fail(problems)
-    except (ValueError, TypeError) as e:  # e.g. an embedded NUL byte in the path
-        problems.add(DOCUMENT, path, f"not a usable file path ({e}); fix: pass a plain path")
-        _fail(problems)
-    except IsADirectoryError:
-        problems.add(DOCUMENT, path, "is a directory; fix: point to a .yaml file")
-        _fail(problems)
-    except OSError as e:
-        problems.add(DOCUMENT, path, f"cannot read the file ({e.strerror or e}); fix: check permissions")
-        _fail(problems)
-    if len(raw) > MAX_SOURCE_BYTES:
-        problems.add(DOCUMENT, f"> {MAX_SOURCE_BYTES} bytes", "the file is too large for a policy; fix: point to the "
-                     "right file")
-        _fail(problems)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        problems.add(DOCUMENT, f"byte {e.start}", "the file is not UTF-8 text (binary?); fix: save the policy as "
-                     "UTF-8 YAML")
-        _fail(problems)
+        text = read_config_text(path, "policy file", MAX_SOURCE_BYTES, text_api="parse_policy_text(text)")
+    except ConfigValidationError as e:
+        raise ConfigValidationError([replace(p, source=label) for p in e.problems], source=label) from None
     return _from_text(text, label, registry)
 
 
@@ -227,28 +206,16 @@ def _parse_yaml(text: str, problems: Problems) -> Any:
                      "fix: flatten it")
         return MISSING
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = compose_yaml(text, problems.source)
         if node is None:
             problems.add(DOCUMENT, text[:80], "the policy is empty; fix: write at least `version: \"1.0\"` (see "
                          "configs/default_policy.yaml)")
             return MISSING
         _check_duplicate_keys(node, problems)
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
-        what = e.problem or e.context or "syntax error"
-        fix = f"correct the YAML at {where}"
-        if "another document" in what:
-            fix = "a policy file holds one YAML document: remove the second '---' and what follows or merge them"
-        problems.add(DOCUMENT, where, f"YAML syntax error: {what}; fix: {fix}")
-    except yaml.YAMLError as e:
-        problems.add(DOCUMENT, clip(str(e)), f"not valid YAML ({type(e).__name__}); fix: save the policy as YAML text")
-    except RecursionError:
-        problems.add(DOCUMENT, None, "the document is nested too deeply; fix: flatten it")
-    except (ValueError, OverflowError, MemoryError) as e:  # e.g. an integer literal past Python's digit limit
-        problems.add(DOCUMENT, clip(str(e)), f"a value cannot be read ({type(e).__name__}); fix: check for absurdly "
-                     "long numbers or strings")
+        return construct_yaml(node, problems.source)
+    except ConfigValidationError as e:
+        for p in e.problems:
+            problems.add(p.field, p.value, p.message)
     return MISSING
 
 

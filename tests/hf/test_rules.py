@@ -174,3 +174,47 @@ def test_lazy_path_reads_rules_from_environment(tiny_model_dir, tmp_path, monkey
     labels = layerzero_hf.model_telemetry(model)["labels"]
     assert labels["experiment"] == "env-ab" and labels["arm"] == "only"
     assert layerzero_hf.orchestrator_of(model).get_telemetry().per_operation.get("attention.prefill")
+
+
+# ---------------------------------------------------------------------------------------------- guarded reading
+_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+def _rejected_quickly(fn, *args):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ConfigValidationError) as exc:
+        fn(*args)
+    assert time.perf_counter() - start < 2.0
+    assert len(str(exc.value)) < 2000  # a clipped message, not megabytes of expanded aliases
+    return exc.value
+
+
+def test_alias_bomb_in_a_rules_file_is_rejected(tmp_path, monkeypatch):
+    path = tmp_path / "models.yaml"
+    path.write_text("rules: []\n" + _BOMB)
+    err = _rejected_quickly(load_rules, str(path))
+    assert "alias" in str(err) and str(path) in str(err)
+    monkeypatch.setenv("LAYERZERO_HF_RULES", str(path))
+    assert "alias" in str(_rejected_quickly(load_rules))
+
+
+def test_alias_bomb_in_an_arch_spec_file_is_rejected(tmp_path):
+    from layerzero_hf.specs import load_arch_spec
+
+    path = tmp_path / "llama.yaml"
+    path.write_text(_BOMB)
+    assert "alias" in str(_rejected_quickly(load_arch_spec, path))
+
+
+def test_rules_and_spec_paths_that_are_fifos_never_block(tmp_path):
+    import os
+
+    from layerzero_hf.specs import load_arch_spec
+
+    fifo = tmp_path / "models.yaml"
+    os.mkfifo(fifo)
+    assert "named pipe" in str(_rejected_quickly(load_rules, str(fifo)))
+    assert "named pipe" in str(_rejected_quickly(load_arch_spec, fifo))

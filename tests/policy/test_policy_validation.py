@@ -426,3 +426,26 @@ def test_unmatched_allow_and_exact_deny_names_warn(registry):
     assert deny.startswith("kernel_denies[1]: 'liger_rms_nrm' matches no registered kernel id or alias (did you "
                            "mean 'liger_rms_norm'")
     assert allow.startswith("kernel_allows[0]: 'flash_atn_*' matches no registered kernel id or alias")
+
+
+def test_named_pipe_as_policy_path_is_rejected_without_blocking(tmp_path, registry):
+    import os
+    import time
+
+    fifo = tmp_path / "policy.yaml"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    with pytest.raises(ConfigValidationError) as info:
+        load_policy(str(fifo), registry)
+    assert time.perf_counter() - start < 1.0
+    (p,) = info.value.problems
+    assert "named pipe" in p.message and "fix:" in p.message and p.source == str(fifo)
+
+
+def test_alias_bomb_policy_file_is_rejected_with_a_short_message(tmp_path, registry):
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: '1'\n" + "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")))
+    with pytest.raises(ConfigValidationError) as info:
+        load_policy(str(path), registry)
+    assert any("alias" in p.message for p in info.value.problems) and len(str(info.value)) < 2000
