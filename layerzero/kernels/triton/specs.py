@@ -47,10 +47,21 @@ _PLATFORMS = frozenset({"cuda", "cpu"})
 # - swiglu: 3.04 TB/s after tuning, level with Liger (3.02) and torch.compile (3.04), 1.7x eager: 65, above
 #   Liger (60). Small activations are launch-bound; the default policy already routes them to torch.
 # - geglu: 2.94 TB/s vs Liger 2.50 and eager 1.82: 65.
+# - decode_attention (one query per sequence; catalogue peers: torch_sdpa_attention 90, pinned cuDNN 85,
+#   FA3 84, FA2 80, torch_flex_attention 60, flashinfer_decode 60): 70. It exists for what SDPA cannot
+#   run — soft-capping (Gemma-2), sinks — where selection used to fall to FlexAttention, which recompiles
+#   for every new key length at decode (a Gemma2-2B-shaped model decoded at 0.23x HF sdpa on an H200), so
+#   it must rank above Flex; it compiles once for every key length. Plain decode stays with SDPA (90:
+#   measured within 3% of FlashInfer decode on the H100, and no Triton launch overhead), and the
+#   flash-attn builds (80/84), tuned CUDA kernels with their own split-KV decode, keep precedence when
+#   installed. Above flashinfer_decode (60), which JIT-builds a module per configuration and takes no mask.
 RMS_NORM_PRIORITY = 75
 ROPE_PRIORITY = 75
 SWIGLU_PRIORITY = 65
 GEGLU_PRIORITY = 65
+DECODE_ATTENTION_PRIORITY = 70
+# Register tiles of the decode kernel hold a whole head (padded to a power of two).
+DECODE_MAX_HEAD_DIM = 256
 
 def interpreter_enabled() -> bool:
     """True when Triton kernels would be built for the CPU interpreter."""
@@ -75,8 +86,22 @@ def _rope_head_dim(ctx: "SelectionContext") -> str | None:
     return None
 
 
+def _decode_only(ctx: "SelectionContext") -> str | None:
+    """seq_len_q == 1"""
+    if ctx.seq_len_q is not None and ctx.seq_len_q != 1:
+        return f"seq_len_q {ctx.seq_len_q} != 1 (triton_decode_attention is decode-only)"
+    return None
+
+
+def _gqa_ratio(ctx: "SelectionContext") -> str | None:
+    """num_heads divisible by num_kv_heads"""
+    if ctx.num_heads and ctx.num_kv_heads and ctx.num_heads % ctx.num_kv_heads:
+        return f"num_heads {ctx.num_heads} not divisible by num_kv_heads {ctx.num_kv_heads}"
+    return None
+
+
 def triton_kernels() -> list[KernelSpec]:
-    """The Triton kernels LayerZero ships (rms_norm, rope, swiglu, geglu)."""
+    """The Triton kernels LayerZero ships (rms_norm, rope, swiglu, geglu, decode attention)."""
     base = dict(platforms=_PLATFORMS, dtypes=_DTYPES, supports_grad=False, supports_compile=True)
     return [
         KernelSpec(
@@ -137,5 +162,25 @@ def triton_kernels() -> list[KernelSpec]:
             tags=frozenset({"triton", "fused"}),
             description="LayerZero Triton GeGLU: gelu(gate, 'tanh' or 'none') * up in fp32, one pass; "
             "forward only.",
+        ),
+        KernelSpec(
+            "triton_decode_attention",
+            ("attention.*",),
+            backend="triton",
+            impl="layerzero.kernels.triton.decode_attention:decode_attention",
+            constraints=KernelConstraints(
+                **base,
+                max_head_dim=DECODE_MAX_HEAD_DIM,
+                supports_dropout=False,
+                supports_softcap=True,
+                supports_sliding_window=True,
+                supports_sinks=True,
+                custom=(cpu_needs_interpreter, _decode_only, _gqa_ratio),
+            ),
+            priority=DECODE_ATTENTION_PRIORITY,
+            tags=frozenset({"triton", "decode"}),
+            description="LayerZero Triton flash-decoding (Sq = 1): split-KV partials + one reduce, GQA group "
+            "per program, softcap, sliding window, sinks, bool/additive masks, strided KV-cache views; one "
+            "compiled variant for every key length; forward only.",
         ),
     ]
