@@ -7,11 +7,11 @@ the default (say flash-attn) is not installed: the next registered kernel serves
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from layerzero.dispatch.core import PlannedDispatcher
-from layerzero.dispatch.types import DispatchConfig, DispatchMode
-from layerzero.errors import DispatcherFrozenError, KernelNotFoundError
+from layerzero.dispatch.types import DispatchConfig, DispatchMode, _check_kernel_map
+from layerzero.errors import ConfigValidationError, DispatcherFrozenError, KernelNotFoundError, ValidationProblem
 from layerzero.operations import OPERATIONS, expand
 from layerzero.selection.engine import SelectionEngine
 
@@ -83,17 +83,27 @@ class StaticKernelRegistry:
         return lst[0] if lst else None
 
 
-def registry_from_map(kernel_map: dict[str, str], kernels: "KernelRegistry") -> StaticKernelRegistry:
+def registry_from_map(kernel_map: Mapping[str, str], kernels: "KernelRegistry") -> StaticKernelRegistry:
     """A static registry from ``{operation: kernel id}``; the global catalogue's other kernels for each
-    operation follow the mapped one in priority order, as its fallbacks."""
+    operation follow the mapped one in priority order, as its fallbacks. A wrong map raises
+    ConfigValidationError naming the entry, the value and the fix."""
     reg = StaticKernelRegistry()
-    for op, name in kernel_map.items():
+    for op, name in _check_kernel_map(kernel_map).items():
         if op not in OPERATIONS:
-            raise ValueError(f"static_kernel_map: unknown operation {op!r}; known: {', '.join(OPERATIONS)}")
+            raise ConfigValidationError([ValidationProblem(
+                "DispatchConfig.static_kernel_map", op,
+                f"unknown operation {op!r}; fix: use one of {', '.join(OPERATIONS)}")])
         try:
             spec = kernels.get(name)
         except KernelNotFoundError as e:
-            raise ValueError(f"static_kernel_map[{op!r}]: {e}") from None
+            raise ConfigValidationError([ValidationProblem(
+                f"DispatchConfig.static_kernel_map[{op!r}]", name,
+                f"{e}; fix: map {op!r} to a registered kernel id or alias")]) from None
+        if not spec.serves(op):
+            raise ConfigValidationError([ValidationProblem(
+                f"DispatchConfig.static_kernel_map[{op!r}]", name,
+                f"kernel {spec.kernel_id!r} does not implement {op!r} (it serves {', '.join(spec.operations)}); "
+                f"fix: map {op!r} to a kernel of that operation")])
         reg.register_from_spec(spec, is_default=True, operation=op)
     for op in OPERATIONS:
         for spec in kernels.get_by_operation(op):
