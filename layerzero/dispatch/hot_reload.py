@@ -14,6 +14,9 @@ Safety rules:
   hash; the watcher simply tries again when the file changes (a half-written file becomes valid).
 * The watcher parses exactly the bytes it hashed (see :mod:`layerzero.dispatch.config_watch`), so a
   version's hash always describes the policy that serves it.
+* A changed file is applied only after its content has stayed the same for
+  ``config.reload_settle_seconds`` (1 s by default), so a writer stalled mid-file never gets a
+  valid-looking prefix served. ``reload()`` is the explicit "the file is complete, load it now".
 * ``rollback`` re-activates the previous good version; the file on disk is not touched, and the watcher
   loads the file again only when its content changes.
 
@@ -460,9 +463,9 @@ class HotReloadDispatcher(BaseDispatcher):
         return callback
 
     # ------------------------------------------------------------------ watching
-    def _make_watcher(self, interval: float) -> ConfigWatcher:
+    def _make_watcher(self, interval: float, settle: float) -> ConfigWatcher:
         # The thread holds only a weak reference: a dispatcher nobody uses any more is collected and its
-        # watcher stops, even if stop() was never called (the seed's A/B example never calls it).
+        # watcher stops, even if stop() was never called (example scripts often never call it).
         ref = weakref.ref(self)
         stop_event: list[threading.Event] = []
 
@@ -476,21 +479,26 @@ class HotReloadDispatcher(BaseDispatcher):
                 grace_period_seconds=0.0, force=False, raise_errors=False,
             )
 
-        watcher = ConfigWatcher(self.path, on_change, interval, initial_digest=self._seen_digest)
+        watcher = ConfigWatcher(self.path, on_change, interval, initial_digest=self._seen_digest,
+                                settle_seconds=settle)
         stop_event.append(watcher._stop)
         return watcher
 
-    def watch(self, interval_seconds: float | None = None) -> None:
-        """Start the polling thread (daemon) at ``watch_interval_seconds``. Idempotent."""
+    def watch(self, interval_seconds: float | None = None, settle_seconds: float | None = None) -> None:
+        """Start the polling thread (daemon) at ``watch_interval_seconds``; a change is applied once it has
+        read the same for ``settle_seconds`` (default ``config.reload_settle_seconds``). Idempotent; stop
+        it with :meth:`stop` (or use the dispatcher as a context manager)."""
         interval = self.config.watch_interval_seconds if interval_seconds is None else interval_seconds
+        settle = self.config.reload_settle_seconds if settle_seconds is None else settle_seconds
         with self._reload_lock:
             watcher = self._watcher
             if watcher is None:
-                watcher = self._watcher = self._make_watcher(interval)
+                watcher = self._watcher = self._make_watcher(interval, settle)
             elif watcher.running:
                 return
             else:
-                watcher.interval_seconds = float(interval)
+                fresh = self._make_watcher(interval, settle)  # validates both values
+                watcher.interval_seconds, watcher.settle_seconds = fresh.interval_seconds, fresh.settle_seconds
         watcher.start()
 
     def stop(self) -> None:
@@ -507,10 +515,12 @@ class HotReloadDispatcher(BaseDispatcher):
 
     def poll(self) -> bool:
         """Run one watcher check now, in this thread (whether or not the watch thread runs); True when
-        a new content was seen (and loaded or rejected)."""
+        a new content was handled (loaded or rejected). A new content is handled only by a check after it
+        has read the same for ``config.reload_settle_seconds``; call :meth:`reload` to load it at once."""
         with self._reload_lock:
             if self._watcher is None:
-                self._watcher = self._make_watcher(self.config.watch_interval_seconds)
+                self._watcher = self._make_watcher(self.config.watch_interval_seconds,
+                                                   self.config.reload_settle_seconds)
             watcher = self._watcher
         return watcher.poll_once()
 

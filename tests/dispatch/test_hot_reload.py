@@ -43,6 +43,9 @@ def cfg_path(tmp_path):
 
 
 def _make(path, kr, **cfg) -> HotReloadDispatcher:
+    # No settle period here: these tests poll by hand right after each complete write. The default
+    # (1 s against stalled writers) is tested in test_hot_reload_settle.py.
+    cfg.setdefault("reload_settle_seconds", 0)
     config = DispatchConfig(mode=DispatchMode.HOT_RELOAD, config_path=path, **cfg)
     return HotReloadDispatcher(config, kernel_registry=kr, backend_registry=backends())
 
@@ -303,7 +306,7 @@ def test_watcher_survives_callback_errors(tmp_path):
         seen.append(data)
         raise RuntimeError("consumer bug")
 
-    w = ConfigWatcher(str(p), cb, interval_seconds=0.01)
+    w = ConfigWatcher(str(p), cb, interval_seconds=0.01, settle_seconds=0)
     assert w.poll_once() and not w.poll_once()
     p.write_text("b")
     assert w.poll_once()
@@ -321,7 +324,8 @@ def test_a_read_overlapping_a_rewrite_is_never_reported(tmp_path, monkeypatch):
     p = tmp_path / "f"
     p.write_text('{"version": "old"}')
     seen = []
-    w = ConfigWatcher(str(p), lambda data, digest, error: seen.append(data), interval_seconds=0.01)
+    w = ConfigWatcher(str(p), lambda data, digest, error: seen.append(data), interval_seconds=0.01,
+                      settle_seconds=0)
     assert w.poll_once() and seen == [b'{"version": "old"}']
 
     real = cw._read_once
@@ -355,6 +359,7 @@ def test_unreferenced_dispatcher_stops_its_watcher(cfg_path, kr):
 # ---------------------------------------------------------------------------- factory / orchestrator
 def test_factory_and_shared_resilience_state(cfg_path, kr):
     d = create_hot_reload_dispatcher(cfg_path, validate_on_reload=True, watch_interval_seconds=0.01,
+                                     reload_settle_seconds=0.02,
                                      start_watching=True, kernel_registry=kr, backend_registry=backends(),
                                      failure_threshold=4)
     try:

@@ -73,7 +73,7 @@ def test_reload_under_load(tmp_path):
     path = str(tmp_path / "kernels.yaml")
     write_atomic(path, valid_text(0))
     config = DispatchConfig(mode=DispatchMode.HOT_RELOAD, config_path=path, watch_interval_seconds=0.002,
-                            validate_on_reload=True)
+                            reload_settle_seconds=0.01, validate_on_reload=True)
     d = HotReloadDispatcher(config, kernel_registry=kr, backend_registry=backends())
     current_write = [-1]
     errors: list[tuple[int, BaseException]] = []
