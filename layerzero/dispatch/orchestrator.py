@@ -84,7 +84,11 @@ class DispatchOrchestrator:
         if mode is DispatchMode.HOT_RELOAD:
             from layerzero.dispatch.hot_reload import HotReloadDispatcher
 
-            return HotReloadDispatcher(self.config, **shared)
+            # HOT_RELOAD means "follow the file": start watching it now (every watch_interval_seconds,
+            # changes applied once settled). The watcher is a daemon thread; stop it with close().
+            hot = HotReloadDispatcher(self.config, **shared)
+            hot.watch()
+            return hot
         if mode is DispatchMode.AUTOTUNE:
             from layerzero.dispatch.autotune import AutotuneDispatcher
 
@@ -155,6 +159,20 @@ class DispatchOrchestrator:
     def get_telemetry(self) -> "TelemetrySnapshot":
         return self.telemetry.snapshot()
 
+    def close(self) -> None:
+        """Stop background work: the HOT_RELOAD dispatcher's file watcher (its current policy keeps
+        serving). Dispatching still works after close; the orchestrator is also a context manager."""
+        for d in list(self._dispatchers.values()):
+            stop = getattr(d, "stop", None)
+            if callable(stop):
+                stop()
+
+    def __enter__(self) -> "DispatchOrchestrator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
 
 def _plain_execute(dispatcher: BaseDispatcher) -> Any:
     """The bound ``_execute`` of a PlannedDispatcher whose public entry points are the stock ones, else None
@@ -174,4 +192,6 @@ def create_orchestrator(
     backend_registry: "BackendRegistry | None" = None,
     policy: "Policy | None" = None,
 ) -> DispatchOrchestrator:
+    """An orchestrator for ``config``. In ``DispatchMode.HOT_RELOAD`` it watches ``config.config_path``
+    from the start; call ``close()`` (or use it in a ``with`` block) to stop the watcher."""
     return DispatchOrchestrator(config, kernel_registry, backend_registry, policy)

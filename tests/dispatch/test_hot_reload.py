@@ -390,3 +390,20 @@ def test_orchestrator_hot_reload_mode(cfg_path, kr):
     assert orch.dispatch("rms_norm", INPUTS).kernel_id == "lz_v5"
     assert d.current_version.origin == "set_policy"
     assert d.rollback().version == 1 and orch.dispatch("rms_norm", INPUTS).kernel_id == "lz_v0"
+    orch.close()
+
+
+def test_orchestrator_hot_reload_mode_watches_its_file_until_closed(cfg_path, kr):
+    from layerzero.dispatch import create_orchestrator
+
+    config = DispatchConfig(mode=DispatchMode.HOT_RELOAD, config_path=cfg_path, watch_interval_seconds=0.01,
+                            reload_settle_seconds=0.02)
+    with create_orchestrator(config=config, kernel_registry=kr, backend_registry=backends()) as orch:
+        d = orch.get_dispatcher()
+        assert d.watching
+        write_atomic(cfg_path, lock_policy_text("lz_v2"))
+        _wait_for(lambda: orch.dispatch("rms_norm", INPUTS).kernel_id == "lz_v2")
+    assert not d.watching  # close() (here: leaving the with block) stops the watcher
+    write_atomic(cfg_path, lock_policy_text("lz_v3"))
+    time.sleep(0.1)
+    assert orch.dispatch("rms_norm", INPUTS).kernel_id == "lz_v2"
