@@ -86,6 +86,23 @@ class ConfigValidationError(LayerZeroError, ValueError):
         super().__init__(f"{head}\n{body}")
 
 
+class InvalidInputError(LayerZeroError, ValueError):
+    """A call's inputs or options are wrong: the caller's mistake, raised before any kernel runs (or when a
+    kernel's failure turns out to be the input's fault). Never counted against a kernel's circuit breaker.
+
+    ``problems`` holds ``(argument, value, message-with-fix)`` tuples, every one found."""
+
+    def __init__(self, operation: Any, problems: Sequence[tuple[str, Any, str]], cause: BaseException | None = None):
+        self.operation = operation
+        self.problems = tuple(problems)
+        self.cause = cause
+        lines = [f"invalid call of {operation!r}:"]
+        lines += [f"  - {arg}={value!r}: {msg}" for arg, value, msg in self.problems]
+        if cause is not None:
+            lines.append(f"  (the fp32 reference rejects this input too: {type(cause).__name__}: {cause})")
+        super().__init__("\n".join(lines))
+
+
 class KernelExecutionError(LayerZeroError):
     """A kernel raised, or its output failed the output check."""
 

@@ -65,7 +65,7 @@ class CallSite:
             return orch.dispatch(operation, inputs, **kwargs).output
         state = d._state
         key = state.keyer(operation, inputs, kwargs)
-        if m[2] is state and m[3] == key:
+        if m[2] is state and m[3] == key and not m[4].superseded:
             plan = m[4]
         else:
             plan = state.engine.lookup(key)
@@ -78,7 +78,7 @@ class CallSite:
                 return out
             self.binds += 1
             self._memo = (orch, d, state, key, plan)
-        return d._run_plan(plan, True, operation, inputs, kwargs, t0, False)
+        return d._run_plan(plan, True, operation, inputs, kwargs, t0, False, key)
 
     @staticmethod
     def _bindable(orch: Any) -> PlannedDispatcher | None:

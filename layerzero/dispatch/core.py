@@ -15,14 +15,21 @@ import torch
 from layerzero.dispatch.protocols import BaseDispatcher
 from layerzero.dispatch.types import _NO_TIMING, DispatchConfig, DispatchMode, DispatchResult, DispatchTiming
 from layerzero.dispatch.circuit import CircuitState
-from layerzero.errors import CircuitOpenError, FallbackChainExhaustedError, KernelExecutionError
+from layerzero.errors import CircuitOpenError, FallbackChainExhaustedError, InvalidInputError, KernelExecutionError
 from layerzero.selection.context import SelectionContext, default_is_causal
 from layerzero.selection.engine import Explanation, Plan, SelectionEngine
 from layerzero.selection.keys import make_keyer
 from layerzero.operations import ATTENTION_OPS
+from layerzero.validation import problems as input_problems
+from layerzero.validation import validate
 
 _ATTENTION_OPS = frozenset(ATTENTION_OPS)
 _CLOSED = CircuitState.CLOSED
+if torch.cuda.is_available():
+    _cuda_device = torch._C._cuda_getDevice  # the current CUDA device, without the Python wrapper
+else:
+    def _cuda_device() -> int:
+        return -2  # matches no plan: a CUDA plan here holds CPU tensors (explicit contexts), see _run_on_device
 
 if TYPE_CHECKING:
     from layerzero.dispatch.circuit import CircuitBreakerManager
@@ -101,6 +108,16 @@ class PlannedDispatcher(BaseDispatcher):
         self.telemetry = telemetry if self.config.enable_telemetry else None
         self._check_outputs = self.config.check_outputs
         self._record_timing = self.config.record_timing
+        cfg = self.config
+        self._verify_first = bool(getattr(cfg, "verify_kernels", True))
+        self._sample_every = int(getattr(cfg, "verify_sample_every", 0) or 0)
+        self._countdown = self._sample_every
+        self._verifier = None
+        if self._verify_first or self._sample_every:
+            from layerzero.dispatch.verify import KernelVerifier
+
+            self._verifier = KernelVerifier(self.kernel_registry, getattr(cfg, "verify_max_elements", 1 << 26),
+                                            self._sample_every)
         self._state: SelectionState = self._build_state()
 
     # ------------------------------------------------------------------ to override
@@ -167,7 +184,7 @@ class PlannedDispatcher(BaseDispatcher):
         hit = plan is not None
         if not hit:
             plan = self._miss(state, key, operation, inputs, context, kwargs)
-        return self._run_plan(plan, hit, operation, inputs, kwargs, t0, want_result)
+        return self._run_plan(plan, hit, operation, inputs, kwargs, t0, want_result, key)
 
     def _run_plan(
         self,
@@ -178,9 +195,16 @@ class PlannedDispatcher(BaseDispatcher):
         kwargs: Mapping[str, Any],
         t0: int,
         want_result: bool,
+        key: Any = None,
     ) -> Any:
         """Run a plan's primary kernel under its breaker; on failure walk the fallbacks. Shared by
-        ``_execute`` and by :class:`~layerzero.dispatch.callsite.CallSite`, which brings its own plan."""
+        ``_execute`` and by :class:`~layerzero.dispatch.callsite.CallSite`, which brings its own plan.
+
+        The kernel runs with the plan's GPU current (the device guard: Triton, FlashInfer and Liger launch
+        on the current device, and a model split over GPUs calls them with tensors on another one). A
+        keyword the operation does not take is the caller's error, raised before the kernel runs. On a
+        cache miss (``hit`` False) the output is checked against the fp32 reference before it is served
+        (:mod:`layerzero.dispatch.verify`)."""
         t1 = perf_counter_ns()
         spec = plan.kernels[0]
         circuit = None
@@ -190,12 +214,20 @@ class PlannedDispatcher(BaseDispatcher):
             if circuit._state is not _CLOSED and not circuit.allow_request():
                 result = self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [], skipped=[spec.kernel_id])
                 return result if want_result else result.output
+        params = spec.parameters
+        if params.issuperset(kwargs) and params.issuperset(inputs):
+            args = None
+        else:
+            validate(operation, inputs, kwargs)  # an unknown keyword: raises, naming it
+            args = spec.map_arguments(inputs, kwargs)
         try:
-            params = spec.parameters
-            if params.issuperset(kwargs) and params.issuperset(inputs):
+            idx = plan.cuda_index
+            if idx is not None and (idx < 0 or _cuda_device() != idx):
+                out = _run_on_device(idx, spec, inputs, kwargs, args)
+            elif args is None:
                 out = spec.impl(**inputs, **kwargs)
             else:
-                out = spec.impl(**spec.map_arguments(inputs, kwargs))
+                out = spec.impl(**args)
             if self._check_outputs:
                 problem = expected_output_check(operation, inputs, out)
                 if problem is not None:
@@ -203,6 +235,18 @@ class PlannedDispatcher(BaseDispatcher):
         except Exception as exc:  # noqa: BLE001 - any kernel failure goes to the fallback path
             result = self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [(spec.kernel_id, exc)])
             return result if want_result else result.output
+        if self._verifier is not None:
+            if not hit:
+                if key is not None and self._verify_first:
+                    why = self._verifier.check_now(operation, spec, inputs, kwargs, out)
+                    if why is not None:
+                        plan = self._demote(key, plan, operation, why)
+                        return self._run_plan(plan, False, operation, inputs, kwargs, t0, want_result, key)
+            elif self._sample_every:
+                self._countdown -= 1
+                if self._countdown <= 0:
+                    self._countdown = self._sample_every
+                    self._sample(key, plan, operation, inputs, kwargs, out)
         if circuit is not None and (circuit._failures or circuit._state is not _CLOSED):
             circuit.record_success()
         t2 = perf_counter_ns()
@@ -241,6 +285,7 @@ class PlannedDispatcher(BaseDispatcher):
     ) -> Plan:
         """Cache miss: build the full context, rank, cache the plan, note a change of kernel. A catalogue
         that changed since the engine was built (kernels registered at run time) is picked up here."""
+        validate(operation, inputs, kwargs)  # the caller's mistakes never reach a kernel or a breaker
         engine = state.engine
         if engine.is_stale:
             self.refresh()
@@ -271,6 +316,64 @@ class PlannedDispatcher(BaseDispatcher):
         """The plan for a cache miss, and whether it may be cached (subclasses refine the ranking)."""
         return engine.plan(operation, ctx), True
 
+    def _caller_fault(self, operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any],
+                      exc: BaseException) -> InvalidInputError | None:
+        """The input's fault, not the kernel's: the call breaks the operation's contract, or the fp32
+        reference raises on it too. Then no breaker or telemetry counts it and the caller gets the error."""
+        if isinstance(exc, InvalidInputError):
+            return exc
+        found = input_problems(operation, inputs, kwargs)
+        if found:
+            return InvalidInputError(operation, found)
+        if isinstance(exc, (torch.OutOfMemoryError, KernelExecutionError)):
+            return None
+        ref = self.kernel_registry.reference_for(operation)
+        if ref is None:
+            return None
+        try:
+            with torch.no_grad():
+                ref.impl(**ref.map_arguments(inputs, kwargs))
+        except torch.OutOfMemoryError:
+            return None
+        except Exception as ref_exc:  # noqa: BLE001 - the reference's verdict on this input
+            return InvalidInputError(operation, [("inputs", "(see below)", f"{type(exc).__name__}: {exc}")],
+                                     cause=ref_exc)
+        return None
+
+    def _demote(self, key: Any, plan: Plan, operation: str, why: str) -> Plan:
+        """A verification failed: the bucket's plan loses its first kernel (the next one serves the call and
+        the bucket), the kernel's breaker records a failure and a warning says why."""
+        import logging
+
+        spec = plan.kernels[0]
+        logging.getLogger("layerzero.verify").warning(
+            "kernel %s gave a wrong result for %s (%s); the next kernel of the plan (%s) serves this shape "
+            "bucket from now on", spec.kernel_id, operation, why,
+            plan.kernels[1].kernel_id if len(plan.kernels) > 1 else "none")
+        exc = KernelExecutionError(spec.kernel_id, f"verification against the fp32 reference failed: {why}")
+        if self.circuits is not None:
+            self.circuits.get_circuit(plan.circuit_keys[0]).record_failure(exc)
+        if self.telemetry is not None:
+            self.telemetry.record_failure(operation, spec.kernel_id, exc)
+        if len(plan.kernels) < 2:
+            raise exc
+        demoted = Plan(plan.operation, plan.kernels[1:], plan.context)
+        object.__setattr__(plan, "superseded", True)
+        state = self._state
+        if key is not None and state.engine.lookup(key) is plan:
+            state.engine.store(key, demoted)
+        return demoted
+
+    def _sample(self, key: Any, plan: Plan, operation: str, inputs: Mapping[str, Any],
+                kwargs: Mapping[str, Any], out: Any) -> None:
+        """A sampled verification of a cached call (see :mod:`layerzero.dispatch.verify`)."""
+        verifier = self._verifier
+        for failed_key, failed_plan, op, why in verifier.poll():
+            self._demote(failed_key, failed_plan, op, why)
+        why = verifier.sample(key, plan, operation, inputs, kwargs, out)
+        if why is not None:
+            self._demote(key, plan, operation, why)
+
     def _recover(
         self,
         plan: Plan,
@@ -285,6 +388,10 @@ class PlannedDispatcher(BaseDispatcher):
     ) -> DispatchResult:
         """Slow path: record the failure, then walk the fallback order under the circuit breakers."""
         skipped = list(skipped or [])
+        if attempts:
+            caller = self._caller_fault(operation, inputs, kwargs, attempts[0][1])
+            if caller is not None:
+                raise caller from attempts[0][1]
         circuits = self.circuits
         ckey = dict(zip((k.kernel_id for k in plan.kernels), plan.circuit_keys))
         telemetry = self.telemetry
@@ -306,7 +413,11 @@ class PlannedDispatcher(BaseDispatcher):
                 continue
             budget -= 1
             try:
-                out = spec.impl(**spec.map_arguments(inputs, kwargs))
+                idx = plan.cuda_index
+                if idx is not None:
+                    out = _run_on_device(idx, spec, inputs, kwargs, spec.map_arguments(inputs, kwargs))
+                else:
+                    out = spec.impl(**spec.map_arguments(inputs, kwargs))
                 if self.config.check_outputs:
                     problem = expected_output_check(operation, inputs, out)
                     if problem is not None:
@@ -330,6 +441,21 @@ class PlannedDispatcher(BaseDispatcher):
         if not attempts:
             raise CircuitOpenError(operation, skipped)
         raise FallbackChainExhaustedError(operation, attempts)
+
+
+def _run_on_device(index: int, spec: "KernelSpec", inputs: Mapping[str, Any], kwargs: Mapping[str, Any],
+                   args: Mapping[str, Any] | None) -> Any:
+    """Run a kernel with the GPU its tensors live on made current. The tensors decide (a plan made for an
+    explicit context may name another device than the tensors hold, or none); tensors off CUDA need no
+    guard."""
+    first = next((t for t in inputs.values() if isinstance(t, torch.Tensor)), None)
+    if first is None or first.device.type != "cuda":
+        return spec.impl(**inputs, **kwargs) if args is None else spec.impl(**args)
+    target = first.device.index if first.device.index is not None else index
+    if target is None or target < 0 or target == _cuda_device():
+        return spec.impl(**inputs, **kwargs) if args is None else spec.impl(**args)
+    with torch.cuda.device(target):
+        return spec.impl(**inputs, **kwargs) if args is None else spec.impl(**args)
 
 
 __all__ = ["PlannedDispatcher", "SelectionState", "expected_output_check", "DispatchMode"]

@@ -46,6 +46,12 @@ class DispatchConfig:
     recovery_timeout_seconds: float = 30.0
     half_open_max_calls: int = 3
     check_outputs: bool = False
+    # verified kernels (the canary): the first call of a kernel in each shape bucket is compared with the
+    # fp32 reference before its result is served; every ``verify_sample_every``-th later call is compared
+    # off the critical path (0 turns sampling off). A failed check removes the kernel from that bucket.
+    verify_kernels: bool = True
+    verify_sample_every: int = 1000
+    verify_max_elements: int = 1 << 26
     # observability
     enable_telemetry: bool = True
     record_timing: bool = True

@@ -116,8 +116,11 @@ def make_keyer(bucketers: Mapping[str, Bucketer]) -> Keyer:
         fn = by_op.get(op, generic_key)
         try:
             return fn(op, inputs, kw)
-        except (KeyError, IndexError, AttributeError):
-            return generic_key(op, inputs, kw)
+        except (KeyError, IndexError, AttributeError, TypeError):
+            try:
+                return generic_key(op, inputs, kw)
+            except Exception:  # noqa: BLE001 - not even a generic key: a key that never hits, so the
+                return object()  # miss path validates the call and names what is wrong
 
     return keyer
 
