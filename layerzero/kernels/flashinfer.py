@@ -277,6 +277,20 @@ def _prefill_shape(ctx) -> str | None:
     return None
 
 
+# FlashInfer 0.7 runs its cos/sin-cache RoPE kernel for head_dim 64/128/256/512 only; other head dims are
+# routed to its RoPE+quantize kernel, which returned wrong values in a model (a tiny Llama with head_dim 16
+# passed q/k (B, H, S, 16) and cos/sin (B, S, 16): max error 0.935 in bf16, measured on an H200). Rule those
+# calls out rather than serve them. Source: include/flashinfer/pos_enc.cuh, BatchQKApplyRotaryPosIdsCosSinCache.
+_ROPE_HEAD_DIMS = frozenset({64, 128, 256, 512})
+
+
+def _rope_tables_ok(ctx) -> str | None:
+    """rotary tables covering whole heads or an even part of them"""
+    if ctx.rotary_dim is not None and ctx.rotary_dim % 2:
+        return f"rotary_dim {ctx.rotary_dim} is odd"
+    return None
+
+
 def _offset_zero_or_one(ctx) -> str | None:
     """norm weight offset must be 0 (rmsnorm) or 1 (gemma_rmsnorm)"""
     if ctx.norm_offset not in (0.0, 1.0):
@@ -322,7 +336,7 @@ def kernel_specs() -> list[KernelSpec]:
                    KernelConstraints(**cuda_half, custom=(_offset_zero_or_one, _gemma_casting)), 65,
                    description="flashinfer.rmsnorm / gemma_rmsnorm (fp32 math, one rounding)"),
         KernelSpec("flashinfer_rope", "rope", "flashinfer", f"{mod}:flashinfer_rope",
-                   KernelConstraints(**cuda_half), 60,
+                   KernelConstraints(**cuda_half, head_dims=_ROPE_HEAD_DIMS, custom=(_rope_tables_ok,)), 60,
                    description="apply_rope_with_cos_sin_cache (out of place), NeoX or interleaved, partial"),
         KernelSpec("flashinfer_swiglu", "swiglu", "flashinfer", f"{mod}:flashinfer_swiglu",
                    KernelConstraints(**cuda_half), 40,
