@@ -65,6 +65,10 @@ SHAPES: dict[str, dict[str, Any]] = {
                  rms_norm_eps=1e-5, initializer_range=0.1, tie_word_embeddings=False),
 }
 FP32_TOL = 1e-4
+# The deterministic check on GPUs: the same weights upcast to fp32, TF32 off. Two correct fp32 paths then
+# differ by accumulation order only (~1e-5 of the logits' scale after a few dozen layers), so a wrong kernel
+# or a misplaced tensor shows up orders of magnitude above this bound, where bf16's noise floor hides it.
+FP32_GPU_REL_TOL = 1e-3
 # The lent multi-GPU hosts must never use NVLink multicast (it can take the shared GPUs out of service); the
 # launcher passes these to every rank even if the caller's environment lost them.
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -202,11 +206,15 @@ def run_variants(model, args: argparse.Namespace, input_device: Any, device_type
     out["noise_floor_eager_vs_sdpa"] = compare(reference, _logits(model, parity_ids))
     model.set_attn_implementation("sdpa")
 
+    if args.profile:
+        out["profile_unpatched"] = profile_decode(model, greedy_ids, device_type)
     report = layerzero_hf.patch(model, attention=True)
     try:
         patched_logits = _logits(model, parity_ids)
         tokens = _greedy(model, greedy_ids, args.greedy)
         out["patched"] = measure(model, args, input_device, device_type, vocab)
+        if args.profile:
+            out["profile_patched"] = profile_decode(model, greedy_ids, device_type)
         snap = layerzero_hf.model_telemetry(model)["snapshot"]
         orch = layerzero_hf.orchestrator_of(model)
         circuits = getattr(orch, "circuits", None)
@@ -230,7 +238,58 @@ def run_variants(model, args: argparse.Namespace, input_device: Any, device_type
     parity.update(passed=ok, criterion=why)
     out["parity_patched_vs_unpatched"] = parity
     out["speedup"] = _speedups(out["unpatched"], out["patched"])
+    if dtype != torch.float32 and args.fp32_check:
+        out["fp32_check"] = fp32_check(model, parity_ids, greedy_ids, args.greedy)
     return out
+
+
+def fp32_check(model, parity_ids: torch.Tensor, greedy_ids: torch.Tensor, greedy: int) -> dict[str, Any]:
+    """The deterministic parity check: the model's weights upcast to fp32 in place (placement and sharding
+    kept), TF32 off, logits and greedy tokens unpatched vs patched. With bf16's noise floor at top-1 0.8 a
+    greedy comparison says little; in fp32 the two paths must agree to ``FP32_GPU_REL_TOL`` of the logits'
+    scale and token for token."""
+    import layerzero_hf
+
+    matmul_tf32, cudnn_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        model.float()
+        model.set_attn_implementation("sdpa")
+        reference = _logits(model, parity_ids)
+        ref_tokens = _greedy(model, greedy_ids, greedy)
+        layerzero_hf.patch(model, attention=True)
+        try:
+            patched = _logits(model, parity_ids)
+            tokens = _greedy(model, greedy_ids, greedy)
+        finally:
+            layerzero_hf.unpatch(model)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+    parity = compare(reference, patched)
+    scale = reference.abs().max().item()
+    bound = FP32_GPU_REL_TOL * max(scale, 1e-6)
+    same = sum(1 for a, b in zip(ref_tokens[0], tokens[0]) if a == b)
+    parity.update(logit_scale=scale, bound=bound, greedy_tokens=len(tokens[0]), greedy_equal=same,
+                  passed=parity["max_abs_diff"] <= bound and same == len(tokens[0]),
+                  criterion=f"fp32, TF32 off: max abs diff <= {FP32_GPU_REL_TOL:g} x max |logit| and every "
+                            "greedy token equal")
+    return parity
+
+
+def profile_decode(model, prompt: torch.Tensor, device_type: str, steps: int = 8, top: int = 25) -> list[dict]:
+    """torch.profiler over a short greedy decode: the ops with the most self CPU time (where a host-bound
+    decode step goes) with their call counts and device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _greedy(model, prompt, 2)  # warm
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _greedy(model, prompt, steps)
+    rows = []
+    for e in sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]:
+        rows.append({"name": e.key[:80], "calls": e.count, "self_cpu_us": round(e.self_cpu_time_total, 1),
+                     "device_us": round(getattr(e, "self_device_time_total", 0.0) or 0.0, 1)})
+    return rows
 
 
 def _skip_summary(report) -> dict[str, Any]:
@@ -386,7 +445,8 @@ def run_tp(args: argparse.Namespace, ckpt: Path) -> dict[str, Any]:
            str(Path(__file__).resolve()), "--mode", "tp", "--checkpoint", str(ckpt), "--part", str(part),
            "--prefill", args.prefill, "--parity-len", str(args.parity_len), "--prompt", str(args.prompt),
            "--steps", str(args.steps), "--greedy", str(args.greedy), "--warmup", str(args.warmup),
-           "--repeats", str(args.repeats)] + (["--cpu"] if args.cpu else [])
+           "--repeats", str(args.repeats)] + (["--cpu"] if args.cpu else []) + (
+               ["--profile"] if args.profile else []) + ([] if args.fp32_check else ["--no-fp32-check"])
     env = {**os.environ, **NO_MULTICAST_ENV,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if args.cpu:
@@ -483,7 +543,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["setups"][name] = entry
         print(f"[multi_gpu] {name}: {json.dumps(_headline(entry))}", flush=True)
     failed = [n for n, e in result["setups"].items()
-              if "error" in e or not e.get("parity_patched_vs_unpatched", {}).get("passed", False)]
+              if "error" in e or not e.get("parity_patched_vs_unpatched", {}).get("passed", False)
+              or not e.get("fp32_check", {"passed": True}).get("passed", False)]
     result["status"] = "failed" if failed else "passed"
     result["failed"] = failed
     return result
@@ -526,6 +587,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {p['max_abs_diff']:.3g} | {p['mean_abs_diff']:.3g} | {p['top1_agreement']:.4f} | "
                      f"{f['max_abs_diff']:.3g} | {p['greedy_equal']}/{p['greedy_tokens']} | "
                      f"{'pass' if p['passed'] else 'FAIL'} ({p['criterion']}) |")
+    checked = {n: e["fp32_check"] for n, e in setups.items() if "fp32_check" in e}
+    if checked:
+        lines += ["", "## Deterministic check (weights upcast to fp32, TF32 off)", "",
+                  "| setup | max abs diff | bound | top-1 agreement | greedy tokens equal | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for name, c in checked.items():
+            lines.append(f"| {name} | {c['max_abs_diff']:.3g} | {c['bound']:.3g} | {c['top1_agreement']:.4f} | "
+                         f"{c['greedy_equal']}/{c['greedy_tokens']} | {'pass' if c['passed'] else 'FAIL'} |")
     ok = {n: e for n, e in setups.items() if "error" not in e}
     if ok:
         shapes = list(next(iter(ok.values()))["unpatched"]["prefill_tokens_per_s"])
@@ -559,6 +628,14 @@ def markdown(result: dict[str, Any]) -> str:
                              + "; ".join(f"rank {r.get('rank')} on {r.get('device')}: max abs diff "
                                          f"{_fmt((r.get('parity') or {}).get('max_abs_diff'), '.3g')}"
                                          for r in e.get("ranks", [])))
+    for name, e in ok.items() if ok else ():
+        for variant in ("unpatched", "patched"):
+            rows = e.get(f"profile_{variant}")
+            if rows:
+                lines += ["", f"## Decode profile, {name}, {variant} (top ops by self CPU time)", "",
+                          "| op | calls | self CPU us | device us |", "|---|---|---|---|"]
+                lines += [f"| {r['name']} | {r['calls']} | {r['self_cpu_us']:.0f} | {r['device_us']:.0f} |"
+                          for r in rows]
     errors = [(n, e) for n, e in setups.items() if "error" in e]
     if errors:
         lines += ["", "## Errors", ""]
@@ -588,6 +665,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--greedy", type=int, default=None, help="greedy tokens compared for parity")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--fp32-check", action=argparse.BooleanOptionalAction, default=True,
+                    help="also compare patched vs unpatched with the weights upcast to fp32 (GPU runs)")
+    ap.add_argument("--profile", action="store_true", help="profile a short decode, unpatched and patched")
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     ap.add_argument("--md", type=Path, help="write the markdown table here")
