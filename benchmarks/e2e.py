@@ -1,20 +1,24 @@
-"""End-to-end: a LayerZero-patched Llama-3.2-1B-shaped model vs HF sdpa, HF eager and a Liger-patched model.
+"""End-to-end: a LayerZero-patched model vs HF sdpa, HF eager and a Liger-patched model, per architecture.
 
-Random weights (no download), bf16, one process, same weights in every variant. Measures:
+Architectures (``--arch``, random weights at the real shapes, no download): ``llama-1b`` (Llama-3.2-1B),
+``qwen3-1.7b`` (Qwen3-1.7B: per-head q/k norms), ``gemma2-2b`` (Gemma2-2B: attention logit softcap 50 and
+sliding windows, which Transformers' sdpa path drops and its eager path applies). bf16, one process, same
+weights in every variant. Measures:
 
 * prefill tokens/s at (batch x seq) 1x4096, 8x1024, 32x512 (``use_cache=False``, ``logits_to_keep=1`` so the
   128k-vocab head does not dominate);
-* decode ms/step with a dynamic cache and with a static cache (``generate``; on CUDA Transformers
-  auto-compiles the static-cache decode step, which is the path where our ops must be compile-safe);
+* decode ms/step (a batch of ``--decode-batch`` prompts of ``--prompt`` tokens) with a dynamic cache and with
+  a static cache (``generate``; on CUDA Transformers auto-compiles the static-cache decode step, which is the
+  path where our ops must be compile-safe), and how many times torch.compile recompiled or hit its limit;
 * logits parity vs HF eager (max abs diff of bf16 logits, top-1 agreement) on a 1x512 input;
 * which kernels LayerZero chose (the patched model's telemetry).
 
-Liger is applied LAST and on its own model instance: ``apply_liger_kernel_to_llama`` rewrites the
-``modeling_llama`` globals and classes for the whole process (DESIGN.md §5), so any HF baseline measured after
-it would silently run Liger kernels. LayerZero's patch is per instance and unaffected.
+Liger is applied LAST and on its own model instance: Liger's ``apply_liger_kernel_to_*`` functions rewrite
+the modeling module's globals and classes for the whole process, so any HF baseline measured after it would
+silently run Liger kernels. LayerZero's patch is per instance and unaffected.
 
-    python benchmarks/hf_llama.py --json out.json --md out.md          # GPU run (bf16, 1B shape)
-    python benchmarks/hf_llama.py --quick --json /tmp/q.json           # CPU smoke test (tiny config)
+    python benchmarks/e2e.py --arch gemma2-2b --json out.json --md out.md   # GPU run (bf16)
+    python benchmarks/e2e.py --quick --json q.json                          # CPU smoke test (tiny config)
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import datetime as dt
 import gc
 import json
+import logging
 import platform
 import statistics
 import subprocess
@@ -39,8 +44,21 @@ LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, 
                 intermediate_size=8192, vocab_size=128256, head_dim=64, max_position_embeddings=8192,
                 rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
                 tie_word_embeddings=True)
+QWEN3_1_7B = dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                  intermediate_size=6144, vocab_size=151936, head_dim=128, max_position_embeddings=8192,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True)
+GEMMA2_2B = dict(hidden_size=2304, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
+                 intermediate_size=9216, vocab_size=256000, head_dim=256, max_position_embeddings=8192,
+                 rms_norm_eps=1e-6, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                 sliding_window=4096, query_pre_attn_scalar=256, hidden_activation="gelu_pytorch_tanh")
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
             vocab_size=128, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False)
+# --arch -> (config class, config); --quick swaps in the tiny sizes with the architecture's own features.
+ARCHS: dict[str, tuple[str, dict]] = {
+    "llama-1b": ("LlamaConfig", LLAMA_1B),
+    "qwen3-1.7b": ("Qwen3Config", QWEN3_1_7B),
+    "gemma2-2b": ("Gemma2Config", GEMMA2_2B),
+}
 
 GPU_PREFILL = [(1, 4096), (8, 1024), (32, 512)]
 CPU_PREFILL = [(1, 64), (4, 32)]
@@ -67,13 +85,14 @@ def time_fn(fn: Callable[[], Any], device: str, warmup: int, repeats: int) -> fl
 
 
 # ---------------------------------------------------------------------------------------------- models
-def build_model(cfg: dict, dtype: torch.dtype, device: str, attn: str, state: dict | None = None):
+def build_model(cfg: dict, dtype: torch.dtype, device: str, attn: str, state: dict | None = None,
+                config_class: str = "LlamaConfig"):
     import transformers
 
-    config = transformers.LlamaConfig(**cfg, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = getattr(transformers, config_class)(**cfg, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     with torch.device(device):
         torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM._from_config(config, attn_implementation=attn, dtype=dtype)
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
     if state is not None:
         model.load_state_dict(state)
     return model.eval()
@@ -103,11 +122,27 @@ class _StepClock:
         return scores
 
 
-def decode_ms(model, device: str, vocab: int, prompt: int, steps: int, cache: str | None, repeats: int) -> float:
+class RecompileCounter(logging.Handler):
+    """Counts torch.compile's recompilation and recompile-limit messages while attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.limit_hits = 0
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if "recompile_limit" in msg or "cache_size_limit" in msg:
+            self.limit_hits += 1
+            self.messages.append(msg.splitlines()[0][:300])
+
+
+def decode_ms(model, device: str, vocab: int, prompt: int, steps: int, cache: str | None, repeats: int,
+              batch: int = 1) -> float:
     """Median ms per decode step of greedy ``generate`` (steps 2..N; step 1 follows the prefill)."""
     from transformers import LogitsProcessorList
 
-    ids = torch.randint(3, vocab, (1, prompt), device=device)
+    ids = torch.randint(3, vocab, (batch, prompt), device=device)
     per_step: list[float] = []
     for i in range(repeats + 1):  # the first run warms up (and compiles, for the static cache on CUDA)
         clock = _StepClock(device)
@@ -116,6 +151,15 @@ def decode_ms(model, device: str, vocab: int, prompt: int, steps: int, cache: st
         if i:
             per_step += [b - a for a, b in zip(clock.stamps[1:], clock.stamps[2:])]
     return statistics.median(per_step) * 1e3
+
+
+def _recompiles() -> int:
+    """torch.compile frames compiled so far (a recompile per decode step shows up as growth here)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return int(sum(counters["stats"].get(k, 0) for k in ("unique_graphs",)))
 
 
 def parity(model, reference_logits: torch.Tensor, ids: torch.Tensor) -> dict[str, float]:
@@ -152,19 +196,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     device = "cpu" if quick else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float32 if quick else torch.bfloat16
-    cfg = TINY if quick else LLAMA_1B
+    config_class, full = ARCHS[args.arch]
+    cfg = {**full, **TINY} if quick else full
     shapes = CPU_PREFILL if quick else GPU_PREFILL
     warmup, repeats = (1, 2) if quick else (args.warmup, args.repeats)
     prompt, steps = (8, 6) if quick else (args.prompt, args.steps)
+    if quick:
+        args.decode_batch = min(args.decode_batch, 2)
     vocab = cfg["vocab_size"]
     caches = [None] if args.no_static else [None, "static"]
 
-    base = build_model(cfg, dtype, device, "sdpa")
+    base = build_model(cfg, dtype, device, "sdpa", config_class=config_class)
     state = {k: v for k, v in base.state_dict().items()}
     parity_ids = torch.randint(3, vocab, (1, 64 if quick else 512), device=device,
                                generator=torch.Generator(device=device).manual_seed(7))
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "arch": args.arch,
+        "decode": {"batch": args.decode_batch, "prompt": prompt, "new_tokens": steps},
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         "dtype": str(dtype).removeprefix("torch."),
         "config": {k: v for k, v in cfg.items() if k != "rope_parameters"},
@@ -186,13 +235,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 entry.setdefault("errors", []).append(f"prefill {b}x{s}: out of memory: {exc}".splitlines()[0])
                 gc.collect()
                 torch.cuda.empty_cache()
-        for cache in caches:
-            key = cache or "dynamic"
-            try:
-                entry["decode_ms_per_step"][key] = decode_ms(model, device, vocab, prompt, steps, cache, repeats)
-            except Exception as exc:  # a variant that cannot decode with this cache is a result, not a crash
-                entry["decode_ms_per_step"][key] = None
-                entry.setdefault("errors", []).append(f"decode {key}: {type(exc).__name__}: {exc}".splitlines()[0])
+        counter = RecompileCounter()
+        dynamo_log = logging.getLogger("torch._dynamo")
+        dynamo_log.addHandler(counter)
+        recompiles_before = _recompiles()
+        try:
+            for cache in caches:
+                key = cache or "dynamic"
+                try:
+                    entry["decode_ms_per_step"][key] = decode_ms(model, device, vocab, prompt, steps, cache, repeats,
+                                                                 args.decode_batch)
+                except Exception as exc:  # a variant that cannot decode with this cache is a result, not a crash
+                    entry["decode_ms_per_step"][key] = None
+                    entry.setdefault("errors", []).append(
+                        f"decode {key}: {type(exc).__name__}: {exc}".splitlines()[0])
+        finally:
+            dynamo_log.removeHandler(counter)
+        entry["decode_recompiles"] = _recompiles() - recompiles_before
+        entry["recompile_limit_hits"] = counter.limit_hits
+        entry["recompile_limit_messages"] = counter.messages[:3]
         entry["parity_vs_eager"] = parity(model, reference, parity_ids)
         print(f"[{name}] {json.dumps(entry)}", flush=True)
         torch._dynamo.reset()
@@ -216,15 +277,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.empty_cache()
 
     try:
-        from liger_kernel.transformers import apply_liger_kernel_to_llama
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
     except ImportError as exc:
         result["liger"] = f"not measured: {exc}"
     else:
-        liger = build_model(cfg, dtype, device, "sdpa", state)
-        apply_liger_kernel_to_llama(model=liger, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                    fused_linear_cross_entropy=False)
+        liger = build_model(cfg, dtype, device, "sdpa", state, config_class=config_class)
+        _apply_liger_kernel_to_instance(model=liger, cross_entropy=False, fused_linear_cross_entropy=False)
         variants["liger"] = measure("liger", liger)
-        result["liger"] = "measured (applied last: it rewrites modeling_llama globals for the process)"
+        result["liger"] = "measured (applied last: it rewrites the modeling module's globals for the process)"
 
     sdpa = variants["hf_sdpa"]
     for name, entry in variants.items():
@@ -240,10 +300,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     v = result["versions"]
     lines = [
-        f"# HF Llama end-to-end ({result['date']})", "",
+        f"# End-to-end, {result['arch']} ({result['date']})", "",
         f"Device: {result['device']}; dtype {result['dtype']}; torch {v['torch']}, transformers {v['transformers']}, "
         f"liger-kernel {v['liger_kernel'] or 'not installed'}; commit {v['git']}.", "",
         f"Config: {json.dumps(result['config'])}", "",
+        f"Decode: {json.dumps(result['decode'])}", "",
         f"Liger: {result.get('liger')}", "",
         "## Prefill tokens/s (speedup vs HF sdpa)", "",
     ]
@@ -262,11 +323,13 @@ def markdown(result: dict[str, Any]) -> str:
         cells = [f"{e['decode_ms_per_step'][c]:.2f} ({e['decode_speedup_vs_sdpa'][c]:.2f}x)"
                  if e["decode_ms_per_step"][c] else "n/a" for c in caches]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Logits parity vs HF eager (same weights)", "", "| variant | max abs diff | top-1 agreement |",
-              "|---|---|---|"]
+    lines += ["", "## Logits parity vs HF eager (same weights) and torch.compile recompiles during decode", "",
+              "| variant | max abs diff | top-1 agreement | decode recompiles | recompile-limit hits |",
+              "|---|---|---|---|---|"]
     for name, e in variants.items():
         p = e["parity_vs_eager"]
-        lines.append(f"| {name} | {p['max_abs_diff']:.4g} | {p['top1_agreement']:.4f} |")
+        lines.append(f"| {name} | {p['max_abs_diff']:.4g} | {p['top1_agreement']:.4f} | "
+                     f"{e.get('decode_recompiles', 'n/a')} | {e.get('recompile_limit_hits', 'n/a')} |")
     lz = variants.get("layerzero", {})
     if lz.get("kernels"):
         lines += ["", "## Kernels LayerZero ran (calls)", "", ", ".join(f"{k}: {n}" for k, n in
@@ -280,12 +343,14 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CPU smoke test on a tiny config")
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="llama-1b")
+    ap.add_argument("--decode-batch", type=int, default=8, help="decode: prompts per batch")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     ap.add_argument("--md", type=Path, help="write a markdown summary here")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--prompt", type=int, default=128, help="decode: prompt length")
-    ap.add_argument("--steps", type=int, default=64, help="decode: new tokens per measurement")
+    ap.add_argument("--prompt", type=int, default=512, help="decode: prompt length")
+    ap.add_argument("--steps", type=int, default=32, help="decode: new tokens per measurement")
     ap.add_argument("--no-static", action="store_true", help="skip the static-cache decode (compile time)")
     ap.add_argument("--skip-eager", action="store_true", help="skip HF eager (slow at 1x4096)")
     args = ap.parse_args(argv)

@@ -12,18 +12,22 @@ pytest.importorskip("transformers")
 
 
 @pytest.mark.slow
-def test_hf_llama_benchmark_quick(tmp_path):
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "hf_llama.py"
-    spec = importlib.util.spec_from_file_location("hf_llama_bench", path)
+@pytest.mark.parametrize("arch", ["llama-1b", "gemma2-2b"])
+def test_e2e_benchmark_quick(tmp_path, arch):
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
+    spec = importlib.util.spec_from_file_location("e2e_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out, md = tmp_path / "r.json", tmp_path / "r.md"
-    bench.main(["--quick", "--no-static", "--skip-eager", "--json", str(out), "--md", str(md)])
+    bench.main(["--quick", "--arch", arch, "--no-static", "--skip-eager", "--json", str(out), "--md", str(md)])
     result = json.loads(out.read_text())
     lz = result["variants"]["layerzero"]
     assert lz["parity_vs_eager"]["max_abs_diff"] <= 1e-4
-    assert lz["patched"] == {"rms_norm": 5, "rope": 2, "mlp": 2}
+    # Gemma2 layers have four norms; its logit softcap runs exactly (parity with HF eager in fp32)
+    assert lz["patched"] == ({"rms_norm": 5, "rope": 2, "mlp": 2} if arch == "llama-1b"
+                             else {"rms_norm": 9, "rope": 2, "mlp": 2})
     assert any(k.endswith("attention") for k in lz["kernels"]) and "torch_rms_norm" in lz["kernels"]
     assert all(v > 0 for v in lz["prefill_tokens_per_s"].values())
     assert lz["decode_ms_per_step"]["dynamic"] > 0
+    assert lz["recompile_limit_hits"] == 0
     assert "Prefill tokens/s" in md.read_text()
