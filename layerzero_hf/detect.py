@@ -68,6 +68,20 @@ def class_code_names(cls: type) -> set[str]:
     return names
 
 
+def forward_names(cls: type) -> set[str]:
+    """The global/attribute names ``cls.forward`` mentions, following ``__wrapped__`` through ``functools.wraps``
+    decorators (Transformers wraps attention forwards in ``@deprecate_kwarg``; the wrapper's own code
+    mentions none of the forward's names)."""
+    names: set[str] = set()
+    fn, depth = getattr(cls, "forward", None), 0
+    while fn is not None and depth < 16:
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            names.update(code.co_names)
+        fn, depth = getattr(fn, "__wrapped__", None), depth + 1
+    return names
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
 
@@ -152,8 +166,8 @@ def propose(qualname: str, module: nn.Module) -> Proposal | None:
         if act is not None:
             return Proposal("mlp", {"layout": "gate_up_fused", "gate_up": "gate_up_proj", "down": "down_proj",
                                     "act": act}, f"fused gate_up_proj/down_proj + {act}")
-    fwd = getattr(type(module).forward, "__code__", None)
-    if fwd is not None and "apply_rotary_pos_emb" in fwd.co_names and "ALL_ATTENTION_FUNCTIONS" in fwd.co_names:
+    fwd = forward_names(type(module))
+    if "apply_rotary_pos_emb" in fwd and "ALL_ATTENTION_FUNCTIONS" in fwd:
         return Proposal("rope", {"function": "apply_rotary_pos_emb", "layout": "bhsd", "interleaved": False},
                         "attention forward calls the module-global apply_rotary_pos_emb")
     return None
@@ -161,8 +175,7 @@ def propose(qualname: str, module: nn.Module) -> Proposal | None:
 
 def is_attention_module(module: nn.Module) -> bool:
     """An HF attention module: its forward looks up the attention function in ALL_ATTENTION_FUNCTIONS."""
-    fwd = getattr(type(module).forward, "__code__", None)
-    return fwd is not None and "ALL_ATTENTION_FUNCTIONS" in fwd.co_names
+    return "ALL_ATTENTION_FUNCTIONS" in forward_names(type(module))
 
 
 # ---------------------------------------------------------------------------------------------- self-checks

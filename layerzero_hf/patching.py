@@ -235,6 +235,96 @@ def _with_global(fn: Callable, name: str, value: Any, overlays: dict[int, types.
 
 
 _overlay_ids = itertools.count(1)
+_MAX_WRAPPERS = 16
+
+
+def _wrapper_chain(fn: Any, name: str, owner: str) -> tuple[list[types.FunctionType], types.FunctionType]:
+    """``(wrappers, target)``: the ``functools.wraps`` decorators above ``fn`` (outermost first) and the
+    function whose code looks up the global ``name``.
+
+    Transformers decorates attention forwards (``@deprecate_kwarg`` ...); the wrapper's code is not the
+    forward's, so the global has to be found by following ``__wrapped__``. Raises _Skip with the reason
+    when no function on the chain looks the name up or a wrapper is not a plain Python function (a
+    C-level wrapper or a callable class cannot be rebuilt around a copy, and dropping it would drop the
+    decorator's behaviour)."""
+    wrappers: list[types.FunctionType] = []
+    current = fn
+    while True:
+        code = getattr(current, "__code__", None)
+        if code is not None and name in code.co_names and isinstance(current, types.FunctionType):
+            return wrappers, current
+        inner = getattr(current, "__wrapped__", None)
+        label = _code_label(current)
+        if inner is None:
+            via = f" (reached through {len(wrappers)} decorator(s))" if wrappers else ""
+            raise _Skip(f"{owner}.forward{via}: {label} does not call the global {name!r} directly and wraps "
+                        "nothing (a different RoPE path); left alone")
+        if not isinstance(current, types.FunctionType):
+            raise _Skip(f"{owner}.forward is wrapped by {label} ({type(current).__name__}), not a Python function: "
+                        f"it cannot be rebuilt around a per-instance copy calling {name!r}; left alone")
+        if len(wrappers) >= _MAX_WRAPPERS or any(w is inner for w in wrappers):
+            raise _Skip(f"{owner}.forward: the __wrapped__ chain is cyclic or deeper than {_MAX_WRAPPERS}; left alone")
+        wrappers.append(current)
+        current = inner
+
+
+def _code_label(fn: Any) -> str:
+    """A decorator's own name: ``functools.wraps`` copies the wrapped function's ``__qualname__`` onto the
+    wrapper, so the code object's qualified name is what tells them apart."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return type(fn).__qualname__
+    return getattr(code, "co_qualname", code.co_name)
+
+
+def _cells_holding(wrapper: types.FunctionType, inner: Callable) -> list[int]:
+    """Indices of ``wrapper``'s closure cells that hold exactly ``inner``; raises _Skip when there are none
+    (the wrapper reaches the wrapped function another way, so a rebuilt wrapper would still call the original)."""
+    hits = [i for i, cell in enumerate(wrapper.__closure__ or ()) if _cell_holds(cell, inner)]
+    if not hits:
+        raise _Skip(f"decorator {_code_label(wrapper)} holds no closure cell with {_code_label(inner)} (it reaches "
+                    "the wrapped function another way); cannot rebuild it around a per-instance copy; left alone")
+    return hits
+
+
+def _cell_holds(cell: types.CellType, value: Any) -> bool:
+    try:
+        return cell.cell_contents is value
+    except ValueError:  # an empty cell
+        return False
+
+
+def _rewrap(wrapper: types.FunctionType, cells: list[int], copy: Callable) -> types.FunctionType:
+    """A copy of ``wrapper`` (same code, globals, defaults, kwdefaults, ``__dict__``) whose closure ``cells``
+    (those that held the wrapped function) hold ``copy``; the other cells are shared, so the decorator's
+    state stays one."""
+    closure = list(wrapper.__closure__ or ())
+    for i in cells:
+        closure[i] = types.CellType(copy)
+    new = types.FunctionType(wrapper.__code__, wrapper.__globals__, wrapper.__name__, wrapper.__defaults__,
+                             tuple(closure))
+    new.__kwdefaults__ = dict(wrapper.__kwdefaults__) if wrapper.__kwdefaults__ else None
+    new.__qualname__ = wrapper.__qualname__
+    new.__module__ = wrapper.__module__
+    new.__doc__ = wrapper.__doc__
+    new.__dict__.update(wrapper.__dict__)
+    new.__wrapped__ = copy  # type: ignore[attr-defined]
+    new.__layerzero_original__ = wrapper  # type: ignore[attr-defined]
+    return new
+
+
+def _with_global_through(fn: Callable, name: str, value: Any, overlays: dict[int, types.ModuleType],
+                         owner: str) -> tuple[Callable, list[str]]:
+    """:func:`_with_global` for a possibly decorated ``fn``: the innermost function that looks ``name`` up is
+    copied with the overlay globals, then each decorator above it is rebuilt around the copy. Returns the new
+    outermost function and the decorators' qualnames (for the report). Raises _Skip, before any overlay is
+    built, when the chain cannot be rebuilt (see :func:`_wrapper_chain` and :func:`_cells_holding`)."""
+    wrappers, target = _wrapper_chain(fn, name, owner)
+    cells = [_cells_holding(w, inner) for w, inner in zip(wrappers, [*wrappers[1:], target])]
+    copy = _with_global(target, name, value, overlays)
+    for wrapper, held in zip(reversed(wrappers), reversed(cells)):
+        copy = _rewrap(wrapper, held, copy)
+    return copy, [_code_label(w) for w in wrappers]
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -397,13 +487,10 @@ class _Planner:
     def _make_rope(self, path, module, params, *, verify, detected):
         cls_forward = type(module).forward
         name = params["function"]
-        code = getattr(cls_forward, "__code__", None)
-        if code is None or name not in code.co_names:
-            raise _Skip(f"{type(module).__name__}.forward does not call the global {name!r} directly "
-                        "(decorated or a different RoPE path); left alone")
-        original = cls_forward.__globals__.get(name)
+        _, target = _wrapper_chain(cls_forward, name, type(module).__name__)
+        original = target.__globals__.get(name)
         if original is None:
-            raise _Skip(f"global {name!r} not found in {cls_forward.__module__}")
+            raise _Skip(f"global {name!r} not found in {target.__module__}")
         half_tables = params.get("tables", "full") == "half"
         rope_fn = self._rope_fns.get(id(original))
         if rope_fn is None:
@@ -422,8 +509,10 @@ class _Planner:
             _, why = self._verdict(("rope", id(original), rot, half_tables), lambda: ({}, detect.check_rope(
                 original, rope_fn, heads=heads, kv_heads=kv, head_dim=head_dim, rot_dim=rot, dtype=dtype,
                 device=device, half_tables=half_tables)))
-        fn = _with_global(cls_forward, name, rope_fn, self._overlays)
+        fn, decorators = _with_global_through(cls_forward, name, rope_fn, self._overlays, type(module).__name__)
         detail = f"{name} rebound for this instance" + ("; half-width cos/sin tables" if half_tables else "")
+        if decorators:
+            detail += f"; through decorator(s) {', '.join(decorators)}"
         if dims is not None and dims[3] < dims[2]:
             detail += f"; partial rotary {dims[3]}/{dims[2]}"
         return fn, "rope", detail + (f"; {why}" if why else "")
