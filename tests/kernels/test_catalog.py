@@ -183,3 +183,17 @@ def test_triton_backend_follows_interpreter_flag(monkeypatch):
     if not torch.cuda.is_available():
         reason = catalog._triton_check()
         assert reason and "TRITON_INTERPRET=1" in reason
+
+
+def test_flashinfer_rope_refuses_head_dims_its_fast_kernel_does_not_cover():
+    """FlashInfer routes head dims other than 64/128/256/512 to a kernel that was wrong in a model (head_dim 16
+    on an H200): the constraint must rule such calls out."""
+    from layerzero.registry import get_global_kernel_registry
+    from layerzero.selection import SelectionContext
+
+    spec = get_global_kernel_registry().get("flashinfer_rope")
+    base = dict(operation="rope", dtype="bfloat16", device="cuda:0", compute_capability=(9, 0), num_heads=4,
+                num_kv_heads=2, batch_size=1, seq_len=8)
+    assert any("head_dim 16" in r for r in spec.constraints.check(SelectionContext(head_dim=16, rotary_dim=16, **base)))
+    assert not spec.constraints.check(SelectionContext(head_dim=128, rotary_dim=128, **base))
+    assert not spec.constraints.check(SelectionContext(head_dim=128, rotary_dim=64, **base))
