@@ -173,9 +173,9 @@ def _default_policy_mapping() -> dict[str, Any]:
         return {}
     if path is None:
         return {}
-    import yaml
+    from layerzero.config_files import load_yaml_file
 
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml_file(path, "policy file") or {}
     return dict(data) if isinstance(data, Mapping) else {}
 
 
@@ -185,16 +185,11 @@ def _policy_mapping(policy: Any) -> dict[str, Any]:
     import os
 
     if isinstance(policy, (str, os.PathLike)):
+        from layerzero.config_files import load_yaml_file
         from layerzero.errors import ConfigValidationError, ValidationProblem
-        from layerzero_hf.specs import _read_yaml
 
         path = os.fspath(policy)
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError as exc:
-            raise ConfigValidationError([ValidationProblem("policy", path, f"cannot read the policy file: {exc}")])
-        data = _read_yaml(text, path) or {}
+        data = load_yaml_file(path, "policy file") or {}  # guarded: regular files only, alias/size limits
         if not isinstance(data, Mapping):
             raise ConfigValidationError([ValidationProblem("<root>", type(data).__name__, "expected a mapping", path)])
         return dict(data)

@@ -133,3 +133,23 @@ def test_symlink_to_a_regular_file_is_followed(tmp_path):
     link = tmp_path / "link.yaml"
     link.symlink_to(real)
     assert load_yaml_file(link) == {"version": "1"}
+
+
+def test_no_module_parses_yaml_around_the_guarded_reader():
+    """Every YAML read of the core and the Transformers integration goes through layerzero.config_files:
+    no other module there calls PyYAML's loaders."""
+    import re
+    from pathlib import Path
+
+    import layerzero
+
+    root = Path(layerzero.__file__).resolve().parent.parent
+    pattern = re.compile(r"\byaml\.(safe_load|load|full_load|unsafe_load|compose|safe_load_all|load_all)\b")
+    offenders = []
+    for package in ("layerzero", "layerzero_hf"):
+        for path in (root / package).rglob("*.py"):
+            if path.name == "config_files.py" and path.parent.name == "layerzero":
+                continue
+            if pattern.search(path.read_text(encoding="utf-8")):
+                offenders.append(str(path.relative_to(root)))
+    assert not offenders, offenders

@@ -120,19 +120,15 @@ def parse_shapes(raw: Iterable[Any] | Mapping[str, Any], source: str | None = No
 
 def load_shapes(path: str | Path, default_dtype: str | None = None) -> list[TuneShape]:
     """Shapes from a YAML (``safe_load``) or JSON file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigValidationError([ValidationProblem("<document>", str(p), f"cannot read the shapes file: {e}")],
-                                    source=str(p)) from None
-    try:
-        if p.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    from layerzero.config_files import load_yaml_text, read_config_text
 
-            data = yaml.safe_load(text)
+    p = Path(path)
+    text = read_config_text(p, "shapes file")  # regular files only, size-limited, never blocks
+    if p.suffix != ".json":
+        data = load_yaml_text(text, str(p))  # guarded: alias/size limits, safe construction
+        return parse_shapes(data if data is not None else [], str(p), default_dtype)
+    try:
+        data = json.loads(text)
     except Exception as e:  # noqa: BLE001 - any syntax error becomes a problem with the file name
         raise ConfigValidationError([ValidationProblem("<document>", str(p), f"cannot parse: {e}")],
                                     source=str(p)) from None

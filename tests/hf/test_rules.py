@@ -218,3 +218,16 @@ def test_rules_and_spec_paths_that_are_fifos_never_block(tmp_path):
     os.mkfifo(fifo)
     assert "named pipe" in str(_rejected_quickly(load_rules, str(fifo)))
     assert "named pipe" in str(_rejected_quickly(load_arch_spec, fifo))
+
+
+def test_policy_files_given_to_patch_are_read_guarded(tmp_path):
+    import os
+
+    from layerzero_hf.loading import _policy_mapping
+
+    fifo = tmp_path / "policy.yaml"
+    os.mkfifo(fifo)
+    assert "named pipe" in str(_rejected_quickly(_policy_mapping, str(fifo)))
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_BOMB)
+    assert "alias" in str(_rejected_quickly(_policy_mapping, str(bomb)))
