@@ -65,3 +65,33 @@ def test_paths_are_normalised_and_good_values_pass(tmp_path):
     cfg = DispatchConfig(config_path=Path(tmp_path) / "k.yaml", failure_threshold=3, reload_settle_seconds=0)
     assert cfg.config_path == str(tmp_path / "k.yaml") and cfg.failure_threshold == 3
     assert DispatchConfig(mode="static").mode is DispatchMode.STATIC
+
+
+def test_policy_env_naming_a_fifo_fails_the_first_dispatch_at_once(tmp_path, monkeypatch):
+    import os
+    import threading
+
+    import torch
+
+    from layerzero.dispatch.api import dispatch, set_global_orchestrator
+
+    fifo = tmp_path / "policy.yaml"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("LAYERZERO_POLICY", str(fifo))
+    set_global_orchestrator(None)
+    outcome: list[BaseException] = []
+
+    def first_call() -> None:
+        try:
+            dispatch("rms_norm", {"x": torch.randn(2, 8), "weight": torch.ones(8)})
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            outcome.append(e)
+
+    t = threading.Thread(target=first_call, daemon=True)  # a regression blocks this thread, not the suite
+    try:
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), "dispatch() blocked on the FIFO"
+        assert isinstance(outcome[0], ConfigValidationError) and "named pipe" in str(outcome[0])
+    finally:
+        set_global_orchestrator(None)
