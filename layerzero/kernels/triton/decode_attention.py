@@ -62,12 +62,6 @@ _PARTIAL_DYNAMIC = (
 
 
 @triton.jit
-def _tanh(x):
-    # tanh(x) = 2 * sigmoid(2x) - 1: no tanh intrinsic needed, fp32 exact to rounding, saturates cleanly.
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
-
-
-@triton.jit
 def _attend_block(
     q, k_base, v_base, m_base, n0, end, m_i, l_i, acc, row_ok, d, dv, sk_s, sk_d, sv_s, sv_d, sm_s,
     scale, softcap,
@@ -83,7 +77,9 @@ def _attend_block(
         k = k.to(tl.float32)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
     if HAS_SOFTCAP:
-        s = softcap * _tanh(s / softcap)
+        # tanh(x) = 1 - 2 / (exp(2x) + 1): no tanh intrinsic needed, exact to fp32 rounding, saturates to
+        # +-1 cleanly (exp overflowing to inf gives 1). Inline: every nested jit call costs the interpreter.
+        s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0))
     allowed = row_ok[:, None] & key_ok[None, :]
     if HAS_MASK:
         mv = tl.load(m_base[:, None] + offs[None, :] * sm_s, mask=allowed, other=0)
@@ -133,7 +129,7 @@ def _decode_partial(
     lo = 0
     if HAS_WINDOW:
         lo = tl.maximum(Sk - window, 0)
-    per_split = tl.cdiv(tl.cdiv(Sk - lo, num_splits), BLOCK_N) * BLOCK_N
+    per_split = ((Sk - lo + num_splits - 1) // num_splits + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     start = lo + split * per_split
     end = tl.minimum(start + per_split, Sk)
 
