@@ -235,7 +235,10 @@ def _mask_view(mask: torch.Tensor, b: int, h: int, sk: int) -> torch.Tensor:
     """The caller's mask as a (B, H, 1, Sk) view (broadcast dims get stride 0), bool as uint8; no copy."""
     shape = tuple(mask.shape)
     target = (b, h, 1, sk)
-    if len(shape) > 4 or any(s not in (1, t) for s, t in zip(shape[::-1], target[::-1])):
+    fits = len(shape) <= 4
+    for size, want in zip(shape[::-1], target[::-1]):
+        fits = fits and size in (1, want)
+    if not fits:
         raise ValueError(
             f"attn_mask shape {shape} does not broadcast to (batch, heads, 1, seq_k) = {target}; pass a "
             f"(B, 1, 1, Sk) or (B, H, 1, Sk) mask"
