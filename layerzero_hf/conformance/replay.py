@@ -1,0 +1,257 @@
+"""Replaying recorded calls on every kernel the dispatcher finds eligible, against the fp32 reference.
+
+For each recorded call the dispatcher is asked which kernels it would run (``explain``: chosen and
+eligible, i.e. anything a policy or a fallback could pick), each is run directly on the recorded
+tensors, and every output is compared with the operation's reference kernel under per-dtype
+tolerances. A kernel raising on a call its constraints accept fails as well: selection would have
+picked it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from layerzero.operations import is_attention
+from layerzero.selection.context import SelectionContext
+from layerzero_hf.conformance.recording import RecordedCall
+
+__all__ = ["TOLERANCES", "ConformanceReport", "KernelResult", "compare_outputs", "replay", "tolerance_for"]
+
+# (atol, rtol) per dtype, the same as the synthetic conformance grid's: low-precision kernels round inputs
+# and outputs and accumulate differently from the fp32 oracle; attention sums over keys, so it gets more.
+TOLERANCES: dict[torch.dtype, dict[str, tuple[float, float]]] = {
+    torch.float32: {"attention": (2e-4, 2e-4), "default": (1e-5, 1e-5)},
+    torch.float16: {"attention": (4e-3, 4e-3), "default": (2e-3, 2e-3)},
+    torch.bfloat16: {"attention": (3e-2, 3e-2), "default": (1.6e-2, 1.6e-2)},
+}
+
+
+def tolerance_for(operation: str, dtype: torch.dtype) -> tuple[float, float]:
+    """(atol, rtol) for an operation's outputs in ``dtype`` (float64 gets fp32's)."""
+    table = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+    return table["attention"] if is_attention(operation) else table["default"]
+
+
+@dataclass
+class KernelResult:
+    """One kernel on one recorded call."""
+
+    kernel_id: str
+    operation: str
+    call_index: int
+    call: str  # RecordedCall.describe()
+    label: str
+    phase: str
+    module: str | None
+    dtype: str
+    status: str  # "pass", "fail" or "skipped" (a kernel named in kernels= that the call rules out)
+    max_abs_error: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class ConformanceReport:
+    """Every kernel x call outcome, with a per (operation, kernel) summary for tables."""
+
+    results: list[KernelResult] = field(default_factory=list)
+    calls: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[KernelResult]:
+        return [r for r in self.results if r.status == "fail"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def extend(self, other: "ConformanceReport") -> None:
+        offset = self.calls
+        for r in other.results:
+            r.call_index += offset
+            self.results.append(r)
+        self.calls += other.calls
+
+    def summary(self, group: Sequence[str] = ("operation", "kernel_id")) -> list[dict[str, Any]]:
+        """One row per group: calls run, passed, failed, worst error, first failure's text."""
+        rows: dict[tuple, dict[str, Any]] = {}
+        for r in self.results:
+            if r.status == "skipped":
+                continue
+            key = tuple(getattr(r, g) for g in group)
+            row = rows.setdefault(key, {**dict(zip(group, key)), "calls": 0, "passed": 0, "failed": 0,
+                                        "max_abs_error": 0.0, "first_failure": None})
+            row["calls"] += 1
+            row["passed" if r.status == "pass" else "failed"] += 1
+            if r.max_abs_error is not None and r.max_abs_error == r.max_abs_error:
+                row["max_abs_error"] = max(row["max_abs_error"], r.max_abs_error)
+            if r.status == "fail" and row["first_failure"] is None:
+                row["first_failure"] = f"{r.call}: {r.error}"
+        return list(rows.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "calls": self.calls, "ok": self.ok, "summary": self.summary(),
+                "results": [asdict(r) for r in self.results]}
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.as_dict(), indent=1, default=str))
+
+    def __str__(self) -> str:
+        lines = [f"{'operation':<18} {'kernel':<34} {'calls':>5} {'result':<6} {'max err':>9}"]
+        for row in self.summary():
+            verdict = "PASS" if not row["failed"] else f"FAIL {row['failed']}"
+            lines.append(f"{row['operation']:<18} {row['kernel_id']:<34} {row['calls']:>5} {verdict:<6} "
+                         f"{row['max_abs_error']:>9.3g}")
+        for r in self.failures[:20]:
+            lines.append(f"  FAIL {r.kernel_id}: {r.call}: {r.error}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- comparison
+def _defined_rows(inputs: Mapping[str, Any], options: Mapping[str, Any]) -> torch.Tensor | None:
+    """Bool (B, Sq, H, 1) of attention rows with at least one visible key (None: all are). A fully masked
+    row (a left-padding query) has no defined output: the contract leaves it to the kernel."""
+    if options.get("sinks") is not None:
+        return None  # the sink absorbs the weight: the row is defined (zeros)
+    q, k = inputs["query"], inputs["key"]
+    b, sq, h, _ = q.shape
+    sk = k.shape[1]
+    from layerzero.kernels.reference import attention_allowed_mask
+
+    allowed = attention_allowed_mask(sq, sk, bool(options.get("is_causal")), options.get("sliding_window"), q.device)
+    mask = options.get("attn_mask")
+    if mask is not None:
+        visible = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+        allowed = visible if allowed is None else visible & allowed
+    if allowed is None:
+        return None
+    rows = allowed.any(-1)  # (Sq,) or (B|1, H|1, Sq)
+    while rows.dim() < 3:
+        rows = rows.unsqueeze(0)
+    rows = rows.expand(b, h, sq)
+    return rows.permute(0, 2, 1).unsqueeze(-1)
+
+
+def compare_outputs(
+    out: Any, expected: Any, operation: str, defined: torch.Tensor | None = None
+) -> tuple[str | None, float, tuple[float, float]]:
+    """(why it fails or None, max abs error, (atol, rtol)). Shapes, dtypes and finiteness must match the
+    reference's; rows marked undefined in ``defined`` are not compared."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    exps = expected if isinstance(expected, (tuple, list)) else (expected,)
+    tol = tolerance_for(operation, exps[0].dtype)
+    if len(outs) != len(exps):
+        return f"returned {len(outs)} tensors, expected {len(exps)}", float("nan"), tol
+    worst = 0.0
+    why = None
+    for i, (o, e) in enumerate(zip(outs, exps)):
+        if not isinstance(o, torch.Tensor):
+            return f"output {i} is {type(o).__name__}, not a tensor", float("nan"), tol
+        if tuple(o.shape) != tuple(e.shape):
+            return f"output {i} shape {tuple(o.shape)} != reference {tuple(e.shape)}", float("nan"), tol
+        if o.dtype != e.dtype:
+            return f"output {i} dtype {o.dtype} != reference {e.dtype}", float("nan"), tol
+        atol, rtol = tolerance_for(operation, e.dtype)
+        of, ef = o.float(), e.float()
+        keep = torch.ones_like(of, dtype=torch.bool) if defined is None or i else defined.expand_as(of)
+        if not bool(torch.isfinite(of[keep]).all()):
+            return f"output {i} has NaN or Inf", float("nan"), (atol, rtol)
+        diff = torch.where(keep, (of - ef).abs(), torch.zeros((), device=of.device))
+        err = float(diff.max()) if diff.numel() else 0.0
+        worst = max(worst, err)
+        if why is None and bool((diff > atol + rtol * ef.abs()).any()):
+            why = f"output {i} max abs error {err:.3g} over tolerance (atol {atol}, rtol {rtol})"
+    return why, worst, tol
+
+
+# ---------------------------------------------------------------------------------------------- replay
+def _orchestrator(orchestrator: Any) -> Any:
+    from layerzero import ops
+
+    if orchestrator is None or isinstance(orchestrator, str):
+        return ops.get_orchestrator(orchestrator)
+    return orchestrator
+
+
+def _eligible(orch: Any, call: RecordedCall) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    ctx = SelectionContext.from_inputs(call.operation, call.inputs, **call.options)
+    exp = orch.explain(call.operation, ctx)
+    chosen = [c.kernel_id for c in exp.candidates if c.status in ("chosen", "eligible")]
+    return chosen, exp.rejected()
+
+
+def _snapshot(values: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in values.items() if isinstance(v, torch.Tensor)}
+
+
+def replay(
+    calls: Iterable[RecordedCall],
+    orchestrator: Any = None,
+    kernels: Iterable[str] | None = None,
+) -> ConformanceReport:
+    """Run every recorded call on every kernel eligible for it (or only on ``kernels``, by id) and compare
+    with the reference. ``orchestrator``: whose policy and catalogue decide eligibility (an orchestrator,
+    a registered name, or None for the global one)."""
+    orch = _orchestrator(orchestrator)
+    registry = getattr(orch, "kernel_registry", None)
+    if registry is None:
+        from layerzero.registry import get_global_kernel_registry
+
+        registry = get_global_kernel_registry()
+    wanted = None if kernels is None else {registry.canonical_id(k) for k in kernels}
+    report = ConformanceReport()
+    for index, call in enumerate(calls):
+        report.calls += 1
+        eligible, rejected = _eligible(orch, call)
+        ids = eligible if wanted is None else [k for k in eligible if k in wanted]
+        base = dict(operation=call.operation, call_index=index, call=call.describe(), label=call.label,
+                    phase=call.phase, module=call.module, dtype=_dtype_of(call))
+        for kid in sorted((wanted or set()) - set(eligible)):
+            if registry.find(kid) is not None and registry.get(kid).serves(call.operation):
+                why = "; ".join(rejected.get(kid, ("not eligible",)))
+                report.results.append(KernelResult(kid, status="skipped", error=why, **base))
+        if not ids:
+            continue
+        ref_spec = registry.reference_for(call.operation)
+        if ref_spec is None:
+            raise LookupError(f"replay: no reference kernel (tag 'reference') for operation {call.operation!r}; "
+                              "register one so recorded calls can be checked")
+        with torch.no_grad():
+            expected = ref_spec.impl(**ref_spec.map_arguments(call.inputs, call.options))
+        defined = _defined_rows(call.inputs, call.options) if is_attention(call.operation) else None
+        for kid in ids:
+            report.results.append(_run_one(registry.get(kid), call, expected, defined, base))
+    return report
+
+
+def _run_one(spec: Any, call: RecordedCall, expected: Any, defined: torch.Tensor | None,
+             base: dict[str, Any]) -> KernelResult:
+    before = _snapshot({**call.inputs, **call.options})
+    try:
+        with torch.no_grad():
+            out = spec.impl(**spec.map_arguments(call.inputs, call.options))
+    except Exception as exc:  # noqa: BLE001 - a kernel that accepts a call must run it
+        return KernelResult(spec.kernel_id, status="fail", error=f"raised {type(exc).__name__}: {exc}"[:500], **base)
+    why, err, (atol, rtol) = compare_outputs(out, expected, call.operation, defined)
+    if why is None:
+        for name, t in before.items():
+            now = call.inputs.get(name, call.options.get(name))
+            if not torch.equal(t, now):
+                why = f"mutated its input {name!r}"
+                break
+    return KernelResult(spec.kernel_id, status="pass" if why is None else "fail", max_abs_error=err, atol=atol,
+                        rtol=rtol, error=why, **base)
+
+
+def _dtype_of(call: RecordedCall) -> str:
+    for v in call.inputs.values():
+        if isinstance(v, torch.Tensor):
+            return str(v.dtype).removeprefix("torch.")
+    return "?"
