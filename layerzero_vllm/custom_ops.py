@@ -2,19 +2,16 @@
 
 vLLM builds every ``CustomOp`` through ``CustomOp.__new__``, which looks the *class name* up in
 ``op_registry_oot`` and instantiates the registered subclass instead. Each class here subclasses the vLLM
-class it replaces, so parameters, buffers, ``weight_loader``s and state-dict keys stay exactly vLLM's;
-only the forward methods change.
+class it replaces, so parameters, buffers, ``weight_loader``s and state-dict keys stay exactly vLLM's.
 
-Which method runs is vLLM's decision (``CustomOp.dispatch_forward``):
-
-* the op is *enabled* (``custom_ops`` contains ``"all"``, vLLM's default with ``enforce_eager``, or
-  ``"+RMSNorm"``): the platform method (``forward_cpu``, ``forward_cuda``, ``forward_hip``,
-  ``forward_xpu``, ``forward_tpu``, ``forward_oot``) runs, and here every one of them dispatches through
-  LayerZero (policy, fallbacks, circuit breakers, telemetry);
-* the op is *disabled* (``"none"`` without ``"+RMSNorm"``, or ``"-RMSNorm"``): ``forward_native`` runs.
-  By default that stays vLLM's own PyTorch code, so the switch keeps its vLLM meaning ("hand this op to
-  the compiler"); with ``LAYERZERO_VLLM_NATIVE=layerzero`` it dispatches through LayerZero as well
-  (under ``torch.compile`` LayerZero's ops become opaque ``layerzero::*`` custom ops).
+None of vLLM's forward methods is overridden: ``CustomOp.__init__`` binds the method vLLM would bind
+without the plugin (``forward_cpu``/``forward_cuda``/... when the op is enabled in ``custom_ops``,
+``forward_native`` when it is disabled, as in vLLM's compiled mode). The layer then asks its model's
+policy which kernel it runs (:mod:`layerzero_vllm.planning`). By default that is vLLM's own kernel
+(:mod:`layerzero_vllm.exact`), and the binding stays as vLLM made it: no per-call cost, vLLM's rounding.
+Only when the policy chooses LayerZero kernels does the layer's ``_forward_method`` become ``_lz_forward``
+(for an enabled op, or for a disabled one with ``LAYERZERO_VLLM_NATIVE=layerzero``, where under
+``torch.compile`` LayerZero's ops are opaque ``layerzero::*`` custom ops).
 
 Both spellings enable or disable an op: the class name (``+RMSNorm``, the name vLLM gives an out-of-tree
 op) and vLLM's registered op name (``+rms_norm``), so existing ``custom_ops`` lists keep working.
@@ -73,10 +70,20 @@ def _lz_ops() -> Any:
 
 
 class _LayerZeroOp:
-    """Mixin: vLLM's enable/disable switch under both names, platform methods -> ``_lz_forward``."""
+    """Mixin: keeps vLLM's own forward unless the policy chose other kernels for this layer.
+
+    The class overrides none of vLLM's forward methods, so ``CustomOp.__init__`` binds exactly the method
+    vLLM would bind without the plugin. Then :func:`layerzero_vllm.planning.plan_layer` asks the policy:
+    if vLLM's own kernel wins at every probe size the binding is left alone (no per-call cost); otherwise
+    ``_forward_method`` becomes ``_lz_forward`` when vLLM enabled the op (or ``LAYERZERO_VLLM_NATIVE=
+    layerzero`` asks for the native path too)."""
 
     _vllm_op_name: str = ""  # vLLM's registered name ("rms_norm"), accepted as an alias in custom_ops
+    _lz_operation: str = ""  # LayerZero's operation
+    _lz_fused: bool = False  # whether the op has a fused-residual form to probe
     _lz_orchestrator: str | None = None  # registered per-model orchestrator (None: the global one)
+    _lz_plan: Any = None
+    _vllm_class: str = ""  # the vLLM class this one replaces (set at registration)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,6 +92,39 @@ class _LayerZeroOp:
         self._lz_orchestrator = orchestrator_for_current_model()
         name = type(self).__name__
         _INSTANCES[name] = _INSTANCES.get(name, 0) + 1
+        self._lz_bind()
+
+    def _lz_bind(self) -> None:
+        from layerzero_vllm import planning
+
+        vllm_class = self._vllm_class
+        outside = self._lz_outside_contract()
+        plan = planning.plan_layer(self._lz_operation, self._lz_key(), self._lz_probe, self._lz_orchestrator,
+                                   f"{vllm_class} {self._lz_key()}", self._lz_fused)
+        self._lz_plan = plan
+        enabled = bool(getattr(self, "_enforce_enable", False)) or type(self).enabled()
+        runs_layerzero = not plan.direct and outside is None and (enabled or _STATE["native_layerzero"])
+        if runs_layerzero:
+            self._forward_method = self._lz_forward
+        if outside is not None:
+            note = outside
+        elif not enabled and not plan.direct:
+            note = (f"custom op {self._vllm_op_name} is disabled by compilation_config.custom_ops, so vLLM's "
+                    f"forward_native runs; the policy's choice needs custom_ops '+{self._vllm_op_name}' or "
+                    "LAYERZERO_VLLM_NATIVE=layerzero")
+        else:
+            note = ""
+        planning.record(vllm_class, plan, runs_layerzero, note)
+
+    def _lz_outside_contract(self) -> str | None:
+        """Why this layer stays vLLM's whatever the policy says (None: LayerZero's contract covers it)."""
+        return None
+
+    def _lz_key(self) -> tuple:
+        raise NotImplementedError
+
+    def _lz_probe(self, tokens: int, with_residual: bool, device: torch.device) -> tuple[dict, dict]:
+        raise NotImplementedError
 
     @classmethod
     def enabled(cls) -> bool:
@@ -107,48 +147,55 @@ class _LayerZeroOp:
     def _vllm_native(self, *args: Any, **kwargs: Any) -> Any:
         return super().forward_native(*args, **kwargs)  # type: ignore[misc]
 
-    def forward_native(self, *args: Any, **kwargs: Any) -> Any:
-        if _STATE["native_layerzero"]:
-            return self._lz_forward(*args, **kwargs)
-        return self._vllm_native(*args, **kwargs)
 
-    def forward_cpu(self, *args: Any, **kwargs: Any) -> Any:
-        return self._lz_forward(*args, **kwargs)
-
-    def forward_cuda(self, *args: Any, **kwargs: Any) -> Any:
-        return self._lz_forward(*args, **kwargs)
-
-    def forward_hip(self, *args: Any, **kwargs: Any) -> Any:
-        return self._lz_forward(*args, **kwargs)
-
-    def forward_xpu(self, *args: Any, **kwargs: Any) -> Any:
-        return self._lz_forward(*args, **kwargs)
-
-    def forward_tpu(self, *args: Any, **kwargs: Any) -> Any:
-        return self._lz_forward(*args, **kwargs)
-
-    def forward_oot(self, *args: Any, **kwargs: Any) -> Any:
-        return self._lz_forward(*args, **kwargs)
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 class _RMSNormMixin(_LayerZeroOp):
     """vLLM ``RMSNorm``: normalise in fp32, cast, multiply by the weight = LayerZero casting "llama"."""
 
     _vllm_op_name = "rms_norm"
+    _lz_operation = "rms_norm"
+    _lz_fused = True
+    _lz_casting = "llama"
+    _lz_offset = 0.0
+
+    def _lz_outside_contract(self) -> str | None:
+        if getattr(self, "variance_size_override", None) is not None:
+            return "RMS over a prefix of the features (var_hidden_size) is not in LayerZero's contract"
+        return None
+
+    def _lz_key(self) -> tuple:
+        weight = self.weight  # type: ignore[attr-defined]
+        return (self._lz_casting, tuple(weight.shape), str(weight.dtype))
+
+    def _lz_probe(self, tokens: int, with_residual: bool, device: torch.device) -> tuple[dict, dict]:
+        weight = self.weight  # type: ignore[attr-defined]
+        hidden = weight.shape[0]
+        x_dtype = weight.dtype  # vLLM builds norm weights in the model's dtype
+        options: dict[str, Any] = {"eps": self.variance_epsilon, "offset": self._lz_offset,  # type: ignore[attr-defined]
+                                   "casting": self._lz_casting}
+        if with_residual:
+            options["residual"] = _empty((tokens, hidden), x_dtype, device)
+        return {"x": _empty((tokens, hidden), x_dtype, device), "weight": _empty((hidden,), weight.dtype, device)}, options
 
     def _lz_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> Any:
-        if self.variance_size_override is not None:  # type: ignore[attr-defined]
-            return self._vllm_native(x, residual)  # RMS over a prefix of the features: not in the contract
         pass_weight = self.pass_weight_add if residual is not None else self.pass_weight  # type: ignore[attr-defined]
         weight = self.weight.data if pass_weight else None  # type: ignore[attr-defined]
         return _lz_ops().rms_norm(x, weight, eps=self.variance_epsilon, casting="llama",  # type: ignore[attr-defined]
                                   residual=residual, orchestrator=self._lz_orchestrator)
 
 
-class _GemmaRMSNormMixin(_LayerZeroOp):
+class _GemmaRMSNormMixin(_RMSNormMixin):
     """vLLM ``GemmaRMSNorm``: ``(x_norm * (1 + w)).to(dtype)`` in fp32 = casting "gemma", offset 1."""
 
     _vllm_op_name = "gemma_rms_norm"
+    _lz_casting = "gemma"
+    _lz_offset = 1.0
+
+    def _lz_outside_contract(self) -> str | None:
+        return None
 
     def _lz_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> Any:
         return _lz_ops().rms_norm(x, self.weight.data, eps=self.variance_epsilon, offset=1.0,  # type: ignore[attr-defined]
@@ -159,6 +206,15 @@ class _SiluAndMulMixin(_LayerZeroOp):
     """vLLM ``SiluAndMul``: ``x = [gate | up]`` on the last dim -> LayerZero ``swiglu(gate, up)``."""
 
     _vllm_op_name = "silu_and_mul"
+    _lz_operation = "swiglu"
+
+    def _lz_key(self) -> tuple:
+        return (str(torch.get_default_dtype()),)
+
+    def _lz_probe(self, tokens: int, with_residual: bool, device: torch.device) -> tuple[dict, dict]:
+        dtype = torch.get_default_dtype()
+        width = 256  # the contract's facts for swiglu are the dtype and the token count
+        return {"gate": _empty((tokens, width), dtype, device), "up": _empty((tokens, width), dtype, device)}, {}
 
     def _lz_forward(self, x: torch.Tensor) -> torch.Tensor:
         d = x.shape[-1] // 2
@@ -175,6 +231,19 @@ class _RotaryMixin(_LayerZeroOp):
     ``(query, key)``."""
 
     _vllm_op_name = "rotary_embedding"
+    _lz_operation = "rope"
+
+    def _lz_key(self) -> tuple:
+        return (self.head_size, self.rotary_dim, bool(self.is_neox_style),  # type: ignore[attr-defined]
+                str(torch.get_default_dtype()))
+
+    def _lz_probe(self, tokens: int, with_residual: bool, device: torch.device) -> tuple[dict, dict]:
+        dtype = torch.get_default_dtype()
+        head, rot = self.head_size, self.rotary_dim  # type: ignore[attr-defined]
+        q = _empty((1, tokens, 1, head), dtype, device)
+        cos = _empty((1, tokens, rot), dtype, device)
+        return {"q": q, "k": q, "cos": cos, "sin": cos}, {"layout": "bshd",
+                                                         "interleaved": not self.is_neox_style}  # type: ignore[attr-defined]
 
     def _lz_forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor | None = None
@@ -221,6 +290,7 @@ def _register(base: type, mixin: type) -> type | None:
         "__module__": __name__,
         "__doc__": f"vLLM ``{name}`` dispatching through LayerZero (see layerzero_vllm.custom_ops).",
         "_layerzero": True,
+        "_vllm_class": name,
     })
     base.register_oot(cls, name=name)
     globals()[cls.__name__] = cls  # importable by qualified name (pickling, logs)

@@ -1,12 +1,13 @@
-"""One LayerZero orchestrator per model served by vLLM, built from the same configs/ files as the
+"""One LayerZero orchestrator per model served by vLLM, built from the same file formats as the
 Transformers integration.
 
 vLLM constructs a model's layers inside ``set_current_vllm_config(...)``, so an op being built can see
-the model's Hugging Face config. The first op of a model resolves the per-model rules
-(``configs/models.yaml``, or the file named by ``$LAYERZERO_RULES``, else ``$LAYERZERO_HF_RULES``) and the policy (``$LAYERZERO_POLICY``
-merged over the packaged default, exactly as ``layerzero_hf`` merges a caller's policy) into an
+the model's Hugging Face config. The first op of a model resolves the per-model rules (only when the user
+names a rules file: ``$LAYERZERO_RULES``, else ``$LAYERZERO_HF_RULES``; the shipped ``configs/models.yaml``
+tunes Transformers models and does not apply inside vLLM) and the policy (``$LAYERZERO_POLICY``) into an
 orchestrator registered in :mod:`layerzero.ops`; every op of that model dispatches through it by name.
-Two models in one process therefore keep separate policies, breakers and telemetry.
+Its policy is :func:`layerzero_vllm.exact.compose`: vLLM's own kernels locked under whatever the rules
+and the user's policy say. Two models in one process keep separate policies, breakers and telemetry.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def orchestrator_for_current_model() -> str | None:
     """Name of the registered orchestrator for the model under construction (None: the global one)."""
     hf_config = current_hf_config()
     if hf_config is None:
-        return None
+        return plugin_orchestrator()
     key = id(hf_config)
     setup = _by_config.get(key)
     if setup is None:
@@ -55,8 +56,11 @@ def orchestrator_for_current_model() -> str | None:
             if setup is None:
                 from layerzero_hf.loading import build_setup
 
-                setup = build_setup(hf_config, rules=rules_path(),
+                from layerzero_vllm.exact import compose
+
+                setup = build_setup(hf_config, rules=rules_path() or False,
                                     policy=os.environ.get("LAYERZERO_POLICY") or None)
+                setup.orchestrator.set_policy(compose(setup.resolution.policy_mapping()))
                 _by_config[key] = setup
                 _configs.append(hf_config)
                 logger.info("LayerZero orchestrator %s for %s (rules: %s, arm: %s)", setup.name,
@@ -68,3 +72,32 @@ def orchestrator_for_current_model() -> str | None:
 def setups() -> list[Any]:
     """The per-model setups this process built (for telemetry and reports)."""
     return list(_by_config.values())
+
+
+PLUGIN_ORCHESTRATOR = "layerzero_vllm"
+_plugin: dict[str, Any] = {}
+
+
+def plugin_orchestrator() -> str:
+    """Name of the plugin's orchestrator for ops built outside a model (no Hugging Face config in scope):
+    the user's policy over the exact locks, without per-model rules. Registered on first use, so the
+    process-wide LayerZero dispatcher is never touched by the plugin."""
+    if PLUGIN_ORCHESTRATOR not in _plugin:
+        with _lock:
+            if PLUGIN_ORCHESTRATOR not in _plugin:
+                from layerzero import ops
+                from layerzero.dispatch import create_orchestrator
+
+                from layerzero_vllm.exact import user_policy
+
+                orchestrator = create_orchestrator(policy=user_policy(os.environ.get("LAYERZERO_POLICY") or None))
+                ops.register_orchestrator(PLUGIN_ORCHESTRATOR, orchestrator)
+                _plugin[PLUGIN_ORCHESTRATOR] = orchestrator
+    return PLUGIN_ORCHESTRATOR
+
+
+def orchestrators() -> dict[str, Any]:
+    """Every orchestrator the plugin's layers may dispatch through in this process, by name."""
+    found = {s.name: s.orchestrator for s in setups()}
+    found.update(_plugin)
+    return found

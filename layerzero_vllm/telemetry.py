@@ -34,23 +34,12 @@ RPC_METHOD = "layerzero_telemetry"
 EXTENSION_PATH = "layerzero_vllm.LayerZeroWorkerExtension"
 
 
-def _global_orchestrator() -> Any:
-    """The process-wide orchestrator if this process ever dispatched, else None (never creates one)."""
-    from layerzero.dispatch import api
-
-    return getattr(api, "_global", None)
-
-
 def _orchestrators() -> dict[str, Any]:
-    """Every orchestrator the plugin's ops may have used in this process: the per-model ones built by
-    :mod:`layerzero_vllm.model_setup`, and the global one (ops built outside model construction)."""
-    from layerzero_vllm.model_setup import setups
+    """Every orchestrator the plugin's ops may have used in this process: the per-model ones and the
+    plugin's own (ops built outside model construction), see :mod:`layerzero_vllm.model_setup`."""
+    from layerzero_vllm.model_setup import orchestrators
 
-    found = {s.name: s.orchestrator for s in setups()}
-    glob = _global_orchestrator()
-    if glob is not None:
-        found["<global>"] = glob
-    return found
+    return orchestrators()
 
 
 def _operations(snap: Any) -> dict[str, Any]:
@@ -65,14 +54,16 @@ def worker_telemetry(reset: bool = False) -> dict[str, Any]:
     """This process's LayerZero telemetry as plain (msgpack/JSON-safe) data::
 
         {"pid", "time", "dispatch_count", "layers": {LayerZero class: instances built},
+         "plans": {vLLM class: {"operation", "runs": {what the layers run: layers}}},
          "operations": {op: {"calls", "fallbacks", "failures", "kernels": {kernel_id: calls}}},  # summed
          "orchestrators": {name: {"dispatch_count", "operations", "snapshot"}}}
 
     ``reset`` clears the counters after reading, for per-phase measurements."""
     from layerzero_vllm.custom_ops import instances
+    from layerzero_vllm.planning import layers
 
     out: dict[str, Any] = {"pid": os.getpid(), "time": time.time(), "dispatch_count": 0, "operations": {},
-                           "orchestrators": {}, "layers": instances()}
+                           "orchestrators": {}, "layers": instances(), "plans": layers()}
     for name, orch in _orchestrators().items():
         snap = orch.get_telemetry()
         ops = _operations(snap)
@@ -110,16 +101,43 @@ class LayerZeroWorkerExtension:
         return _dump(directory, worker_telemetry())
 
 
+def _extension_configured(llm: Any) -> bool | None:
+    """Whether ``llm`` was created with :class:`LayerZeroWorkerExtension` (None: cannot tell)."""
+    engine = getattr(llm, "llm_engine", None)
+    config = getattr(engine, "vllm_config", None)
+    parallel = getattr(config, "parallel_config", None)
+    if parallel is None:
+        return None
+    configured = getattr(parallel, "worker_extension_cls", "") or ""
+    return EXTENSION_PATH in str(configured) or "LayerZeroWorkerExtension" in str(configured)
+
+
+def _missing_extension_error() -> RuntimeError:
+    return RuntimeError(
+        f"read_worker_telemetry(llm): the vLLM workers do not have the {RPC_METHOD!r} method because the engine "
+        f"was created without LayerZero's worker extension. Fix: create it with vllm.LLM(..., "
+        f"worker_extension_cls={EXTENSION_PATH!r}), or set LAYERZERO_VLLM_TELEMETRY_DIR before starting vLLM "
+        "and read the files written at exit with read_telemetry_dir()"
+    )
+
+
 def read_worker_telemetry(llm: Any, reset: bool = False) -> list[dict[str, Any]]:
-    """One telemetry dict per vLLM worker of ``llm`` (a ``vllm.LLM``), read over vLLM's RPC."""
+    """One telemetry dict per vLLM worker of ``llm`` (a ``vllm.LLM``), read over vLLM's RPC.
+
+    Raises RuntimeError naming ``worker_extension_cls`` when the engine was created without
+    :class:`LayerZeroWorkerExtension` (checked before the call: vLLM's own error for an unknown RPC
+    method is a bare "Call to collective_rpc method failed")."""
+    configured = _extension_configured(llm)
+    if configured is False:
+        raise _missing_extension_error()
     try:
         return list(llm.collective_rpc(RPC_METHOD, kwargs={"reset": reset}))
-    except NotImplementedError as exc:  # vLLM's answer for an unknown method name
-        raise RuntimeError(
-            f"the vLLM workers do not know {RPC_METHOD!r}: create the engine with "
-            f"vllm.LLM(..., worker_extension_cls={EXTENSION_PATH!r}), or read the files written at exit "
-            "with LAYERZERO_VLLM_TELEMETRY_DIR set"
-        ) from exc
+    except NotImplementedError as exc:  # vLLM's answer for an unknown method name in some versions
+        raise _missing_extension_error() from exc
+    except Exception as exc:  # vLLM 0.32 wraps the worker's AttributeError in a generic error
+        if configured is None and (RPC_METHOD in str(exc) or "collective_rpc" in str(exc)):
+            raise _missing_extension_error() from exc
+        raise
 
 
 def _dump(directory: str, data: dict[str, Any]) -> str:

@@ -9,14 +9,25 @@ import pytest
 
 pytest.importorskip("vllm", reason="tests_vllm/ runs in the vLLM venv: make test-vllm")
 
-os.environ.pop("LAYERZERO_VLLM_DISABLE", None)
+for _name in ("LAYERZERO_VLLM_DISABLE", "LAYERZERO_POLICY", "LAYERZERO_RULES", "LAYERZERO_HF_RULES",
+              "LAYERZERO_VLLM_NATIVE", "LAYERZERO_VLLM_ATTENTION"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def plugin_registered():
+    """The plugin, opted in for this process (installing it alone activates nothing)."""
     import layerzero_vllm
 
-    layerzero_vllm.register()
+    previous = os.environ.get("LAYERZERO_VLLM")
+    os.environ["LAYERZERO_VLLM"] = "1"
+    try:
+        layerzero_vllm.register()
+    finally:
+        if previous is None:
+            os.environ.pop("LAYERZERO_VLLM", None)
+        else:
+            os.environ["LAYERZERO_VLLM"] = previous
     return layerzero_vllm.registration()
 
 

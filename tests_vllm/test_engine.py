@@ -1,12 +1,11 @@
-"""End to end: a tiny random Llama served by ``vllm.LLM`` with and without the plugin.
+"""End to end: a tiny random Llama served by ``vllm.LLM`` with the plugin installed but off, on, on with a
+policy that chooses LayerZero's kernels, opted out with an odd value, and with a deny-all policy.
 
-Each variant runs in its own process (vLLM loads plugins and reads the environment at engine start) via
-``run_variant.py``, which reads LayerZero's telemetry back from vLLM's worker process over
-``collective_rpc``. The proof that LayerZero ran inside vLLM is that telemetry, not a log line: the counts
-come from the worker's own dispatcher, in a process whose pid differs from the caller's.
-
-Every variant generates 40 greedy tokens for 5 prompts with 32-token KV blocks, so sequences span
-several blocks (which the LayerZero attention backend must gather correctly).
+Each plugin variant runs in its own process (vLLM loads plugins and reads the environment at engine start)
+via ``run_variant.py``; inside it the engine settings run one after the other: fp32 and bf16, eager and
+compiled (vLLM's default ``torch.compile`` mode), each on 32 prompts of 3 to 300 tokens. Greedy tokens
+must be identical to vLLM without the plugin in every one of them. What ran in the worker comes from the
+worker's own telemetry, read over ``collective_rpc``.
 """
 
 from __future__ import annotations
@@ -22,14 +21,16 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 WORKDIR = Path(os.environ.get("LAYERZERO_VLLM_WORKDIR") or Path(tempfile.gettempdir()) / "layerzero-vllm-tests")
-TIMEOUT_S = int(os.environ.get("LAYERZERO_VLLM_RUN_TIMEOUT", "400"))
+TIMEOUT_S = int(os.environ.get("LAYERZERO_VLLM_RUN_TIMEOUT", "600"))
+ALL_MODES = "fp32-eager,bf16-eager,fp32-compile,bf16-compile"
 _RESULTS: dict[str, dict] = {}
 
-# rope locked to the fp32 reference: proves the policy file reaches the worker (the default picks torch_rope)
+# LayerZero's own kernels for rope and rms_norm: proves the policy file reaches the worker
 POLICY = """\
 version: "1.0"
 kernel_locks:
   rope: reference_rope
+  rms_norm: torch_rms_norm
 """
 
 # per-model rules (the layerzero_hf format): swiglu of llama models on the fp32 reference
@@ -41,10 +42,10 @@ rules:
     kernels: {swiglu: reference_swiglu}
 """
 
-BAD_POLICY = """\
+DENY_ALL = """\
 version: "1.0"
-kernel_locks:
-  rope: no_such_rope_kernel
+kernel_denies:
+  - "*rms_norm*"
 """
 
 
@@ -60,8 +61,9 @@ def run(name: str, model: Path, env: dict[str, str] | None = None, *args: str) -
     """Run one variant once per session and return its JSON result."""
     if name in _RESULTS:
         return _RESULTS[name]
+    WORKDIR.mkdir(parents=True, exist_ok=True)
     out = WORKDIR / f"{name}.json"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAYERZERO_")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAYERZERO_") and k != "VLLM_PLUGINS"}
     full_env.update(VLLM_CPU_KVCACHE_SPACE=full_env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                     VLLM_CACHE_ROOT=str(WORKDIR / "vllm-cache"))  # compiled graphs of these runs only
     full_env.update(env or {})
@@ -82,10 +84,10 @@ def ok(result: dict) -> dict:
     return result
 
 
-def operations(result: dict) -> dict[str, dict]:
-    """LayerZero per-operation counts summed over the workers of a run."""
+def operations(result: dict, mode: str) -> dict[str, dict]:
+    """LayerZero per-operation counts summed over the workers of one mode of a run."""
     totals: dict[str, dict] = {}
-    for worker in result["telemetry"]:
+    for worker in result["modes"][mode]["telemetry"]:
         assert worker["pid"] != result["main_pid"], "telemetry must come from vLLM's worker process"
         for op, stats in worker["operations"].items():
             t = totals.setdefault(op, {"calls": 0, "kernels": {}})
@@ -95,18 +97,49 @@ def operations(result: dict) -> dict[str, dict]:
     return totals
 
 
+def plans(result: dict, mode: str) -> dict[str, dict]:
+    (worker,) = result["modes"][mode]["telemetry"]
+    return worker["plans"]
+
+
 @pytest.fixture(scope="session")
 def baseline(model_dir) -> dict:
-    """vLLM without LayerZero: the plugin is installed but opted out."""
-    return ok(run("off", model_dir, {"LAYERZERO_VLLM_DISABLE": "1"}))
+    """vLLM with LayerZero installed but not enabled: exactly plain vLLM."""
+    return ok(run("off", model_dir, None, "--modes", ALL_MODES))
 
 
-def test_opt_out_runs_no_layerzero_code(baseline):
-    assert operations(baseline) == {}
-    assert all(w["dispatch_count"] == 0 and w["layers"] == {} for w in baseline["telemetry"])
+@pytest.fixture(scope="session")
+def plugin_on(model_dir) -> dict:
+    return ok(run("on", model_dir, {"LAYERZERO_VLLM": "1"}, "--modes", ALL_MODES))
 
 
-def test_plugin_runs_layerzero_ops_in_the_worker_with_identical_outputs(model_dir, baseline):
+def test_installed_but_not_enabled_runs_no_layerzero_code(baseline):
+    for mode in ALL_MODES.split(","):
+        assert operations(baseline, mode) == {}
+        assert plans(baseline, mode) == {}, "installing the package must not activate the plugin"
+        assert len(baseline["modes"][mode]["token_ids"]) == 32
+
+
+@pytest.mark.parametrize("mode", ALL_MODES.split(","))
+def test_plugin_on_is_exact(baseline, plugin_on, mode):
+    """Greedy tokens identical to plain vLLM on 32 mixed-length prompts, fp32 and bf16, eager and compiled."""
+    assert plugin_on["modes"][mode]["token_ids"] == baseline["modes"][mode]["token_ids"]
+
+
+@pytest.mark.parametrize("mode", ["bf16-eager", "bf16-compile"])
+def test_plugin_on_keeps_vllms_forward_and_says_so(plugin_on, mode):
+    got = plans(plugin_on, mode)
+    direct = "(vLLM's own forward, called directly)"
+    assert got["RMSNorm"]["runs"] == {f"vllm_rms_norm {direct}": 5}, got  # 2 per layer + the final norm
+    assert got["SiluAndMul"]["runs"] == {f"vllm_silu_and_mul {direct}": 2}, got
+    assert list(got["RotaryEmbedding"]["runs"]) == [f"vllm_rope {direct}"], got
+    assert operations(plugin_on, mode) == {}  # nothing dispatched per call: no overhead to pay
+    log = Path(plugin_on["log"]).read_text()
+    assert f"LayerZero vLLM plugin: RMSNorm (rms_norm) runs vllm_rms_norm {direct}" in log
+
+
+def test_policy_and_rules_choose_layerzero_kernels_in_the_worker(model_dir, baseline, tmp_path_factory):
+    WORKDIR.mkdir(parents=True, exist_ok=True)
     policy = WORKDIR / "policy.yaml"
     policy.write_text(POLICY)
     rules = WORKDIR / "models.yaml"
@@ -114,24 +147,20 @@ def test_plugin_runs_layerzero_ops_in_the_worker_with_identical_outputs(model_di
     dump_dir = WORKDIR / "dumps"
     for old in dump_dir.glob("*.json"):
         old.unlink()
-    on = ok(run("on", model_dir, {"LAYERZERO_POLICY": str(policy), "LAYERZERO_RULES": str(rules)},
-                "--dump-dir", str(dump_dir)))
-    ops = operations(on)
-    assert ops["rms_norm"]["calls"] > 0 and ops["swiglu"]["calls"] > 0 and ops["rope"]["calls"] > 0, ops
+    on = ok(run("policy", model_dir, {"LAYERZERO_VLLM": "1", "LAYERZERO_POLICY": str(policy),
+                                      "LAYERZERO_RULES": str(rules)}, "--dump-dir", str(dump_dir)))
+    ops = operations(on, "fp32-eager")
     assert set(ops["rope"]["kernels"]) == {"reference_rope"}, "the policy file must reach the worker"
+    assert set(ops["rms_norm"]["kernels"]) == {"torch_rms_norm"}, ops
     assert set(ops["swiglu"]["kernels"]) == {"reference_swiglu"}, "the per-model rules must reach the worker"
-    assert set(ops["rms_norm"]["kernels"]) == {"torch_rms_norm"}  # the packaged default's choice
     # 2 layers: 2 norms per layer + the final norm, 1 rope and 1 swiglu per layer, per forward step
     assert ops["rms_norm"]["calls"] == 5 * ops["rope"]["calls"] // 2
     assert ops["swiglu"]["calls"] == ops["rope"]["calls"]
-    assert "attention.prefill" not in ops  # the attention backend is opt-in
-    (worker,) = on["telemetry"]
-    assert list(worker["orchestrators"]) == ["layerzero_hf:llama:1"]  # one orchestrator for the model
+    (worker,) = on["modes"]["fp32-eager"]["telemetry"]
+    assert [n for n in worker["orchestrators"] if n.startswith("layerzero_hf:llama")] == ["layerzero_hf:llama:1"]
     assert worker["layers"]["LayerZeroRMSNorm"] == 5 and worker["layers"]["LayerZeroSiluAndMul"] == 2
-    assert worker["layers"]["LayerZeroRotaryEmbedding"] >= 1
-    assert on["token_ids"] == baseline["token_ids"]
-    assert all(len(t) == 40 for t in on["token_ids"])
-    # the same counters, written by the worker on demand (collective_rpc "layerzero_dump_telemetry")
+    # fp32: LayerZero's kernels round like vLLM's here (the issue's measurement: 32/32 prompts identical)
+    assert on["modes"]["fp32-eager"]["token_ids"] == baseline["modes"]["fp32-eager"]["token_ids"]
     from layerzero_vllm.telemetry import read_telemetry_dir, sum_operation_calls
 
     files = read_telemetry_dir(str(dump_dir))
@@ -139,58 +168,22 @@ def test_plugin_runs_layerzero_ops_in_the_worker_with_identical_outputs(model_di
     assert sum_operation_calls(files) == {op: s["calls"] for op, s in ops.items()}
 
 
-def test_transformers_backend_uses_tp_aware_rms_norm(model_dir, baseline):
-    """vLLM's Transformers modelling backend swaps HF norms for TPAwareRMSNorm: replaced as well."""
-    result = ok(run("transformers_backend", model_dir, None, "--model-impl", "transformers"))
-    (worker,) = result["telemetry"]
-    assert worker["layers"].get("LayerZeroTPAwareRMSNorm", 0) == 5, worker["layers"]
-    ops = operations(result)
-    assert ops["rms_norm"]["calls"] > 0 and ops["swiglu"]["calls"] > 0
-    assert result["token_ids"] == baseline["token_ids"]
+def test_odd_opt_out_value_runs_plain_vllm_and_telemetry_error_says_what_to_set(model_dir, baseline):
+    result = ok(run("opt_out", model_dir, {"LAYERZERO_VLLM": "1", "LAYERZERO_VLLM_DISABLE": "2"},
+                    "--no-extension"))
+    mode = result["modes"]["fp32-eager"]
+    assert mode["token_ids"] == baseline["modes"]["fp32-eager"]["token_ids"]
+    assert "worker_extension_cls='layerzero_vllm.LayerZeroWorkerExtension'" in mode["telemetry_error"]
+    assert "Call to collective_rpc method failed" not in mode["telemetry_error"]
 
 
-@pytest.mark.parametrize(
-    "name, custom_ops, expected_ops",
-    [
-        ("none", "none", set()),  # every op disabled -> vLLM's forward_native
-        ("none_rmsnorm", "none,+RMSNorm", {"rms_norm"}),
-    ],
-)
-def test_custom_ops_variants(model_dir, baseline, name, custom_ops, expected_ops):
-    result = ok(run(name, model_dir, None, "--custom-ops", custom_ops))
-    assert {op for op, s in operations(result).items() if s["calls"]} == expected_ops
-    assert result["token_ids"] == baseline["token_ids"]
-
-
-def test_torch_compile_with_native_layerzero(model_dir, baseline):
-    """vLLM's compiled mode (Dynamo; custom_ops default "none") with LAYERZERO_VLLM_NATIVE=layerzero:
-    forward_native dispatches through LayerZero, traced as the opaque layerzero::* custom ops."""
-    result = ok(run("compile_native", model_dir, {"LAYERZERO_VLLM_NATIVE": "layerzero"}, "--compile"))
-    ops = operations(result)
-    assert {op for op, s in ops.items() if s["calls"]} == {"rms_norm", "rope", "swiglu"}
-    assert result["token_ids"] == baseline["token_ids"]
-
-
-def test_attention_backend_lets_layerzero_choose(model_dir, baseline):
-    result = ok(run("attention", model_dir, {"LAYERZERO_VLLM_ATTENTION": "1"}))
-    ops = operations(result)
-    assert ops["attention.prefill"]["calls"] > 0 and ops["attention.decode"]["calls"] > 0, ops
-    assert ops["attention.decode"]["calls"] > ops["attention.prefill"]["calls"]
-    assert result["token_ids"] == baseline["token_ids"]
-
-
-@pytest.mark.parametrize("kind", ["missing", "invalid"])
-def test_bad_policy_fails_at_engine_start_with_a_clear_error(model_dir, kind):
-    if kind == "missing":
-        path = WORKDIR / "does-not-exist.yaml"
-        expected = "file not found"
-    else:
-        path = WORKDIR / "bad-policy.yaml"
-        path.write_text(BAD_POLICY)
-        expected = "no_such_rope_kernel"
-    result = run(f"bad_policy_{kind}", model_dir, {"LAYERZERO_POLICY": str(path)})
+def test_deny_all_policy_stops_llm_at_start_naming_the_file(model_dir):
+    path = WORKDIR / "deny-all.yaml"
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(DENY_ALL)
+    result = run("deny_all", model_dir, {"LAYERZERO_VLLM": "1", "LAYERZERO_POLICY": str(path)})
     err = result.get("error")
-    assert err is not None, "a bad policy must stop the engine"
+    assert err is not None, "a deny-all policy must stop the engine"
     assert err["type"] == "PluginConfigError", err
-    assert "LAYERZERO_POLICY" in err["message"] and str(path) in err["message"] and expected in err["message"]
-    assert "startup_s" not in result  # raised while creating the engine, before any worker served
+    assert str(path) in err["message"] and "kernel_denies[0] = '*rms_norm*'" in err["message"], err["message"]
+    assert result["modes"] == {}  # raised while creating the engine, before it served anything

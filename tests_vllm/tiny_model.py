@@ -26,8 +26,23 @@ PROMPTS = (
 )
 
 
-def build(directory: str | Path, seed: int = 0) -> Path:
-    """Write the model and tokenizer into ``directory`` (reused when it is already complete)."""
+def mixed_prompts(count: int = 32, shortest: int = 3, longest: int = 300, seed: int = 0) -> list[str]:
+    """``count`` prompts whose word counts spread evenly from ``shortest`` to ``longest`` (one word is one
+    token of the tiny tokenizer), in a shuffled order so long and short ones share batches."""
+    import random
+
+    rng = random.Random(seed)
+    step = (longest - shortest) / max(count - 1, 1)
+    lengths = [round(shortest + i * step) for i in range(count)]
+    rng.shuffle(lengths)
+    return [" ".join(rng.choice(WORDS) for _ in range(n)) for n in lengths]
+
+
+def build(directory: str | Path, seed: int = 0, layers: int = 2, hidden: int = 128) -> Path:
+    """Write the model and tokenizer into ``directory`` (reused when it is already complete).
+
+    ``hidden`` is split into heads of 32 (vLLM's CPU attention needs head sizes of 32 or more), half as
+    many KV heads (GQA)."""
     out = Path(directory)
     marker = out / ".complete"
     if marker.is_file():
@@ -44,8 +59,8 @@ def build(directory: str | Path, seed: int = 0) -> Path:
                                    pad_token="<pad>")
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-6,
+        vocab_size=256, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=hidden // 32, num_key_value_heads=max(hidden // 64, 1), head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-6,
         bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False, torch_dtype="float32",
     )
     model = LlamaForCausalLM(config).eval()
