@@ -26,7 +26,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from layerzero.tuning.kernel_compare import COLUMNS, Call, call_from_shape, measure_calls, percentile, timing_samples
+from layerzero.tuning.kernel_compare import COLUMNS, Call, call_from_shape, measure_calls
+from layerzero.tuning.measure import measure
 
 __all__ = [
     "ComparisonList",
@@ -539,6 +540,5 @@ def _run_arm(model: torch.nn.Module, kwargs: dict[str, Any], name: str, policy: 
         with _recorder_on(report.orchestrator, keep_inputs=False) as recorder:
             output = forward()  # one recorded forward: which kernels ran
         kernels = {op: dict(ks) for op, ks in recorder.kernels.items()}
-        samples = timing_samples(forward, device, warmup, repeats)  # timed without the recorder
-    return ArmResult(name, statistics.median(samples), percentile(samples, 10), percentile(samples, 90), kernels,
-                     output)
+        timing = measure(forward, device, warmup=warmup, repeats=repeats)  # timed without the recorder
+    return ArmResult(name, timing.median_us, timing.p10_us, timing.p90_us, kernels, output)

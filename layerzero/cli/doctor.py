@@ -51,12 +51,19 @@ def backend_rows(backends: Any = None) -> list[dict[str, Any]]:
         status = spec.probe()
         version = status.version or (_dist_version(spec.version_module or spec.modules[0]) if installed and
                                      spec.modules else None)
+        reason = status.reason
+        if not installed:
+            # The registry's probe checks cheap conditions (a GPU, TRITON_INTERPRET) before importing, so
+            # its reason can name a setting that cannot help while the library is missing: install it first.
+            missing = [m for m in spec.modules if not _find(m)]
+            hint = spec.install_hint or f"pip install {missing[0].split('.')[0]}"
+            reason = f"not installed (module {missing[0]!r} not found); install it: {hint}"
         rows.append({
             "backend": spec.backend_id,
             "installed": installed,
             "version": version,
             "usable": status.available,
-            "reason": status.reason,
+            "reason": reason,
             "install": spec.install_hint or None,
             "description": spec.description,
         })
@@ -118,6 +125,43 @@ def default_choices(device: str) -> list[dict[str, Any]]:
         out.append({"shape": shape_label(shape), "chosen": exp.chosen, "usable": usable,
                     "candidates": len(exp.candidates)})
     return out
+
+
+def configuration_problems() -> list[str]:
+    """What the user configured that is broken: a ``$LAYERZERO_POLICY`` or ``$LAYERZERO_HF_RULES`` file
+    that is missing or invalid. Each item is one line naming the variable, the file and the first problems.
+    (Missing optional backends are not problems: they are reported in the backend table.)"""
+    from layerzero.errors import ConfigValidationError
+
+    out: list[str] = []
+    policy = os.environ.get("LAYERZERO_POLICY")
+    if policy:
+        from layerzero.policy import load_policy
+
+        try:
+            load_policy(policy)
+        except ConfigValidationError as e:
+            out.append(f"$LAYERZERO_POLICY={policy}: {_first_problems(e)}; run `layerzero validate {policy}`")
+        except Exception as e:  # noqa: BLE001 - unreadable file: still a configuration problem
+            out.append(f"$LAYERZERO_POLICY={policy}: {type(e).__name__}: {e}")
+    rules = os.environ.get("LAYERZERO_HF_RULES")
+    if rules and _find("transformers"):
+        try:
+            from layerzero_hf.rules import load_rules
+
+            load_rules(rules)
+        except ConfigValidationError as e:
+            out.append(f"$LAYERZERO_HF_RULES={rules}: {_first_problems(e)}; run `layerzero validate {rules}`")
+        except Exception as e:  # noqa: BLE001
+            out.append(f"$LAYERZERO_HF_RULES={rules}: {type(e).__name__}: {e}")
+    return out
+
+
+def _first_problems(error: Any, limit: int = 3) -> str:
+    problems = list(getattr(error, "problems", ()))
+    shown = "; ".join(f"{p.field}: {p.message}" for p in problems[:limit])
+    more = f" (+{len(problems) - limit} more)" if len(problems) > limit else ""
+    return f"{len(problems)} problem(s): {shown}{more}" if problems else str(error)
 
 
 def context_for_shape(shape: Any, device: str) -> Any:

@@ -1,22 +1,21 @@
 """Run every candidate kernel of one call on the same inputs: timings (median, p10, p90) and error vs fp32.
 
 Shared by ``layerzero bench`` and ``layerzero_hf.compare`` so the numbers in a notebook and in a CLI
-report are produced the same way. Timing goes through :func:`layerzero.tuning.measure.time_call` (CUDA
-events on GPU, ``perf_counter_ns`` elsewhere), one sample per call so percentiles can be reported. The
-error oracle is the operation's reference kernel run on fp32 copies of the inputs, so the error column
+report are produced the same way. Timing goes through :func:`layerzero.tuning.measure.measure` (the
+maintained harness for the device, with a noise check: ``spread`` is IQR / median and ``noisy`` flags a
+row whose median should not be compared with another's). The error oracle is the operation's reference kernel run on fp32 copies of the inputs, so the error column
 shows what a kernel loses against exact fp32 math, not against another low-precision kernel.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from layerzero.tuning.measure import conformance_problem, max_error, time_call
+from layerzero.tuning.measure import Timing, conformance_problem, max_error, measure, percentile
 
 # The plain-PyTorch kernel of each operation: what a model runs without LayerZero (Transformers' "sdpa"
 # attention, eager RoPE / activations). ``speedup_vs_torch`` is measured against these.
@@ -39,6 +38,8 @@ COLUMNS: tuple[str, ...] = (
     "median_us",
     "p10_us",
     "p90_us",
+    "spread",
+    "noisy",
     "speedup_vs_reference",
     "speedup_vs_torch",
     "max_error",
@@ -102,20 +103,13 @@ def fp32_call(inputs: Mapping[str, Any], kwargs: Mapping[str, Any]) -> tuple[dic
     return {k: _to_fp32(v) for k, v in inputs.items()}, {k: _to_fp32(v) for k, v in kwargs.items()}
 
 
-def timing_samples(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """``repeats`` single-call timings in microseconds after ``warmup`` calls."""
-    time_call(fn, device, warmup=warmup, repeats=1)  # warm-up (its own sample is discarded)
-    return [time_call(fn, device, warmup=0, repeats=1) for _ in range(max(1, repeats))]
+def timing_samples(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> Timing:
+    """A :class:`~layerzero.tuning.measure.Timing` of ``fn`` after ``warmup`` calls (kept for callers of
+    the earlier sample-list API; new code calls :func:`~layerzero.tuning.measure.measure`)."""
+    return measure(fn, device, warmup=warmup, repeats=repeats)
 
 
-def percentile(samples: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in [0, 100]); NaN for no samples."""
-    if not samples:
-        return math.nan
-    xs = sorted(samples)
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+__all__ = ["COLUMNS", "Call", "Candidate", "call_from_shape", "measure_call", "measure_calls", "percentile"]
 
 
 def _device_of(inputs: Mapping[str, Any]) -> torch.device:
@@ -172,7 +166,8 @@ def _measure_one(cand: Candidate, operation: str, shape: str, inputs: Mapping[st
     row: dict[str, Any] = dict.fromkeys(COLUMNS, None)
     row.update(operation=operation, shape=shape, kernel_id=spec.kernel_id, backend=spec.backend,
                status=cand.status, chosen=cand.status == "chosen", calls=calls, ok=False,
-               median_us=math.nan, p10_us=math.nan, p90_us=math.nan, max_error=math.nan,
+               median_us=math.nan, p10_us=math.nan, p90_us=math.nan, spread=math.nan, noisy=False,
+               max_error=math.nan,
                speedup_vs_reference=math.nan, speedup_vs_torch=math.nan)
     if cand.blocked:
         row["error"] = f"cannot run: {cand.blocked}"
@@ -192,8 +187,9 @@ def _measure_one(cand: Candidate, operation: str, shape: str, inputs: Mapping[st
             row["error"] = problem
     else:
         row["ok"] = True
-    samples = timing_samples(lambda: impl(**args), device, warmup, repeats)
-    row.update(median_us=statistics.median(samples), p10_us=percentile(samples, 10), p90_us=percentile(samples, 90))
+    timing = measure(lambda: impl(**args), device, warmup=warmup, repeats=repeats)
+    row.update(median_us=timing.median_us, p10_us=timing.p10_us, p90_us=timing.p90_us, spread=timing.spread,
+               noisy=timing.noisy)
     return row
 
 
@@ -314,9 +310,7 @@ def measure_calls(
 
 
 def _progress_bar(total: int, desc: str) -> Any:
-    """A tqdm bar that appears only if the run lasts more than two seconds (quiet for quick runs)."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="kernel", delay=2.0, leave=False)
+    """A bar that appears only if the run lasts more than two seconds (quiet for quick runs)."""
+    from layerzero.tuning.progress import progress_bar
+
+    return progress_bar(total, desc, "kernel", delay=2.0, leave=False)

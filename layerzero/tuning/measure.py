@@ -1,18 +1,37 @@
-"""Timing and conformance checks used by autotuning and the benchmarks.
+"""Timing and conformance checks used by autotuning, ``layerzero bench``/``tune`` and ``compare()``.
 
-Timing: warm-up calls, then ``repeats`` timed calls; on CUDA with events on the current stream (GPU
-time, no host overhead), elsewhere with ``perf_counter_ns``; the median is reported. Conformance: a
-kernel's output is compared with the fp32 reference under a per-dtype tolerance relative to the
-reference's magnitude, so a fast but wrong kernel can never be chosen.
+Timing goes through maintained harnesses rather than a hand-rolled loop, and always reports how much
+the samples spread, because a single median from a shared machine can be off by 100x (two runs of the
+same call seconds apart once read 78 us and 7,995 us) and must not be read as a speed-up:
+
+* CPU: ``torch.utils.benchmark.Timer.adaptive_autorange`` (blocks of calls sized so timer overhead is
+  negligible, repeated until the IQR is small or the time budget is spent), at the process's own thread
+  count so the numbers match what the model sees;
+* CUDA with Triton installed: ``triton.testing.do_bench`` (L2 flushed between calls, quantiles);
+* CUDA without Triton: CUDA events on the current stream, one sample per call.
+
+Every :class:`Timing` carries its spread, ``IQR / median``; above :data:`NOISE_THRESHOLD` it is flagged
+``noisy`` (tables, plots and JSON show the flag). Conformance: a kernel's output is compared with the
+fp32 reference under a per-dtype tolerance relative to the reference's magnitude, so a fast but wrong
+kernel can never be chosen.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
+
+# A measurement whose interquartile range exceeds this fraction of its median is flagged noisy: on a
+# quiet machine the IQR of these harnesses is a few percent; 20% means something else was running.
+NOISE_THRESHOLD = 0.2
+# CPU time budget per measurement (seconds): ``repeats`` calls' worth, within these bounds.
+MIN_CPU_RUN_S = 0.1
+MAX_CPU_RUN_S = 1.0
 
 # max |out - ref| <= TOL[dtype] * max(1, max |ref|)
 TOLERANCES: dict[torch.dtype, float] = {
@@ -56,28 +75,127 @@ def conformance_problem(out: Any, ref: Any, dtype: torch.dtype) -> str | None:
     return None
 
 
-def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
-    """Median microseconds per call."""
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]); NaN for no samples."""
+    if not samples:
+        return math.nan
+    xs = sorted(samples)
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One measurement in microseconds per call. ``spread`` is IQR / median; ``noisy`` says it exceeds
+    :data:`NOISE_THRESHOLD`, i.e. the median should not be compared with another kernel's."""
+
+    median_us: float
+    p10_us: float
+    p25_us: float
+    p75_us: float
+    p90_us: float
+    timer: str
+    samples: tuple[float, ...] = field(default=(), repr=False)  # per-call microseconds (block means on CPU)
+
+    @property
+    def spread(self) -> float:
+        if not self.median_us or math.isnan(self.median_us):
+            return math.nan
+        return (self.p75_us - self.p25_us) / self.median_us
+
+    @property
+    def noisy(self) -> bool:
+        if self.samples and len(self.samples) < 4:
+            return True  # too few samples to know the spread: do not trust the median either
+        return not math.isnan(self.spread) and self.spread > NOISE_THRESHOLD
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"median_us": self.median_us, "p10_us": self.p10_us, "p90_us": self.p90_us, "spread": self.spread,
+                "noisy": self.noisy, "timer": self.timer}
+
+    @classmethod
+    def from_samples(cls, samples_us: Sequence[float], timer: str) -> "Timing":
+        xs = tuple(float(x) for x in samples_us)
+        return cls(statistics.median(xs), percentile(xs, 10), percentile(xs, 25), percentile(xs, 75),
+                   percentile(xs, 90), timer, xs)
+
+
+def _triton_do_bench() -> Callable[..., Any] | None:
+    try:
+        from triton.testing import do_bench
+    except Exception:  # noqa: BLE001 - not installed, or a broken install: fall back to CUDA events
+        return None
+    return do_bench
+
+
+def timer_name(device: torch.device | str) -> str:
+    """Which harness :func:`measure` uses on ``device`` (shown in reports)."""
+    if torch.device(device).type == "cuda":
+        return "triton.testing.do_bench" if _triton_do_bench() is not None else "cuda events"
+    return "torch.utils.benchmark.Timer"
+
+
+def measure(fn: Callable[[], Any], device: torch.device | str, warmup: int = 3, repeats: int = 10) -> Timing:
+    """Time ``fn()`` on ``device`` with the maintained harness for it; ``repeats`` is the minimum number of
+    samples worth of time to spend (harnesses take more when calls are short)."""
+    dev = torch.device(device)
     for _ in range(max(0, warmup)):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        times = []
-        for _ in range(max(1, repeats)):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1000.0)
-        return statistics.median(times)
+    if dev.type == "cuda":
+        do_bench = _triton_do_bench()
+        if do_bench is not None:
+            return _measure_do_bench(do_bench, fn, dev, repeats)
+        return _measure_cuda_events(fn, dev, repeats)
+    return _measure_cpu(fn, repeats)
+
+
+def _measure_cpu(fn: Callable[[], Any], repeats: int) -> Timing:
+    from torch.utils.benchmark import Timer
+
+    t0 = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t0
+    # blocked_autorange sizes blocks so timer overhead is <0.01% (~10 ms blocks for short calls): a budget of
+    # MIN_CPU_RUN_S gives about ten blocks, enough for an IQR; long calls get ``repeats`` blocks of one call.
+    min_run = min(MAX_CPU_RUN_S, max(MIN_CPU_RUN_S, one * max(5, repeats)))
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run)
+    timing = Timing.from_samples([t * 1e6 for t in m.times], timer_name("cpu"))
+    if timing.noisy and min_run * 3 <= MAX_CPU_RUN_S:
+        # A burst of load from another process: keep sampling until the IQR settles or the budget is spent,
+        # so a disturbance costs a little time instead of a wrong median.
+        m = timer.adaptive_autorange(threshold=NOISE_THRESHOLD / 2, min_run_time=min_run,
+                                     max_run_time=min(MAX_CPU_RUN_S, min_run * 3))
+        timing = Timing.from_samples([t * 1e6 for t in m.times], timer_name("cpu"))
+    return timing
+
+
+def _measure_do_bench(do_bench: Callable[..., Any], fn: Callable[[], Any], device: torch.device,
+                      repeats: int) -> Timing:
+    with torch.cuda.device(device):
+        q = do_bench(fn, warmup=10, rep=max(20, repeats), quantiles=[0.1, 0.25, 0.5, 0.75, 0.9])
+    p10, p25, p50, p75, p90 = (float(v) * 1000.0 for v in q)  # ms -> us
+    return Timing(p50, p10, p25, p75, p90, "triton.testing.do_bench")
+
+
+def _measure_cuda_events(fn: Callable[[], Any], device: torch.device, repeats: int) -> Timing:
+    torch.cuda.synchronize(device)
     times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter_ns()
+    for _ in range(max(5, repeats)):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-        times.append((time.perf_counter_ns() - t0) / 1000.0)
-    return statistics.median(times)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000.0)
+    return Timing.from_samples(times, "cuda events")
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
+    """Median microseconds per call (:func:`measure`'s median; the AUTOTUNE dispatcher's timer)."""
+    return measure(fn, device, warmup=warmup, repeats=repeats).median_us
 
 
 def unsafe_to_time() -> str | None:

@@ -65,17 +65,18 @@ def tune(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dispatcher = AutotuneDispatcher(DispatchConfig(mode=DispatchMode.AUTOTUNE, autotune_cache_path=cache_path))
     shapes = list(shapes)
-    it: Iterable[TuneShape] = shapes
-    if progress:
-        try:
-            from tqdm.auto import tqdm
+    from layerzero.tuning.progress import progress_bar
 
-            it = tqdm(shapes, desc="layerzero tune", unit="shape")
-        except ImportError:
-            pass
+    bar = progress_bar(len(shapes), "layerzero tune", "shape") if progress else None
     chosen: dict[str, Any] = {}
-    for shape in it:
-        inputs, kwargs = shape.inputs(dev)
-        result = dispatcher.dispatch(shape.operation, inputs, **kwargs)
-        chosen[repr(shape)] = result.kernel_id
+    try:
+        for shape in shapes:
+            inputs, kwargs = shape.inputs(dev)
+            result = dispatcher.dispatch(shape.operation, inputs, **kwargs)
+            chosen[repr(shape)] = result.kernel_id
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     return {"cache": str(dispatcher.tuning.path), "entries": len(dispatcher.tuning), "chosen": chosen}

@@ -209,7 +209,7 @@ def test_validate_json_lists_problems(tmp_path: Path):
 
 def test_validate_missing_file(tmp_path: Path):
     r = run("validate", str(tmp_path / "nope.yaml"))
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # unreadable input: a usage error, not an invalid file
     assert "not found" in r.output
 
 
