@@ -8,7 +8,7 @@ HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 TORCH_SPEC := $(if $(HAS_CUDA),torch,torch==2.13.0)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-quick test-vllm bench-overhead clean
+.PHONY: demo test test-quick test-vllm test-hf-newest bench-overhead clean
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench-overhead: $(VENV)/.base
 
 test-vllm:
 	bash scripts/test_vllm.sh
+
+# The Transformers integration's tests on the newest Transformers 5.x, in .venv-hf-newest.
+test-hf-newest:
+	bash scripts/test_hf_newest.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
