@@ -148,6 +148,78 @@ def test_errors_name_the_argument_and_the_fix(q_shape, k_shape, kwargs, match):
         decode_attention(q, k, k, **kwargs)
 
 
+# ---------------------------------------------------------------------------------------------- one variant
+class _Recorder:
+    """Stands in for a Triton kernel: records what the wrapper would launch it with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple, dict]] = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append((args, kwargs))
+
+        return launch
+
+
+def _jit_options(kernel) -> tuple[list[str], set[str]]:
+    """(parameter names, do_not_specialize names) of a compiled or interpreted Triton kernel."""
+    import inspect
+
+    params = list(inspect.signature(kernel.fn).parameters)
+    dns = getattr(kernel, "do_not_specialize", None)
+    if dns is None:  # InterpretedFunction keeps the decorator's keyword arguments
+        dns = kernel.kwargs.get("do_not_specialize") or ()
+    return params, {params[i] if isinstance(i, int) else i for i in dns}
+
+
+def test_every_argument_that_changes_per_decode_step_is_not_specialised(monkeypatch):
+    """Two decode steps (Sk 100 then 101, Transformers' cache views, a new mask each step): every integer
+    argument that differs must be in ``do_not_specialize`` and every ``constexpr`` must be equal, else
+    Triton would compile a new variant per key length."""
+    import layerzero.kernels.triton.decode_attention as mod
+
+    kernels = {"_decode_partial": mod._decode_partial, "_decode_reduce": mod._decode_reduce}
+    recorders = {name: _Recorder() for name in kernels}
+    for name, rec in recorders.items():
+        monkeypatch.setattr(mod, name, rec)
+    monkeypatch.setattr(mod, "_INTERPRETED", False)
+    cfg = mod.launch_config(8, 4, 256)  # the GPU launch configuration
+    monkeypatch.setattr(mod, "_INTERPRETED", True)
+    for sk in (100, 101):
+        q, k, v = _qkv(8, 8, 4, 256, sk, torch.bfloat16)
+        mask = _left_padding(8, sk, [0, 3] * 4)
+        mod.decode_attention(q, k, v, attn_mask=mask, softcap=50.0, sliding_window=96, _config=cfg)
+    for name, kernel in kernels.items():
+        params, dns = _jit_options(kernel)
+        (args0, kw0), (args1, kw1) = recorders[name].calls
+        assert kw0 == kw1, f"{name}: constexpr / launch options differ between steps"
+        changed = {params[i] for i, (a, b) in enumerate(zip(args0, args1))
+                   if isinstance(a, int) and not isinstance(a, bool) and a != b}
+        if name == "_decode_partial":  # the key length and the cache / mask strides that contain it
+            assert {"Sk", "sk_b", "sk_h", "sm_b"} <= changed, f"steps differ only in {sorted(changed)}"
+        assert changed <= dns, f"{name}: specialised on per-step arguments {sorted(changed - dns)}"
+
+
+def test_wrapper_traces_under_torch_compile_fullgraph(monkeypatch):
+    """The host code only reads shapes/strides and launches: dynamo traces it without a graph break, with
+    static and dynamic shapes (the launches are stand-ins here; the GPU test compiles the real kernels)."""
+    import layerzero.kernels.triton.decode_attention as mod
+
+    monkeypatch.setattr(mod, "_decode_partial", _Recorder())
+    monkeypatch.setattr(mod, "_decode_reduce", _Recorder())
+    q, k, v = _qkv(2, 4, 2, 32, 9, torch.float32)
+    mask, sinks = _left_padding(2, 9, [0, 2]), torch.randn(4)
+
+    def f(q, k, v, mask, sinks):
+        return mod.decode_attention(q, k, v, attn_mask=mask, softcap=5.0, sliding_window=4, sinks=sinks).shape
+
+    for dynamic in (False, True):
+        torch._dynamo.reset()
+        shape = torch.compile(f, backend="eager", fullgraph=True, dynamic=dynamic)(q, k, v, mask, sinks)
+        assert tuple(shape) == (2, 1, 4, 32)
+
+
 # ---------------------------------------------------------------------------------------------- selection
 def _decode_ctx(**kw) -> SelectionContext:
     base = dict(operation="attention.decode", batch_size=8, seq_len_q=1, seq_len_k=513, num_heads=8,
