@@ -28,6 +28,7 @@ import datetime as dt
 import gc
 import json
 import logging
+import os
 import platform
 import statistics
 import subprocess
@@ -183,8 +184,10 @@ def versions() -> dict[str, str | None]:
     except Exception:
         pass
     try:
-        out["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
+        # LAYERZERO_COMMIT: set by benchmarks/gpu_run.sh, whose machine has no usable git history
+        out["git"] = os.environ.get("LAYERZERO_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
     except OSError:
         pass
     return out
