@@ -63,8 +63,9 @@ def read_config_bytes(path: str, max_reads: int = 8) -> tuple[bytes | None, str,
     A read that overlaps an in-place rewrite (``echo > file``) can return the old bytes up to some offset
     and the new bytes after it: a content the file never held, which may even parse as a valid policy that
     nobody wrote. So the file is read until two consecutive reads agree (at most ``max_reads`` times):
-    what is returned was the file's content at some moment (empty, or a prefix while a writer is still
-    writing, which fails to parse as a whole)."""
+    what is returned was the file's content at some moment. That moment may be mid-write (empty, or a
+    prefix of the new file, possibly a valid policy on its own): two agreeing reads cannot tell a paused
+    writer from a finished one, which is why :class:`ConfigWatcher` also waits for ``settle_seconds``."""
     prev = _read_once(path)
     for _ in range(max_reads - 1):
         cur = _read_once(path)
