@@ -1,7 +1,7 @@
 """Static dispatch: a fixed kernel per operation, chosen at build time, no policy on the call path.
 
 For a given call the first registered kernel whose constraints hold runs (the default first); the rest
-are its fallbacks in registration order. That keeps the seed's builder examples working on a machine where
+are its fallbacks in registration order. That keeps builder-style setups (several kernels, one default) working on a machine where
 the default (say flash-attn) is not installed: the next registered kernel serves, and ``explain`` says why.
 """
 
@@ -145,7 +145,7 @@ class StaticDispatcher(PlannedDispatcher):
 
 
 class StaticDispatcherBuilder:
-    """Fluent construction of a StaticDispatcher (the seed's "Using StaticDispatcherBuilder")."""
+    """Fluent construction of a StaticDispatcher: kernels one by one, then ``build()`` freezes them."""
 
     def __init__(self) -> None:
         self._registry = StaticKernelRegistry()
