@@ -11,6 +11,13 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 
+def _clip(value: Any, limit: int = 200) -> str:
+    """repr() of a value for an error message, cut to ``limit`` characters (a YAML alias expansion or a huge
+    config value must not turn one message into megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} chars)"
+
+
 class LayerZeroError(Exception):
     """Base class of every LayerZero error."""
 
@@ -72,7 +79,7 @@ class ValidationProblem:
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""
-        return f"{where}{self.field}: {self.message} (got {self.value!r})"
+        return f"{where}{self.field}: {self.message} (got {_clip(self.value)})"
 
 
 class ConfigValidationError(LayerZeroError, ValueError):
