@@ -220,6 +220,43 @@ def test_wrapper_traces_under_torch_compile_fullgraph(monkeypatch):
         assert tuple(shape) == (2, 1, 4, 32)
 
 
+# Compiles the kernels for sm90 without a GPU (Triton's own ptxas), in a process without TRITON_INTERPRET:
+# the code path the CPU interpreter never takes (for-loop over a runtime bound, half-precision tl.dot).
+_COMPILE_FOR_SM90 = """
+import inspect, os, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import layerzero.kernels.triton.decode_attention as da
+
+def build(kernel, types, constexprs, **options):
+    sig = {p: "constexpr" if p in constexprs else types.get(p, "i32") for p in inspect.signature(kernel.fn).parameters}
+    return triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
+                          target=GPUTarget("cuda", 90, 32), options=options)
+
+ptrs = dict(M_OUT="*fp32", L_OUT="*fp32", ACC_OUT="*fp32", scale="fp32", softcap="fp32")
+for dt, mask, d, g in (("bf16", "*u8", 256, 2), ("fp32", "*fp32", 80, 4)):
+    ce = dict(HKV=4, GROUP=g, BLOCK_G=16, D=d, DV=d, BLOCK_D=triton.next_power_of_2(d),
+              BLOCK_DV=triton.next_power_of_2(d), BLOCK_N=32, HAS_MASK=True, MASK_BOOL=mask == "*u8",
+              HAS_SOFTCAP=True, HAS_WINDOW=True, PRECISION="ieee" if dt == "fp32" else "tf32",
+              DOT_F32=dt == "fp32", LOOP_WHILE=False)
+    build(da._decode_partial, dict(Q="*" + dt, K="*" + dt, V="*" + dt, MASK=mask, **ptrs), ce, num_warps=4, num_stages=2)
+ce = dict(H=8, DV=256, BLOCK_R=1, BLOCK_DV=256, BLOCK_S=64, CHUNK_S=8, HAS_SINKS=True)
+build(da._decode_reduce, dict(M_IN="*fp32", L_IN="*fp32", ACC_IN="*fp32", SINKS="*fp32", O="*bf16"), ce, num_warps=4)
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_sm90_without_a_gpu():
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
+
+
 # ---------------------------------------------------------------------------------------------- selection
 def _decode_ctx(**kw) -> SelectionContext:
     base = dict(operation="attention.decode", batch_size=8, seq_len_q=1, seq_len_k=513, num_heads=8,
