@@ -18,12 +18,18 @@ first attention call even without ``patch``. Each model dispatches through its o
 
 from __future__ import annotations
 
-try:  # the attention function lives in its own module; patching works without it
-    import layerzero_hf.attention  # noqa: F401
-except ImportError:  # pragma: no cover - only while the attention module is absent
-    pass
+try:
+    import transformers as _transformers  # noqa: F401 - the integration target; fail here, clearly, without it
+except ImportError as _e:
+    raise ImportError(
+        "layerzero_hf is LayerZero's Transformers integration and needs transformers>=5.16: "
+        "pip install 'layerzero-dispatch[hf]'"
+        f" ({_e})"
+    ) from _e
 
-from layerzero_hf.loading import orchestrator_for
+import layerzero_hf.attention  # noqa: E402,F401 - registers attn_implementation="layerzero"
+from layerzero_hf.compare import compare, compare_policies  # noqa: E402
+from layerzero_hf.loading import orchestrator_for  # noqa: E402
 from layerzero_hf.patching import (
     is_patched,
     model_arm,
@@ -39,6 +45,8 @@ from layerzero_hf.rules import load_rules
 from layerzero_hf.specs import builtin_specs, load_arch_spec
 
 __all__ = [
+    "compare",
+    "compare_policies",
     "PatchReport",
     "PatchedModule",
     "SkippedModule",
@@ -55,8 +63,3 @@ __all__ = [
     "patched",
     "unpatch",
 ]
-
-try:  # kernel comparison for notebooks (layerzero_hf/compare.py); never breaks `import layerzero_hf`
-    from layerzero_hf.compare import compare, compare_policies  # noqa: E402,F401
-except Exception:  # pragma: no cover - only if the compare module itself is broken
-    pass
