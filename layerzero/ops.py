@@ -494,18 +494,31 @@ def attention(
     sinks: torch.Tensor | None = None,
     operation: str | None = None,
     orchestrator: OrchestratorLike = None,
+    layout: str = "bshd",
 ) -> torch.Tensor:
-    """Attention over canonical ``(B, S, H, D)`` inputs; key/value may have fewer heads (GQA).
+    """Attention; key/value may have fewer heads (GQA).
+
+    ``layout``: ``"bshd"`` (batch, seq, heads, head_dim), the canonical layout, or ``"bhsd"`` (batch, heads,
+    seq, head_dim) as ``F.scaled_dot_product_attention`` and Transformers use; the output has the layout of
+    the inputs. There is no default guess from the shapes: a (B, H, S, D) tensor passed as ``"bshd"`` is
+    read as S heads of H tokens, so say which layout you pass.
 
     ``is_causal=None`` means: causal if ``operation`` is ``attention.causal``/``attention.prefill``, else
     not. ``operation=None`` picks ``attention.decode`` for one query token, ``attention.prefill`` when
     causal, ``attention.cross`` otherwise, so policies can treat prefill and decode differently."""
+    if layout not in ("bshd", "bhsd"):
+        raise ValueError(f"attention layout={layout!r} is not one of 'bshd' (batch, seq, heads, head_dim), "
+                         "'bhsd' (batch, heads, seq, head_dim: SDPA and Transformers)")
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
         raise ValueError(
-            "attention expects query/key/value shaped (batch, seq, heads, head_dim); got "
-            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}. Transformers tensors are "
-            "(batch, heads, seq, head_dim): pass .transpose(1, 2) views"
+            f"attention expects rank-4 query/key/value in layout {layout!r}; got "
+            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
         )
+    if layout == "bhsd":  # views: kernels take (B, S, H, D) with any strides
+        out = attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask,
+                        is_causal=is_causal, scale=scale, dropout_p=dropout_p, sliding_window=sliding_window,
+                        softcap=softcap, sinks=sinks, operation=operation, orchestrator=orchestrator)
+        return out.transpose(1, 2)
     if is_causal is None:
         is_causal = operation in ("attention.causal", "attention.prefill")
     if operation is None:
@@ -524,14 +537,15 @@ def attention(
 def rms_norm(
     x: torch.Tensor,
     weight: torch.Tensor | None = None,
-    *,
     eps: float = 1e-6,
+    *,
     offset: float = 0.0,
     casting: str = "llama",
     residual: torch.Tensor | None = None,
     orchestrator: OrchestratorLike = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm; with ``residual`` returns ``(norm(x + residual), x + residual)``."""
+    """RMSNorm; with ``residual`` returns ``(norm(x + residual), x + residual)``. ``eps`` may be passed
+    positionally, as in ``F.rms_norm(x, shape, weight, eps)``'s order of weight then eps."""
     if casting not in ("llama", "gemma", "none"):
         raise ValueError(f"rms_norm casting={casting!r} is not one of 'llama', 'gemma', 'none'")
     if _compiling():

@@ -120,9 +120,9 @@ def test_attention_passes_only_the_options_that_are_set(rec):
     assert options["enable_gqa"] is False
 
 
-def test_attention_rejects_hf_layout_hint():
+def test_attention_rejects_rank_three_and_names_the_layouts():
     q = torch.randn(2, 4, 5)
-    with pytest.raises(ValueError, match="transpose"):
+    with pytest.raises(ValueError, match="rank-4 query/key/value in layout 'bshd'"):
         ops.attention(q, q, q)
 
 
@@ -335,3 +335,20 @@ def test_torch_export_keeps_the_custom_ops(rec):
     a, n = program.module()(q, k, v, x, w)
     torch.testing.assert_close(a, ref.attention(q, k, v, is_causal=True))
     torch.testing.assert_close(n, ref.rms_norm(x, w))
+
+
+def test_attention_takes_sdpa_layout_and_returns_it():
+    F = torch.nn.functional
+    q, k, v = (torch.randn(2, 4, 6, 16) for _ in range(3))  # (B, H, S, D)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out = ops.attention(q, k, v, is_causal=True, layout="bhsd")
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="layout='bsdh'"):
+        ops.attention(q, k, v, layout="bsdh")
+
+
+def test_rms_norm_takes_eps_positionally():
+    x, w = torch.randn(3, 8), torch.randn(8)
+    expected = torch.nn.functional.rms_norm(x, (8,), w, 1e-5)
+    torch.testing.assert_close(ops.rms_norm(x, w, 1e-5), expected)
