@@ -1,4 +1,4 @@
-"""A/B testing two kernel configurations with hot reload (the seed's ``ABTestingDispatcher``).
+"""A/B testing two kernel configurations with hot reload (the ``ABTestingDispatcher`` pattern of the API examples).
 
 Two policy files are written to a temporary directory: A (stable) lets the built-in priorities choose,
 B (experimental) locks attention to SDPA's math kernel and RMSNorm to the fp32 reference. A share of the
@@ -39,7 +39,7 @@ fallback_chains:
 
 
 class ABTestingDispatcher:
-    """Dispatcher for A/B testing kernel configurations (as in the seed's code examples)."""
+    """Dispatcher for A/B testing kernel configurations (the pattern of the public API examples)."""
 
     def __init__(self, config_a_path: str, config_b_path: str, b_ratio: float = 0.1):
         self._config_a = DispatchConfig(
@@ -93,7 +93,7 @@ class ABTestingDispatcher:
         }
 
     def close(self) -> None:
-        """Stop both file watchers (not in the seed, whose dispatchers stop when collected)."""
+        """Stop both file watchers (the dispatchers would otherwise stop only when collected)."""
         self._dispatcher_a.stop()
         self._dispatcher_b.stop()
 
@@ -113,13 +113,19 @@ def main() -> None:
         try:
             for ratio in (0.05, 0.10, 0.50):  # gradually increase B traffic
                 ab.set_b_ratio(ratio)
+                before = ab.get_stats()  # the counters are cumulative: report this setting's own split
                 for _ in range(100):
                     for op, inputs in (("attention.causal", {"query": q, "key": k, "value": v}),
                                        ("rms_norm", {"x": x, "weight": w})):
                         result = ab.dispatch(op, inputs)
                         kernels[op][result.kernel_id] += 1
                         outputs[op][result.kernel_id] = result.output
-                print(f"b_ratio={ratio:.2f}: {ab.get_stats()}")
+                after = ab.get_stats()
+                a_calls = after["a_calls"] - before["a_calls"]
+                b_calls = after["b_calls"] - before["b_calls"]
+                print(f"b_ratio={ratio:.2f}: {a_calls} calls to A, {b_calls} to B "
+                      f"({b_calls / (a_calls + b_calls):.0%} B) in this setting")
+            print(f"totals: {ab.get_stats()}")
         finally:
             ab.close()
     print("kernels per operation (A's choice and B's lock):")

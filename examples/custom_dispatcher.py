@@ -1,6 +1,6 @@
-"""A custom dispatcher (the seed's ``CustomDispatcher``) plugged into the orchestrator.
+"""A custom dispatcher (the ``CustomDispatcher`` of the public API examples) plugged into the orchestrator.
 
-The dispatcher is the seed's code unchanged; the strategy lives in ``PreferenceSelector``: per operation,
+The dispatcher is the API example's code unchanged; the strategy lives in ``PreferenceSelector``: per operation,
 an ordered list of preferred kernels; the first that can run the call wins (each kernel's constraints and
 backend are checked against the call's context, and the reasons a preferred kernel was skipped are
 kept), else the highest-priority kernel that can run. Registered as the orchestrator's DYNAMIC dispatcher,
