@@ -24,6 +24,7 @@ import sys
 import types
 import weakref
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -536,6 +537,7 @@ def patch(
     attention: bool = False,
     hooks: str = "compose",
     dispatch_config: Any = None,
+    strict: bool = False,
 ) -> PatchReport:
     """Patch ``model`` in place, per instance, and return what was done.
 
@@ -550,6 +552,10 @@ def patch(
     do with a module whose forward another library replaced: "compose" (default; for accelerate dispatch
     hooks, bind the replacement as ``module._old_forward`` so device placement still wraps it; other
     libraries' forwards are skipped and reported) or "skip" (report every such module, patch none).
+    ``strict``: a kernel requested through ``kernels``, the rules or the arm that cannot run on this machine
+    (backend not installed, device or dtype not supported) raises PatchError instead of a warning. Either
+    way the report's ``kernels`` shows what will actually serve each operation, never a request that is
+    silently replaced.
 
     Idempotent: patching again with the same arguments returns the same report; different arguments
     unpatch first. Raises ConfigValidationError for invalid rules/specs and PatchError for invalid
@@ -568,7 +574,7 @@ def patch(
     kwargs = dict(config=config, policy=policy, kernels=kernels, arms=arms, arm=arm, experiment=experiment,
                   model_id=model_id, spec=spec, detect_unknown=detect_unknown, self_check=self_check,
                   only=None if only is None else sorted(kinds), attention=attention, hooks=hooks,
-                  dispatch_config=dispatch_config)
+                  dispatch_config=dispatch_config, strict=strict)
     key = _call_key(kwargs)
     state: _State | None = model.__dict__.get(STATE_ATTR)
     if state is not None:
@@ -585,6 +591,10 @@ def patch(
                         experiment=experiment, model_id=model_id, dispatch_config=dispatch_config)
     planner: _Planner | None = None
     try:
+        served, unavailable = _requested_kernels(model, setup, warn=not strict)
+        if unavailable and strict:
+            raise PatchError("patch(strict=True): requested kernels cannot run here: " + "; ".join(
+                f"{op} -> {why}" for op, why in unavailable.items()))
         planner = _Planner(model, arch, setup.name, detect_mode=detect_mode, self_check=self_check, kinds=kinds,
                            hooks=hooks)
         planner.run()
@@ -602,9 +612,9 @@ def patch(
         experiment=setup.experiment,
         arm=setup.arm,
         rules=setup.resolution.rules,
-        kernels=dict(setup.resolution.kernels),
+        kernels=served,
         skipped=list(planner.skipped),
-        notes=list(setup.notes),
+        notes=list(setup.notes) + [f"requested kernel for {op} cannot run: {why}" for op, why in unavailable.items()],
     )
     overlays = tuple(m.__name__ for m in planner._overlays.values())
     owner = Owner(setup, on_close=lambda: [sys.modules.pop(n, None) for n in overlays])
@@ -740,6 +750,46 @@ def patched(model: nn.Module, config: Any = None, **kwargs: Any) -> Iterator[Pat
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _requested_kernels(model: nn.Module, setup: ModelSetup, warn: bool = True
+                       ) -> tuple[dict[str, str], dict[str, str]]:
+    """For each kernel the rules, arm or ``kernels=`` request: the kernel that will serve the operation on
+    this model's device and dtype, and for requests that cannot run, why and what runs instead (also a
+    warning: a comparison "with Liger" must not measure torch twice without saying so)."""
+    import warnings
+
+    from layerzero.selection import SelectionContext
+
+    orch = setup.orchestrator
+    served: dict[str, str] = {}
+    unavailable: dict[str, str] = {}
+    param = next(iter(model.parameters()), None)
+    device = str(param.device) if param is not None else "cpu"
+    dtype = param.dtype if param is not None else torch.float32
+    for op, kid in setup.resolution.kernels.items():
+        ops_ = [op] if "*" not in op else [o for o in ("attention.prefill", "attention.decode") if fnmatch(o, op)]
+        for operation in ops_:
+            try:
+                spec = orch.kernel_registry.get(kid)
+            except Exception as exc:  # noqa: BLE001 - an unknown id: the rules validator names it too
+                unavailable[operation] = f"{kid}: {exc}"
+                continue
+            ctx = SelectionContext(operation=operation, device=device, dtype=dtype)
+            reasons = spec.check(ctx, orch.backend_registry)
+            if not reasons:
+                served[operation] = spec.kernel_id
+                continue
+            try:
+                instead = orch.explain(operation, ctx).chosen or "no kernel"
+            except Exception:  # noqa: BLE001
+                instead = "the dispatcher's choice"
+            served[operation] = instead
+            unavailable[operation] = f"{kid} ({'; '.join(reasons)}); {instead} serves {operation} instead"
+    for op, why in unavailable.items() if warn else ():
+        warnings.warn(f"layerzero_hf.patch: requested kernel for {op} cannot run: {why}", RuntimeWarning,
+                      stacklevel=3)
+    return served, unavailable
+
+
 def _arch_spec(spec: Any, model_type: str | None) -> ArchSpec | None:
     if spec is None:
         return spec_for(model_type)
