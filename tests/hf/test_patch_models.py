@@ -16,14 +16,14 @@ transformers = pytest.importorskip("transformers")
 
 import layerzero_hf  # noqa: E402
 
+from conftest import build_tiny_config  # noqa: E402
+
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt_oss")
 FP32_ATOL = 1e-4
 BF16_ATOL = 0.1
 NEW_TOKENS = 32
 
 
-# Transformers refuses sdpa for gpt-oss (attention sinks): its baseline is eager.
-_NO_SDPA = {"gpt_oss"}
 # gpt-oss routes each token to its top-k experts: one bf16 ulp of difference in a router logit flips an
 # expert (measured: layer-1 router logits 0.04 apart, one index flipped, that token's logits 0.57 apart,
 # with Triton RoPE rounding once where HF rounds twice). The bf16 check of its spec therefore pins the
@@ -32,8 +32,16 @@ _MOE = {"gpt_oss"}
 _BF16_KERNELS = {"gpt_oss": {"rope": "torch_rope", "rms_norm": "torch_rms_norm"}}
 
 
+def _supports_sdpa(arch: str) -> bool:
+    """Transformers refuses sdpa for gpt-oss (attention sinks) and, in newer 5.x, Gemma-2 (logit softcapping):
+    their baseline is eager. Asked of the model class, so the answer follows the installed release."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    return bool(MODEL_FOR_CAUSAL_LM_MAPPING[type(build_tiny_config(arch))]._supports_sdpa)
+
+
 def _load(tiny_model_dir, arch: str, dtype=torch.float32, attn: str = "sdpa"):
-    if attn == "sdpa" and arch in _NO_SDPA:
+    if attn == "sdpa" and not _supports_sdpa(arch):
         attn = "eager"
     return transformers.AutoModelForCausalLM.from_pretrained(
         tiny_model_dir(arch), dtype=dtype, attn_implementation=attn).eval()
