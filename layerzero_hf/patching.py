@@ -8,7 +8,9 @@ detection plus a numerical self-check). Nothing global is touched:
 * RoPE lives in a module-global function (``apply_rotary_pos_emb``) that the attention forward looks up at
   call time. Rewriting that global would change every model of the architecture in the process, so each
   patched attention instance gets a copy of its class forward whose globals resolve the name to this
-  model's replacement (same code object, one overlay dict per model);
+  model's replacement (same code object, one overlay dict per model); a forward wrapped by ``functools.wraps``
+  decorators (Transformers' ``@deprecate_kwarg``) is followed down ``__wrapped__`` and each decorator is
+  rebuilt around the copy, so its behaviour is kept;
 * every binding is recorded, so :func:`unpatch` deletes exactly the instance attributes it added and the
   class forwards serve again (``'forward' not in module.__dict__``).
 
