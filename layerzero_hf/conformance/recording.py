@@ -193,6 +193,9 @@ def _recording(model: torch.nn.Module, recorder_args: dict[str, Any], patch_kwar
         if report is not None and report.attn_implementation != "layerzero":
             warnings.warn("record_calls: the model is patched without attention=True, so attention calls are not "
                           "recorded; unpatch it (record_calls then patches with attention=True)", stacklevel=4)
+        if patch_kwargs:
+            warnings.warn(f"record_calls: the model is already patched, so {sorted(patch_kwargs)} are ignored; "
+                          "unpatch it first to record under other patch arguments", stacklevel=4)
         ctx = contextlib.nullcontext(report)
     else:
         ctx = layerzero_hf.patched(model, **{"attention": True, **patch_kwargs})
