@@ -8,7 +8,7 @@ HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 TORCH_SPEC := $(if $(HAS_CUDA),torch,torch==2.13.0)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-quick test-vllm test-hf-newest bench-overhead clean
+.PHONY: demo test test-quick test-vllm test-hf-newest bench-overhead docs check-wheel notebook clean
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,18 @@ test-vllm:
 # The Transformers integration's tests on the newest Transformers 5.x, in .venv-hf-newest.
 test-hf-newest:
 	bash scripts/test_hf_newest.sh
+
+# API reference from the docstrings (pdoc) into build/docs; fails on any pdoc warning.
+docs: $(VENV)/.dev
+	$(PY) scripts/build_docs.py -o build/docs
+
+# Build sdist + wheel, check metadata, install the wheel in a fresh venv outside the repo, run the quickstart.
+check-wheel: $(VENV)/.dev
+	bash scripts/check_wheel.sh $(PY)
+
+# Re-execute examples/compare_kernels.ipynb and commit it with its outputs.
+notebook: $(VENV)/.dev
+	$(PY) scripts/regenerate_notebook.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

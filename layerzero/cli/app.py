@@ -36,12 +36,17 @@ app = typer.Typer(
 
 
 def version_line() -> str:
-    """``layerzero X (distribution layerzero-dispatch), torch Y, python Z``."""
-    import torch
+    """``layerzero X (distribution layerzero-dispatch), torch Y, python Z``. Read from package metadata:
+    importing torch would make ``--version`` take seconds."""
+    from importlib.metadata import PackageNotFoundError, version
 
     import layerzero
 
-    return (f"layerzero {layerzero.__version__} (distribution {DISTRIBUTION}), torch {torch.__version__}, "
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    return (f"layerzero {layerzero.__version__} (distribution {DISTRIBUTION}), torch {torch_version}, "
             f"python {sys.version.split()[0]}")
 
 
