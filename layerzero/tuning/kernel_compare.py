@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from layerzero.tuning.measure import Timing, conformance_problem, max_error, measure, percentile
+from layerzero.tuning.measure import conformance_problem, max_error, measure, percentile
 
 # The plain-PyTorch kernel of each operation: what a model runs without LayerZero (Transformers' "sdpa"
 # attention, eager RoPE / activations). ``speedup_vs_torch`` is measured against these.
@@ -101,12 +101,6 @@ def _to_fp32(value: Any) -> Any:
 def fp32_call(inputs: Mapping[str, Any], kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Copies of a call's arguments with every floating tensor in fp32 (masks and flags unchanged)."""
     return {k: _to_fp32(v) for k, v in inputs.items()}, {k: _to_fp32(v) for k, v in kwargs.items()}
-
-
-def timing_samples(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> Timing:
-    """A :class:`~layerzero.tuning.measure.Timing` of ``fn`` after ``warmup`` calls (kept for callers of
-    the earlier sample-list API; new code calls :func:`~layerzero.tuning.measure.measure`)."""
-    return measure(fn, device, warmup=warmup, repeats=repeats)
 
 
 __all__ = ["COLUMNS", "Call", "Candidate", "call_from_shape", "measure_call", "measure_calls", "percentile"]
