@@ -1,7 +1,7 @@
 """Operation names and their canonical call contracts.
 
 One signature per operation makes kernels interchangeable and testable against one reference
-(DESIGN.md §2). Every kernel implementation for an operation accepts exactly these keyword arguments
+(the table in docs/architecture.md). Every kernel implementation for an operation accepts exactly these keyword arguments
 (inputs first, then options) and returns the documented output.
 
 Attention: query/key/value are ``(batch, seq, heads, head_dim)``; key/value may have fewer heads (GQA,
