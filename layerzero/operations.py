@@ -1,8 +1,8 @@
 """Operation names and their canonical call contracts.
 
-One signature per operation makes kernels interchangeable and testable against one reference
-(the table in docs/architecture.md). Every kernel implementation for an operation accepts exactly these keyword arguments
-(inputs first, then options) and returns the documented output.
+One signature per operation makes kernels interchangeable and testable against one reference (the
+table in docs/architecture.md). Every kernel implementation for an operation accepts exactly these
+keyword arguments (inputs first, then options) and returns the documented output.
 
 Attention: query/key/value are ``(batch, seq, heads, head_dim)``; key/value may have fewer heads (GQA,
 ``num_heads % num_kv_heads == 0``). ``is_causal`` with ``seq_q < seq_k`` is bottom-right aligned: the
