@@ -15,8 +15,8 @@ batch of two with the dynamic cache):
   matmul), where the bound is eps alone. It is how far two correct implementations drift apart;
 * patched: ``layerzero_hf.patch(model, attention=True)``.
 
-PASS when max |patched - baseline| <= 2 x floor max + eps(dtype), top-1 agreement >= floor's - 0.02,
-and the patched free-running greedy tokens equal the baseline's, or first differ at a step where the
+PASS when max |patched - baseline| <= 2 x floor max + eps(dtype), top-1 agreement >= floor's - 0.02
+(or every top-1 disagreement is at a near-tie: the baseline's top-2 margin within that same bound), and the patched free-running greedy tokens equal the baseline's, or first differ at a step where the
 baseline's own top-2 margin is within that same bound (a near-tie the noise floor can flip). A case that
 cannot run for a reason outside LayerZero (Transformers itself failing) is XFAIL with the reason.
 
@@ -32,7 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -105,16 +105,23 @@ def _variant(model: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int, cach
     return {"prompt": prompt, "tokens": tokens, "steps": logits}
 
 
-def _compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, float]:
-    """Max abs diff and top-1 agreement over valid prompt positions and every step row."""
+def _compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], mask: torch.Tensor,
+             bound: float | None = None) -> dict[str, Any]:
+    """Max abs diff and top-1 agreement over valid prompt positions and every step row; with ``bound``,
+    also how many top-1 disagreements sit where ``b``'s top-2 margin exceeds it (decisive positions)."""
     valid = mask.bool()
     pa, pb = a["prompt"][valid], b["prompt"][valid]  # (N, V)
     sa, sb = a["steps"].flatten(0, 1), b["steps"].flatten(0, 1)
     xa, xb = torch.cat([pa, sa]), torch.cat([pb, sb])
     finite = torch.isfinite(xa) & torch.isfinite(xb)  # -inf logits (none expected) are not differences
     diff = (xa - xb).abs()[finite]
-    return {"max_abs_diff": float(diff.max()) if diff.numel() else 0.0,
-            "top1_agreement": float((xa.argmax(-1) == xb.argmax(-1)).float().mean())}
+    disagree = xa.argmax(-1) != xb.argmax(-1)
+    out: dict[str, Any] = {"max_abs_diff": float(diff.max()) if diff.numel() else 0.0,
+                           "top1_agreement": float(1 - disagree.float().mean()), "positions": int(disagree.numel())}
+    if bound is not None:
+        top2 = xb.topk(2, dim=-1).values
+        out["decisive_disagreements"] = int((disagree & (top2[:, 0] - top2[:, 1] > bound)).sum())
+    return out
 
 
 def _greedy(patched: torch.Tensor, base_tokens: torch.Tensor, base_steps: torch.Tensor, bound: float) -> dict[str, Any]:
@@ -186,19 +193,23 @@ def run_arch(arch: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             rows.append({**row, "verdict": "FAIL", "floor_max_abs_diff": floor["max_abs_diff"],
                          "note": f"patched model raised {type(exc).__name__}: {exc}"[:300]})
             continue
-        got = _compare(patched, base, mask)
         bound = 2 * floor["max_abs_diff"] + EPS[dtype]
+        got = _compare(patched, base, mask, bound)
         greedy = _greedy(patched["tokens"], base["tokens"], base["steps"], bound)
         checks = {
             "logits": got["max_abs_diff"] <= bound,
-            "top1": got["top1_agreement"] >= floor["top1_agreement"] - TOP1_SLACK,
+            # random-weight logits are flat: eager and sdpa alone disagree on a few percent of positions, so
+            # disagreements where the baseline's top-2 margin is within the bound (near-ties) are noise too
+            "top1": (got["top1_agreement"] >= floor["top1_agreement"] - TOP1_SLACK
+                     or got["decisive_disagreements"] == 0),
             "greedy": greedy["greedy_match"] == greedy["greedy_steps"] or bool(greedy["near_tie"]),
         }
         failed = [k for k, ok in checks.items() if not ok]
         rows.append({**row, "verdict": "PASS" if not failed else "FAIL", "failed_checks": failed,
                      "max_abs_diff": got["max_abs_diff"], "floor_max_abs_diff": floor["max_abs_diff"],
                      "bound": bound, "top1_agreement": got["top1_agreement"],
-                     "floor_top1_agreement": floor["top1_agreement"], **greedy,
+                     "floor_top1_agreement": floor["top1_agreement"], "positions": got["positions"],
+                     "decisive_disagreements": got["decisive_disagreements"], **greedy,
                      "seconds": round(time.perf_counter() - t0, 2)})
     del model
     return rows
@@ -206,7 +217,7 @@ def run_arch(arch: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- output
 COLUMNS = ("arch", "cache", "verdict", "max_abs_diff", "floor_max_abs_diff", "bound", "top1_agreement",
-           "floor_top1_agreement", "greedy", "note")
+           "floor_top1_agreement", "decisive_disagreements", "greedy", "note")
 
 
 def _cell(row: dict[str, Any], col: str) -> str:
@@ -236,8 +247,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"{m['date']}; torch {m['torch']}, transformers {m['transformers']}, triton {m['triton']}, "
             f"flashinfer {m['flashinfer']}, liger-kernel {m['liger_kernel']}, commit {m['git']}. Model size "
             f"{m['size']}, prompt {m['prompt_len']} tokens, {m['steps']} generated steps.", "",
-            "PASS: max |patched - baseline| <= 2 x noise floor + eps, top-1 agreement >= floor - 0.02, greedy "
-            "tokens equal (or first differing at a near-tie within that bound).", ""]
+            "PASS: max |patched - baseline| <= 2 x noise floor + eps (= bound), top-1 agreement >= floor - 0.02 "
+            "or no top-1 disagreement outside near-ties (baseline top-2 margin <= bound), greedy tokens equal "
+            "(or first differing at a near-tie).", ""]
     return "\n".join(head + table(result["rows"])) + "\n"
 
 
@@ -251,7 +263,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--size", default="small", choices=("tiny", "small"), help="tiny: hidden 64/head_dim 16; "
                    "small: hidden 256, 4 layers, head_dim 64, vocab 1000")
-    p.add_argument("--prompt-len", type=int, default=24, help="longer than the sliding window (8) so it bites")
+    p.add_argument("--prompt-len", type=int, default=64, help="longer than the sliding window (8) so it bites; "
+                   "enough positions that top-1 agreement is not decided by one near-tie")
     p.add_argument("--steps", type=int, default=16, help="generated tokens per case")
     p.add_argument("--kernels", default=None, help="pin kernels in the patched model: op=kernel_id,... "
                    "(e.g. rope=torch_rope for a quick CPU run without the Triton interpreter)")
