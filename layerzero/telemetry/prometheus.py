@@ -1,4 +1,4 @@
-"""Prometheus export of dispatch telemetry (optional extra ``layerzero[prometheus]``).
+"""Prometheus export of dispatch telemetry (optional extra ``layerzero-dispatch[prometheus]``).
 
 A custom collector reads one ``snapshot()`` per scrape, so exporting costs nothing on the dispatch path
 and the exported numbers are the same ones ``snapshot()`` shows. ``prometheus_client`` is imported when
@@ -24,7 +24,7 @@ def _client():
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise ImportError(
-            f"PrometheusExporter needs prometheus_client ({e}); install it with: pip install 'layerzero[prometheus]'"
+            f"PrometheusExporter needs prometheus_client ({e}); install it with: pip install 'layerzero-dispatch[prometheus]'"
         ) from e
     return prometheus_client, CounterMetricFamily, GaugeMetricFamily
 
