@@ -7,8 +7,11 @@ installing the wheel is ``scripts/check_wheel.sh`` (``make check-wheel``), too s
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[2]
 DIST = "layerzero-dispatch"
