@@ -142,7 +142,7 @@ def main() -> int:
     meta = {"versions": _versions(), "platform": f"{platform.machine()}, {os.cpu_count()} CPUs, "
             f"{platform.system()} {platform.release()}", "reps": args.reps, "passes": args.passes,
             "max_tokens": args.max_tokens, "prompts": rows[0]["prompts"] if rows else 0,
-            "argv": " ".join(sys.argv[1:])}
+            "argv": f"--reps {args.reps} --modes {args.modes} --max-tokens {args.max_tokens} --passes {args.passes}"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     slim = {v: [{m: {k: d[k] for k in ("startup_s", "warm_s", "warm_tokens_per_s")} for m, d in r["modes"].items()}
