@@ -76,5 +76,6 @@ def build(directory: str | Path, seed: int = 0, layers: int = 2, hidden: int = 1
 
 if __name__ == "__main__":
     import sys
+    import tempfile
 
-    print(build(sys.argv[1] if len(sys.argv) > 1 else "/tmp/layerzero-tiny-llama"))
+    print(build(sys.argv[1] if len(sys.argv) > 1 else Path(tempfile.gettempdir()) / "layerzero-tiny-llama"))
