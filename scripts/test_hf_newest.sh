@@ -13,7 +13,7 @@
 #
 # Environment: PYTHON (interpreter for the venv, default python3), LAYERZERO_HF_NEWEST_VENV (default
 # .venv-hf-newest), LAYERZERO_HF_NEWEST (the Transformers version, default below), LAYERZERO_HF_NEWEST_TIMEOUT
-# (whole run, seconds, default 900). Extra arguments go to pytest.
+# (whole run, seconds, default 1800; about 6 minutes on 2 idle cores). Extra arguments go to pytest.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,10 +43,25 @@ assert transformers.__version__ == sys.argv[1], f"expected transformers {sys.arg
 print(f"[test-hf-newest] transformers {transformers.__version__}")
 PY
 
-exec timeout "${LAYERZERO_HF_NEWEST_TIMEOUT:-900}" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/hf/test_transformers_versions.py \
-    tests/hf/test_patch_models.py \
-    tests/hf/test_patch_mechanism.py \
-    tests/hf/test_attention.py \
-    tests/multidevice \
-    "$@"
+# Two pytest runs: tests/hf and tests/multidevice each have a conftest.py imported as `conftest`, and the HF
+# tests import helpers from theirs. The slowest repeats are left to `make test` on the locked release:
+# greedy generation on every architecture (kept: llama and gemma2, which cover the decorated forwards and
+# softcapping), the static-cache generations of gemma2/gpt-oss and the CPU multi-GPU benchmark.
+deselect=()
+for arch in mistral qwen2 qwen3 gemma gemma3_text phi3 gpt_oss; do
+    deselect+=(--deselect "tests/hf/test_patch_models.py::test_greedy_generation_dynamic_and_static[$arch]")
+done
+for id in static-gemma2 static-gpt_oss dynamic-gpt_oss; do
+    deselect+=(--deselect "tests/hf/test_attention.py::test_greedy_generation_matches_eager[$id]")
+done
+deselect+=(--deselect tests/multidevice/test_multi_gpu_bench.py::test_cpu_mode_runs_device_map_and_tp_with_parity)
+
+PYTEST=("$VENV/bin/python" -m pytest -q -p no:cacheprovider "${deselect[@]}")
+budget="${LAYERZERO_HF_NEWEST_TIMEOUT:-1800}"
+# test_transformers_versions.py holds the explicit check: every shipped spec (patches/*.yaml) gets its
+# RoPE, norms and MLPs patched on this release, with logits matching the unpatched model.
+timeout "$budget" "${PYTEST[@]}" tests/hf/test_transformers_versions.py tests/hf/test_patch_mechanism.py \
+    tests/hf/test_patch_models.py tests/hf/test_attention.py "$@"
+left=$(( budget - SECONDS ))
+[ "$left" -gt 0 ] || { echo "[test-hf-newest] out of time (LAYERZERO_HF_NEWEST_TIMEOUT=$budget) after the HF tests"; exit 124; }
+timeout "$left" "${PYTEST[@]}" tests/multidevice tests/test_seed_examples.py "$@"
