@@ -18,23 +18,15 @@ import torch
 
 from layerzero.operations import is_attention
 from layerzero.selection.context import SelectionContext
+from layerzero.validation import TOLERANCES, tolerance
 from layerzero_hf.conformance.recording import RecordedCall
 
 __all__ = ["TOLERANCES", "ConformanceReport", "KernelResult", "compare_outputs", "replay", "tolerance_for"]
 
-# (atol, rtol) per dtype, the same as the synthetic conformance grid's: low-precision kernels round inputs
-# and outputs and accumulate differently from the fp32 oracle; attention sums over keys, so it gets more.
-TOLERANCES: dict[torch.dtype, dict[str, tuple[float, float]]] = {
-    torch.float32: {"attention": (2e-4, 2e-4), "default": (1e-5, 1e-5)},
-    torch.float16: {"attention": (4e-3, 4e-3), "default": (2e-3, 2e-3)},
-    torch.bfloat16: {"attention": (3e-2, 3e-2), "default": (1.6e-2, 1.6e-2)},
-}
-
-
 def tolerance_for(operation: str, dtype: torch.dtype) -> tuple[float, float]:
-    """(atol, rtol) for an operation's outputs in ``dtype`` (float64 gets fp32's)."""
-    table = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
-    return table["attention"] if is_attention(operation) else table["default"]
+    """(atol, rtol) for an operation's outputs in ``dtype``: the dispatcher's verification tolerances
+    (:data:`layerzero.validation.TOLERANCES`), so replay, the canary and the synthetic grid agree."""
+    return tolerance(operation, dtype)
 
 
 @dataclass

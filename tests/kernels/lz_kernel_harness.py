@@ -18,13 +18,8 @@ from layerzero.operations import is_attention
 from layerzero.registry import KernelSpec, get_global_kernel_registry
 from layerzero.selection.context import SelectionContext
 
-# (atol, rtol) per dtype. Low-precision kernels round inputs/outputs and accumulate differently from the
-# fp32 oracle; attention sums over keys, so it gets a little more room than elementwise ops.
-TOLERANCES: dict[torch.dtype, dict[str, tuple[float, float]]] = {
-    torch.float32: {"attention": (2e-4, 2e-4), "default": (1e-5, 1e-5)},
-    torch.float16: {"attention": (4e-3, 4e-3), "default": (2e-3, 2e-3)},
-    torch.bfloat16: {"attention": (3e-2, 3e-2), "default": (1.6e-2, 1.6e-2)},
-}
+# (atol, rtol) per dtype and family: the dispatcher's verification tolerances, one table for every check.
+from layerzero.validation import TOLERANCES  # noqa: E402
 
 REFERENCE: dict[str, Callable[..., Any]] = {
     "attention": ref.attention,
