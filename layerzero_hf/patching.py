@@ -129,7 +129,14 @@ def _rms_forward(ops: Any, orch: str, eps_attr: str, weight_attr: str, offset: f
     site = ops.call_site(orch)
 
     def forward(self, hidden_states):
-        return ops.rms_norm(hidden_states, getattr(self, weight_attr), eps=getattr(self, eps_attr), offset=offset,
+        weight = getattr(self, weight_attr)
+        if casting == "llama" and weight is not None and weight.dtype != hidden_states.dtype:
+            # Llama-style norms multiply the weight after casting to the input dtype, so a weight kept in
+            # another dtype (fp32 weights, bf16 activations) promotes the output, as in Transformers.
+            normed = ops.rms_norm(hidden_states, None, eps=getattr(self, eps_attr), casting=casting,
+                                  orchestrator=site)
+            return (weight + offset) * normed if offset else weight * normed
+        return ops.rms_norm(hidden_states, weight, eps=getattr(self, eps_attr), offset=offset,
                             casting=casting, orchestrator=site)
 
     return forward

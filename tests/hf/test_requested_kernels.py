@@ -40,3 +40,4 @@ def test_runnable_request_is_reported_as_requested(model, recwarn):
         assert not [w for w in recwarn if "cannot run" in str(w.message)]
     finally:
         layerzero_hf.unpatch(model)
+
