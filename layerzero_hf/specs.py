@@ -3,7 +3,7 @@
 An architecture is described as data (which module classes hold an RMSNorm, which attention module calls
 a module-global RoPE function, how the MLP is laid out) so one generic mechanism
 (:mod:`layerzero_hf.patching`) patches every architecture and a new Transformers release is a YAML edit,
-not a new ``apply_*`` function (DESIGN.md §5). Validation collects every problem with file, field and value.
+not a new ``apply_*`` function per architecture. Validation collects every problem with file, field and value.
 
 File format::
 

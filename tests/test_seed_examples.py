@@ -1,4 +1,4 @@
-"""Every snippet of ../shared/seed/code_examples.md, run as written with the CPU adaptation the task allows:
+"""Every snippet of the public API's code examples, run as written, adapted to a CPU:
 ``device="cpu"`` where it says cuda, shapes scaled down so attention runs in milliseconds on a CPU, and
 float32 where float16 CPU attention would only measure rounding. Every attention output is compared with
 the fp32 reference attention (``layerzero.kernels.reference.attention``).
@@ -338,7 +338,7 @@ def test_policy_aware_dispatcher(inputs):
             output = kernel_spec.impl(**self._map_args(kernel_spec, inputs, kwargs))
             return DispatchResult(output=output, kernel_id=kernel_spec.kernel_id)
 
-        # helpers the seed leaves to the reader
+        # helpers the examples leave to the reader
         def _build_context(self, inputs, **kwargs):
             return SelectionContext.from_inputs("attention.causal", inputs, **kwargs)
 
@@ -630,7 +630,7 @@ def test_seed_basic_hot_reload_setup(seed_dir):
         assert dispatcher.watching
         result = dispatcher.dispatch("attention.causal", inputs)
         _check(result, inputs)
-        assert result.kernel_id.startswith("torch_sdpa")  # the seed's torch_sdpa alias is what runs on CPU
+        assert result.kernel_id.startswith("torch_sdpa")  # the torch_sdpa alias is what runs on CPU
     finally:
         dispatcher.stop()
 
@@ -721,7 +721,7 @@ def test_seed_manual_reload_and_rollback(seed_dir):
 
 
 class ABTestingDispatcher:
-    """The seed's A/B dispatcher, verbatim but for the seeded random generator."""
+    """The example A/B dispatcher, verbatim but for the seeded random generator."""
 
     def __init__(self, config_a_path: str, config_b_path: str, b_ratio: float = 0.1):
         self._config_a = DispatchConfig(mode=DispatchMode.HOT_RELOAD, config_path=config_a_path,

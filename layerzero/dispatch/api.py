@@ -57,7 +57,7 @@ def dispatch(
     mode: DispatchMode | None = None,
     **kwargs: Any,
 ) -> DispatchResult:
-    """Run ``operation`` with the best kernel for these inputs (see DESIGN.md §1 for the path)."""
+    """Run ``operation`` with the best kernel for these inputs (the path is described in docs/architecture.md)."""
     o = _global
     if o is None:
         o = get_global_orchestrator()

@@ -59,7 +59,7 @@ class CircuitState(enum.Enum):
 
 @dataclass(frozen=True)
 class CircuitBreakerConfig:
-    """Thresholds of one breaker. Defaults follow the seed (5 failures, 2 successes, 30 s, 3 trials)."""
+    """Thresholds of one breaker. Defaults: 5 failures, 2 successes, 30 s, 3 trials."""
 
     failure_threshold: int = 5
     success_threshold: int = 2

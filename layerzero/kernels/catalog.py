@@ -3,11 +3,11 @@
 A kernel here is data: its id, the operations it serves, the backend it needs, the ``module:function`` to
 import on first call, what it can do (constraints, from the libraries' own docs and source) and a priority.
 Priorities order kernels that pass every check when no policy decides; they follow the H100 measurements
-of DESIGN.md §3 and are explained kernel by kernel in ``docs/kernels.md``:
+(H100) and are explained kernel by kernel in ``docs/kernels.md``:
 
 - attention on CUDA (H100 sweep, benchmarks/results/*-kernels-*.md): SDPA with torch's own choice
   (it picks cuDNN on sm90 itself; 480/314/108 TFLOP/s on our three prefill shapes) > SDPA pinned to cuDNN
-  (same kernel plus the ``sdpa_kernel`` switch: 398/273/97; DESIGN.md §3: 440–585) > FA3 (not measured) >
+  (same kernel plus the ``sdpa_kernel`` switch: 398/273/97; other H100 runs: 440–585) > FA3 (not measured) >
   FA2 / FlashInfer prefill (466/257/61) > SDPA flash (252/174/62) > FlexAttention (278/154/48, compiles
   per shape) = FlashInfer decode (0.39 ms vs SDPA 0.38 ms at 64x4096) > xFormers > SDPA mem-efficient (no
   GQA) > SDPA math (30x slower) > fp32 reference (0).
@@ -232,7 +232,7 @@ def _torch_kernels() -> list[KernelSpec]:
                    aliases=("torch_sdpa",), tags={"sdpa"},
                    description="SDPA, torch picks its backend (cuDNN on sm90): fastest measured, 480 TFLOP/s at 1x4096"),
         KernelSpec("torch_sdpa_cudnn_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_cudnn_attention", cudnn, 85,
-                   tags={"sdpa"}, description="SDPA pinned to cuDNN (398 TFLOP/s at 1x4096; 440–585 in DESIGN.md)"),
+                   tags={"sdpa"}, description="SDPA pinned to cuDNN (398 TFLOP/s at 1x4096 on an H100)"),
         KernelSpec("torch_sdpa_flash_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_flash_attention", flash, 78,
                    tags={"sdpa"}, description="SDPA pinned to its FlashAttention-2 kernel (250–340 TFLOP/s)"),
         KernelSpec("torch_sdpa_efficient_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_efficient_attention",

@@ -4,7 +4,7 @@ Flex covers what SDPA cannot: soft-capping (a ``score_mod``), bottom-right causa
 block-sparse masks (skipped blocks cost nothing), and attention sinks (folded in afterwards from the
 log-sum-exp: ``out * sigmoid(lse - sink)``, exact because a sink only adds mass to the denominator).
 
-Costs, measured on an H100 (DESIGN.md §3): 240–410 TFLOP/s once compiled, but the first call per shape
+Costs, measured on an H100: 240–410 TFLOP/s once compiled, but the first call per shape
 compiles (seconds). So the compiled function and the block masks are cached, and on CPU the kernel runs
 Flex's eager path by default: ``torch.compile`` of Flex on CPU needs a C++ toolchain and ~20 s per shape
 (measured here, torch 2.13), which is no use for a fallback. ``set_compile_on_cpu(True)`` opts in.

@@ -1,7 +1,7 @@
 """Attention on ``torch.nn.functional.scaled_dot_product_attention`` (SDPA).
 
 Two flavours: ``torch_sdpa_attention`` lets torch choose its backend (a strong generic default: on an H100
-it already picks cuDNN for many HF shapes, DESIGN.md §3), and one kernel per SDPA backend pinned with
+it already picks cuDNN for many HF shapes), and one kernel per SDPA backend pinned with
 ``torch.nn.attention.sdpa_kernel`` so selection and policies can name cuDNN, flash, mem-efficient or math
 explicitly, each with its real limits (see ``catalog.py``).
 

@@ -1,6 +1,6 @@
 """Kernel policies: which kernels may run an operation, and which one wins.
 
-A policy is data (YAML, schema of the seed's ``config/kernels.yaml``), validated once into an immutable
+A policy is data (YAML, schema in docs/policy.md), validated once into an immutable
 :class:`Policy` and applied by a :class:`PolicyEngine`. Full guide: ``docs/policy.md``.
 
 Schema::

@@ -10,7 +10,7 @@ from layerzero.registry.kernel_spec import KernelSpec
 
 
 class KernelRegistry:
-    """Kernels by canonical id; aliases (the seed's YAML spellings) resolve to the same spec.
+    """Kernels by canonical id; aliases (alternative spellings used in policy files) resolve to the same spec.
 
     Registration is rare and locked; lookups read plain dicts. ``generation`` increases on every change so
     selection caches built on an older catalogue can tell they are stale."""

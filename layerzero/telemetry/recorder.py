@@ -362,7 +362,7 @@ class DispatchTelemetry:
             enabled=self.enabled,
         )
 
-    # Attribute-style access for code written against the seed (``telemetry.cache_hit_rate``).
+    # Attribute-style access for code that reads telemetry as attributes (``telemetry.cache_hit_rate``).
     @property
     def dispatch_count(self) -> int:
         return self.snapshot().dispatch_count

@@ -37,7 +37,7 @@ SCHEMA = 1
 CACHE_ENV = "LAYERZERO_TUNE_CACHE"
 LOCK_TIMEOUT_SECONDS = 10.0
 MAX_CACHE_BYTES = 64 * 1024 * 1024
-_TRACKED = ("layerzero", "torch", "triton", "flash-attn", "flash_attn_3", "flashinfer-python", "xformers", "liger-kernel")
+_TRACKED = ("layerzero-dispatch", "torch", "triton", "flash-attn", "flash_attn_3", "flashinfer-python", "xformers", "liger-kernel")
 
 
 class AutotuneCacheWarning(RuntimeWarning):

@@ -76,7 +76,7 @@ def test_references_are_last_resort(registries):
 
 
 def test_priorities_follow_measurements(registries):
-    """H100 measurements (DESIGN.md §3 and our sweep): SDPA default (picks cuDNN) >= pinned cuDNN > FA2 /
+    """H100 measurements (our sweeps): SDPA default (picks cuDNN) >= pinned cuDNN > FA2 /
     FlashInfer > Flex > mem-efficient > math > reference; Liger RoPE > eager RoPE; SDPA beats FlashInfer decode."""
     reg, _ = registries
     p = {k.kernel_id: k.priority for k in reg}

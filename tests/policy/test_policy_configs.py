@@ -1,5 +1,5 @@
-"""The shipped configs: the seed's YAML (verbatim) and the default policy validate, aliases resolve to
-canonical ids, and the seed's rules mean what its comments say."""
+"""The shipped configs: the example kernels.yaml (verbatim) and the default policy validate, aliases resolve to
+canonical ids, and its rules mean what its comments say."""
 
 from __future__ import annotations
 

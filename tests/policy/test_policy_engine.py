@@ -194,7 +194,7 @@ def test_filter_and_score_follow_rank(registry):
     filtered = eng.filter_kernels(cands, cpu)
     assert filtered and all(k.backend == "torch" for k in filtered)
     assert filtered[0].kernel_id == "torch_sdpa_attention"  # rule 2 applies
-    # the seed's PolicyAwareDispatcher pattern
+    # the documented PolicyAwareDispatcher pattern
     chosen = max(eng.score_kernels(filtered, cpu), key=lambda x: x[1])[0]
     assert chosen.kernel_id == "torch_sdpa_attention"
 
