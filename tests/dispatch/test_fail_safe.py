@@ -167,3 +167,4 @@ def test_sampled_checks_catch_a_kernel_that_goes_wrong_later():
     kernels = [orch.dispatch("rms_norm", {"x": x, "weight": w}).kernel_id for _ in range(8)]
     assert kernels[0] == "lz_drifting_norm"
     assert kernels[-1] == "torch_rms_norm", kernels  # caught by a sample, replaced for the bucket
+
