@@ -8,6 +8,7 @@ RoPE and MLP activations::
     report = layerzero_hf.patch(model)          # PatchReport: what was patched, what was left alone, arm
     with layerzero_hf.patched(model): ...       # patched for the block only
     layerzero_hf.unpatch(model)                 # every forward restored exactly
+    model = layerzero_hf.from_pretrained(path)  # load with attn_implementation="layerzero", then patch
 
 Architectures are data (``patches/<arch>.yaml``; unknown ones are detected and numerically self-checked).
 Per-model rules and A/B experiments come from ``configs/models.yaml`` (or ``$LAYERZERO_HF_RULES``, or
@@ -22,12 +23,13 @@ try:
     import transformers as _transformers  # noqa: F401 - the integration target; fail here, clearly, without it
 except ImportError as _e:
     raise ImportError(
-        "layerzero_hf is LayerZero's Transformers integration and needs transformers>=5.16: "
+        "layerzero_hf is LayerZero's Transformers integration and needs transformers>=5.17: "
         "pip install 'layerzero-dispatch[hf]'"
         f" ({_e})"
     ) from _e
 
 import layerzero_hf.attention  # noqa: E402,F401 - registers attn_implementation="layerzero"
+from layerzero_hf.auto import from_pretrained  # noqa: E402
 from layerzero_hf.compare import compare, compare_policies  # noqa: E402
 from layerzero_hf.loading import orchestrator_for  # noqa: E402
 from layerzero_hf.patching import (
@@ -47,6 +49,7 @@ from layerzero_hf.specs import builtin_specs, load_arch_spec
 __all__ = [
     "compare",
     "compare_policies",
+    "from_pretrained",
     "PatchReport",
     "PatchedModule",
     "SkippedModule",
