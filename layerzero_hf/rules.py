@@ -37,11 +37,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from layerzero.errors import ConfigValidationError, ValidationProblem
 from layerzero.operations import OPERATIONS, matches
+from layerzero.policy.merge import LIST_SECTIONS, MAP_SECTIONS, merge_policy
 
 RULES_ENV = "LAYERZERO_HF_RULES"
 MATCH_KEYS: tuple[str, ...] = ("model_type", "architecture", "name_or_path")
-_LIST_KEYS = ("dispatch_rules", "kernel_denies", "kernel_allows")
-_MAP_KEYS = ("kernel_locks", "fallback_chains", "defaults")
+_LIST_KEYS = LIST_SECTIONS
+_MAP_KEYS = MAP_SECTIONS
 
 
 # ---------------------------------------------------------------------------------------------- model facts
@@ -161,21 +162,6 @@ class Resolution:
         if self.kernels:
             merged = merge_policy(merged, {"kernel_locks": dict(self.kernels)})
         return merged or None
-
-
-# ---------------------------------------------------------------------------------------------- merging
-def merge_policy(base: Mapping[str, Any], fragment: Mapping[str, Any]) -> dict[str, Any]:
-    """Overlay a policy fragment: maps update key by key, lists append, scalars replace."""
-    out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, list) else v)
-                           for k, v in base.items()}
-    for key, value in fragment.items():
-        if key in _MAP_KEYS and isinstance(value, Mapping):
-            out[key] = {**out.get(key, {}), **value}
-        elif key in _LIST_KEYS and isinstance(value, list):
-            out[key] = [*out.get(key, []), *value]
-        else:
-            out[key] = value
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- parsing
