@@ -26,23 +26,12 @@ VLLM_KERNELS: dict[str, str] = {
     "swiglu": "vllm_silu_and_mul",
 }
 
-_MAP_KEYS = ("defaults", "kernel_locks", "fallback_chains")
-_LIST_KEYS = ("dispatch_rules", "kernel_denies", "kernel_allows")
-
-
 def merge(base: Mapping[str, Any], fragment: Mapping[str, Any]) -> dict[str, Any]:
-    """Overlay a policy fragment: maps update key by key, lists append, scalars replace (the same rule
-    the Transformers integration uses, so one policy file means the same in both)."""
-    out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, list) else v)
-                           for k, v in base.items()}
-    for key, value in fragment.items():
-        if key in _MAP_KEYS and isinstance(value, Mapping):
-            out[key] = {**out.get(key, {}), **value}
-        elif key in _LIST_KEYS and isinstance(value, list):
-            out[key] = [*out.get(key, []), *value]
-        else:
-            out[key] = value
-    return out
+    """Overlay a policy fragment with LayerZero's one merge rule (``layerzero.policy.merge``), so one policy
+    file means the same in vLLM as in the Transformers integration."""
+    from layerzero.policy.merge import merge_policy
+
+    return merge_policy(base, fragment)
 
 
 def read_mapping(path: str) -> dict[str, Any]:
