@@ -197,3 +197,17 @@ def test_flashinfer_rope_refuses_head_dims_its_fast_kernel_does_not_cover():
     assert any("head_dim 16" in r for r in spec.constraints.check(SelectionContext(head_dim=16, rotary_dim=16, **base)))
     assert not spec.constraints.check(SelectionContext(head_dim=128, rotary_dim=128, **base))
     assert not spec.constraints.check(SelectionContext(head_dim=128, rotary_dim=64, **base))
+
+
+def test_liger_rope_is_ruled_out_where_a_recorded_model_call_failed():
+    """The in-context replay on an H200 found liger_rope wrong on a left-padded decode step (batch 2, one
+    token); such calls must not be eligible, single-sequence decode and prefill stay eligible."""
+    from layerzero.registry import get_global_kernel_registry
+    from layerzero.selection import SelectionContext
+
+    spec = get_global_kernel_registry().get("liger_rope")
+    base = dict(operation="rope", dtype="bfloat16", device="cuda:0", compute_capability=(9, 0), num_heads=4,
+                num_kv_heads=2, head_dim=64, rotary_dim=64)
+    assert spec.constraints.check(SelectionContext(batch_size=2, seq_len=1, **base))
+    assert not spec.constraints.check(SelectionContext(batch_size=1, seq_len=1, **base))
+    assert not spec.constraints.check(SelectionContext(batch_size=2, seq_len=12, **base))
