@@ -16,4 +16,15 @@ from layerzero.errors import LayerZeroError  # noqa: E402
 # A library leaves handler choice to the application; this keeps warnings from printing via lastResort.
 _logging.getLogger("layerzero").addHandler(_logging.NullHandler())
 
-__all__ = ["LayerZeroError", "__version__"]
+
+
+def __getattr__(name: str):
+    # ``layerzero.use_kernels`` without importing the dispatcher at ``import layerzero`` time
+    if name == "use_kernels":
+        from layerzero.dispatch.overrides import use_kernels
+
+        return use_kernels
+    raise AttributeError(f"module 'layerzero' has no attribute {name!r}")
+
+
+__all__ = ["LayerZeroError", "__version__", "use_kernels"]

@@ -7,6 +7,7 @@ from typing import Any
 from layerzero.dispatch.api import dispatch, get_global_dispatcher, get_global_orchestrator, set_global_orchestrator
 from layerzero.dispatch.dynamic import DynamicDispatcher
 from layerzero.dispatch.orchestrator import DispatchOrchestrator, create_orchestrator
+from layerzero.dispatch.overrides import use_kernels
 from layerzero.dispatch.protocols import BaseDispatcher
 from layerzero.dispatch.static import StaticDispatcher, StaticDispatcherBuilder, StaticKernelRegistry
 from layerzero.dispatch.types import DispatchConfig, DispatchMode, DispatchResult, DispatchTiming
@@ -69,5 +70,6 @@ __all__ = [
     "get_global_dispatcher",
     "get_global_orchestrator",
     "set_global_orchestrator",
+    "use_kernels",
     *_LAZY,
 ]

@@ -24,6 +24,7 @@ from time import perf_counter_ns
 from typing import Any, Callable, Mapping
 
 from layerzero.dispatch.core import _ATTENTION_OPS, PlannedDispatcher
+from layerzero.dispatch.overrides import active_overrides as _active_overrides
 from layerzero.dispatch.orchestrator import DispatchOrchestrator
 
 __all__ = ["CallSite"]
@@ -58,7 +59,7 @@ class CallSite:
         if m is None or m[0] is not orch or (m[1] is not None and orch._default is not m[1]):
             m = self._memo = (orch, self._bindable(orch), None, None, None)
         d = m[1]
-        if d is None or (operation in _ATTENTION_OPS and "is_causal" not in kwargs):
+        if d is None or _active_overrides() or (operation in _ATTENTION_OPS and "is_causal" not in kwargs):
             call = getattr(orch, "call", None)  # anything with dispatch() can stand in for an orchestrator
             if call is not None:
                 return call(operation, inputs, kwargs)

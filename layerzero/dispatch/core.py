@@ -15,7 +15,15 @@ import torch
 from layerzero.dispatch.protocols import BaseDispatcher
 from layerzero.dispatch.types import _NO_TIMING, DispatchConfig, DispatchMode, DispatchResult, DispatchTiming
 from layerzero.dispatch.circuit import CircuitState
-from layerzero.errors import CircuitOpenError, FallbackChainExhaustedError, InvalidInputError, KernelExecutionError
+from layerzero.dispatch.overrides import active_overrides as _active_overrides
+from layerzero.dispatch.overrides import kernel_override
+from layerzero.errors import (
+    CircuitOpenError,
+    FallbackChainExhaustedError,
+    InvalidInputError,
+    KernelExecutionError,
+    NoKernelAvailableError,
+)
 from layerzero.selection.context import SelectionContext, default_is_causal
 from layerzero.selection.engine import Explanation, Plan, SelectionEngine
 from layerzero.selection.keys import make_keyer
@@ -176,6 +184,11 @@ class PlannedDispatcher(BaseDispatcher):
         if operation in _ATTENTION_OPS and "is_causal" not in kwargs:
             # "attention.causal"/"prefill" are causal by name; a context can make other attention causal.
             kwargs = {**kwargs, "is_causal": default_is_causal(operation) or (context is not None and context.is_causal)}
+        overrides = _active_overrides()
+        if overrides:  # inside a use_kernels() block
+            forced = kernel_override(overrides, operation)
+            if forced is not None:
+                return self._run_forced(forced, operation, inputs, context, kwargs, t0, want_result)
         engine = state.engine
         if context is None:
             key = state.keyer(operation, inputs, kwargs)
@@ -319,6 +332,20 @@ class PlannedDispatcher(BaseDispatcher):
     ) -> tuple[Plan, bool]:
         """The plan for a cache miss, and whether it may be cached (subclasses refine the ranking)."""
         return engine.plan(operation, ctx), True
+
+    def _run_forced(self, kernel: str, operation: str, inputs: Mapping[str, Any], context: SelectionContext | None,
+                    kwargs: Mapping[str, Any], t0: int, want_result: bool) -> Any:
+        """A call inside ``use_kernels``: that kernel (its reference as the fallback), or an error saying why
+        it cannot run this call. Not cached: the block is scoped, the cache is not."""
+        validate(operation, inputs, kwargs)
+        spec = self.kernel_registry.get(kernel)
+        ctx = context if context is not None else SelectionContext.from_inputs(operation, inputs, **kwargs)
+        reasons = spec.check(ctx.replace(operation=operation), self.backend_registry)
+        if reasons:
+            raise NoKernelAvailableError(operation, [(spec.kernel_id, reasons)], ctx)
+        ref = self.kernel_registry.reference_for(operation)
+        kernels = (spec,) if ref is None or ref is spec else (spec, ref)
+        return self._run_plan(Plan(operation, kernels, ctx), True, operation, inputs, kwargs, t0, want_result)
 
     def _caller_fault(self, operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any],
                       exc: BaseException) -> InvalidInputError | None:
