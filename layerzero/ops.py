@@ -51,6 +51,7 @@ __all__ = [
     "call_site",
     "geglu",
     "get_orchestrator",
+    "has_orchestrator",
     "layer_norm",
     "list_orchestrators",
     "register_orchestrator",
@@ -108,6 +109,11 @@ def unregister_orchestrator(name: str) -> None:
 
 def list_orchestrators() -> tuple[str, ...]:
     return tuple(_ORCHESTRATORS)
+
+
+def has_orchestrator(name: str) -> bool:
+    """Whether ``name`` is registered (cheap: one dict lookup)."""
+    return name in _ORCHESTRATORS
 
 
 _global_dispatcher: Any = None  # layerzero.dispatch.get_global_dispatcher, bound on first use

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
+from layerzero.ops import has_orchestrator
 from layerzero_hf.rules import ModelFacts, Resolution, RuleSet, load_rules, merge_policy, resolve
 
 ORCHESTRATOR_ATTR = "_layerzero_orchestrator"
@@ -263,8 +264,12 @@ def orchestrator_for(module: Any) -> str | None:
     anything (no side effects in the graph): an unset module then uses the global dispatcher.
     """
     name = module.__dict__.get(ORCHESTRATOR_ATTR)
-    if name is not None or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return name
+    if name is not None:
+        if has_orchestrator(name):
+            return name
+        # a name from another process (an unpickled model) or a released setup: resolve again below
     config = getattr(module, "config", None)
     if config is None:
         return None

@@ -87,6 +87,12 @@ class _State:
     previous_attn: str | None = None
     overlay_modules: list[str] = field(default_factory=list)
 
+    def __reduce__(self) -> tuple:
+        """Pickling (``pickle.dumps``, ``torch.save``) saves the model unpatched: the orchestrator (locks,
+        caches, breakers) is process state, and the bound forwards pickle as the modules' own. A loaded model
+        runs Transformers' norms, RoPE and MLPs; ``patch()`` patches it again."""
+        return (_unpatched_on_load, ())
+
     def __deepcopy__(self, memo: dict) -> "_State":
         """``copy.deepcopy(patched_model)``: the copy is patched too (its forwards were rebound to the copied
         modules by deepcopy) and shares this model's orchestrator, with its own claim on it."""
@@ -586,6 +592,9 @@ def patch(
                   dispatch_config=dispatch_config, strict=strict)
     key = _call_key(kwargs)
     state: _State | None = model.__dict__.get(STATE_ATTR)
+    if state is None and STATE_ATTR in model.__dict__:  # a pickled patched model, loaded (unpatched)
+        del model.__dict__[STATE_ATTR]
+        _drop_restored_forwards(model)
     if state is not None:
         if state.key == key:
             return state.report
@@ -704,7 +713,7 @@ def _undo(model: nn.Module, state: _State) -> None:
 
 
 def is_patched(model: nn.Module) -> bool:
-    return STATE_ATTR in model.__dict__
+    return model.__dict__.get(STATE_ATTR) is not None
 
 
 def patch_report(model: nn.Module) -> PatchReport | None:
@@ -759,6 +768,26 @@ def patched(model: nn.Module, config: Any = None, **kwargs: Any) -> Iterator[Pat
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _unpatched_on_load() -> None:
+    """What a pickled patch state loads as: no patch (see ``_State.__reduce__``)."""
+    return None
+
+
+def _drop_restored_forwards(model: nn.Module) -> None:
+    """After loading a pickled patched model, each patched module holds its class forward bound as an
+    instance attribute (that is how a bound method pickles): the same code, but it would make ``patch()``
+    treat the module as another library's. Remove exactly those."""
+    for module in model.modules():
+        for slot in ("forward", "_old_forward"):
+            bound = module.__dict__.get(slot)
+            if (slot == "forward" and getattr(bound, "__self__", None) is module
+                    and getattr(bound, "__func__", None) is type(module).forward):
+                del module.__dict__[slot]
+        for attr in (ORCHESTRATOR_ATTR, SITE_ATTR):
+            module.__dict__.pop(attr, None)
+    model.__dict__.pop(ARM_ATTR, None)
+
+
 def _requested_kernels(model: nn.Module, setup: ModelSetup, warn: bool = True
                        ) -> tuple[dict[str, str], dict[str, str]]:
     """For each kernel the rules, arm or ``kernels=`` request: the kernel that will serve the operation on
