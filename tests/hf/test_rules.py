@@ -77,7 +77,7 @@ def test_ab_assignment_is_sticky_and_balanced():
     assert set(dist) == {"control", "reference"}
     assert 0.45 <= dist["control"] / len(ids) <= 0.55
     reseeded = parse_rules({**AB, "experiments": [{**AB["experiments"][0], "seed": "s2"}]}).experiments[0]
-    assert [reseeded.assign(i).name for i in ids] != first  # the seed reshuffles
+    assert [reseeded.assign(i).name for i in ids] != first  # a new random seed reshuffles
 
 
 def test_rules_change_the_chosen_kernel():
