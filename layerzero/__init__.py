@@ -27,4 +27,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'layerzero' has no attribute {name!r}")
 
 
-__all__ = ["LayerZeroError", "__version__", "use_kernels"]
+__all__ = ["LayerZeroError", "__version__"]  # use_kernels is documented in layerzero.dispatch
