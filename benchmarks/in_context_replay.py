@@ -49,8 +49,9 @@ def versions() -> dict[str, Any]:
         except PackageNotFoundError:
             out[key] = None
     try:
-        out["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=ROOT).stdout.strip() or None
+        # LAYERZERO_COMMIT: set by benchmarks/gpu_run.sh, whose machine has no usable git history
+        out["git"] = os.environ.get("LAYERZERO_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
     except OSError:
         out["git"] = None
     return out
