@@ -10,6 +10,8 @@ runs this file on the newest 5.x).
 
 from __future__ import annotations
 
+import gc
+
 import functools
 import sys
 from typing import Any, Callable
@@ -119,6 +121,7 @@ def test_rope_is_patched_through_a_wraps_decorator():
     ids = _ids()
     with torch.no_grad():
         ref = model(ids).logits
+    gc.collect()  # models dropped by earlier tests release their overlays now, not in the middle of this one
     overlays_before = _overlays()
     report = layerzero_hf.patch(model, spec=spec, self_check="all")
     assert report.counts() == {"rms_norm": 5, "rope": 2, "mlp": 2} and not report.skipped, report
@@ -155,7 +158,7 @@ def test_rope_is_patched_through_a_wraps_decorator():
     assert layerzero_hf.unpatch(model) is True
     assert not any("forward" in m.__dict__ for m in model.modules())
     assert type(attn).forward is DecoratedAttention.forward
-    assert _overlays() == overlays_before
+    assert _overlays() <= overlays_before  # every overlay this patch built is gone
     with torch.no_grad():
         assert torch.equal(model(ids).logits, ref)
 
@@ -169,13 +172,14 @@ def test_unrebuildable_wrappers_are_skipped_with_the_reason(cls, reason):
     ids = _ids(6)
     with torch.no_grad():
         ref = model(ids).logits
+    gc.collect()  # models dropped by earlier tests release their overlays now, not in the middle of this one
     overlays_before = _overlays()
     report = layerzero_hf.patch(model, spec=spec)
     assert report.counts() == {"rms_norm": 5, "mlp": 2}, report
     skipped = [s for s in report.skipped if s.kind == "rope"]
     assert len(skipped) == 2 and all(reason in s.reason for s in skipped), skipped
     assert not any("forward" in layer.self_attn.__dict__ for layer in model.model.layers)
-    assert _overlays() == overlays_before  # nothing built for a chain that cannot be rebuilt
+    assert _overlays() <= overlays_before  # nothing built for a chain that cannot be rebuilt
     with torch.no_grad():
         assert (model(ids).logits - ref).abs().max() <= 1e-4
     layerzero_hf.unpatch(model)
