@@ -26,7 +26,6 @@ import sys
 import types
 import weakref
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from layerzero.errors import PatchError
+from layerzero.operations import expand
 from layerzero_hf import detect
 from layerzero_hf.loading import (
     ARM_ATTR,
@@ -804,8 +804,7 @@ def _requested_kernels(model: nn.Module, setup: ModelSetup, warn: bool = True
     device = str(param.device) if param is not None else "cpu"
     dtype = param.dtype if param is not None else torch.float32
     for op, kid in setup.resolution.kernels.items():
-        ops_ = [op] if "*" not in op else [o for o in ("attention.prefill", "attention.decode") if fnmatch(o, op)]
-        for operation in ops_:
+        for operation in expand(op) or (op,):
             try:
                 spec = orch.kernel_registry.get(kid)
             except Exception as exc:  # noqa: BLE001 - an unknown id: the rules validator names it too

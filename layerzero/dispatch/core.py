@@ -7,6 +7,7 @@ reports, selection-change logging) happens only on a miss or a failure.
 
 from __future__ import annotations
 
+import logging
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -32,6 +33,7 @@ from layerzero.validation import problems as input_problems
 from layerzero.validation import validate
 
 _ATTENTION_OPS = frozenset(ATTENTION_OPS)
+_verify_log = logging.getLogger("layerzero.verify")
 _CLOSED = CircuitState.CLOSED
 _profiling = torch._C._autograd._profiler_enabled  # ~50 ns: profiler ranges cost nothing when none records
 if torch.cuda.is_available():
@@ -374,10 +376,8 @@ class PlannedDispatcher(BaseDispatcher):
     def _demote(self, key: Any, plan: Plan, operation: str, why: str) -> Plan:
         """A verification failed: the bucket's plan loses its first kernel (the next one serves the call and
         the bucket), the kernel's breaker records a failure and a warning says why."""
-        import logging
-
         spec = plan.kernels[0]
-        logging.getLogger("layerzero.verify").warning(
+        _verify_log.warning(
             "kernel %s gave a wrong result for %s (%s); the next kernel of the plan (%s) serves this shape "
             "bucket from now on", spec.kernel_id, operation, why,
             plan.kernels[1].kernel_id if len(plan.kernels) > 1 else "none")
@@ -479,14 +479,15 @@ def _run_on_device(index: int, spec: "KernelSpec", inputs: Mapping[str, Any], kw
     """Run a kernel with the GPU its tensors live on made current. The tensors decide (a plan made for an
     explicit context may name another device than the tensors hold, or none); tensors off CUDA need no
     guard."""
+    call_args = {**inputs, **kwargs} if args is None else args
     first = next((t for t in inputs.values() if isinstance(t, torch.Tensor)), None)
     if first is None or first.device.type != "cuda":
-        return spec.impl(**inputs, **kwargs) if args is None else spec.impl(**args)
+        return spec.impl(**call_args)
     target = first.device.index if first.device.index is not None else index
     if target is None or target < 0 or target == _cuda_device():
-        return spec.impl(**inputs, **kwargs) if args is None else spec.impl(**args)
+        return spec.impl(**call_args)
     with torch.cuda.device(target):
-        return spec.impl(**inputs, **kwargs) if args is None else spec.impl(**args)
+        return spec.impl(**call_args)
 
 
 __all__ = ["PlannedDispatcher", "SelectionState", "expected_output_check", "DispatchMode"]
