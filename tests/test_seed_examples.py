@@ -721,7 +721,7 @@ def test_seed_manual_reload_and_rollback(seed_dir):
 
 
 class ABTestingDispatcher:
-    """The example A/B dispatcher, verbatim but for the seeded random generator."""
+    """The example A/B dispatcher, verbatim but for a fixed-seed random generator."""
 
     def __init__(self, config_a_path: str, config_b_path: str, b_ratio: float = 0.1):
         self._config_a = DispatchConfig(mode=DispatchMode.HOT_RELOAD, config_path=config_a_path,
