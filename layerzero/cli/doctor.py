@@ -166,7 +166,7 @@ def _first_problems(error: Any, limit: int = 3) -> str:
 
 def context_for_shape(shape: Any, device: str) -> Any:
     """The selection context a call of ``shape`` on ``device`` would have, without allocating tensors."""
-    from layerzero.selection.context import SelectionContext, default_is_causal, device_capability
+    from layerzero.context.call_context import SelectionContext, default_is_causal, device_capability
 
     op = shape.operation
     common: dict[str, Any] = {"operation": op, "dtype": shape.dtype, "device": device,

@@ -80,7 +80,7 @@ def explain(
 ) -> None:
     """Which kernel runs OPERATION for the described call, and why every other candidate did or did not."""
     from layerzero.operations import is_attention
-    from layerzero.selection.context import SelectionContext, default_is_causal, device_capability
+    from layerzero.context.call_context import SelectionContext, default_is_causal, device_capability
 
     check_operation("operation", operation, globs=False)
     dt = check_dtype("--dtype", dtype)

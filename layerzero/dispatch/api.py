@@ -10,7 +10,7 @@ from layerzero.dispatch.orchestrator import DispatchOrchestrator
 from layerzero.dispatch.types import DispatchConfig, DispatchMode, DispatchResult
 
 if TYPE_CHECKING:
-    from layerzero.selection import SelectionContext
+    from layerzero.context import SelectionContext
 
 POLICY_ENV = "LAYERZERO_POLICY"
 

@@ -16,7 +16,7 @@ import torch
 
 from layerzero.dispatch.dynamic import DynamicDispatcher
 from layerzero.dispatch.types import DispatchConfig, DispatchMode
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 from layerzero.selection.engine import Plan, SelectionEngine
 from layerzero.tuning.cache import TuneEntry, TuningCache, device_name
 from layerzero.tuning.measure import conformance_problem, time_call, unsafe_to_time

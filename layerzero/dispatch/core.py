@@ -25,9 +25,9 @@ from layerzero.errors import (
     KernelExecutionError,
     NoKernelAvailableError,
 )
-from layerzero.selection.context import SelectionContext, default_is_causal
+from layerzero.context.call_context import SelectionContext, default_is_causal
 from layerzero.selection.engine import Explanation, Plan, SelectionEngine
-from layerzero.selection.keys import make_keyer
+from layerzero.context.keys import make_keyer
 from layerzero.operations import ATTENTION_OPS
 from layerzero.validation import problems as input_problems
 from layerzero.validation import validate

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from layerzero.dispatch.dynamic import DynamicDispatcher
     from layerzero.policy import Policy
     from layerzero.registry import BackendRegistry, KernelRegistry, KernelSpec
-    from layerzero.selection.context import SelectionContext
+    from layerzero.context.call_context import SelectionContext
     from layerzero.selection.engine import Explanation, SelectionEngine
     from layerzero.telemetry import DispatchTelemetry
 
@@ -329,7 +329,7 @@ class HotReloadDispatcher(BaseDispatcher):
         A selection that raises rejects the policy; notes (a lock that cannot take effect here) become
         the version's warnings."""
         from layerzero.operations import expand
-        from layerzero.selection.context import SelectionContext
+        from layerzero.context.call_context import SelectionContext
 
         ops: list[str] = []
         for pattern in (*policy.locks, *policy.fallback_chains):

@@ -11,7 +11,7 @@ from layerzero.dispatch.types import DispatchConfig, DispatchMode, DispatchResul
 if TYPE_CHECKING:
     from layerzero.policy import Policy
     from layerzero.registry import BackendRegistry, KernelRegistry, KernelSpec
-    from layerzero.selection import SelectionContext
+    from layerzero.context import SelectionContext
     from layerzero.selection.engine import Explanation
     from layerzero.telemetry import TelemetrySnapshot
 

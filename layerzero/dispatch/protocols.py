@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
     from layerzero.dispatch.types import DispatchMode, DispatchResult
     from layerzero.registry import KernelSpec
-    from layerzero.selection import SelectionContext
+    from layerzero.context import SelectionContext
 
 
 class BaseDispatcher(ABC):

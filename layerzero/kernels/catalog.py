@@ -26,7 +26,7 @@ import os
 from layerzero.registry.backends import BackendSpec
 from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 
 __all__ = ["builtin_backends", "builtin_kernels"]
 

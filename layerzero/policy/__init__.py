@@ -21,7 +21,7 @@ Schema::
     fallback_chains: {attention.causal: [flash_attention_v2, torch_sdpa]}
 
 Conditions: ``<field>: value`` (equality; a list means membership) or ``<field>_<op>: value`` with op in
-``gt gte lt lte eq ne in not_in``; fields are :class:`~layerzero.selection.SelectionContext` fields.
+``gt gte lt lte eq ne in not_in``; fields are :class:`~layerzero.context.SelectionContext` fields.
 When the context does not know a field (None) the condition does not hold, unless it asks for null.
 
 Semantics, in the order the engine applies them to each candidate:

@@ -1,6 +1,6 @@
 """The condition language of ``dispatch_rules[].conditions``, compiled once into fast predicates.
 
-A condition key is either a :class:`~layerzero.selection.context.SelectionContext` field (``dtype:
+A condition key is either a :class:`~layerzero.context.call_context.SelectionContext` field (``dtype:
 bfloat16`` is equality, ``dtype: [float16, bfloat16]`` is membership) or ``<field>_<op>`` with ``op`` one
 of ``gt gte lt lte eq ne in not_in`` (``batch_size_gte: 8``). Values are checked against the field's
 type when the policy loads, so a rule can never fail at selection time, and dtype spellings are made
@@ -31,7 +31,7 @@ from layerzero.policy.schema import (
     q,
     type_name,
 )
-from layerzero.selection.context import CONTEXT_FIELDS, SelectionContext, dtype_name
+from layerzero.context.call_context import CONTEXT_FIELDS, SelectionContext, dtype_name
 
 OPERATORS: tuple[str, ...] = ("gt", "gte", "lt", "lte", "eq", "ne", "in", "not_in")
 NUMERIC_OPERATORS = frozenset({"gt", "gte", "lt", "lte"})

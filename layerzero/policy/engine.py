@@ -18,7 +18,7 @@ from layerzero.policy.model import Policy
 from layerzero.policy.schema import is_glob
 from layerzero.registry.kernel_registry import KernelRegistry
 from layerzero.registry.kernel_spec import KernelSpec
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 
 # rank tiers: the first element of PolicyVerdict.rank
 REJECTED, DEFAULT, RULED, LOCKED = -1, 0, 1, 2

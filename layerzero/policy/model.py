@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from layerzero.operations import matches
 from layerzero.policy.conditions import Condition
 from layerzero.policy.schema import DEFAULT_LOCK_MODE, DEFAULT_PRIORITY, DEFAULT_VERSION
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
-    from layerzero.selection.context import SelectionContext
+    from layerzero.context.call_context import SelectionContext
 
 CustomCheck = Callable[["SelectionContext"], "str | None"]
 

@@ -11,7 +11,7 @@ from layerzero.registry.constraints import KernelConstraints
 
 if TYPE_CHECKING:
     from layerzero.registry.backends import BackendRegistry
-    from layerzero.selection.context import SelectionContext
+    from layerzero.context.call_context import SelectionContext
 
 
 class KernelSpec:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable
 
 from layerzero.errors import NoKernelAvailableError
-from layerzero.selection.buckets import Bucketer
-from layerzero.selection.context import SelectionContext
+from layerzero.context.buckets import Bucketer
+from layerzero.context.call_context import SelectionContext
 
 if TYPE_CHECKING:
     from layerzero.policy import PolicyEngine

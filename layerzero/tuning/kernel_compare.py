@@ -249,7 +249,7 @@ class Call:
 
 def call_from_shape(shape: Any, device: torch.device) -> Call:
     """A :class:`~layerzero.tuning.sweep.TuneShape` materialised as random inputs, attention causal by name."""
-    from layerzero.selection.context import default_is_causal
+    from layerzero.context.call_context import default_is_causal
 
     inputs, kwargs = shape.inputs(device)
     kwargs = dict(kwargs)
@@ -270,7 +270,7 @@ def measure_calls(
 ) -> list[dict[str, Any]]:
     """Rows for every call x kernel: the kernels ``orchestrator`` would run (chosen + eligible), or the
     ``kernels`` named; the reference is always timed too. Shows a tqdm bar when the run takes a while."""
-    from layerzero.selection.context import SelectionContext
+    from layerzero.context.call_context import SelectionContext
 
     registry = orchestrator.kernel_registry
     backends = orchestrator.backend_registry

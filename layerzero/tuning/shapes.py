@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from layerzero.errors import ConfigValidationError, ValidationProblem
 from layerzero.operations import OPERATIONS
-from layerzero.selection.context import dtype_name
+from layerzero.context.call_context import dtype_name
 from layerzero.tuning.sweep import TuneShape
 
 _FIELDS = {f.name for f in dataclasses.fields(TuneShape)}

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import torch
 
-from layerzero.selection.context import dtype_name
+from layerzero.context.call_context import dtype_name
 
 
 @dataclass(frozen=True)

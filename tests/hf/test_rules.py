@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 import layerzero_hf  # noqa: E402
 from layerzero.errors import ConfigValidationError  # noqa: E402
-from layerzero.selection.context import SelectionContext  # noqa: E402
+from layerzero.context.call_context import SelectionContext  # noqa: E402
 from layerzero_hf.rules import ModelFacts, arm_distribution, load_rules, parse_rules, resolve  # noqa: E402
 
 from conftest import build_tiny_model  # noqa: E402

@@ -16,7 +16,7 @@ import torch
 from layerzero.kernels import reference as ref
 from layerzero.operations import is_attention
 from layerzero.registry import KernelSpec, get_global_kernel_registry
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 
 # (atol, rtol) per dtype and family: the dispatcher's verification tolerances, one table for every check.
 from layerzero.validation import TOLERANCES  # noqa: E402

@@ -10,7 +10,7 @@ import torch
 
 from layerzero.kernels.catalog import builtin_backends, builtin_kernels
 from layerzero.registry import BackendRegistry, KernelRegistry
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 
 ARCH_IDS = {
     "torch_sdpa_attention", "torch_sdpa_flash_attention", "torch_sdpa_efficient_attention",

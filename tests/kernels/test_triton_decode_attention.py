@@ -11,7 +11,7 @@ import torch
 
 from layerzero.kernels import reference
 from layerzero.kernels.triton.decode_attention import compiled_variants, decode_attention
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 from lz_kernel_harness import TOLERANCES
 
 

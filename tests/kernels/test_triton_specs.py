@@ -11,7 +11,7 @@ import torch
 from layerzero.kernels import reference
 from layerzero.kernels.triton.specs import cpu_needs_interpreter, triton_kernels
 from layerzero.operations import contract
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 
 IDS = {"triton_rms_norm": "rms_norm", "triton_rope": "rope", "triton_swiglu": "swiglu", "triton_geglu": "geglu",
        "triton_decode_attention": "attention.decode"}

@@ -18,7 +18,7 @@ from layerzero.dispatch import DispatchConfig, DynamicDispatcher
 from layerzero.kernels import reference
 from layerzero.registry import KernelRegistry, KernelSpec
 from layerzero.selection import SelectionContext
-from layerzero.selection.keys import make_keyer
+from layerzero.context.keys import make_keyer
 
 HIDDEN = 8
 

@@ -6,7 +6,7 @@ import pytest
 
 from layerzero.policy.conditions import compile_condition, compile_conditions, split_key
 from layerzero.policy.schema import Problems
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 
 
 def cond(key, value):

@@ -12,7 +12,7 @@ from lz_policy_registry import REPO, SEED_YAML
 
 from layerzero.policy import PolicyEngine, default_policy_path, load_policy
 from layerzero.registry import get_global_kernel_registry
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 
 EXAMPLES = sorted((REPO / "configs" / "examples").glob("*.yaml"))
 

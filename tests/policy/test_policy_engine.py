@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from layerzero.policy import Policy, PolicyEngine, parse_policy_text
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 
 CUDA_BF16 = SelectionContext(operation="attention.causal", batch_size=16, seq_len=512, dtype="bfloat16",
                              device="cuda:0", head_dim=128)

@@ -10,7 +10,7 @@ from lz_policy_registry import make_registry
 
 from layerzero.operations import OPERATIONS, matches
 from layerzero.policy import PolicyEngine, load_policy
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 
 REGISTRY = make_registry()
 IDS = sorted(REGISTRY.ids())

@@ -13,7 +13,7 @@ from layerzero.registry import (
     get_global_kernel_registry,
 )
 from layerzero.selection import SelectionContext, SelectionEngine
-from layerzero.selection.buckets import Bucketer
+from layerzero.context.buckets import Bucketer
 
 
 def norm(kid, priority=50, **constraints):

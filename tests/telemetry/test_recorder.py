@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from layerzero.selection.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 from layerzero.telemetry import DispatchTelemetry, JsonFormatter, TelemetrySnapshot
 
 

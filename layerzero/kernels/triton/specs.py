@@ -27,7 +27,7 @@ from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
 
 if TYPE_CHECKING:
-    from layerzero.selection.context import SelectionContext
+    from layerzero.context.call_context import SelectionContext
 
 _DTYPES = frozenset({"float16", "bfloat16", "float32"})
 _PLATFORMS = frozenset({"cuda", "cpu"})

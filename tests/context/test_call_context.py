@@ -1,6 +1,6 @@
 import torch
 
-from layerzero.selection import SelectionContext, dtype_name
+from layerzero.context import SelectionContext, dtype_name
 
 
 def test_from_inputs_attention_reads_metadata():

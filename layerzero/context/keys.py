@@ -1,7 +1,7 @@
 """Cheap cache keys for a call, read from tensor metadata without building a SelectionContext.
 
 The key holds every fact a kernel constraint or a policy condition can look at, with varying sizes
-bucketed (:mod:`layerzero.selection.buckets`), so a cache hit is always right for the call it serves.
+bucketed (:mod:`layerzero.context.buckets`), so a cache hit is always right for the call it serves.
 Building one costs about a microsecond in CPython: tuple of ints, dtypes and devices.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Callable, Hashable, Mapping
 
 import torch
 
-from layerzero.selection.buckets import Bucketer
+from layerzero.context.buckets import Bucketer
 
 Keyer = Callable[[str, Mapping[str, Any], Mapping[str, Any]], Hashable]
 _grad_enabled = torch.is_grad_enabled
