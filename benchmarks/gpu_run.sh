@@ -51,6 +51,8 @@ if [ "$stage" = install ]; then
 fi
 
 [ -d .whl ] && pipi --upgrade .whl/*.whl >/dev/null 2>&1
+# compiled in the install call: a configuration missing from the cache fails at once instead of compiling
+export FLASHINFER_DISABLE_JIT=1
 versions
 if [ "$stage" = bench ]; then
   section multi_gpu
