@@ -151,13 +151,13 @@ FA3_CONSTRAINTS = KernelConstraints(
 def kernel_specs() -> list[KernelSpec]:
     return [
         KernelSpec(
-            "flash_attn_v2_attention", ("attention.*",), "flash_attn", f"{__name__}:flash_attn_v2_attention",
+            "flash_attn_v2_attention", ("attention.*",), "flash_attn", flash_attn_v2_attention,
             FA2_CONSTRAINTS, 80, aliases=("flash_attention_v2",),
             description="FlashAttention 2 (flash_attn_func / flash_attn_with_kvcache): 250–340 TFLOP/s class "
                         "(SDPA's FA2 kernel measured), bottom-right causal, window, softcap",
         ),
         KernelSpec(
-            "flash_attn_v3_attention", ("attention.*",), "flash_attn_3", f"{__name__}:flash_attn_v3_attention",
+            "flash_attn_v3_attention", ("attention.*",), "flash_attn_3", flash_attn_v3_attention,
             FA3_CONSTRAINTS, 84, aliases=("flash_attention_v3",),
             description="FlashAttention 3 for Hopper (not measured here: ranked between cuDNN and FA2)",
         ),

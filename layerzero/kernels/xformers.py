@@ -88,7 +88,7 @@ XFORMERS_CONSTRAINTS = KernelConstraints(
 def kernel_specs() -> list[KernelSpec]:
     return [
         KernelSpec(
-            "xformers_attention", ("attention.*",), "xformers", f"{__name__}:xformers_attention",
+            "xformers_attention", ("attention.*",), "xformers", xformers_attention,
             XFORMERS_CONSTRAINTS, 50, aliases=("xformers_memory_efficient",),
             description="xFormers memory_efficient_attention (cutlass/flash dispatch inside xFormers); "
                         "not measured here, ranked with SDPA mem-efficient, its torch port",
