@@ -27,6 +27,7 @@ import os
 
 from layerzero.context.call_context import SelectionContext
 from layerzero.kernels import flash_attn, flashinfer, liger, reference, torch_flex, torch_ops, torch_sdpa, xformers
+from layerzero.kernels.checks import gqa_ratio_ok
 from layerzero.kernels.triton.specs import triton_kernels
 from layerzero.registry.backends import BackendSpec
 from layerzero.registry.constraints import KernelConstraints
@@ -156,13 +157,6 @@ def _efficient_alignment(ctx: SelectionContext) -> str | None:
     return None
 
 
-def _gqa_ratio_ok(ctx: SelectionContext) -> str | None:
-    """num_heads divisible by num_kv_heads"""
-    if ctx.num_heads and ctx.num_kv_heads and ctx.num_heads % ctx.num_kv_heads:
-        return f"num_heads {ctx.num_heads} not divisible by num_kv_heads {ctx.num_kv_heads}"
-    return None
-
-
 def _even_rotary_dim(ctx: SelectionContext) -> str | None:
     """rotary dim must be even"""
     if ctx.rotary_dim is not None and ctx.rotary_dim % 2:
@@ -175,7 +169,7 @@ def _reference_kernels() -> list[KernelSpec]:
     ref = reference
     tags = frozenset({"reference"})
     attention_limits = KernelConstraints(
-        supports_softcap=True, supports_sliding_window=True, supports_sinks=True, custom=(_gqa_ratio_ok,)
+        supports_softcap=True, supports_sliding_window=True, supports_sinks=True, custom=(gqa_ratio_ok,)
     )
     return [
         KernelSpec("reference_attention", ATTN, "torch", ref.attention, attention_limits, 0, tags=tags,
@@ -196,7 +190,7 @@ def _reference_kernels() -> list[KernelSpec]:
 def _torch_kernels() -> list[KernelSpec]:
     sdpa, ops = torch_sdpa, torch_ops
     generic = KernelConstraints(
-        dtypes=ANY_FLOAT, supports_sliding_window=True, custom=(_gqa_ratio_ok,)
+        dtypes=ANY_FLOAT, supports_sliding_window=True, custom=(gqa_ratio_ok,)
     )
     flash = KernelConstraints(
         platforms=CUDA,
@@ -207,7 +201,7 @@ def _torch_kernels() -> list[KernelSpec]:
         supports_additive_mask=False,
         supports_bottom_right_causal=False,
         supports_different_v_dim=False,
-        custom=(_gqa_ratio_ok,),
+        custom=(gqa_ratio_ok,),
     )
     efficient = KernelConstraints(
         platforms=CUDA,
@@ -225,9 +219,9 @@ def _torch_kernels() -> list[KernelSpec]:
         head_dim_multiple=8,
         supports_sliding_window=True,
         supports_different_v_dim=False,
-        custom=(_gqa_ratio_ok, _cudnn_shapes_ok),
+        custom=(gqa_ratio_ok, _cudnn_shapes_ok),
     )
-    math = KernelConstraints(dtypes=ANY_FLOAT, supports_sliding_window=True, custom=(_gqa_ratio_ok,))
+    math = KernelConstraints(dtypes=ANY_FLOAT, supports_sliding_window=True, custom=(gqa_ratio_ok,))
     return [
         KernelSpec("torch_sdpa_attention", ATTN, "torch", sdpa.torch_sdpa_attention, generic, 90,
                    aliases=("torch_sdpa",), tags={"sdpa"},

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from layerzero.kernels.checks import gqa_ratio_ok
 from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
 
@@ -260,13 +261,6 @@ def _decode_only(ctx) -> str | None:
     return None
 
 
-def _gqa_ok(ctx) -> str | None:
-    """num_heads divisible by num_kv_heads"""
-    if ctx.num_heads and ctx.num_kv_heads and ctx.num_heads % ctx.num_kv_heads:
-        return f"num_heads {ctx.num_heads} not divisible by num_kv_heads {ctx.num_kv_heads}"
-    return None
-
-
 def _prefill_shape(ctx) -> str | None:
     """FlashInfer append attention: 1 < seq_len_q <= seq_len_k (one token goes to the decode kernel)"""
     if ctx.seq_len_q == 1:
@@ -319,8 +313,8 @@ _ATTN_COMMON = dict(
 )
 
 PREFILL_CONSTRAINTS = KernelConstraints(**_ATTN_COMMON, supports_different_v_dim=True,
-                                        custom=(_gqa_ok, _prefill_shape))
-DECODE_CONSTRAINTS = KernelConstraints(**_ATTN_COMMON, supports_different_v_dim=False, custom=(_gqa_ok, _decode_only))
+                                        custom=(gqa_ratio_ok, _prefill_shape))
+DECODE_CONSTRAINTS = KernelConstraints(**_ATTN_COMMON, supports_different_v_dim=False, custom=(gqa_ratio_ok, _decode_only))
 
 
 def kernel_specs() -> list[KernelSpec]:
