@@ -153,7 +153,7 @@ class KernelConstraints:
         if self.layouts is not None and ctx.layout is not None and ctx.layout not in self.layouts:
             r.append(f"layout {ctx.layout} not in {_fmt(self.layouts)}")
         for check in self.custom:
-            if getattr(check, "needs_backend_status", False):
+            if getattr(check, "needs_backend_status", False) is True:
                 reason = check(ctx, backend) if backend is not None else None  # type: ignore[call-arg]
             else:
                 reason = check(ctx)  # type: ignore[call-arg]
