@@ -7,10 +7,10 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from layerzero.operations import CONTRACTS, matches
+from layerzero.registry.backends import BackendRegistry, get_global_backend_registry
 from layerzero.registry.constraints import KernelConstraints
 
 if TYPE_CHECKING:
-    from layerzero.registry.backends import BackendRegistry
     from layerzero.context.call_context import SelectionContext
 
 
@@ -100,7 +100,7 @@ class KernelSpec:
         return self.impl(**kwargs)
 
     # ------------------------------------------------------------------ checks
-    def check(self, context: "SelectionContext", backends: "BackendRegistry | None" = None) -> list[str]:
+    def check(self, context: "SelectionContext", backends: BackendRegistry | None = None) -> list[str]:
         """Every reason this kernel cannot run the call described by ``context`` (empty: it can).
 
         ``backends`` (default: the global registry) says whether the kernel's library is usable and which
@@ -109,8 +109,6 @@ class KernelSpec:
         if context.operation is not None and not self.serves(context.operation):
             reasons.append(f"does not implement {context.operation}")
         if backends is None:
-            from layerzero.registry.backends import get_global_backend_registry
-
             backends = get_global_backend_registry()
         status = backends.status(self.backend)
         if not status.available:
