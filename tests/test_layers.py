@@ -26,7 +26,7 @@ Two rules follow from how Python imports packages:
 - The package root ``layerzero`` is the composition root. It sits at :data:`ROOT_FLOOR` (it wires the
   built-in kernels into the registry and exposes ``use_kernels`` from dispatch, both lazily, inside
   functions), and its module level may import no higher than :data:`ROOT_EAGER_MAX`, because it runs
-  before every other module and ``import layerzero`` must stay cheap. Nothing below the tools imports it.
+  before every other module and ``import layerzero`` must stay cheap. Lower floors never import it by name.
 - Any other package's ``__init__`` runs before each of its modules, so it lives on the lowest floor of
   what it contains (``layerzero.tuning`` re-exports the cache and measurements, floor 3, not the sweep).
 
