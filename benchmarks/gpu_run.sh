@@ -10,7 +10,8 @@
 #             then measures the cost table on both GPUs (layerzero.tuning.cost_sweep). From here on
 #             FLASHINFER_DISABLE_JIT=1: a configuration missing from the cache fails at once.
 #   bench   - (carry .whl) multi-GPU parity and speed (both GPUs), then the end-to-end models (Llama-1B with
-#             compiled prefill and Qwen3-1.7B on GPU 0; Gemma2-2B and the softcap decode kernel on GPU 1),
+#             compiled prefill and Qwen3-1.7B on GPU 0; Gemma2-2B, the softcap decode kernel and the prefill of
+#             all nine architectures vs Liger (benchmarks/prefill_archs.py) on GPU 1),
 #             ranked by the cost table just measured.
 #   verify  - (carry .whl) pytest -m gpu on GPU 0 while GPU 1 replays the calls real models make on every
 #             eligible kernel and runs the parity matrix; then the cross-device tests on both GPUs and the
@@ -70,21 +71,23 @@ if [ "$stage" = bench ]; then
   section multi_gpu
   timeout 170 python3 benchmarks/multi_gpu.py --shape 8b --layers 8 --json "$OUT/multi-gpu.json" --md "$OUT/multi-gpu.md" \
     >> "$LOG" 2>&1; echo "multi_gpu rc=$?" >> "$LOG"
-  section "e2e (GPU 0: llama-1b + compiled prefill, qwen3-1.7b; GPU 1: gemma2-2b, softcap decode)"
+  section "e2e (GPU 0: llama-1b + compiled prefill, qwen3-1.7b; GPU 1: gemma2-2b, softcap decode, nine architectures' prefill)"
   e2e() {  # arch, time limit, extra options
     timeout "$2" python3 benchmarks/e2e.py --arch "$1" --skip-eager --repeats 3 "${@:3}" --json "/tmp/e2e-$1.json" \
       --md "/tmp/e2e-$1.md" > "/tmp/e2e-$1.log" 2>&1; echo "e2e $1 rc=$?" >> "/tmp/e2e-$1.log"
   }
   (export CUDA_VISIBLE_DEVICES=0; e2e llama-1b 250 --compile-shapes 8x1024; e2e qwen3-1.7b 150 --no-static) &
   (export CUDA_VISIBLE_DEVICES=1; e2e gemma2-2b 250 --no-static
-   timeout 40 python3 benchmarks/decode_softcap.py --json /tmp/e2e-ds.json --md /tmp/e2e-ds.md > /tmp/ds.log 2>&1) &
+   timeout 40 python3 benchmarks/decode_softcap.py --json /tmp/e2e-ds.json --md /tmp/e2e-ds.md > /tmp/ds.log 2>&1
+   timeout 110 python3 benchmarks/prefill_archs.py --json /tmp/e2e-archs.json --md /tmp/e2e-archs.md > /tmp/archs.log 2>&1
+   echo "prefill_archs rc=$?" >> /tmp/archs.log) &
   wait
-  for f in /tmp/e2e-*.log /tmp/ds.log; do echo "--- $f" >> "$LOG"; tail -12 "$f" >> "$LOG"; done
+  for f in /tmp/e2e-*.log /tmp/ds.log /tmp/archs.log; do echo "--- $f" >> "$LOG"; tail -12 "$f" >> "$LOG"; done
   # one JSON and one markdown file for the three models and the decode kernel (a call returns 8 files)
   python3 - "$OUT" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1]); merged, md = {}, []
-for name in ("e2e-llama-1b", "e2e-qwen3-1.7b", "e2e-gemma2-2b", "e2e-ds"):
+for name in ("e2e-llama-1b", "e2e-qwen3-1.7b", "e2e-gemma2-2b", "e2e-ds", "e2e-archs"):
     j = pathlib.Path("/tmp") / (name + ".json")
     m = j.with_suffix(".md")
     if j.exists():
