@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 __all__ = [
     "REQUIRED",
@@ -40,7 +40,8 @@ class SkipModule(Exception):
     report shows."""
 
 
-class Replacement(NamedTuple):
+@dataclass(frozen=True)
+class Replacement:
     """What a builder returns: the forward to bind, the LayerZero operation it dispatches, a report detail."""
 
     fn: Callable

@@ -124,13 +124,13 @@ class Planner:
             self.skipped.append(SkippedModule(path, kind, cls, f"patch kind {kind!r} is not registered"))
             return
         try:
-            fn, op, detail = registered.build(self, path, module, params, verify=verify, detected=detected)
+            built = registered.build(self, path, module, params, verify=verify, detected=detected)
         except SkipModule as why:
             self.skipped.append(SkippedModule(path, kind, cls, str(why)))
             return
-        if slot != "forward":
-            detail += "; under accelerate hook"
-        self.planned.append(Planned(path, module, fn, PatchedModule(path, kind, op, cls, detail, source), slot))
+        detail = built.detail + ("; under accelerate hook" if slot != "forward" else "")
+        self.planned.append(Planned(path, module, built.fn, PatchedModule(path, kind, built.op, cls, detail, source),
+                                    slot))
 
     def verdict(self, key: tuple, compute: Callable[[], tuple[dict, str]]) -> tuple[dict, str]:
         """Self-check results per class (same code, same verdict), so a 32-layer model probes once."""
