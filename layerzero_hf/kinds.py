@@ -10,7 +10,8 @@ one decorated function rather than an edit to the validator, the planner and the
     def build_rms_norm(ctx, path, module, params, *, verify, detected) -> Replacement: ...
 
 The builder raises :class:`SkipModule` with a reason to leave a module alone (it is then reported as skipped).
-The shipped kinds live in :mod:`layerzero_hf.builtin_kinds`.
+The shipped kinds live in :mod:`layerzero_hf.builtin_kinds`, which the package imports first, so they are
+registered before any lookup (this module never imports it: the kinds depend on the registry, not back).
 """
 
 from __future__ import annotations
@@ -163,14 +164,8 @@ def unregister_patch_kind(name: str) -> None:
 
 def patch_kinds() -> tuple[str, ...]:
     """Every registered kind, shipped ones first, in registration order."""
-    _load_builtins()
     return tuple(_kinds)
 
 
 def get_patch_kind(name: str) -> PatchKind | None:
-    _load_builtins()
     return _kinds.get(name)
-
-
-def _load_builtins() -> None:
-    import layerzero_hf.builtin_kinds  # noqa: F401 - registers rms_norm, layer_norm, rope, mlp
