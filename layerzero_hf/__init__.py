@@ -31,7 +31,7 @@ except ImportError as _e:
 import layerzero_hf.attention  # noqa: E402,F401 - registers attn_implementation="layerzero"
 from layerzero_hf.auto import from_pretrained  # noqa: E402
 from layerzero_hf.compare import compare, compare_policies  # noqa: E402
-from layerzero_hf.loading import orchestrator_for  # noqa: E402
+from layerzero_hf.model_orchestrators import orchestrator_for  # noqa: E402
 from layerzero_hf.patching import (
     is_patched,
     model_arm,
