@@ -35,7 +35,7 @@ import layerzero_hf.attention  # noqa: E402,F401 - registers attn_implementation
 import layerzero_hf.builtin_kinds  # noqa: E402,F401 - registers the rms_norm, layer_norm, rope and mlp patch kinds
 from layerzero_hf.auto import from_pretrained  # noqa: E402
 from layerzero_hf.compare import compare, compare_policies  # noqa: E402
-from layerzero_hf.loading import orchestrator_for  # noqa: E402
+from layerzero_hf.model_orchestrators import orchestrator_for  # noqa: E402
 from layerzero_hf.patching import (
     KernelChoice,
     Param,
