@@ -11,7 +11,7 @@ The name avoids ``flash``, ``sdpa`` and ``flex_attention`` (Transformers special
 After the import, ``from_pretrained(..., attn_implementation="layerzero")``,
 ``Config(attn_implementation="layerzero")`` and ``model.set_attn_implementation("layerzero")`` all work.
 Every attention call goes through :func:`layerzero.ops.attention`, so the dispatcher picks the kernel per
-call. The orchestrator is the model's own: :func:`layerzero_hf.loading.orchestrator_for` returns the name
+call. The orchestrator is the model's own: :func:`layerzero_hf.model_orchestrators.orchestrator_for` returns the name
 stored on the attention module (``_layerzero_orchestrator: str``, set by patching, or on the first eager
 call from the model's config, rules and A/B arm); under compile an unset module uses the global one.
 
@@ -36,7 +36,7 @@ from torch import nn
 from transformers.integrations.sdpa_attention import create_position_bias_mask
 
 from layerzero import ops
-from layerzero_hf.loading import ORCHESTRATOR_ATTR, call_site_for, orchestrator_for
+from layerzero_hf.model_orchestrators import ORCHESTRATOR_ATTR, call_site_for, orchestrator_for
 
 ATTN_IMPLEMENTATION = "layerzero"
 

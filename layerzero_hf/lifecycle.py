@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 from torch import nn
 
 from layerzero.errors import PatchError
-from layerzero_hf.loading import (
+from layerzero_hf.model_orchestrators import (
     ARM_ATTR,
     ORCHESTRATOR_ATTR,
     SITE_ATTR,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from layerzero.operations import expand
-from layerzero_hf.loading import ModelSetup
+from layerzero_hf.model_orchestrators import ModelSetup
 
 __all__ = ["requested_kernels"]
 

@@ -347,7 +347,7 @@ def test_per_model_orchestrator_attribute(tiny_model_dir, recorder):
 
 def test_each_loaded_model_gets_its_own_orchestrator(tiny_model_dir):
     """A model loaded with attn_implementation="layerzero" resolves its own orchestrator on the first
-    eager call (layerzero_hf.loading.orchestrator_for) and keeps it on every attention module."""
+    eager call (layerzero_hf.model_orchestrators.orchestrator_for) and keeps it on every attention module."""
     a = _load(tiny_model_dir("llama"), NAME)
     b = _load(tiny_model_dir("llama"), NAME)
     ids = _ids(1, 4)
