@@ -116,12 +116,22 @@ class Operation:
 
     def shape_label(self, shape: Any) -> str:
         """Compact description of a tuning shape (``bench``/``tune`` output keys)."""
-        return f"{shape.operation} t{shape.tokens} h{shape.hidden} {shape.dtype}"
+        return rows_label(shape)
 
     def describe_inputs(self, inputs: Mapping[str, Any]) -> list[str]:
         """Short descriptions of a call's main tensors (the ``shape`` column of ``bench``)."""
-        first = next(((k, v) for k, v in inputs.items() if isinstance(v, torch.Tensor)), None)
-        return [f"{first[0]} {fmt_dims(first[1])}"] if first else []
+        return describe_first_tensor(inputs)
+
+
+def rows_label(shape: Any) -> str:
+    """Label of a row-wise tuning shape: tokens x hidden (also used for operations without their own)."""
+    return f"{shape.operation} t{shape.tokens} h{shape.hidden} {shape.dtype}"
+
+
+def describe_first_tensor(inputs: Mapping[str, Any]) -> list[str]:
+    """Description of a call by its first tensor (also used for operations without their own)."""
+    first = next(((k, v) for k, v in inputs.items() if isinstance(v, torch.Tensor)), None)
+    return [f"{first[0]} {fmt_dims(first[1])}"] if first else []
 
 
 def randn(device: torch.device, dtype: torch.dtype) -> Callable[..., torch.Tensor]:

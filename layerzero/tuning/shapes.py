@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from layerzero.errors import ConfigValidationError, ValidationProblem
-from layerzero.operations import OPERATIONS
+from layerzero.operations import OPERATIONS, find
+from layerzero.operations.base import rows_label
 from layerzero.context.call_context import dtype_name
 from layerzero.tuning.sweep import TuneShape
 
@@ -137,11 +138,5 @@ def load_shapes(path: str | Path, default_dtype: str | None = None) -> list[Tune
 
 def shape_label(shape: TuneShape) -> str:
     """Compact, human-readable description used as a key in ``bench``/``tune`` output."""
-    if shape.operation.startswith("attention"):
-        sk = shape.seq_k or shape.seq_q
-        return (f"{shape.operation} b{shape.batch} sq{shape.seq_q} sk{sk} h{shape.heads}/{shape.kv_heads or shape.heads}"
-                f" d{shape.head_dim} {shape.dtype}")
-    if shape.operation == "rope":
-        return (f"rope b{shape.batch} s{shape.seq_q} h{shape.heads}/{shape.kv_heads or shape.heads} d{shape.head_dim} "
-                f"{shape.dtype}")
-    return f"{shape.operation} t{shape.tokens} h{shape.hidden} {shape.dtype}"
+    op = find(shape.operation)
+    return op.shape_label(shape) if op is not None else rows_label(shape)
