@@ -38,6 +38,7 @@ from __future__ import annotations
 from layerzero.ops import compiled as _compiled  # noqa: F401 - binds the custom ops' implementations
 from layerzero.ops.functional import attention, attention_operation, geglu, layer_norm, rms_norm, rope, swiglu
 from layerzero.ops.orchestrators import (
+    OrchestratorLike,
     OrchestratorNotFoundError,
     call_site,
     get_orchestrator,
@@ -48,6 +49,7 @@ from layerzero.ops.orchestrators import (
 )
 
 __all__ = [
+    "OrchestratorLike",
     "OrchestratorNotFoundError",
     "attention",
     "attention_operation",

@@ -103,3 +103,26 @@ def test_sample_inputs_validate_and_the_reference_meets_the_output_check(name):
     out = op.reference(**inputs, **kwargs, **op.call_defaults())
     assert check_outputs(name, inputs, out) is None
     assert op.shape_label(shape).startswith(name)
+
+
+def test_custom_ops_need_layerzero_ops_for_their_implementation():
+    """The schema lives with the operation; the implementation (the dispatcher) is bound by layerzero.ops."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "import layerzero.operations\n"
+        "assert 'layerzero.ops' not in sys.modules and 'layerzero.dispatch' not in sys.modules\n"
+        "g = torch.randn(2, 4)\n"
+        "try:\n"
+        "    torch.ops.layerzero.swiglu(g, g, None)\n"
+        "except Exception as e:\n"
+        "    assert 'import layerzero.ops' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('an unbound custom op ran')\n"
+        "import layerzero.ops\n"
+        "torch.testing.assert_close(torch.ops.layerzero.swiglu(g, g, None), torch.nn.functional.silu(g) * g)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
