@@ -280,7 +280,23 @@ def _check_options(a: Mapping[str, Any], q: torch.Tensor, found: list[Problem]) 
         found.append(("sinks", tuple(sinks.shape), f"expected one logit per query head: shape ({q.shape[2]},)"))
 
 
-OPERATIONS = tuple(Attention(OperationContract(name, INPUTS, OPTIONS)) for name in ATTENTION_OPS)
+_GQA = {"heads": 8, "kv_heads": 4, "head_dim": 64}
+_GQA_CUDA = {"heads": 32, "kv_heads": 8, "head_dim": 128}
+_DEFAULT_SHAPES = {  # name -> (cpu, cuda) tuning shapes; prefill and cross share causal's kernels and sizes
+    "attention.causal": (({"batch": 1, "seq_q": 128, **_GQA},),
+                         ({"batch": 4, "seq_q": 1024, **_GQA_CUDA}, {"batch": 1, "seq_q": 4096, **_GQA_CUDA})),
+    "attention.decode": (({"batch": 4, "seq_q": 1, "seq_k": 256, **_GQA},),
+                         ({"batch": 8, "seq_q": 1, "seq_k": 4096, **_GQA_CUDA},)),
+}
+
+
+def _attention(name: str) -> Attention:
+    op = Attention(OperationContract(name, INPUTS, OPTIONS))
+    op.cpu_shapes, op.cuda_shapes = _DEFAULT_SHAPES.get(name, ((), ()))
+    return op
+
+
+OPERATIONS = tuple(_attention(name) for name in ATTENTION_OPS)
 
 
 # ----------------------------------------------------------------------------------------------- custom op

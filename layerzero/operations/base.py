@@ -66,6 +66,10 @@ class Operation:
     optional_inputs: frozenset[str] = frozenset()
     tensor_options: tuple[str, ...] = ()
     tolerance_class: str = "default"  # key into layerzero.validation.TOLERANCES
+    # Default tuning shapes (TuneShape fields besides operation and dtype): tiny on CPU, representative on
+    # CUDA (Llama-8B sizes). Row-wise operations use tokens x hidden.
+    cpu_shapes: tuple[dict[str, int], ...] = ({"tokens": 256, "hidden": 1024},)
+    cuda_shapes: tuple[dict[str, int], ...] = ({"tokens": 4096, "hidden": 4096},)
 
     def __init__(self, contract: OperationContract):
         self.contract = contract
@@ -113,6 +117,10 @@ class Operation:
         """Random inputs for a tuning shape (``batch``, ``seq_q``, ``seq_k``, ``heads``, ``kv_heads``,
         ``head_dim``, ``tokens``, ``hidden``) and the call's options."""
         raise ValueError(f"operation: cannot build inputs for {self.name!r}")
+
+    def default_shapes(self, cuda: bool) -> tuple[dict[str, int], ...]:
+        """The sizes ``bench``/``tune``/``doctor`` try when given no shapes (see ``cpu_shapes``)."""
+        return self.cuda_shapes if cuda else self.cpu_shapes
 
     def shape_label(self, shape: Any) -> str:
         """Compact description of a tuning shape (``bench``/``tune`` output keys)."""

@@ -90,6 +90,9 @@ def reference_rope(
 
 # ----------------------------------------------------------------------------------------------- the operation
 class Rope(Operation):
+    cpu_shapes = ({"batch": 1, "seq_q": 128, "heads": 8, "kv_heads": 4, "head_dim": 64},)
+    cuda_shapes = ({"batch": 4, "seq_q": 1024, "heads": 32, "kv_heads": 8, "head_dim": 128},)
+
     def check_inputs(self, a: Mapping[str, Any], found: list[Problem]) -> None:
         q, k, cos, sin = a["q"], a["k"], a["cos"], a["sin"]
         layout = a.get("layout", "bhsd")
