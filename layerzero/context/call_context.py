@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from layerzero.operations import default_is_causal, find
+from layerzero.operations import default_is_causal, find  # noqa: F401 - default_is_causal is re-exported
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float16: "float16",
