@@ -38,6 +38,12 @@ __all__ = [
     "validate",
 ]
 
+# Options that are tensors whenever given, of any operation: a call passing one that its operation does not
+# take hears that it is unknown, and also what is wrong with its value.
+_TENSOR_OPTIONS: tuple[str, ...] = tuple(dict.fromkeys(
+    name for op in _operations.all_operations() for name in op.tensor_options
+))
+
 # (atol, rtol) per dtype, for a kernel's output against the fp32 reference. Low-precision kernels round
 # inputs and outputs and accumulate differently from the oracle; attention sums over keys, so it gets a
 # little more room than elementwise operations.
@@ -113,7 +119,7 @@ def problems(operation: str, inputs: Any, kwargs: Mapping[str, Any]) -> list[Pro
         if args.get(name) is None and name not in op.optional_inputs:
             found.append((name, None, f"missing input tensor; pass {name}=<tensor>"))
     tensors: dict[str, torch.Tensor] = {}
-    for name in (*contract.inputs, *op.tensor_options):
+    for name in (*contract.inputs, *_TENSOR_OPTIONS):
         value = args.get(name)
         if value is None:
             continue
