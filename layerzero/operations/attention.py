@@ -282,7 +282,7 @@ def _check_options(a: Mapping[str, Any], q: torch.Tensor, found: list[Problem]) 
 
 _GQA = {"heads": 8, "kv_heads": 4, "head_dim": 64}
 _GQA_CUDA = {"heads": 32, "kv_heads": 8, "head_dim": 128}
-_DEFAULT_SHAPES = {  # name -> (cpu, cuda) tuning shapes; prefill and cross share causal's kernels and sizes
+_DEFAULT_SHAPES = {  # name -> (cpu, cuda) tuning shapes; prefill and cross run the kernels causal measures
     "attention.causal": (({"batch": 1, "seq_q": 128, **_GQA},),
                          ({"batch": 4, "seq_q": 1024, **_GQA_CUDA}, {"batch": 1, "seq_q": 4096, **_GQA_CUDA})),
     "attention.decode": (({"batch": 4, "seq_q": 1, "seq_k": 256, **_GQA},),
