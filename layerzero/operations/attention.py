@@ -309,12 +309,18 @@ def attention_options(
     context and kernel constraints treat a missing option as "not needed", which keeps kernels without
     e.g. softcap support eligible."""
     options: dict[str, Any] = {"is_causal": is_causal, "enable_gqa": key.shape[2] != query.shape[2]}
-    for name, value, given in (("attn_mask", attn_mask, attn_mask is not None), ("scale", scale, scale is not None),
-                               ("dropout_p", dropout_p, bool(dropout_p)),
-                               ("sliding_window", sliding_window, sliding_window is not None),
-                               ("softcap", softcap, softcap is not None), ("sinks", sinks, sinks is not None)):
-        if given:
-            options[name] = value
+    if attn_mask is not None:  # straight-line ifs: this runs on every eager attention call
+        options["attn_mask"] = attn_mask
+    if scale is not None:
+        options["scale"] = scale
+    if dropout_p:
+        options["dropout_p"] = dropout_p
+    if sliding_window is not None:
+        options["sliding_window"] = sliding_window
+    if softcap is not None:
+        options["softcap"] = softcap
+    if sinks is not None:
+        options["sinks"] = sinks
     return options
 
 
