@@ -126,3 +126,14 @@ def test_custom_ops_need_layerzero_ops_for_their_implementation():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_reference_kernels_are_the_operations_references():
+    from layerzero.kernels import reference
+
+    x, w = torch.randn(3, 8), torch.randn(8)
+    assert reference.rms_norm(x, w).equal(get("rms_norm").reference(x=x, weight=w))
+    assert reference.swiglu(x, w).equal(get("swiglu").reference(gate=x, up=w))
+    for name in ("attention", "rms_norm", "layer_norm", "rope", "swiglu", "geglu", "rotate_half", "rope_broadcast",
+                 "attention_allowed_mask", "expand_kv_heads", "rotate_interleaved"):
+        assert getattr(reference, name).__module__.startswith("layerzero.operations.")
