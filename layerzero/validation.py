@@ -13,19 +13,22 @@ cached hot path pays nothing: the facts that the cache key holds (operation, ran
 options) are checked on the miss that created the entry, and everything else is checked when it makes a
 kernel fail.
 
-:func:`problems` returns every problem found, so a caller fixing one mistake is not sent back for the next.
+The checks shared by every operation (unknown arguments, missing or mistyped tensors, devices) live here;
+the shape and option checks of each operation live with it (``Operation.check_inputs`` in
+:mod:`layerzero.operations`). :func:`problems` returns every problem found, so a caller fixing one mistake is not sent back for the next.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
+from layerzero import operations as _operations
 from layerzero.errors import InvalidInputError
-from layerzero.operations import CONTRACTS, OPERATIONS, is_attention
+from layerzero.operations import OPERATIONS
+from layerzero.operations.base import FLOATS, Problem
 
 __all__ = [
     "TOLERANCES",
@@ -35,10 +38,11 @@ __all__ = [
     "validate",
 ]
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_OPTIONAL_INPUTS = {"weight", "bias", "attn_mask", "sinks", "residual"}
-
-Problem = tuple[str, Any, str]  # (argument, value, message with the fix)
+# Options that are tensors whenever given, of any operation: a call passing one that its operation does not
+# take hears that it is unknown, and also what is wrong with its value.
+_TENSOR_OPTIONS: tuple[str, ...] = tuple(dict.fromkeys(
+    name for op in _operations.all_operations() for name in op.tensor_options
+))
 
 # (atol, rtol) per dtype, for a kernel's output against the fp32 reference. Low-precision kernels round
 # inputs and outputs and accumulate differently from the oracle; attention sums over keys, so it gets a
@@ -53,7 +57,10 @@ TOLERANCES: dict[torch.dtype, dict[str, tuple[float, float]]] = {
 def tolerance(operation: str, dtype: torch.dtype) -> tuple[float, float]:
     """(atol, rtol) for an output of ``dtype`` of ``operation`` against the fp32 reference."""
     table = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
-    return table["attention" if is_attention(operation) else "default"]
+    op = _operations.find(operation)
+    if op is None:
+        return table["attention" if _operations.is_attention(str(operation)) else "default"]
+    return table[op.tolerance_class]
 
 
 def compare_outputs(operation: str, out: Any, expected: Any) -> str | None:
@@ -91,13 +98,14 @@ def validate(operation: str, inputs: Any, kwargs: Mapping[str, Any]) -> None:
 def problems(operation: str, inputs: Any, kwargs: Mapping[str, Any]) -> list[Problem]:
     """Every problem of a call: unknown operation or keyword, missing or mistyped inputs, shapes, dtypes,
     devices and option values that the operation's contract rules out."""
-    if not isinstance(operation, str) or operation not in CONTRACTS:
+    op = _operations.find(operation)
+    if op is None:
         close = difflib.get_close_matches(str(operation), OPERATIONS, n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(map(repr, close))}?" if close else f"use one of {', '.join(OPERATIONS)}"
         return [("operation", operation, f"unknown operation; {hint}")]
     if not isinstance(inputs, Mapping):
         return [("inputs", _type(inputs), "inputs must be a dict of named tensors, e.g. {'x': x, 'weight': w}")]
-    contract = CONTRACTS[operation]
+    contract = op.contract
     allowed = contract.parameters
     found: list[Problem] = []
     for name in [*inputs, *kwargs]:
@@ -108,10 +116,10 @@ def problems(operation: str, inputs: Any, kwargs: Mapping[str, Any]) -> list[Pro
     args = {**kwargs, **inputs}
     unknown = len(found)
     for name in contract.inputs:
-        if args.get(name) is None and name not in _OPTIONAL_INPUTS:
+        if args.get(name) is None and name not in op.optional_inputs:
             found.append((name, None, f"missing input tensor; pass {name}=<tensor>"))
     tensors: dict[str, torch.Tensor] = {}
-    for name in (*contract.inputs, "residual", "attn_mask", "sinks"):
+    for name in (*contract.inputs, *_TENSOR_OPTIONS):
         value = args.get(name)
         if value is None:
             continue
@@ -119,7 +127,7 @@ def problems(operation: str, inputs: Any, kwargs: Mapping[str, Any]) -> list[Pro
             found.append((name, _type(value), "expected a torch.Tensor"))
             continue
         tensors[name] = value
-        if name != "attn_mask" and value.dtype not in _FLOATS:
+        if name != "attn_mask" and value.dtype not in FLOATS:
             found.append((name, value.dtype, "expected a floating-point tensor (float16, bfloat16, float32 or "
                           "float64); cast it with .to(torch.bfloat16) or similar"))
     devices = {str(t.device) for t in tensors.values()}
@@ -128,159 +136,8 @@ def problems(operation: str, inputs: Any, kwargs: Mapping[str, Any]) -> list[Pro
         found.append(("inputs", where, "all tensors must be on one device; move them with .to(device)"))
     if len(found) > unknown:  # tensors missing or unusable: the shape checks below would only add noise
         return found
-    _CHECKS[_family(operation)](args, found)
+    op.check_inputs(args, found)
     return found
-
-
-# ---------------------------------------------------------------------------------------------- per operation
-def _attention(a: Mapping[str, Any], found: list[Problem]) -> None:
-    q, k, v = a["query"], a["key"], a["value"]
-    before = len(found)
-    for name, t in (("query", q), ("key", k), ("value", v)):
-        if t.dim() != 4:
-            found.append((name, tuple(t.shape), "expected rank 4 (batch, seq, heads, head_dim); Transformers' "
-                          "(batch, heads, seq, head_dim) tensors need .transpose(1, 2)"))
-    if len(found) > before:
-        return
-    if not (q.dtype == k.dtype == v.dtype):
-        found.append(("key", (q.dtype, k.dtype, v.dtype), "query, key and value must share one dtype"))
-    if not (q.shape[0] == k.shape[0] == v.shape[0]):
-        found.append(("key", (q.shape[0], k.shape[0], v.shape[0]), "query, key and value batch sizes differ"))
-    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
-        found.append(("value", tuple(v.shape), f"key {tuple(k.shape)} and value must have the same seq and heads"))
-    if q.shape[3] != k.shape[3]:
-        found.append(("key", tuple(k.shape), f"head_dim {k.shape[3]} != query head_dim {q.shape[3]}"))
-    if k.shape[2] == 0 or q.shape[2] % k.shape[2]:
-        found.append(("key", tuple(k.shape), f"query heads {q.shape[2]} must be a multiple of key/value heads "
-                      f"{k.shape[2]} (grouped-query attention)"))
-    mask = a.get("attn_mask")
-    if mask is not None:
-        if mask.dtype != torch.bool and mask.dtype not in _FLOATS:
-            found.append(("attn_mask", mask.dtype, "pass a bool mask (True = attend) or a float additive mask; "
-                          "an integer 0/1 mask would be added to the scores: use mask.bool()"))
-        else:
-            target = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
-            try:
-                torch.broadcast_shapes(tuple(mask.shape), target)
-            except RuntimeError:
-                found.append(("attn_mask", tuple(mask.shape), f"not broadcastable to (batch, heads, seq_q, seq_k) "
-                              f"= {target}"))
-    _bool_option(a, "is_causal", found)
-    scale = a.get("scale")
-    if scale is not None and not _positive(scale):
-        found.append(("scale", scale, "expected a positive finite float (None means 1/sqrt(head_dim))"))
-    p = a.get("dropout_p", 0.0)
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= float(p) < 1.0:
-        found.append(("dropout_p", p, "expected a float in [0, 1)"))
-    window = a.get("sliding_window")
-    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
-        found.append(("sliding_window", window, "expected a positive integer number of keys (None for no window)"))
-    softcap = a.get("softcap")
-    if softcap is not None and not _positive(softcap):
-        found.append(("softcap", softcap, "expected a positive finite float (None for no soft-capping)"))
-    sinks = a.get("sinks")
-    if sinks is not None and tuple(sinks.shape) != (q.shape[2],):
-        found.append(("sinks", tuple(sinks.shape), f"expected one logit per query head: shape ({q.shape[2]},)"))
-
-
-def _rms_norm(a: Mapping[str, Any], found: list[Problem]) -> None:
-    x = a["x"]
-    _norm_common(a, x, found)
-    casting = a.get("casting", "llama")
-    if casting not in ("llama", "gemma", "none"):
-        found.append(("casting", casting, "expected 'llama', 'gemma' or 'none'"))
-    offset = a.get("offset", 0.0)
-    if not isinstance(offset, (int, float)) or isinstance(offset, bool) or not math.isfinite(offset):
-        found.append(("offset", offset, "expected a finite float (Gemma: 1.0)"))
-    residual = a.get("residual")
-    if residual is not None:
-        try:
-            torch.broadcast_shapes(tuple(residual.shape), tuple(x.shape))
-        except RuntimeError:
-            found.append(("residual", tuple(residual.shape), f"not broadcastable to x's shape {tuple(x.shape)}"))
-
-
-def _layer_norm(a: Mapping[str, Any], found: list[Problem]) -> None:
-    _norm_common(a, a["x"], found)
-    bias = a.get("bias")
-    hidden = a["x"].shape[-1] if a["x"].dim() else None
-    if bias is not None and tuple(bias.shape) != (hidden,):
-        found.append(("bias", tuple(bias.shape), f"expected shape ({hidden},), the last dimension of x"))
-
-
-def _norm_common(a: Mapping[str, Any], x: torch.Tensor, found: list[Problem]) -> None:
-    if x.dim() < 1:
-        found.append(("x", tuple(x.shape), "expected at least one dimension (..., hidden)"))
-        return
-    weight = a.get("weight")
-    if weight is not None and tuple(weight.shape) != (x.shape[-1],):
-        found.append(("weight", tuple(weight.shape), f"expected shape ({x.shape[-1]},), the last dimension of x "
-                      f"{tuple(x.shape)}"))
-    eps = a.get("eps", 1e-6)
-    if not _positive(eps):
-        found.append(("eps", eps, "expected a positive finite float, e.g. 1e-6"))
-
-
-def _rope(a: Mapping[str, Any], found: list[Problem]) -> None:
-    q, k, cos, sin = a["q"], a["k"], a["cos"], a["sin"]
-    layout = a.get("layout", "bhsd")
-    if layout not in ("bhsd", "bshd"):
-        found.append(("layout", layout, "expected 'bhsd' (Transformers) or 'bshd'"))
-        return
-    before = len(found)
-    for name, t in (("q", q), ("k", k)):
-        if t.dim() != 4:
-            found.append((name, tuple(t.shape), f"expected rank 4 in layout {layout!r}"))
-    if len(found) > before:
-        return
-    seq_dim = 2 if layout == "bhsd" else 1
-    if q.shape[0] != k.shape[0] or q.shape[seq_dim] != k.shape[seq_dim] or q.shape[3] != k.shape[3]:
-        found.append(("k", tuple(k.shape), f"batch, seq and head_dim must match q {tuple(q.shape)} ({layout})"))
-    if tuple(cos.shape) != tuple(sin.shape):
-        found.append(("sin", tuple(sin.shape), f"must have the shape of cos {tuple(cos.shape)}"))
-    rot = cos.shape[-1] if cos.dim() else 0
-    if rot < 2 or rot % 2 or rot > q.shape[3]:
-        found.append(("cos", tuple(cos.shape), f"last dimension (rotary dim) must be even and <= head_dim "
-                      f"{q.shape[3]}"))
-    elif cos.dim() >= 2 and cos.shape[-2] not in (1, q.shape[seq_dim]):
-        found.append(("cos", tuple(cos.shape), f"second-to-last dimension must be the sequence length "
-                      f"{q.shape[seq_dim]} (tables for these positions)"))
-    _bool_option(a, "interleaved", found)
-
-
-def _gated(a: Mapping[str, Any], found: list[Problem]) -> None:
-    gate, up = a["gate"], a["up"]
-    if tuple(gate.shape) != tuple(up.shape):
-        found.append(("up", tuple(up.shape), f"must have the shape of gate {tuple(gate.shape)}"))
-    if gate.dtype != up.dtype:
-        found.append(("up", up.dtype, f"must have the dtype of gate ({gate.dtype})"))
-    approximate = a.get("approximate", "tanh")
-    if approximate not in ("tanh", "none"):
-        found.append(("approximate", approximate, "expected 'tanh' or 'none'"))
-
-
-_CHECKS: dict[str, Callable[[Mapping[str, Any], list[Problem]], None]] = {
-    "attention": _attention,
-    "rms_norm": _rms_norm,
-    "layer_norm": _layer_norm,
-    "rope": _rope,
-    "swiglu": _gated,
-    "geglu": _gated,
-}
-
-
-def _family(operation: str) -> str:
-    return "attention" if is_attention(operation) else operation
-
-
-def _bool_option(a: Mapping[str, Any], name: str, found: list[Problem]) -> None:
-    value = a.get(name)
-    if value is not None and not isinstance(value, bool):
-        found.append((name, value, "expected True or False"))
-
-
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _type(value: Any) -> str:

@@ -166,17 +166,14 @@ def _first_problems(error: Any, limit: int = 3) -> str:
 
 def context_for_shape(shape: Any, device: str) -> Any:
     """The selection context a call of ``shape`` on ``device`` would have, without allocating tensors."""
-    from layerzero.context.call_context import SelectionContext, default_is_causal, device_capability
+    import dataclasses
 
-    op = shape.operation
-    common: dict[str, Any] = {"operation": op, "dtype": shape.dtype, "device": device,
-                              "compute_capability": device_capability(device)}
-    if op.startswith("attention"):
-        return SelectionContext(batch_size=shape.batch, seq_len_q=shape.seq_q, seq_len_k=shape.seq_k or shape.seq_q,
-                                num_heads=shape.heads, num_kv_heads=shape.kv_heads or shape.heads,
-                                head_dim=shape.head_dim, is_causal=default_is_causal(op), **common)
-    if op == "rope":
-        return SelectionContext(batch_size=shape.batch, seq_len=shape.seq_q, num_heads=shape.heads,
-                                num_kv_heads=shape.kv_heads or shape.heads, head_dim=shape.head_dim,
-                                rotary_dim=shape.head_dim, layout="bhsd", **common)
-    return SelectionContext(batch_size=shape.tokens, hidden_size=shape.hidden, **common)
+    from layerzero.context.call_context import SelectionContext, device_capability
+    from layerzero.operations import get
+
+    described = dataclasses.asdict(shape)
+    described["seq_k"] = shape.seq_k or shape.seq_q
+    described["kv_heads"] = shape.kv_heads or shape.heads
+    facts = get(shape.operation).described_facts(described)
+    return SelectionContext(operation=shape.operation, dtype=shape.dtype, device=device,
+                            compute_capability=device_capability(device), **facts)

@@ -79,8 +79,8 @@ def explain(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Which kernel runs OPERATION for the described call, and why every other candidate did or did not."""
-    from layerzero.operations import is_attention
-    from layerzero.context.call_context import SelectionContext, default_is_causal, device_capability
+    from layerzero.context.call_context import SelectionContext, device_capability
+    from layerzero.operations import get
 
     check_operation("operation", operation, globs=False)
     dt = check_dtype("--dtype", dtype)
@@ -99,19 +99,12 @@ def explain(
     pol, source = load_policy_or_exit(policy)
     facts: dict[str, Any] = dict(operation=operation, dtype=dt, device=dev, compute_capability=cc,
                                  requires_grad=grad)
-    if is_attention(operation):
-        facts.update(batch_size=batch, seq_len_q=seq, seq_len_k=seq_k, num_heads=heads, num_kv_heads=kv_heads,
-                     head_dim=head_dim, head_dim_v=head_dim_v,
-                     is_causal=default_is_causal(operation) if causal is None else causal,
-                     attn_mask=mask, sliding_window=window, softcap=softcap, has_sinks=sinks, dropout_p=dropout)
-    elif operation == "rope":
-        facts.update(batch_size=batch, seq_len=seq, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-                     rotary_dim=rotary_dim if rotary_dim is not None else head_dim, interleaved=interleaved,
-                     layout=layout or "bhsd")
-    else:
-        facts.update(batch_size=tokens if tokens is not None else batch, hidden_size=hidden)
-        if operation == "rms_norm":
-            facts.update(casting=casting or "llama", norm_offset=offset, fused_residual=residual)
+    facts.update(get(operation).described_facts(dict(
+        batch=batch, seq_q=seq, seq_k=seq_k, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+        head_dim_v=head_dim_v, tokens=tokens, hidden=hidden, is_causal=causal, attn_mask=mask,
+        sliding_window=window, softcap=softcap, has_sinks=sinks, dropout_p=dropout, rotary_dim=rotary_dim,
+        interleaved=interleaved, layout=layout, casting=casting or "llama", offset=offset, residual=residual,
+    )))
     try:
         ctx = SelectionContext(**facts)
     except (TypeError, ValueError) as e:

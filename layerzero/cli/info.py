@@ -79,6 +79,8 @@ def _render_doctor(env: dict[str, Any], backends: list[dict[str, Any]], choices:
 
 def _constraint_summary(spec: Any) -> str:
     """The constraints that matter when choosing, in a few words."""
+    from layerzero.operations import ATTENTION_OPS
+
     c = spec.constraints
     parts = []
     if c.platforms:
@@ -98,7 +100,7 @@ def _constraint_summary(spec: Any) -> str:
         parts.append(f"d%{c.head_dim_multiple}==0")
     if c.max_seq_len:
         parts.append(f"seq<={c.max_seq_len}")
-    if any(spec.serves(op) for op in ("attention.causal", "attention.decode")):
+    if any(spec.serves(op) for op in ATTENTION_OPS):
         feats = [name for name, ok in (("softcap", c.supports_softcap), ("window", c.supports_sliding_window),
                                        ("sinks", c.supports_sinks)) if ok]
         lacks = [name for name, ok in (("gqa", c.supports_gqa), ("bool mask", c.supports_bool_mask),

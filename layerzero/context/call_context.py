@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from layerzero.operations import is_attention
+from layerzero.operations import default_is_causal, find  # noqa: F401 - default_is_causal is re-exported
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float16: "float16",
@@ -143,42 +143,9 @@ class SelectionContext:
             values["requires_grad"] = torch.is_grad_enabled() and any(
                 isinstance(t, torch.Tensor) and t.requires_grad for t in inputs.values()
             )
-        if is_attention(operation):
-            _attention_facts(operation, inputs, kwargs, values)
-        elif operation in ("rms_norm", "layer_norm"):
-            x = inputs.get("x")
-            if x is not None:
-                values["hidden_size"] = x.shape[-1]
-                values["batch_size"] = x.numel() // max(1, x.shape[-1])
-                values["is_contiguous"] = x.is_contiguous()
-            values["norm_offset"] = float(kwargs.get("offset", 0.0) or 0.0)
-            values["casting"] = kwargs.get("casting")
-            values["fused_residual"] = kwargs.get("residual", inputs.get("residual")) is not None
-        elif operation == "rope":
-            q, cos = inputs.get("q"), inputs.get("cos")
-            layout = kwargs.get("layout", "bhsd")
-            values["layout"] = layout
-            values["interleaved"] = bool(kwargs.get("interleaved", False))
-            if q is not None:
-                if layout == "bhsd":
-                    b, h, s, d = q.shape
-                else:
-                    b, s, h, d = q.shape
-                values.update(batch_size=b, num_heads=h, seq_len=s, head_dim=d)
-                k = inputs.get("k")
-                if k is not None:
-                    values["num_kv_heads"] = k.shape[1] if layout == "bhsd" else k.shape[2]
-                values["is_contiguous"] = q.is_contiguous()
-            if cos is not None:
-                values["rotary_dim"] = cos.shape[-1]
-        elif operation in ("swiglu", "geglu"):
-            g = inputs.get("gate")
-            if g is not None:
-                values["hidden_size"] = g.shape[-1]
-                values["batch_size"] = g.numel() // max(1, g.shape[-1])
-                values["is_contiguous"] = g.is_contiguous()
-            if operation == "geglu" and kwargs.get("approximate", "tanh") != "tanh":  # tanh-only kernels
-                values["extra"] = (("approximate", kwargs["approximate"]),)
+        op = find(operation)
+        if op is not None:
+            op.selection_facts(inputs, kwargs, values)
         values["is_compiling"] = _is_compiling()
         if values.get("platform") is None and values.get("device", "").startswith("cuda"):
             values["compute_capability"] = device_capability(values["device"])
@@ -196,33 +163,6 @@ class SelectionContext:
 
 
 CONTEXT_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(SelectionContext))
-
-
-def _attention_facts(operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any], values: dict) -> None:
-    q, k, v = inputs.get("query"), inputs.get("key"), inputs.get("value")
-    if q is not None:
-        b, sq, h, d = q.shape
-        values.update(batch_size=b, seq_len=sq, seq_len_q=sq, num_heads=h, head_dim=d)
-        values["is_contiguous"] = q.stride(-1) == 1
-        values["layout"] = "bshd"
-    if k is not None:
-        values["seq_len_k"] = k.shape[1]
-        values["num_kv_heads"] = k.shape[2]
-    if v is not None:
-        values["head_dim_v"] = v.shape[-1]
-    values["is_causal"] = bool(kwargs.get("is_causal", default_is_causal(operation)))
-    mask = kwargs.get("attn_mask", inputs.get("attn_mask"))
-    if mask is not None:
-        values["attn_mask"] = "bool" if mask.dtype == torch.bool else "additive"
-    values["dropout_p"] = float(kwargs.get("dropout_p", 0.0) or 0.0)
-    values["sliding_window"] = kwargs.get("sliding_window")
-    values["softcap"] = kwargs.get("softcap")
-    values["has_sinks"] = kwargs.get("sinks", inputs.get("sinks")) is not None
-
-
-def default_is_causal(operation: str) -> bool:
-    """``attention.causal`` and ``attention.prefill`` are causal unless the caller says otherwise."""
-    return operation in ("attention.causal", "attention.prefill")
 
 
 def _is_compiling() -> bool:

@@ -12,9 +12,10 @@ from typing import Any, Callable, Hashable, Mapping
 import torch
 
 from layerzero.context.buckets import Bucketer
+from layerzero.operations import all_operations
+from layerzero.operations.base import KeyBuckets, Keyer, SizeBucket
 
-Keyer = Callable[[str, Mapping[str, Any], Mapping[str, Any]], Hashable]
-_grad_enabled = torch.is_grad_enabled
+__all__ = ["Keyer", "make_keyer"]
 
 
 def _memo(bucket: Bucketer, limit: int = 8192) -> tuple[dict[int, int], Callable[[int], int]]:
@@ -35,60 +36,13 @@ def _memo(bucket: Bucketer, limit: int = 8192) -> tuple[dict[int, int], Callable
 
 
 def make_keyer(bucketers: Mapping[str, Bucketer]) -> Keyer:
-    mq, bq = _memo(bucketers["seq_len_q"])
-    mk, bk = _memo(bucketers["seq_len_k"])
-    mb, bb = _memo(bucketers["batch_size"])
-
-    def attention_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
-        q = inputs["query"]
-        k = inputs["key"]
-        qs = q.shape
-        ks = k.shape
-        mask = kw.get("attn_mask")
-        if mask is None:
-            mask = inputs.get("attn_mask")
-        sinks = kw.get("sinks")
-        return (
-            op, mb.get(qs[0]) or bb(qs[0]), mq.get(qs[1]) or bq(qs[1]), qs[2], qs[3], mk.get(ks[1]) or bk(ks[1]),
-            ks[2], inputs["value"].shape[-1],
-            q.dtype, q.device, kw.get("is_causal"), None if mask is None else mask.dtype,
-            bool(kw.get("dropout_p")), kw.get("sliding_window"), kw.get("softcap"),
-            sinks is not None or inputs.get("sinks") is not None,
-            q.requires_grad and _grad_enabled(), q.stride(-1) == 1,
-        )
-
-    def norm_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
-        x = inputs["x"]
-        h = x.shape[-1]
-        rows = x.numel() // h if h else 0
-        return (
-            op, mb.get(rows) or bb(rows), h, x.dtype, x.device, kw.get("offset"), kw.get("casting"),
-            kw.get("residual") is not None or inputs.get("residual") is not None,
-            x.requires_grad and _grad_enabled(), x.is_contiguous(),
-        )
-
-    def rope_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
-        q = inputs["q"]
-        k = inputs["k"]
-        layout = kw.get("layout", "bhsd")
-        qs = q.shape
-        if layout == "bhsd":
-            shape = (qs[0], qs[1], mq.get(qs[2]) or bq(qs[2]), qs[3], k.shape[1])
-        else:
-            shape = (qs[0], mq.get(qs[1]) or bq(qs[1]), qs[2], qs[3], k.shape[2])
-        return (
-            op, shape, inputs["cos"].shape[-1], layout, kw.get("interleaved"), q.dtype, q.device,
-            q.requires_grad and _grad_enabled(), q.is_contiguous(),
-        )
-
-    def act_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
-        g = inputs["gate"]
-        h = g.shape[-1]
-        rows = g.numel() // h if h else 0
-        return (
-            op, mb.get(rows) or bb(rows), h, g.dtype, g.device, kw.get("approximate"),
-            g.requires_grad and _grad_enabled(), g.is_contiguous(),
-        )
+    """The cache-key function of a dispatcher: each operation's own keyer (``Operation.keyer``), with a
+    generic key for unknown operations and for calls whose arguments do not fit the operation's keyer."""
+    buckets = KeyBuckets(
+        SizeBucket(*_memo(bucketers["batch_size"])),
+        SizeBucket(*_memo(bucketers["seq_len_q"])),
+        SizeBucket(*_memo(bucketers["seq_len_k"])),
+    )
 
     def generic_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
         parts: list[Hashable] = [op]
@@ -100,17 +54,11 @@ def make_keyer(bucketers: Mapping[str, Bucketer]) -> Keyer:
         parts.append(tuple(sorted((k, _hashable(v)) for k, v in kw.items())))
         return tuple(parts)
 
-    by_op: dict[str, Keyer] = {
-        "attention.causal": attention_key,
-        "attention.prefill": attention_key,
-        "attention.cross": attention_key,
-        "attention.decode": attention_key,
-        "rms_norm": norm_key,
-        "layer_norm": norm_key,
-        "rope": rope_key,
-        "swiglu": act_key,
-        "geglu": act_key,
-    }
+    by_op: dict[str, Keyer] = {}
+    for operation in all_operations():
+        own = operation.keyer(buckets)
+        if own is not None:
+            by_op[operation.name] = own
 
     def keyer(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
         fn = by_op.get(op, generic_key)

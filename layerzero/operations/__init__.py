@@ -1,64 +1,70 @@
-"""Operation names and their canonical call contracts.
+"""The operations LayerZero dispatches, one :class:`~layerzero.operations.base.Operation` object each.
 
-One signature per operation makes kernels interchangeable and testable against one reference (the
-table in docs/architecture.md). Every kernel implementation for an operation accepts exactly these
-keyword arguments (inputs first, then options) and returns the documented output.
+One signature per operation makes kernels interchangeable and testable against one reference (the table
+in docs/architecture.md): every kernel for an operation accepts exactly its contract's keyword arguments
+(inputs first, then options) and returns the documented output. Each family module documents its
+operations: :mod:`~layerzero.operations.attention`, :mod:`~layerzero.operations.norm`,
+:mod:`~layerzero.operations.rope`, :mod:`~layerzero.operations.activation`.
 
-Attention: query/key/value are ``(batch, seq, heads, head_dim)``; key/value may have fewer heads (GQA,
-``num_heads % num_kv_heads == 0``). ``is_causal`` with ``seq_q < seq_k`` is bottom-right aligned: the
-last query token sees every key. ``attn_mask`` is bool (True = attend) or additive float, broadcastable to
-``(batch, heads, seq_q, seq_k)``. Output ``(batch, seq_q, heads, head_dim_v)``.
-
-rms_norm: ``x (..., hidden)``, ``weight (hidden,)`` or None; ``offset`` is added to the weight (Gemma
-uses 1.0); ``casting`` is ``"llama"`` (normalise in fp32, cast to the input dtype, then multiply by the
-weight), ``"gemma"`` (everything in fp32, cast at the end) or ``"none"`` (compute in the input dtype).
-With ``residual`` the kernel first computes ``x + residual`` and returns ``(normed, x + residual)``.
-
-rope: ``q``/``k`` in ``layout`` ``"bhsd"`` (Transformers) or ``"bshd"``; ``cos``/``sin`` ``(batch, seq,
-rot_dim)`` or ``(seq, rot_dim)``; ``rot_dim <= head_dim`` (partial rotary rotates the first ``rot_dim``
-features and passes the rest through); ``interleaved`` rotates adjacent pairs (GPT-J) instead of halves.
-Returns ``(q_embed, k_embed)``; inputs are never modified.
-
-swiglu: ``silu(gate) * up``; geglu: ``gelu(gate, approximate) * up``.
+Adding an operation is one new module here (an ``Operation`` subclass, its instances in ``OPERATIONS``
+and its custom ops in ``CUSTOM_OPS``), listed in ``_FAMILIES``, plus kernel adapters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any, Iterator, Mapping
 
-ATTENTION_OPS = ("attention.causal", "attention.prefill", "attention.cross", "attention.decode")
+from layerzero.operations import activation, attention, norm, rope
+from layerzero.operations.attention import ATTENTION_OPS, default_is_causal
+from layerzero.operations.base import Operation, OperationContract, check_against
+from layerzero.operations.custom_ops import CustomOp, custom_op, custom_ops
+
+__all__ = [
+    "ATTENTION_OPS",
+    "CONTRACTS",
+    "OPERATIONS",
+    "CustomOp",
+    "Operation",
+    "OperationContract",
+    "all_operations",
+    "check_outputs",
+    "contract",
+    "custom_op",
+    "custom_ops",
+    "default_is_causal",
+    "expand",
+    "find",
+    "get",
+    "is_attention",
+    "matches",
+]
+
+_FAMILIES = (attention, norm, rope, activation)
+_REGISTRY: dict[str, Operation] = {op.name: op for family in _FAMILIES for op in family.OPERATIONS}
+
+CONTRACTS: dict[str, OperationContract] = {name: op.contract for name, op in _REGISTRY.items()}
+OPERATIONS: tuple[str, ...] = tuple(_REGISTRY)
 
 
-@dataclass(frozen=True)
-class OperationContract:
-    """The argument names an operation's kernels accept: tensors first, then options."""
-
-    name: str
-    inputs: tuple[str, ...]
-    options: tuple[str, ...]
-
-    @property
-    def parameters(self) -> frozenset[str]:
-        return frozenset(self.inputs + self.options)
+def get(operation: str) -> Operation:
+    """The :class:`Operation` named ``operation`` (KeyError naming the known ones otherwise)."""
+    try:
+        return _REGISTRY[operation]
+    except (KeyError, TypeError):
+        raise KeyError(
+            f"unknown operation {operation!r}; known operations: {', '.join(OPERATIONS)}"
+        ) from None
 
 
-_ATTN = OperationContract(
-    "attention",
-    ("query", "key", "value"),
-    ("attn_mask", "is_causal", "scale", "dropout_p", "sliding_window", "softcap", "sinks", "enable_gqa"),
-)
+def find(operation: Any) -> Operation | None:
+    """The :class:`Operation` named ``operation``, or None when there is none."""
+    return _REGISTRY.get(operation) if isinstance(operation, str) else None
 
-CONTRACTS: dict[str, OperationContract] = {
-    **{op: OperationContract(op, _ATTN.inputs, _ATTN.options) for op in ATTENTION_OPS},
-    "rms_norm": OperationContract("rms_norm", ("x", "weight"), ("eps", "offset", "casting", "residual")),
-    "layer_norm": OperationContract("layer_norm", ("x", "weight", "bias"), ("eps",)),
-    "rope": OperationContract("rope", ("q", "k", "cos", "sin"), ("layout", "interleaved", "unsqueeze_dim")),
-    "swiglu": OperationContract("swiglu", ("gate", "up"), ()),
-    "geglu": OperationContract("geglu", ("gate", "up"), ("approximate",)),
-}
 
-OPERATIONS: tuple[str, ...] = tuple(CONTRACTS)
+def all_operations() -> Iterator[Operation]:
+    """Every operation, in the order of :data:`OPERATIONS`."""
+    return iter(_REGISTRY.values())
 
 
 def is_attention(operation: str) -> bool:
@@ -76,9 +82,13 @@ def expand(pattern: str) -> tuple[str, ...]:
 
 
 def contract(operation: str) -> OperationContract:
-    try:
-        return CONTRACTS[operation]
-    except KeyError:
-        raise KeyError(
-            f"unknown operation {operation!r}; known operations: {', '.join(OPERATIONS)}"
-        ) from None
+    return get(operation).contract
+
+
+def check_outputs(operation: str, inputs: Mapping[str, Any], out: Any) -> str | None:
+    """Why a kernel's output is wrong (count, shape, dtype, NaN/Inf), or None. The dispatcher runs this
+    when ``check_outputs`` is on; an unknown operation gets the type and NaN/Inf checks only."""
+    op = find(operation)
+    tensors = out if isinstance(out, tuple) else (out,)
+    expected = op.expected_outputs(inputs, len(tensors)) if op is not None else []
+    return check_against(expected, out)

@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from layerzero.operations import find, get
+from layerzero.operations.base import describe_first_tensor
 from layerzero.tuning.measure import conformance_problem, max_error, measure, percentile
 
 # The plain-PyTorch kernel of each operation: what a model runs without LayerZero (Transformers' "sdpa"
@@ -50,7 +52,8 @@ COLUMNS: tuple[str, ...] = (
 
 
 def baseline_for(operation: str) -> str | None:
-    return TORCH_BASELINES.get("attention" if operation.startswith("attention") else operation)
+    op = find(operation)
+    return TORCH_BASELINES.get(op.family if op is not None else operation)
 
 
 @dataclass
@@ -63,22 +66,12 @@ class Candidate:
     blocked: str | None = None  # why selection would not run it (requested kernels only)
 
 
-def _fmt_dims(t: torch.Tensor) -> str:
-    return "x".join(str(d) for d in t.shape)
-
-
 def describe_call(operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]) -> str:
     """A short, stable description of a call's shapes and flags (the ``shape`` column)."""
     tensors = [(k, v) for k, v in inputs.items() if isinstance(v, torch.Tensor)]
     dtype = str(tensors[0][1].dtype).removeprefix("torch.") if tensors else "?"
-    if operation.startswith("attention"):
-        q, k = inputs.get("query"), inputs.get("key")
-        parts = [f"q {_fmt_dims(q)}" if q is not None else "", f"kv {_fmt_dims(k)}" if k is not None else ""]
-    elif operation == "rope":
-        parts = [f"q {_fmt_dims(inputs['q'])}", f"k {_fmt_dims(inputs['k'])}", f"rot {inputs['cos'].shape[-1]}"]
-    else:
-        first = tensors[0] if tensors else None
-        parts = [f"{first[0]} {_fmt_dims(first[1])}"] if first else []
+    op = find(operation)
+    parts = op.describe_inputs(inputs) if op is not None else describe_first_tensor(inputs)
     flags = []
     for name in ("is_causal", "interleaved"):
         if kwargs.get(name):
@@ -249,12 +242,8 @@ class Call:
 
 def call_from_shape(shape: Any, device: torch.device) -> Call:
     """A :class:`~layerzero.tuning.sweep.TuneShape` materialised as random inputs, attention causal by name."""
-    from layerzero.context.call_context import default_is_causal
-
     inputs, kwargs = shape.inputs(device)
-    kwargs = dict(kwargs)
-    if shape.operation.startswith("attention"):
-        kwargs.setdefault("is_causal", default_is_causal(shape.operation))
+    kwargs = {**get(shape.operation).call_defaults(), **kwargs}
     return Call(shape.operation, inputs, kwargs)
 
 

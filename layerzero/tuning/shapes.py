@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from layerzero.errors import ConfigValidationError, ValidationProblem
-from layerzero.operations import OPERATIONS
+from layerzero.operations import OPERATIONS, all_operations, find
+from layerzero.operations.base import rows_label
 from layerzero.context.call_context import dtype_name
 from layerzero.tuning.sweep import TuneShape
 
@@ -26,28 +27,9 @@ DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 def default_shapes(device: str) -> list[TuneShape]:
     """A small grid per operation: seconds on CPU (float32, tiny), representative on CUDA (bf16, Llama-8B)."""
-    if not device.startswith("cuda"):
-        d = "float32"
-        return [
-            TuneShape("attention.causal", d, batch=1, seq_q=128, heads=8, kv_heads=4, head_dim=64),
-            TuneShape("attention.decode", d, batch=4, seq_q=1, seq_k=256, heads=8, kv_heads=4, head_dim=64),
-            TuneShape("rms_norm", d, tokens=256, hidden=1024),
-            TuneShape("layer_norm", d, tokens=256, hidden=1024),
-            TuneShape("rope", d, batch=1, seq_q=128, heads=8, kv_heads=4, head_dim=64),
-            TuneShape("swiglu", d, tokens=256, hidden=1024),
-            TuneShape("geglu", d, tokens=256, hidden=1024),
-        ]
-    d = "bfloat16"
-    return [
-        TuneShape("attention.causal", d, batch=4, seq_q=1024, heads=32, kv_heads=8, head_dim=128),
-        TuneShape("attention.causal", d, batch=1, seq_q=4096, heads=32, kv_heads=8, head_dim=128),
-        TuneShape("attention.decode", d, batch=8, seq_q=1, seq_k=4096, heads=32, kv_heads=8, head_dim=128),
-        TuneShape("rms_norm", d, tokens=4096, hidden=4096),
-        TuneShape("layer_norm", d, tokens=4096, hidden=4096),
-        TuneShape("rope", d, batch=4, seq_q=1024, heads=32, kv_heads=8, head_dim=128),
-        TuneShape("swiglu", d, tokens=4096, hidden=14336),
-        TuneShape("geglu", d, tokens=4096, hidden=14336),
-    ]
+    cuda = device.startswith("cuda")
+    dtype = "bfloat16" if cuda else "float32"
+    return [TuneShape(op.name, dtype, **sizes) for op in all_operations() for sizes in op.default_shapes(cuda)]
 
 
 def parse_shape(raw: Any, where: str = "shape", problems: list[ValidationProblem] | None = None) -> TuneShape | None:
@@ -137,11 +119,5 @@ def load_shapes(path: str | Path, default_dtype: str | None = None) -> list[Tune
 
 def shape_label(shape: TuneShape) -> str:
     """Compact, human-readable description used as a key in ``bench``/``tune`` output."""
-    if shape.operation.startswith("attention"):
-        sk = shape.seq_k or shape.seq_q
-        return (f"{shape.operation} b{shape.batch} sq{shape.seq_q} sk{sk} h{shape.heads}/{shape.kv_heads or shape.heads}"
-                f" d{shape.head_dim} {shape.dtype}")
-    if shape.operation == "rope":
-        return (f"rope b{shape.batch} s{shape.seq_q} h{shape.heads}/{shape.kv_heads or shape.heads} d{shape.head_dim} "
-                f"{shape.dtype}")
-    return f"{shape.operation} t{shape.tokens} h{shape.hidden} {shape.dtype}"
+    op = find(shape.operation)
+    return op.shape_label(shape) if op is not None else rows_label(shape)

@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import torch
 
 from layerzero.context.call_context import dtype_name
+from layerzero.operations import find
 
 
 @dataclass(frozen=True)
@@ -26,30 +27,11 @@ class TuneShape:
     hidden: int = 1024
 
     def inputs(self, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        dt = getattr(torch, dtype_name(self.dtype))
-        mk = lambda *s: torch.randn(*s, device=device, dtype=dt)  # noqa: E731
-        op = self.operation
-        if op.startswith("attention"):
-            sk = self.seq_k or self.seq_q
-            hkv = self.kv_heads or self.heads
-            q = mk(self.batch, self.seq_q, self.heads, self.head_dim)
-            k = mk(self.batch, sk, hkv, self.head_dim)
-            v = mk(self.batch, sk, hkv, self.head_dim)
-            return {"query": q, "key": k, "value": v}, {}
-        if op == "rms_norm":
-            return {"x": mk(self.tokens, self.hidden), "weight": mk(self.hidden)}, {}
-        if op == "layer_norm":
-            return {"x": mk(self.tokens, self.hidden), "weight": mk(self.hidden), "bias": mk(self.hidden)}, {}
-        if op in ("swiglu", "geglu"):
-            return {"gate": mk(self.tokens, self.hidden), "up": mk(self.tokens, self.hidden)}, {}
-        if op == "rope":
-            hkv = self.kv_heads or self.heads
-            q = mk(self.batch, self.heads, self.seq_q, self.head_dim)
-            k = mk(self.batch, hkv, self.seq_q, self.head_dim)
-            cos = mk(self.batch, self.seq_q, self.head_dim)
-            sin = mk(self.batch, self.seq_q, self.head_dim)
-            return {"q": q, "k": k, "cos": cos, "sin": sin}, {}
-        raise ValueError(f"operation: cannot build inputs for {op!r}")
+        """Random inputs and options of this call (the operation's ``sample_inputs``)."""
+        op = find(self.operation)
+        if op is None:
+            raise ValueError(f"operation: cannot build inputs for {self.operation!r}")
+        return op.sample_inputs(self, device, getattr(torch, dtype_name(self.dtype)))
 
 
 def tune(
@@ -59,8 +41,7 @@ def tune(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Tune every shape once; returns ``{shape description: chosen kernel}``. Uses tqdm when installed."""
-    from layerzero.dispatch.autotune import AutotuneDispatcher
-    from layerzero.dispatch.types import DispatchConfig, DispatchMode
+    from layerzero.dispatch import AutotuneDispatcher, DispatchConfig, DispatchMode
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dispatcher = AutotuneDispatcher(DispatchConfig(mode=DispatchMode.AUTOTUNE, autotune_cache_path=cache_path))

@@ -1,0 +1,193 @@
+"""The :class:`Operation` base class: everything LayerZero knows about one operation, in one object.
+
+Why one object: the facts of an operation (its argument names, which inputs are valid, which facts decide
+the kernel, the cache key, the shape of a correct output, the fp32 oracle, sample inputs and the
+``torch.library`` schema used under ``torch.compile``) change together. Keeping them on one object lets
+generic code (validation, selection contexts, cache keys, the dispatcher's output check, tuning tools,
+the CLI) loop over operations instead of branching on names, and makes adding an operation one module.
+
+Foundation floor: torch and :mod:`layerzero.errors` only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Mapping, NamedTuple, Sequence
+
+import torch
+
+Problem = tuple[str, Any, str]  # (argument, value, message with the fix)
+Keyer = Callable[[str, Mapping[str, Any], Mapping[str, Any]], Hashable]
+OutputSpec = tuple[tuple[int, ...], torch.dtype]  # (shape, dtype) of one output tensor
+
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+grad_enabled = torch.is_grad_enabled
+
+
+@dataclass(frozen=True)
+class OperationContract:
+    """The argument names an operation's kernels accept: tensors first, then options."""
+
+    name: str
+    inputs: tuple[str, ...]
+    options: tuple[str, ...]
+
+    @property
+    def parameters(self) -> frozenset[str]:
+        return frozenset(self.inputs + self.options)
+
+
+class SizeBucket(NamedTuple):
+    """A bucketer with its memo: keyers read a hit inline (``memo.get(n) or fill(n)``; buckets are >= 1)
+    and pay the extra Python call only on a miss."""
+
+    memo: dict[int, int]
+    fill: Callable[[int], int]
+
+
+class KeyBuckets(NamedTuple):
+    """The size buckets a cache key may use: batch (or token rows), query and key sequence lengths."""
+
+    batch: SizeBucket
+    seq_q: SizeBucket
+    seq_k: SizeBucket
+
+
+class Operation:
+    """One operation. Subclasses fill in the per-operation knowledge; the defaults suit an operation whose
+    inputs are plain tensors.
+
+    ``family`` groups operations that share kernels, tolerances and a custom op (the four attention
+    operations); ``optional_inputs`` are contract inputs that may be None; ``tensor_options`` are options
+    that are tensors when given (masks, sinks, residuals) and are type-checked like inputs."""
+
+    family: str = ""
+    optional_inputs: frozenset[str] = frozenset()
+    tensor_options: tuple[str, ...] = ()
+    tolerance_class: str = "default"  # key into layerzero.validation.TOLERANCES
+    # Default tuning shapes (TuneShape fields besides operation and dtype): tiny on CPU, representative on
+    # CUDA (Llama-8B sizes). Row-wise operations use tokens x hidden.
+    cpu_shapes: tuple[dict[str, int], ...] = ({"tokens": 256, "hidden": 1024},)
+    cuda_shapes: tuple[dict[str, int], ...] = ({"tokens": 4096, "hidden": 4096},)
+
+    def __init__(self, contract: OperationContract):
+        self.contract = contract
+        self.name = contract.name
+        if not self.family:
+            self.family = contract.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    # ------------------------------------------------------------------ validation
+    def check_inputs(self, args: Mapping[str, Any], found: list[Problem]) -> None:
+        """Append the shape/option problems of a call whose tensors are present and usable."""
+
+    # ------------------------------------------------------------------ selection facts and cache key
+    def selection_facts(self, inputs: Mapping[str, Any], kwargs: Mapping[str, Any], values: dict[str, Any]) -> None:
+        """Add this operation's :class:`~layerzero.context.SelectionContext` fields (metadata only)."""
+
+    def described_facts(self, d: Mapping[str, Any]) -> dict[str, Any]:
+        """Selection-context fields of a call described by sizes rather than tensors (``explain``,
+        ``doctor``): ``batch``, ``seq_q``, ``seq_k``, ``heads``, ``kv_heads``, ``head_dim``, ``tokens``,
+        ``hidden`` and the operation's options."""
+        tokens = d.get("tokens")
+        return {"batch_size": tokens if tokens is not None else d.get("batch"), "hidden_size": d.get("hidden")}
+
+    def keyer(self, buckets: KeyBuckets) -> Keyer | None:
+        """A cheap cache-key function for calls of this operation, or None for the generic key."""
+        return None
+
+    # ------------------------------------------------------------------ outputs and reference
+    def expected_outputs(self, inputs: Mapping[str, Any], count: int) -> list[OutputSpec]:
+        """(shape, dtype) of every output a correct kernel returns; empty when unknown."""
+        return []
+
+    def reference(self, **arguments: Any) -> Any:
+        """The fp32 reference (the conformance oracle and last-resort kernel)."""
+        raise NotImplementedError(f"{self.name} has no reference implementation")
+
+    def call_defaults(self) -> dict[str, Any]:
+        """Options a measured call states explicitly (attention: whether it is causal)."""
+        return {}
+
+    # ------------------------------------------------------------------ sample calls (tests, tuning)
+    def sample_inputs(self, shape: Any, device: torch.device, dtype: torch.dtype) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Random inputs for a tuning shape (``batch``, ``seq_q``, ``seq_k``, ``heads``, ``kv_heads``,
+        ``head_dim``, ``tokens``, ``hidden``) and the call's options."""
+        raise ValueError(f"operation: cannot build inputs for {self.name!r}")
+
+    def default_shapes(self, cuda: bool) -> tuple[dict[str, int], ...]:
+        """The sizes ``bench``/``tune``/``doctor`` try when given no shapes (see ``cpu_shapes``)."""
+        return self.cuda_shapes if cuda else self.cpu_shapes
+
+    def shape_label(self, shape: Any) -> str:
+        """Compact description of a tuning shape (``bench``/``tune`` output keys)."""
+        return rows_label(shape)
+
+    def describe_inputs(self, inputs: Mapping[str, Any]) -> list[str]:
+        """Short descriptions of a call's main tensors (the ``shape`` column of ``bench``)."""
+        return describe_first_tensor(inputs)
+
+
+def rows_label(shape: Any) -> str:
+    """Label of a row-wise tuning shape: tokens x hidden (also used for operations without their own)."""
+    return f"{shape.operation} t{shape.tokens} h{shape.hidden} {shape.dtype}"
+
+
+def describe_first_tensor(inputs: Mapping[str, Any]) -> list[str]:
+    """Description of a call by its first tensor (also used for operations without their own)."""
+    first = next(((k, v) for k, v in inputs.items() if isinstance(v, torch.Tensor)), None)
+    return [f"{first[0]} {fmt_dims(first[1])}"] if first else []
+
+
+def randn(device: torch.device, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
+    """A ``randn(*sizes)`` on one device and dtype, for sample inputs."""
+    return lambda *sizes: torch.randn(*sizes, device=device, dtype=dtype)
+
+
+def fmt_dims(t: torch.Tensor) -> str:
+    return "x".join(str(d) for d in t.shape)
+
+
+def row_facts(t: torch.Tensor | None, values: dict[str, Any]) -> None:
+    """Selection facts of a row-wise operation on a (..., hidden) tensor."""
+    if t is not None:
+        values["hidden_size"] = t.shape[-1]
+        values["batch_size"] = t.numel() // max(1, t.shape[-1])
+        values["is_contiguous"] = t.is_contiguous()
+
+
+def bool_option(a: Mapping[str, Any], name: str, found: list[Problem]) -> None:
+    value = a.get(name)
+    if value is not None and not isinstance(value, bool):
+        found.append((name, value, "expected True or False"))
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def same_as(t: torch.Tensor, count: int = 1) -> list[OutputSpec]:
+    """``count`` outputs with the shape and dtype of ``t``."""
+    return [(tuple(t.shape), t.dtype)] * count
+
+
+def check_against(expected: Sequence[OutputSpec], out: Any) -> str | None:
+    """Why ``out`` does not match ``expected`` (count, type, shape, dtype, NaN/Inf), or None."""
+    tensors = out if isinstance(out, tuple) else (out,)
+    if expected and len(tensors) != len(expected):
+        return f"returned {len(tensors)} tensors, expected {len(expected)}"
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            return f"output {i} is {type(t).__name__}, not a tensor"
+        if expected:
+            shape, dtype = expected[i]
+            if tuple(t.shape) != shape:
+                return f"output {i} has shape {tuple(t.shape)}, expected {shape}"
+            if t.dtype != dtype:
+                return f"output {i} has dtype {t.dtype}, expected {dtype}"
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"output {i} contains NaN or Inf"
+    return None
