@@ -63,7 +63,9 @@ class DispatchRule:
         return f"dispatch_rules[{self.index}]: {self.operation} when {conds} -> {self.kernel} (priority {self.priority})"
 
 
-def _names_match(globs: tuple[str, ...], names: tuple[str, ...]) -> int | None:
+def names_match(globs: tuple[str, ...], names: tuple[str, ...]) -> int | None:
+    """Index of the first glob matching any of a kernel's names (id and aliases), or None: denies and
+    allows match aliases too, so a kernel cannot slip past a deny under another name."""
     for i, g in enumerate(globs):
         for n in names:
             if n == g or fnmatchcase(n, g):
@@ -181,7 +183,7 @@ class Policy:
         key = ("deny", names)
         if key in self._memo:
             return self._memo[key]
-        got = _names_match(self.denies, names)
+        got = names_match(self.denies, names)
         self._memo[key] = got
         return got
 
@@ -192,7 +194,7 @@ class Policy:
         key = ("allow", names)
         got = self._memo.get(key)
         if got is None:
-            got = _names_match(self.allows, names) is not None
+            got = names_match(self.allows, names) is not None
             self._memo[key] = got
         return got
 
