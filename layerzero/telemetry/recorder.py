@@ -191,26 +191,17 @@ class DispatchTelemetry:
         if was_fallback:
             row[2] += 1
         row[3] += total_ns
-        # The two ring writes (this kernel's, then all calls') are written out rather than looped over or
-        # put in a method: this runs on every dispatch, and either costs about a third more.
-        r = self._rings.get(kernel_id)
-        if r is None:
-            r = self._ring_for(kernel_id)
-        p = r.pos
-        r.buf[p] = total_ns
-        p += 1
-        if p == r.n:
-            r.full = True
-            p = 0
-        r.pos = p
-        r = self._all
-        p = r.pos
-        r.buf[p] = total_ns
-        p += 1
-        if p == r.n:
-            r.full = True
-            p = 0
-        r.pos = p
+        ring = self._rings.get(kernel_id)
+        if ring is None:
+            ring = self._ring_for(kernel_id)
+        for r in (ring, self._all):  # this kernel's samples, then all calls'; written inline (hot path)
+            p = r.pos
+            r.buf[p] = total_ns
+            p += 1
+            if p == r.n:
+                r.full = True
+                p = 0
+            r.pos = p
 
     def _register(self) -> dict[tuple[str, str], list[int]]:
         t = _ThreadRows(threading.current_thread())
