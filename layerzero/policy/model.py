@@ -217,10 +217,6 @@ class Policy:
             self._memo[key] = got
         return got
 
-    def conditioned_fields(self) -> frozenset[str]:
-        """Every context field some rule looks at."""
-        return frozenset(c.field for r in self.rules for c in r.conditions)
-
     # ------------------------------------------------------------------ rendering
     def to_dict(self) -> dict[str, Any]:
         """A plain-data view (canonical ids) for logging, the CLI and round-trips."""

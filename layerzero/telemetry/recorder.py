@@ -75,10 +75,6 @@ class TelemetrySnapshot:
     uptime_seconds: float
     enabled: bool = True
 
-    @property
-    def fallback_rate(self) -> float:
-        return self.fallback_count / self.dispatch_count if self.dispatch_count else 0.0
-
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
