@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 from layerzero.operations import OPERATIONS, matches
+from layerzero.policy.loader import load_policy
 from layerzero.policy.model import Policy
 from layerzero.policy.schema import is_glob
+from layerzero.registry import get_global_kernel_registry
 from layerzero.registry.kernel_registry import KernelRegistry
 from layerzero.registry.kernel_spec import KernelSpec
 from layerzero.context.call_context import SelectionContext
@@ -82,15 +84,11 @@ class PolicyEngine:
     @property
     def registry(self) -> KernelRegistry:
         if self._registry is None:
-            from layerzero.registry import get_global_kernel_registry
-
             self._registry = get_global_kernel_registry()
         return self._registry
 
     def load(self, source: "str | os.PathLike[str] | Mapping[str, Any] | None") -> Policy:
         """Load, validate and install a policy; on ConfigValidationError the current policy stays."""
-        from layerzero.policy.loader import load_policy
-
         policy = load_policy(source, self.registry)
         self._policy = policy
         return policy

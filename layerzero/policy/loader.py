@@ -25,6 +25,7 @@ from layerzero.policy.parsing import mapping_hash, parse_yaml, text_hash
 from layerzero.policy.paths import default_policy_path
 from layerzero.policy.schema import MAX_SOURCE_BYTES, MISSING, Problems, clip, type_name
 from layerzero.policy.validator import PolicyValidator
+from layerzero.registry import get_global_kernel_registry
 from layerzero.registry.kernel_registry import KernelRegistry
 
 __all__ = [
@@ -150,8 +151,6 @@ def _from_mapping(
     problems: Problems | None = None,
 ) -> Policy:
     if registry is None:
-        from layerzero.registry import get_global_kernel_registry
-
         registry = get_global_kernel_registry()
     problems = problems if problems is not None else Problems(source)
     policy = PolicyValidator(registry, problems).build(data, source, config_hash)
