@@ -46,11 +46,13 @@ class FieldChecks:
         self.problems.add(field, value, message)
 
     def names(self) -> list[str]:
+        """Every registered id and alias, read once: "did you mean" hints need them for each bad name."""
         if self._names is None:
             self._names = self.registry.names()
         return self._names
 
     def kernel(self, name: Any, path: str) -> KernelSpec | None:
+        """The kernel an id or alias names (None, with a problem and the closest names, when none)."""
         if not isinstance(name, str):
             self.add(path, name, f"a kernel is named by its id or alias (a string), got {type_name(name)}; fix: "
                      "write e.g. torch_sdpa_attention")
@@ -77,6 +79,8 @@ class FieldChecks:
         return covered
 
     def serves(self, spec: KernelSpec, name: str, pattern: str, covered: tuple[str, ...], path: str) -> bool:
+        """Whether the kernel implements one of the operations a pattern covers: a rule, lock or chain entry
+        naming a kernel of another operation could never take effect."""
         if any(spec.serves(op) for op in covered):
             return True
         label = name if name == spec.kernel_id else f"{name} ({spec.kernel_id})"
@@ -85,6 +89,7 @@ class FieldChecks:
         return False
 
     def integer(self, value: Any, path: str, what: str) -> int | None:
+        """A priority: an int within +-MAX_PRIORITY (bools and floats are mistakes, huge values overflow)."""
         if isinstance(value, bool) or not isinstance(value, int):
             self.add(path, value, f"{what} must be an integer, got {type_name(value)}; fix: write e.g. 100")
             return None
@@ -95,6 +100,7 @@ class FieldChecks:
         return int(value)
 
     def mapping(self, value: Any, path: str, example: str) -> Mapping | None:
+        """A section that is a mapping; absent or null is an empty one (every section is optional)."""
         if value is None or value is MISSING:
             return {}
         if not isinstance(value, Mapping):
@@ -103,6 +109,7 @@ class FieldChecks:
         return value
 
     def sequence(self, value: Any, path: str, example: str) -> list | None:
+        """A section that is a list; absent or null is an empty one, and a bare string is not a list."""
         if value is None or value is MISSING:
             return []
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
@@ -111,12 +118,14 @@ class FieldChecks:
         return list(value)
 
     def unknown_keys(self, data: Mapping, allowed: tuple[str, ...], path: str) -> None:
+        """Report misspelt keys: an unknown key would otherwise be ignored silently."""
         for key in data:
             if key not in allowed:
                 self.add(join_path(path, key), key, f"unknown key {q(key)}{did_you_mean(key, allowed)}; fix: use one of "
                          f"{', '.join(allowed)}")
 
     def globs(self, value: Any, path: str) -> tuple[str, ...]:
+        """The usable kernel globs of ``kernel_denies``/``kernel_allows`` (broken ones reported, dropped)."""
         items = self.sequence(value, path, "a list of kernel-id globs such as ['*_debug']")
         if items is None:
             return ()
