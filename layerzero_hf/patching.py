@@ -795,7 +795,7 @@ def _requested_kernels(model: nn.Module, setup: ModelSetup, warn: bool = True
     warning: a comparison "with Liger" must not measure torch twice without saying so)."""
     import warnings
 
-    from layerzero.selection import SelectionContext
+    from layerzero.context import SelectionContext
 
     orch = setup.orchestrator
     served: dict[str, str] = {}
