@@ -18,6 +18,16 @@ def _clip(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} chars)"
 
 
+def describe_failure(exc: BaseException | str | None, limit: int = 500) -> str | None:
+    """``"TypeError: ..."`` for an exception (a string as it is), cut to ``limit`` characters: the form in
+    which telemetry and circuit breakers keep a kernel's last failure, bounded so a kernel that raises
+    with a huge message cannot grow every snapshot."""
+    if exc is None:
+        return None
+    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class LayerZeroError(Exception):
     """Base class of every LayerZero error."""
 
@@ -39,15 +49,6 @@ class KernelNotFoundError(LayerZeroError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return self.args[0]
-
-
-class BackendUnavailableError(LayerZeroError):
-    """A backend's import probe failed; the reason is the probe's."""
-
-    def __init__(self, backend: str, reason: str):
-        self.backend = backend
-        self.reason = reason
-        super().__init__(f"backend {backend!r} unavailable: {reason}")
 
 
 class NoKernelAvailableError(LayerZeroError):

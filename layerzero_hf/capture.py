@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import torch
 
 from layerzero.tuning.kernel_compare import Call
 
-__all__ = ["capture_calls", "forward_inputs", "recorder_on", "recording"]
+__all__ = ["capture_calls", "forward_inputs", "recorder_on", "recording", "stand_in"]
+
+T = TypeVar("T")
 
 
 class _Recorder:
@@ -88,18 +90,24 @@ def recording(model: torch.nn.Module, keep_inputs: bool = True, **patch_kwargs: 
 
 
 @contextlib.contextmanager
-def recorder_on(name: str, keep_inputs: bool = True) -> Iterator[_Recorder]:
-    """Put a recorder in front of the orchestrator registered as ``name`` (what the model's patched
-    modules and attention function look up on every call), and put the real one back afterwards."""
+def stand_in(name: str, make: Callable[[Any], T]) -> Iterator[T]:
+    """Register ``make(real)`` as the orchestrator named ``name`` (what the model's patched modules and
+    attention function look up on every call), ``real`` being the one registered now, and put the real
+    one back afterwards, whatever happens."""
     from layerzero import ops
 
     real = ops.get_orchestrator(name)
-    recorder = _Recorder(real, keep_inputs)
-    ops.register_orchestrator(name, recorder)
+    substitute = make(real)
+    ops.register_orchestrator(name, substitute)
     try:
-        yield recorder
+        yield substitute
     finally:
         ops.register_orchestrator(name, real)
+
+
+def recorder_on(name: str, keep_inputs: bool = True) -> contextlib.AbstractContextManager[_Recorder]:
+    """Put a recorder in front of the orchestrator registered as ``name`` for the duration."""
+    return stand_in(name, lambda real: _Recorder(real, keep_inputs))
 
 
 def forward_inputs(model: torch.nn.Module, inputs: Any, batch: int, seq_len: int) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from layerzero.context import dtype_name
 from layerzero.tuning.kernel_compare import COLUMNS, Call, call_from_shape, measure_calls
 from layerzero_hf.capture import capture_calls
 from layerzero_hf.compare_plot import plot_comparison, register_accessor
@@ -130,19 +131,13 @@ def _collect_calls(source: Any, shapes: Iterable[Any] | None, dtype: Any, device
         raise ValueError("compare: pass a model, shapes (dicts like {'operation': 'rms_norm', 'tokens': 128, "
                          "'hidden': 1024}) or (operation, inputs) tuples")
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    default_dtype = _dtype_name(dtype) if dtype is not None else ("bfloat16" if dev.type == "cuda" else "float32")
+    default_dtype = dtype_name(dtype) if dtype is not None else ("bfloat16" if dev.type == "cuda" else "float32")
     parsed = parse_shapes(shape_items, "compare(shapes=...)", default_dtype) if shape_items else []
     return [call_from_shape(s, dev) for s in parsed] + direct, orchestrator_for_policy()
 
 
-def _dtype_name(dtype: Any) -> str:
-    from layerzero.context.call_context import dtype_name
-
-    return dtype_name(dtype)
-
-
 def _move(call: Call, dtype: Any, device: Any) -> Call:
-    dt = getattr(torch, _dtype_name(dtype)) if dtype is not None else None
+    dt = getattr(torch, dtype_name(dtype)) if dtype is not None else None
 
     def conv(v: Any) -> Any:
         if not isinstance(v, torch.Tensor):

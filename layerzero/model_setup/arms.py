@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from layerzero.errors import ConfigValidationError, ValidationProblem
-from layerzero.model_setup.rules import Matcher, Overrides
+from layerzero.model_setup.matching import Matcher, Overrides
 
 __all__ = ["Arm", "Experiment", "arm_distribution"]
 

@@ -105,18 +105,21 @@ class Condition:
     def __reduce__(self):  # the compiled closure is rebuilt, so policies pickle and deepcopy
         return (_rebuild, (self.key, self.field, self.op, self.value))
 
+    @property
+    def shown(self) -> Any:
+        """The value as written for people: a membership set in a stable (sorted) order."""
+        return sorted(self.value, key=repr) if isinstance(self.value, frozenset) else self.value
+
     def describe(self) -> str:
-        shown = sorted(self.value, key=repr) if isinstance(self.value, frozenset) else self.value
-        return f"{self.field} {self.op} {shown!r}"
+        return f"{self.field} {self.op} {self.shown!r}"
 
     def why_not(self, ctx: SelectionContext) -> str | None:
         """None when the condition holds, else a short reason ("batch_size_gte 8: batch_size is 4")."""
         if self.test(ctx):
             return None
         actual = getattr(ctx, self.field)
-        shown = sorted(self.value, key=repr) if isinstance(self.value, frozenset) else self.value
         fact = f"{self.field} is unknown" if actual is None else f"{self.field} is {actual!r}"
-        return f"{self.key} {shown!r}: {fact}"
+        return f"{self.key} {self.shown!r}: {fact}"
 
     def numbers(self) -> tuple[float, ...]:
         """The plain numbers this condition compares its field with (bucket boundaries for selection)."""

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 from layerzero.operations import OPERATIONS, matches
+from layerzero.policy.loader import load_policy
 from layerzero.policy.model import Policy
 from layerzero.policy.schema import is_glob
+from layerzero.registry import get_global_kernel_registry
 from layerzero.registry.kernel_registry import KernelRegistry
 from layerzero.registry.kernel_spec import KernelSpec
 from layerzero.context.call_context import SelectionContext
@@ -29,6 +31,13 @@ def _cached(memo: dict, key: tuple, make: Callable[[], "PolicyVerdict"]) -> "Pol
     if got is None:
         got = memo[key] = make()
     return got
+
+
+def _for_operation(context: SelectionContext, operation: str | None) -> tuple[str | None, SelectionContext]:
+    """The operation a helper call is about (the argument, else the context's) and the context carrying it:
+    conditions on ``operation`` must see the operation being asked about."""
+    op = operation if operation is not None else context.operation
+    return op, context if op is None or context.operation == op else context.replace(operation=op)
 
 
 @dataclass(frozen=True)
@@ -75,26 +84,14 @@ class PolicyEngine:
     @property
     def registry(self) -> KernelRegistry:
         if self._registry is None:
-            from layerzero.registry import get_global_kernel_registry
-
             self._registry = get_global_kernel_registry()
         return self._registry
 
     def load(self, source: "str | os.PathLike[str] | Mapping[str, Any] | None") -> Policy:
         """Load, validate and install a policy; on ConfigValidationError the current policy stays."""
-        from layerzero.policy.loader import load_policy
-
         policy = load_policy(source, self.registry)
         self._policy = policy
         return policy
-
-    @classmethod
-    def from_source(
-        cls, source: "str | os.PathLike[str] | Mapping[str, Any] | None", registry: KernelRegistry | None = None
-    ) -> "PolicyEngine":
-        from layerzero.policy.loader import load_policy
-
-        return cls(load_policy(source, registry), registry)
 
     # ------------------------------------------------------------------ decisions
     def decide(
@@ -239,8 +236,7 @@ class PolicyEngine:
         With ``check`` (default) kernels whose backend or constraints reject the context are dropped too,
         and that runnable set decides whether a lock holds: a custom dispatcher that picks
         ``max(score_kernels(filter_kernels(...)))`` then always gets a kernel that can run."""
-        op = operation if operation is not None else context.operation
-        ctx = context if op is None or context.operation == op else context.replace(operation=op)
+        op, ctx = _for_operation(context, operation)
         runnable: set[str] | None = None
         if check:
             runnable = {k.kernel_id for k in candidates if not k.check(ctx)}
@@ -259,8 +255,7 @@ class PolicyEngine:
         """``(kernel, score)`` in the candidates' order; higher is better and orders exactly like
         :attr:`PolicyVerdict.rank` of :meth:`decide` with the same arguments (scores are dense ranks from 1
         upwards; rejected kernels get -inf)."""
-        op = operation if operation is not None else context.operation
-        ctx = context if op is None or context.operation == op else context.replace(operation=op)
+        op, ctx = _for_operation(context, operation)
         verdicts = self.decide(op, candidates, ctx, runnable)
         ranks = sorted({v.rank for v in verdicts if v.allowed})
         position = {r: float(i + 1) for i, r in enumerate(ranks)}

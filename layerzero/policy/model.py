@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from layerzero.operations import matches
 from layerzero.policy.conditions import Condition
@@ -20,6 +20,7 @@ from layerzero.policy.schema import DEFAULT_LOCK_MODE, DEFAULT_PRIORITY, DEFAULT
 from layerzero.context.call_context import SelectionContext
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_UNSET = object()  # a memo miss (None is a valid memoised answer)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,9 @@ class DispatchRule:
         return f"dispatch_rules[{self.index}]: {self.operation} when {conds} -> {self.kernel} (priority {self.priority})"
 
 
-def _names_match(globs: tuple[str, ...], names: tuple[str, ...]) -> int | None:
+def names_match(globs: tuple[str, ...], names: tuple[str, ...]) -> int | None:
+    """Index of the first glob matching any of a kernel's names (id and aliases), or None: denies and
+    allows match aliases too, so a kernel cannot slip past a deny under another name."""
     for i, g in enumerate(globs):
         for n in names:
             if n == g or fnmatchcase(n, g):
@@ -126,41 +129,39 @@ class Policy:
                     or self.defaults.fallback_policy)
 
     # ------------------------------------------------------------------ per-operation lookups (memoised)
+    def _memoised(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per key: the policy never changes, so neither do its answers."""
+        got = self._memo.get(key, _UNSET)
+        if got is _UNSET:
+            got = self._memo[key] = make()
+        return got
+
     def rules_for(self, operation: str | None) -> tuple[DispatchRule, ...]:
         """Rules whose operation glob matches ``operation`` (file order)."""
-        key = ("rules", operation)
-        got = self._memo.get(key)
-        if got is None:
-            got = tuple(r for r in self.rules if operation is not None and r.matches_operation(operation))
-            self._memo[key] = got
-        return got
+        return self._memoised(("rules", operation), lambda: tuple(
+            r for r in self.rules if operation is not None and r.matches_operation(operation)))
 
     def lock_for(self, operation: str | None) -> tuple[str, str] | None:
         """``(lock key, kernel id)`` of the lock on ``operation``: an exact key wins over globs; among
         globs the first in file order wins (the loader rejects globs that disagree on a known operation)."""
         if operation is None or not self.locks:
             return None
-        key = ("lock", operation)
-        if key in self._memo:
-            return self._memo[key]
-        found: tuple[str, str] | None = None
+        return self._memoised(("lock", operation), lambda: self._find_lock(operation))
+
+    def _find_lock(self, operation: str) -> tuple[str, str] | None:
         if operation in self.locks:
-            found = (operation, self.locks[operation])
-        else:
-            for pattern, kernel in self.locks.items():
-                if matches(pattern, operation):
-                    found = (pattern, kernel)
-                    break
-        self._memo[key] = found
-        return found
+            return (operation, self.locks[operation])
+        for pattern, kernel in self.locks.items():
+            if matches(pattern, operation):
+                return (pattern, kernel)
+        return None
 
     def fallback_chain(self, operation: str) -> tuple[str, ...]:
         """Canonical ids to try in order: the exact key's chain, then every matching glob key's chain (file
         order), then ``defaults.fallback_policy`` when it serves the operation; duplicates removed."""
-        key = ("chain", operation)
-        got = self._memo.get(key)
-        if got is not None:
-            return got
+        return self._memoised(("chain", operation), lambda: self._build_chain(operation))
+
+    def _build_chain(self, operation: str) -> tuple[str, ...]:
         seen: dict[str, None] = {}
         if operation in self.fallback_chains:
             seen.update(dict.fromkeys(self.fallback_chains[operation]))
@@ -172,29 +173,17 @@ class Policy:
             self.fallback_operations is None or any(matches(p, operation) for p in self.fallback_operations)
         ):
             seen[fb] = None
-        got = tuple(seen)
-        self._memo[key] = got
-        return got
+        return tuple(seen)
 
     def denied_by(self, names: tuple[str, ...]) -> int | None:
         """Index of the first deny glob matching any of a kernel's names (id and aliases)."""
-        key = ("deny", names)
-        if key in self._memo:
-            return self._memo[key]
-        got = _names_match(self.denies, names)
-        self._memo[key] = got
-        return got
+        return self._memoised(("deny", names), lambda: names_match(self.denies, names))
 
     def admitted(self, kernel_id: str, names: tuple[str, ...]) -> bool:
         """Whether ``kernel_allows`` admits the kernel (always true when it is empty)."""
         if not self.allows or kernel_id in self.explicit_kernels:
             return True
-        key = ("allow", names)
-        got = self._memo.get(key)
-        if got is None:
-            got = _names_match(self.allows, names) is not None
-            self._memo[key] = got
-        return got
+        return self._memoised(("allow", names), lambda: names_match(self.allows, names) is not None)
 
     # ------------------------------------------------------------------ thresholds
     def thresholds(self, field_name: str, *more: str) -> tuple[float, ...]:
@@ -203,21 +192,9 @@ class Policy:
         The selection engine splits its size buckets at these so that two sizes in one bucket satisfy
         exactly the same conditions (a decision cached per bucket is then right for every member)."""
         names = (field_name, *more)
-        key = ("thresholds", names)
-        got = self._memo.get(key)
-        if got is None:
-            values: set[float] = set()
-            for rule in self.rules:
-                for cond in rule.conditions:
-                    if cond.field in names:
-                        values.update(cond.numbers())
-            got = tuple(sorted(values))
-            self._memo[key] = got
-        return got
-
-    def conditioned_fields(self) -> frozenset[str]:
-        """Every context field some rule looks at."""
-        return frozenset(c.field for r in self.rules for c in r.conditions)
+        return self._memoised(("thresholds", names), lambda: tuple(sorted({
+            v for rule in self.rules for cond in rule.conditions if cond.field in names for v in cond.numbers()
+        })))
 
     # ------------------------------------------------------------------ rendering
     def to_dict(self) -> dict[str, Any]:

@@ -8,7 +8,6 @@ list at once. Every helper here therefore appends a :class:`ValidationProblem` t
 from __future__ import annotations
 
 import difflib
-import math
 import reprlib
 from typing import Any, Iterable
 
@@ -150,14 +149,6 @@ def type_name(value: Any) -> str:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def is_finite_number(value: Any) -> bool:
-    if not is_number(value):
-        return False
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return True
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

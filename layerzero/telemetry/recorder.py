@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from layerzero.errors import describe_failure
+
 __all__ = ["DispatchTelemetry", "KernelStats", "OperationStats", "TelemetrySnapshot"]
 
 selection_log = logging.getLogger("layerzero.selection")
@@ -73,10 +75,6 @@ class TelemetrySnapshot:
     uptime_seconds: float
     enabled: bool = True
 
-    @property
-    def fallback_rate(self) -> float:
-        return self.fallback_count / self.dispatch_count if self.dispatch_count else 0.0
-
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -118,11 +116,14 @@ def _percentile(sorted_samples: list[int], q: float) -> float | None:
     return sorted_samples[rank - 1] / 1000.0
 
 
-def _describe(exc: BaseException | str | None) -> str | None:
-    if exc is None:
-        return None
-    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-    return text if len(text) <= 500 else text[:497] + "..."
+def _snapshot_field(name: str, kind: Any) -> property:
+    """A read-only attribute returning ``snapshot().<name>`` (of type ``kind``)."""
+
+    def read(self: "DispatchTelemetry") -> Any:
+        return getattr(self.snapshot(), name)
+
+    read.__annotations__["return"] = kind
+    return property(read, doc=f"``snapshot().{name}``.")
 
 
 def _context_fields(context: Any) -> Any:
@@ -186,24 +187,17 @@ class DispatchTelemetry:
         if was_fallback:
             row[2] += 1
         row[3] += total_ns
-        r = self._rings.get(kernel_id)
-        if r is None:
-            r = self._ring_for(kernel_id)
-        p = r.pos
-        r.buf[p] = total_ns
-        p += 1
-        if p == r.n:
-            r.full = True
-            p = 0
-        r.pos = p
-        r = self._all
-        p = r.pos
-        r.buf[p] = total_ns
-        p += 1
-        if p == r.n:
-            r.full = True
-            p = 0
-        r.pos = p
+        ring = self._rings.get(kernel_id)
+        if ring is None:
+            ring = self._ring_for(kernel_id)
+        for r in (ring, self._all):  # this kernel's samples, then all calls'; written inline (hot path)
+            p = r.pos
+            r.buf[p] = total_ns
+            p += 1
+            if p == r.n:
+                r.full = True
+                p = 0
+            r.pos = p
 
     def _register(self) -> dict[tuple[str, str], list[int]]:
         t = _ThreadRows(threading.current_thread())
@@ -245,7 +239,7 @@ class DispatchTelemetry:
         with self._lock:
             key = (operation, kid)
             self._failures[key] = self._failures.get(key, 0) + 1
-            self._last_error[kid] = _describe(exc)
+            self._last_error[kid] = describe_failure(exc)
 
     def record_selection(self, operation: str, kernel_id: str, context: Any = None) -> bool:
         """Note the kernel chosen for ``operation``; log one structured record when it differs from the
@@ -362,30 +356,14 @@ class DispatchTelemetry:
             enabled=self.enabled,
         )
 
-    # Attribute-style access for code that reads telemetry as attributes (``telemetry.cache_hit_rate``).
-    @property
-    def dispatch_count(self) -> int:
-        return self.snapshot().dispatch_count
-
-    @property
-    def cache_hit_rate(self) -> float:
-        return self.snapshot().cache_hit_rate
-
-    @property
-    def fallback_count(self) -> int:
-        return self.snapshot().fallback_count
-
-    @property
-    def failure_count(self) -> int:
-        return self.snapshot().failure_count
-
-    @property
-    def p50_latency_us(self) -> float | None:
-        return self.snapshot().p50_latency_us
-
-    @property
-    def p99_latency_us(self) -> float | None:
-        return self.snapshot().p99_latency_us
+    # Attribute-style access for code that reads telemetry as attributes (``telemetry.cache_hit_rate``):
+    # each reads a fresh snapshot, as the same field of :meth:`snapshot` would.
+    dispatch_count = _snapshot_field("dispatch_count", int)
+    cache_hit_rate = _snapshot_field("cache_hit_rate", float)
+    fallback_count = _snapshot_field("fallback_count", int)
+    failure_count = _snapshot_field("failure_count", int)
+    p50_latency_us = _snapshot_field("p50_latency_us", float | None)
+    p99_latency_us = _snapshot_field("p99_latency_us", float | None)
 
     def __repr__(self) -> str:
         s = self.snapshot()

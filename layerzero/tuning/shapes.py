@@ -1,6 +1,6 @@
 """Shape lists for ``bench``, ``tune`` and ``layerzero_hf.compare``: the default grid and shape files.
 
-A shape is a mapping of :class:`~layerzero.tuning.sweep.TuneShape` fields (``seq``/``seq_len`` are accepted
+A shape is a mapping of :class:`TuneShape` fields (``seq``/``seq_len`` are accepted
 for ``seq_q``). A shape file is YAML or JSON: a list of shapes, or ``{"shapes": [...]}``. Every mistake is
 reported with its field path and value (``shapes[2].heads: expected a positive integer, got 'x'``).
 """
@@ -9,14 +9,39 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+import torch
 
 from layerzero.errors import ConfigValidationError, ValidationProblem
 from layerzero.operations import OPERATIONS, all_operations, find
 from layerzero.operations.base import rows_label
 from layerzero.context.call_context import dtype_name
-from layerzero.tuning.sweep import TuneShape
+
+@dataclass(frozen=True)
+class TuneShape:
+    """One call to tune. Attention: batch, seq_q, seq_k, heads, kv_heads, head_dim; others: tokens, hidden."""
+
+    operation: str
+    dtype: str = "bfloat16"
+    batch: int = 1
+    seq_q: int = 128
+    seq_k: int | None = None
+    heads: int = 8
+    kv_heads: int | None = None
+    head_dim: int = 64
+    tokens: int = 128
+    hidden: int = 1024
+
+    def inputs(self, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Random inputs and options of this call (the operation's ``sample_inputs``)."""
+        op = find(self.operation)
+        if op is None:
+            raise ValueError(f"operation: cannot build inputs for {self.operation!r}")
+        return op.sample_inputs(self, device, getattr(torch, dtype_name(self.dtype)))
+
 
 _FIELDS = {f.name for f in dataclasses.fields(TuneShape)}
 _ALIASES = {"seq": "seq_q", "seq_len": "seq_q", "seq_len_q": "seq_q", "seq_len_k": "seq_k", "kv": "kv_heads",

@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
 
 from layerzero.context.call_context import dtype_name
-from layerzero.operations import find
-
-
-@dataclass(frozen=True)
-class TuneShape:
-    """One call to tune. Attention: batch, seq_q, seq_k, heads, kv_heads, head_dim; others: tokens, hidden."""
-
-    operation: str
-    dtype: str = "bfloat16"
-    batch: int = 1
-    seq_q: int = 128
-    seq_k: int | None = None
-    heads: int = 8
-    kv_heads: int | None = None
-    head_dim: int = 64
-    tokens: int = 128
-    hidden: int = 1024
-
-    def inputs(self, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Random inputs and options of this call (the operation's ``sample_inputs``)."""
-        op = find(self.operation)
-        if op is None:
-            raise ValueError(f"operation: cannot build inputs for {self.operation!r}")
-        return op.sample_inputs(self, device, getattr(torch, dtype_name(self.dtype)))
+from layerzero.tuning.shapes import TuneShape
 
 
 def tune(

@@ -17,18 +17,15 @@ from layerzero_hf.conformance.recording import (
     record_scenarios,
 )
 from layerzero_hf.conformance.replay import (
-    TOLERANCES,
     ConformanceReport,
     KernelResult,
     compare_outputs,
     replay,
-    tolerance_for,
 )
 from layerzero_hf.conformance.storage import load_calls, save_calls
 
 __all__ = [
     "SCENARIOS",
-    "TOLERANCES",
     "CallRecorder",
     "ConformanceReport",
     "KernelResult",
@@ -41,5 +38,4 @@ __all__ = [
     "record_scenarios",
     "replay",
     "save_calls",
-    "tolerance_for",
 ]

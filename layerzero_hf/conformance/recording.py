@@ -10,6 +10,7 @@ their shapes, strides, storage offsets and dtypes, and forwards the call unchang
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
@@ -80,7 +81,7 @@ def dispatch_signature(orchestrator: Any, operation: str, inputs: Mapping[str, A
     here get the same kernel and present it the same kind of layout. Falls back to the exact
     :func:`call_signature` when the orchestrator has no selection engine to bucket with."""
     try:
-        from layerzero.context.call_context import SelectionContext
+        from layerzero.context import SelectionContext
 
         engine = orchestrator.get_dispatcher().engine
         ctx = engine.bucket_context(SelectionContext.from_inputs(operation, inputs, **options))
@@ -185,7 +186,7 @@ def _recording(model: torch.nn.Module, recorder_args: dict[str, Any], patch_kwar
     """Patch the model unless it is patched, put a recorder in front of its orchestrator, track module
     paths with hooks, and undo all of it afterwards."""
     import layerzero_hf
-    from layerzero import ops
+    from layerzero_hf.capture import stand_in
 
     ctx: Any
     if layerzero_hf.is_patched(model):
@@ -199,10 +200,7 @@ def _recording(model: torch.nn.Module, recorder_args: dict[str, Any], patch_kwar
         ctx = contextlib.nullcontext(report)
     else:
         ctx = layerzero_hf.patched(model, **{"attention": True, **patch_kwargs})
-    with ctx as report:
-        name = report.orchestrator
-        real = ops.get_orchestrator(name)
-        recorder = CallRecorder(real, **recorder_args)
+    with ctx as report, stand_in(report.orchestrator, functools.partial(CallRecorder, **recorder_args)) as recorder:
         stack = recorder.module_stack
 
         def enter(path: str) -> Any:
@@ -219,11 +217,9 @@ def _recording(model: torch.nn.Module, recorder_args: dict[str, Any], patch_kwar
             if module is not model:
                 handles.append(module.register_forward_pre_hook(enter(path)))
                 handles.append(module.register_forward_hook(leave))
-        ops.register_orchestrator(name, recorder)
         try:
             yield recorder
         finally:
-            ops.register_orchestrator(name, real)
             for h in handles:
                 h.remove()
 

@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 import layerzero_hf  # noqa: E402
 from layerzero.tuning.kernel_compare import COLUMNS  # noqa: E402
+from single_thread import one_intra_op_thread  # noqa: E402
 from layerzero_hf.compare import ComparisonList, compare, compare_policies, plot_comparison  # noqa: E402
 
 MODEL_OPS = {"rms_norm", "rope", "attention.prefill", "swiglu"}
@@ -19,11 +20,8 @@ MODEL_OPS = {"rms_norm", "rope", "attention.prefill", "swiglu"}
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """Tiny CPU kernels on a shared machine: intra-op threads only add scheduling noise (ms per call)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_intra_op_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
