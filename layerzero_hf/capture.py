@@ -73,10 +73,10 @@ def _clone(values: Mapping[str, Any]) -> dict[str, Any]:
 def recording(model: torch.nn.Module, keep_inputs: bool = True, **patch_kwargs: Any) -> Iterator[_Recorder]:
     """Patch ``model`` (unless it already is, and no patch arguments are given), put a recorder in front
     of its orchestrator, and restore everything afterwards."""
-    import layerzero_hf
+    from layerzero_hf.lifecycle import is_patched, patch_report, patched
 
-    if layerzero_hf.is_patched(model) and not patch_kwargs:
-        report = layerzero_hf.patch_report(model)
+    if is_patched(model) and not patch_kwargs:
+        report = patch_report(model)
         if report is not None and report.attn_implementation not in (None, "layerzero"):
             warnings.warn(f"the model is patched but its attention runs through Transformers' "
                           f"{report.attn_implementation!r} implementation, so attention is not compared; patch it "
@@ -84,7 +84,7 @@ def recording(model: torch.nn.Module, keep_inputs: bool = True, **patch_kwargs: 
         ctx: Any = contextlib.nullcontext(report)
     else:
         patch_kwargs.setdefault("attention", True)
-        ctx = layerzero_hf.patched(model, **patch_kwargs)
+        ctx = patched(model, **patch_kwargs)
     with ctx as report, recorder_on(report.orchestrator, keep_inputs) as recorder:
         yield recorder
 

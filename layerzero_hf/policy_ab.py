@@ -85,9 +85,9 @@ def _run_arm(model: torch.nn.Module, kwargs: dict[str, Any], name: str, policy: 
             bar.set_postfix_str(f"{name}: {what}", refresh=False)
             bar.update(1)
 
-    import layerzero_hf
+    from layerzero_hf.lifecycle import patched
 
-    with layerzero_hf.patched(model, **patch_kwargs) as report, torch.no_grad():
+    with patched(model, **patch_kwargs) as report, torch.no_grad():
         with recorder_on(report.orchestrator, keep_inputs=False) as recorder:
             output = forward()  # one recorded forward: which kernels ran
         step("kernels recorded")
