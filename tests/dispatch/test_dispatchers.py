@@ -56,9 +56,9 @@ def test_set_policy_swaps_selection_atomically(reg):
     d = DynamicDispatcher(DispatchConfig(), kernel_registry=reg)
     inp = x_w()
     assert d.dispatch("rms_norm", inp).kernel_id == "a_norm"
-    old_state = d._state
+    old_state = d.state
     d.set_policy(load_policy({"version": "2", "kernel_locks": {"rms_norm": "b_norm"}}, registry=reg), version=2)
-    assert d._state is not old_state and d._state.version == 2
+    assert d.state is not old_state and d.state.version == 2
     assert d.dispatch("rms_norm", inp).kernel_id == "b_norm"
     assert d.policy.version == "2"
 
