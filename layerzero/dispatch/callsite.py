@@ -32,9 +32,8 @@ class CallSite:
         # name -> orchestrator mapping read directly on the hot path (``layerzero.ops``' registry); a name
         # missing there goes through ``resolve``, which raises the helpful error.
         self._registry = registry
-        # (orchestrator, its default dispatcher or None when it must not be bound, {operation: bound call},
-        # the bound call used last)
-        self._memo: tuple = (None, None, {}, None)
+        # (orchestrator, its default dispatcher or None when it must not be bound, {operation: bound call})
+        self._memo: tuple = (None, None, {})
         self._past_binds = 0  # binds of the bound calls dropped with a replaced orchestrator
 
     def call(self, operation: str, inputs: Mapping[str, Any], kwargs: dict[str, Any]) -> Any:
@@ -48,13 +47,11 @@ class CallSite:
         bound = m[2].get(operation)
         if bound is None:
             bound = m[2][operation] = orch.bind(operation) if m[1] is not None else RoutedCall(orch, operation)
-        if m[3] is not bound:
-            self._memo = m = (m[0], m[1], m[2], bound)
         return bound(inputs, kwargs)
 
     def _rebind(self, orch: Any) -> tuple:
         self._past_binds += sum(b.binds for b in self._memo[2].values())
-        m = self._memo = (orch, orch.default if _bindable(orch) else None, {}, None)
+        m = self._memo = (orch, orch.default if _bindable(orch) else None, {})
         return m
 
     # A copy (deepcopy of a patched model, pickling a module that holds a site) starts unbound: the binding
@@ -72,7 +69,7 @@ class CallSite:
     def reset(self) -> None:
         """Forget the bindings (the next call selects through the dispatcher's cache)."""
         self._past_binds = self.binds
-        self._memo = (None, None, {}, None)
+        self._memo = (None, None, {})
 
     @property
     def binds(self) -> int:
@@ -81,9 +78,9 @@ class CallSite:
 
     @property
     def bound_kernel(self) -> str | None:
-        """The kernel id the site's last operation would run next without selecting, if bound."""
-        last = self._memo[3]
-        return None if last is None else last.bound_kernel
+        """The kernel id the site's newest operation would run next without selecting, if bound."""
+        bound = self._memo[2]
+        return next((b.bound_kernel for b in reversed(bound.values())), None)
 
     def __repr__(self) -> str:
         return f"CallSite(orchestrator={self.orchestrator_name!r}, bound={self.bound_kernel!r}, binds={self.binds})"

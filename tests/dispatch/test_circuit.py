@@ -459,3 +459,28 @@ def test_transitions_are_logged_with_structured_fields(caplog):
     assert [(r.levelno, r.old_state, r.new_state) for r in recs] == [
         (logging.WARNING, "CLOSED", "OPEN"), (logging.INFO, "OPEN", "HALF_OPEN")]
     assert recs[0].kernel_id == "k" and "illegal memory access" in recs[0].getMessage()
+
+
+def test_healthy_is_the_runners_one_read():
+    """``healthy``: CLOSED with no failure counted. A failure clears it (the runner then asks the breaker
+    and reports successes), a success in CLOSED restores it, an opened circuit is not healthy until it
+    closes again."""
+    clock = FakeClock()
+    cb = CircuitBreaker("k", CircuitBreakerConfig(failure_threshold=2, cooldown_seconds=1.0, success_threshold=1),
+                        clock=clock)
+    assert cb.healthy
+    cb.record_failure(RuntimeError("x"))
+    assert not cb.healthy and cb.is_closed
+    cb.record_success()
+    assert cb.healthy
+    cb.record_failure("a")
+    cb.record_failure("b")
+    assert not cb.healthy and cb.state is CircuitState.OPEN
+    clock.advance(1.5)
+    assert cb.allow_request() and not cb.healthy
+    cb.record_success()
+    assert cb.healthy and cb.is_closed
+    cb.force_open("maintenance")
+    assert not cb.healthy
+    cb.reset()
+    assert cb.healthy
