@@ -25,10 +25,7 @@ from layerzero.tuning.cache import TuneEntry, TuningCache, device_name
 from layerzero.tuning.measure import conformance_problem, time_call, unsafe_to_time
 
 if TYPE_CHECKING:
-    from layerzero.dispatch.circuit import CircuitBreakerManager
-    from layerzero.policy import Policy
-    from layerzero.registry import BackendRegistry, KernelRegistry
-    from layerzero.telemetry import DispatchTelemetry
+    from layerzero.registry import KernelRegistry
 
 __all__ = ["AutotuneDispatcher", "AutotuneRanking"]
 
@@ -117,23 +114,14 @@ class AutotuneDispatcher(Dispatcher):
 
     mode = DispatchMode.AUTOTUNE
 
-    def __init__(
-        self,
-        config: DispatchConfig | None = None,
-        kernel_registry: "KernelRegistry | None" = None,
-        backend_registry: "BackendRegistry | None" = None,
-        policy: "Policy | None" = None,
-        circuits: "CircuitBreakerManager | None" = None,
-        telemetry: "DispatchTelemetry | None" = None,
-        tuning_cache: TuningCache | None = None,
-    ):
+    def __init__(self, config: DispatchConfig | None = None, kernel_registry: "KernelRegistry | None" = None,
+                 *args: Any, tuning_cache: TuningCache | None = None, **kwargs: Any):
         from layerzero.registry import get_global_kernel_registry
 
         config = config or DispatchConfig(mode=DispatchMode.AUTOTUNE)
         tuning = tuning_cache if tuning_cache is not None else TuningCache(config.autotune_cache_path)
         kernels = kernel_registry or get_global_kernel_registry()
-        super().__init__(config, kernels, backend_registry, policy, circuits, telemetry,
-                         ranking=AutotuneRanking(config, kernels, tuning))
+        super().__init__(config, kernels, *args, ranking=AutotuneRanking(config, kernels, tuning), **kwargs)
 
     @property
     def tuning(self) -> TuningCache:

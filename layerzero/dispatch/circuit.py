@@ -147,9 +147,8 @@ class CircuitBreaker:
         # Read without the lock on the hot path; written only under it.
         self._state = CircuitState.CLOSED
         self._failures = 0  # consecutive failures (CLOSED) / failures seen (HALF_OPEN: 0 or 1)
-        # Public, read-only: CLOSED with no failure counted, so a caller may run the kernel without
-        # ``allow_request`` and skip ``record_success``. The runner's one read per call; kept in step
-        # with the state under the lock (``_publish``).
+        # Public, read-only: CLOSED with no failure counted, so a caller may skip ``allow_request`` and
+        # ``record_success`` (the runner's one read per call). Kept in step by ``_publish``.
         self.healthy = True
         self._successes = 0  # successes in HALF_OPEN
         self._half_open_calls = 0  # trial calls admitted and not yet finished
@@ -429,8 +428,6 @@ class CircuitBreakerManager:
                     c.add_listener(_bind(listener, kernel_id))
                 self._circuits[kernel_id] = c
         return c
-
-    __getitem__ = get_circuit
 
     def allow_request(self, kernel_id: str) -> bool:
         """Fast check for the executor: a kernel with no breaker yet, or a CLOSED one, is allowed."""

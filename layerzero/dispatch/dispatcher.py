@@ -89,8 +89,7 @@ class Dispatcher(BaseDispatcher):
     follows_policy = True
 
     def __init__(
-        self,
-        config: DispatchConfig | None = None,
+        self, config: DispatchConfig | None = None,
         kernel_registry: "KernelRegistry | None" = None,
         backend_registry: "BackendRegistry | None" = None,
         policy: "Policy | None" = None,

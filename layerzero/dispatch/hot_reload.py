@@ -77,8 +77,6 @@ class HotReloadDispatcher(Dispatcher):
     def stop(self) -> None:
         self.source.stop()
 
-    close = stop
-
     def poll(self) -> bool:
         return self.source.poll()
 

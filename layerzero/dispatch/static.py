@@ -55,8 +55,6 @@ class StaticKernelRegistry:
         self.generation += 1
         return self
 
-    register = register_from_spec
-
     def freeze(self) -> "StaticKernelRegistry":
         self._frozen = True
         return self

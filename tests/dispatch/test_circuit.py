@@ -1,6 +1,6 @@
 """Circuit breaker state machine, listeners, manager and thread safety (fake clock: no sleeps).
 
-The seed's "Circuit Breaker Usage" snippets themselves run in tests/test_seed_examples.py."""
+The documented "Circuit Breaker Usage" snippets themselves run in tests/test_seed_examples.py."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _reference_attention(query, key, value):
 
 
 # ---------------------------------------------------------------------------- config
-def test_config_defaults_match_seed():
+def test_config_defaults_match_the_documented_ones():
     c = CircuitBreakerConfig()
     assert (c.failure_threshold, c.success_threshold, c.cooldown_seconds, c.half_open_max_calls) == (5, 2, 30.0, 3)
 
@@ -389,8 +389,8 @@ def test_all_kernels_failing_raises_chain_exhausted_then_circuit_open():
         d.dispatch("rms_norm", inputs)
 
 
-def test_seed_dispatch_integration_config_builds_breakers():
-    """The seed's "Circuit Breaker with Dispatch Integration" config, on CPU with injected faults."""
+def test_dispatch_integration_config_builds_breakers():
+    """The documented "Circuit Breaker with Dispatch Integration" config, on CPU with injected faults."""
     from layerzero.dispatch import DispatchMode, create_orchestrator
 
     config = DispatchConfig(
