@@ -44,8 +44,9 @@ class CallSite:
         m = self._memo
         if m[0] is not orch or (m[1] is not None and orch.default is not m[1]):
             m = self._rebind(orch)
-        bound = m[2].get(operation)
-        if bound is None:
+        try:
+            bound = m[2][operation]
+        except KeyError:
             bound = m[2][operation] = orch.bind(operation) if m[1] is not None else RoutedCall(orch, operation)
         return bound(inputs, kwargs)
 

@@ -10,8 +10,7 @@ admits at most ``half_open_max_calls`` concurrent trial calls; ``success_thresho
 any failure re-opens it with a fresh cooldown.
 
 The runner reads :attr:`CircuitBreaker.healthy` (CLOSED, no failure counted) on every dispatch and calls
-``allow_request`` / ``record_success`` only when it is False, so the common path takes no lock, allocates
-nothing and makes no call: it reads one attribute. Every other path is rare
+``allow_request`` / ``record_success`` only when it is False: the common path is one attribute read. Every other path is rare
 and locked. The clock is injectable so tests never sleep.
 
 Listeners ``fn(old, new)`` are called outside the breaker's lock, in the order the transitions happened
@@ -396,8 +395,8 @@ class CircuitBreaker:
 class CircuitBreakerManager:
     """One breaker per kernel id, created on first use with the default (or a per-kernel) config.
 
-    ``get_circuit`` is a plain dict read when the breaker exists; creation is locked. Manager-level
-    listeners ``fn(kernel_id, old, new)`` are attached to every breaker, existing and future."""
+    ``get_circuit`` is a plain dict read when the breaker exists (``existing`` is that read alone);
+    creation is locked. Listeners ``fn(kernel_id, old, new)`` attach to every breaker, existing and future."""
 
     def __init__(
         self,
@@ -409,6 +408,8 @@ class CircuitBreakerManager:
         self._clock = clock
         self._configs: dict[str, CircuitBreakerConfig] = dict(configs or {})
         self._circuits: dict[str, CircuitBreaker] = {}
+        #: The breaker if created, else None: a C-level dict read, the runner's per-call lookup.
+        self.existing: Callable[[str], CircuitBreaker | None] = self._circuits.get
         self._listeners: list[ManagerListener] = []
         self._lock = threading.Lock()
 
