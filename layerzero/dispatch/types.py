@@ -38,8 +38,9 @@ class DispatchConfig:
     policy: "Policy | None" = None
     policy_path: str | None = None
     static_kernel_map: Mapping[str, str] = field(default_factory=dict)
-    # How eligible kernels are ordered (None: layerzero.selection.ranking.default_ranking()). The one
-    # strategy point of the dispatcher: a measured-cost ranking plugs in here.
+    # How eligible kernels are ordered in DYNAMIC and HOT_RELOAD (None: selection.ranking.default_ranking());
+    # the dispatcher's one strategy point, where a measured-cost ranking plugs in. STATIC ranks by
+    # registration order and AUTOTUNE by measuring, whatever this says.
     ranking: "Ranking | None" = None
     # resilience
     enable_fallback: bool = True
