@@ -159,6 +159,8 @@ class Dispatcher(BaseDispatcher):
         """Serve ``policy`` from now on: a new state (``engine`` if given, else a fresh one), published by
         one reference assignment. Calls already running keep the state they read at their start, and
         bound calls select again. Returns the replaced state."""
+        if not self.follows_policy:
+            raise TypeError(f"{type(self).__name__} serves a fixed catalogue and takes no policy")
         old = self.state
         self.state = SelectionState(engine if engine is not None else self.make_engine(policy), policy,
                                     version, old.inflight is not None)
