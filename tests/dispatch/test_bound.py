@@ -135,3 +135,26 @@ def test_a_custom_dispatcher_gets_a_routed_call(reg):
     bound(_xw(), KW)
     bound(_xw(), KW)
     assert Custom.seen == 2 and bound.bound_kernel is None
+
+
+def test_a_plan_demoted_by_a_sampled_check_is_dropped_by_the_bound_call():
+    calls = {"n": 0}
+
+    def drifting(x, weight=None, eps=1e-6, offset=0.0, casting="llama", residual=None):
+        calls["n"] += 1
+        out = reference.rms_norm(x=x, weight=weight, eps=eps)
+        return out if calls["n"] <= 3 else out + 1.0
+
+    reg = KernelRegistry([
+        KernelSpec("lz_drifting_norm", "rms_norm", "torch", drifting, priority=100),
+        KernelSpec("torch_rms_norm", "rms_norm", "torch", "layerzero.kernels.torch_ops:torch_rms_norm", priority=50),
+        KernelSpec("reference_rms_norm", "rms_norm", "torch", "layerzero.kernels.reference:rms_norm", priority=0,
+                   tags={"reference"}),
+    ])
+    d = Dispatcher(DispatchConfig(verify_sample_every=2), kernel_registry=reg)
+    bound, inp = d.bind("rms_norm"), {"x": torch.randn(4, 64), "weight": torch.randn(64)}
+    bound(inp, {})
+    assert bound.bound_kernel == "lz_drifting_norm"
+    for _ in range(8):
+        bound(inp, {})
+    assert bound.bound_kernel == "torch_rms_norm" and bound.binds == 2
