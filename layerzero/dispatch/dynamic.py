@@ -3,9 +3,9 @@ bucket of calls. The dispatcher's default configuration; the name stays for the 
 
 from __future__ import annotations
 
-from layerzero.dispatch.dispatcher import Dispatcher, resolve_policy
+from layerzero.dispatch.dispatcher import Dispatcher
 
-__all__ = ["DynamicDispatcher", "resolve_policy"]
+__all__ = ["DynamicDispatcher"]
 
 
 class DynamicDispatcher(Dispatcher):
