@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     lean = create_orchestrator(DispatchConfig(mode=DispatchMode.DYNAMIC, enable_telemetry=False,
                                               circuit_breaker_enabled=False, record_timing=False))
     lean.dispatch("rms_norm", inputs, eps=1e-6)
-    state = lean.get_dispatcher()._state
+    state = lean.get_dispatcher().state
     # Patched models reach their orchestrator by a registered name; measure the functional API the same way.
     ops.register_orchestrator("dispatch_overhead_bench", orch)
     site = ops.call_site("dispatch_overhead_bench")

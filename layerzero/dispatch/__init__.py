@@ -1,10 +1,14 @@
-"""Dispatch: run an operation with the kernel chosen for the call, with fallbacks and telemetry."""
+"""Dispatch: run an operation with the kernel chosen for the call, with fallbacks and telemetry.
+
+One :class:`Dispatcher` class serves every mode (its ranking is the strategy point); ``bind`` gives a
+call site its fast path (:class:`~layerzero.dispatch.bound.BoundCall`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from layerzero.dispatch.api import dispatch, get_global_dispatcher, get_global_orchestrator, set_global_orchestrator
+from layerzero.dispatch.dispatcher import Dispatcher
 from layerzero.dispatch.dynamic import DynamicDispatcher
 from layerzero.dispatch.orchestrator import DispatchOrchestrator, create_orchestrator
 from layerzero.dispatch.overrides import use_kernels
@@ -33,6 +37,7 @@ _LAZY = {
     "create_hot_reload_dispatcher": "layerzero.dispatch.hot_reload",
     "AutotuneDispatcher": "layerzero.dispatch.autotune",
     "CallSite": "layerzero.dispatch.callsite",
+    "BoundCall": "layerzero.dispatch.bound",
 }
 
 
@@ -57,6 +62,7 @@ __all__ = [
     "DispatchOrchestrator",
     "DispatchResult",
     "DispatchTiming",
+    "Dispatcher",
     "DynamicDispatcher",
     "FallbackChainExhaustedError",
     "KernelExecutionError",

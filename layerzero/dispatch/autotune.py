@@ -6,42 +6,44 @@ reference for that very call (per-dtype tolerance) can win. The choice is persis
 back on start, so a server tunes once per shape per upgrade. Tuning never happens while torch.compile
 traces or a CUDA graph is captured: those calls get the policy's ranking and are not cached, so the next
 eager call tunes.
+
+The measuring is a ranking (:class:`AutotuneRanking`, a
+:class:`~layerzero.selection.ranking.CallRanking`): the dispatcher is the ordinary one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
 import torch
 
-from layerzero.dispatch.dynamic import DynamicDispatcher
+from layerzero.dispatch.dispatcher import Dispatcher
 from layerzero.dispatch.types import DispatchConfig, DispatchMode
-from layerzero.context.call_context import SelectionContext
-from layerzero.selection.engine import Plan, SelectionEngine
+from layerzero.selection.engine import Plan
+from layerzero.selection.ranking import PriorityRanking
 from layerzero.tuning.cache import TuneEntry, TuningCache, device_name
 from layerzero.tuning.measure import conformance_problem, time_call, unsafe_to_time
 
+if TYPE_CHECKING:
+    from layerzero.registry import KernelRegistry
 
-class AutotuneDispatcher(DynamicDispatcher):
-    def __init__(self, config: DispatchConfig | None = None, *args: Any, tuning_cache: TuningCache | None = None, **kwargs: Any):
-        config = config or DispatchConfig(mode=DispatchMode.AUTOTUNE)
-        self.tuning = tuning_cache if tuning_cache is not None else TuningCache(config.autotune_cache_path)
-        super().__init__(config, *args, **kwargs)
+__all__ = ["AutotuneDispatcher", "AutotuneRanking"]
 
-    @property
-    def mode(self) -> DispatchMode:
-        return DispatchMode.AUTOTUNE
 
-    def _make_plan(
-        self,
-        engine: SelectionEngine,
-        operation: str,
-        ctx: SelectionContext,
-        key: Any,
-        inputs: Mapping[str, Any],
-        kwargs: Mapping[str, Any],
+class AutotuneRanking(PriorityRanking):
+    """The policy's order until a bucket's first call, then the fastest conforming kernel first (the rest
+    keep the policy's order). ``tuning`` persists the choices."""
+
+    name = "autotune"
+
+    def __init__(self, config: DispatchConfig, kernel_registry: "KernelRegistry", tuning: TuningCache):
+        self.config = config
+        self.kernel_registry = kernel_registry
+        self.tuning = tuning
+
+    def rank_call(
+        self, plan: Plan, key: Hashable, operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]
     ) -> tuple[Plan, bool]:
-        plan = engine.plan(operation, ctx)
         if unsafe_to_time() is not None:
             return plan, False  # not cached: the next eager call of this bucket tunes
         return self.tuned_plan(plan, key, operation, inputs, kwargs), True
@@ -104,3 +106,32 @@ class AutotuneDispatcher(DynamicDispatcher):
             except Exception:  # noqa: BLE001 - e.g. the fp32 reference runs out of memory at huge shapes
                 continue
         return None
+
+
+class AutotuneDispatcher(Dispatcher):
+    """A :class:`~layerzero.dispatch.dispatcher.Dispatcher` ranked by :class:`AutotuneRanking` (same
+    arguments, plus ``tuning_cache``; default: the file at ``config.autotune_cache_path``)."""
+
+    mode = DispatchMode.AUTOTUNE
+
+    def __init__(self, config: DispatchConfig | None = None, kernel_registry: "KernelRegistry | None" = None,
+                 *args: Any, tuning_cache: TuningCache | None = None, **kwargs: Any):
+        from layerzero.registry import get_global_kernel_registry
+
+        config = config or DispatchConfig(mode=DispatchMode.AUTOTUNE)
+        tuning = tuning_cache if tuning_cache is not None else TuningCache(config.autotune_cache_path)
+        kernels = kernel_registry or get_global_kernel_registry()
+        super().__init__(config, kernels, *args, ranking=AutotuneRanking(config, kernels, tuning), **kwargs)
+
+    @property
+    def tuning(self) -> TuningCache:
+        return self.ranking.tuning  # type: ignore[attr-defined]
+
+    @property
+    def measure(self) -> Callable[..., TuneEntry | None]:
+        """The ranking's timing step (replaceable, e.g. by a test that forbids measuring)."""
+        return self.ranking.measure  # type: ignore[attr-defined]
+
+    @measure.setter
+    def measure(self, fn: Callable[..., TuneEntry | None]) -> None:
+        self.ranking.measure = fn  # type: ignore[attr-defined]

@@ -9,8 +9,8 @@ circuit OPENs and rejects every call until ``cooldown_seconds`` have passed; it 
 admits at most ``half_open_max_calls`` concurrent trial calls; ``success_threshold`` successes close it,
 any failure re-opens it with a fresh cooldown.
 
-The executor calls ``allow_request`` / ``record_success`` on every dispatch, so the CLOSED path with no
-pending failures takes no lock and allocates nothing: it reads one attribute. Every other path is rare
+The runner reads :attr:`CircuitBreaker.healthy` (CLOSED, no failure counted) on every dispatch and calls
+``allow_request`` / ``record_success`` only when it is False: the common path is one attribute read. Every other path is rare
 and locked. The clock is injectable so tests never sleep.
 
 Listeners ``fn(old, new)`` are called outside the breaker's lock, in the order the transitions happened
@@ -146,6 +146,9 @@ class CircuitBreaker:
         # Read without the lock on the hot path; written only under it.
         self._state = CircuitState.CLOSED
         self._failures = 0  # consecutive failures (CLOSED) / failures seen (HALF_OPEN: 0 or 1)
+        # Public, read-only: CLOSED with no failure counted, so a caller may skip ``allow_request`` and
+        # ``record_success`` (the runner's one read per call). Kept in step by ``_publish``.
+        self.healthy = True
         self._successes = 0  # successes in HALF_OPEN
         self._half_open_calls = 0  # trial calls admitted and not yet finished
         self._half_open_since: float | None = None
@@ -187,6 +190,7 @@ class CircuitBreaker:
                 if self._successes >= self.config.success_threshold:
                     self._transition(CircuitState.CLOSED)
             # OPEN: a call admitted before the circuit opened finished well; it does not close it.
+            self._publish()
         if self._pending:
             self._drain()
 
@@ -207,6 +211,7 @@ class CircuitBreaker:
                 self._open(now)
             else:  # OPEN: a late failure of a call admitted earlier restarts the cooldown
                 self._opened_at = now
+            self._publish()
         if self._pending:
             self._drain()
 
@@ -260,17 +265,17 @@ class CircuitBreaker:
             self._failures = 0
         self._successes = 0
         self._state = new
+        self._publish()
         self._pending.append((old, new))  # transitions are rare: always queue them (they are logged)
+
+    def _publish(self) -> None:
+        self.healthy = self._state is CircuitState.CLOSED and self._failures == 0
 
     # ------------------------------------------------------------------ listeners
     def add_listener(self, listener: StateListener) -> None:
         """Call ``listener(old_state, new_state)`` on every transition, in order, outside the lock."""
         with self._lock:
             self._listeners = (*self._listeners, listener)
-
-    def remove_listener(self, listener: StateListener) -> None:
-        with self._lock:
-            self._listeners = tuple(l for l in self._listeners if l is not listener)
 
     def _drain(self) -> None:
         with self._notify_lock:
@@ -349,6 +354,7 @@ class CircuitBreaker:
             self._transition(CircuitState.CLOSED)
             self._failures = 0
             self._successes = 0
+            self._publish()
         if self._pending:
             self._drain()
 
@@ -389,8 +395,8 @@ class CircuitBreaker:
 class CircuitBreakerManager:
     """One breaker per kernel id, created on first use with the default (or a per-kernel) config.
 
-    ``get_circuit`` is a plain dict read when the breaker exists; creation is locked. Manager-level
-    listeners ``fn(kernel_id, old, new)`` are attached to every breaker, existing and future."""
+    ``get_circuit`` is a plain dict read when the breaker exists (``existing`` is that read alone);
+    creation is locked. Listeners ``fn(kernel_id, old, new)`` attach to every breaker, existing and future."""
 
     def __init__(
         self,
@@ -402,6 +408,8 @@ class CircuitBreakerManager:
         self._clock = clock
         self._configs: dict[str, CircuitBreakerConfig] = dict(configs or {})
         self._circuits: dict[str, CircuitBreaker] = {}
+        #: The breaker if created, else None: a C-level dict read, the runner's per-call lookup.
+        self.existing: Callable[[str], CircuitBreaker | None] = self._circuits.get
         self._listeners: list[ManagerListener] = []
         self._lock = threading.Lock()
 
@@ -422,12 +430,10 @@ class CircuitBreakerManager:
                 self._circuits[kernel_id] = c
         return c
 
-    __getitem__ = get_circuit
-
     def allow_request(self, kernel_id: str) -> bool:
         """Fast check for the executor: a kernel with no breaker yet, or a CLOSED one, is allowed."""
         c = self._circuits.get(kernel_id)
-        if c is None or c._state is CircuitState.CLOSED:
+        if c is None or c.healthy:
             return True
         return c.allow_request()
 
@@ -435,7 +441,7 @@ class CircuitBreakerManager:
         """Whether the kernel is currently rejected (OPEN with its cooldown still running). Does not
         consume a HALF_OPEN trial slot."""
         c = self._circuits.get(kernel_id)
-        if c is None or c._state is CircuitState.CLOSED:
+        if c is None or c.is_closed:
             return False
         return c.state is CircuitState.OPEN
 
@@ -459,7 +465,7 @@ class CircuitBreakerManager:
         return {kid: c.stats() for kid, c in list(self._circuits.items())}
 
     def open_circuits(self) -> list[str]:
-        return [kid for kid, c in list(self._circuits.items()) if c._state is not CircuitState.CLOSED]
+        return [kid for kid, c in list(self._circuits.items()) if not c.is_closed]
 
     def reset_circuit(self, kernel_id: str) -> None:
         c = self._circuits.get(kernel_id)

@@ -1,14 +1,21 @@
-"""The orchestrator: one entry point over the dispatchers of each mode, sharing breakers and telemetry."""
+"""The orchestrator: one entry point over the dispatchers of each mode, sharing breakers and telemetry.
+
+Every built-in mode is a :class:`~layerzero.dispatch.dispatcher.Dispatcher`; a custom one is anything
+with ``dispatch`` (see :class:`~layerzero.dispatch.protocols.BaseDispatcher`). The orchestrator only
+calls public methods of its dispatchers.
+"""
 
 from __future__ import annotations
 
 import threading
 from typing import TYPE_CHECKING, Any, Mapping
 
+from layerzero.dispatch.dispatcher import Dispatcher
 from layerzero.dispatch.protocols import BaseDispatcher
 from layerzero.dispatch.types import DispatchConfig, DispatchMode, DispatchResult
 
 if TYPE_CHECKING:
+    from layerzero.dispatch.bound import BoundCall, RoutedCall
     from layerzero.policy import Policy
     from layerzero.registry import BackendRegistry, KernelRegistry, KernelSpec
     from layerzero.context import SelectionContext
@@ -45,8 +52,8 @@ class DispatchOrchestrator:
         self.telemetry = DispatchTelemetry(enabled=self.config.enable_telemetry)
         self._dispatchers: dict[DispatchMode, BaseDispatcher] = {}
         self._lock = threading.Lock()
-        self._default: BaseDispatcher = self.get_dispatcher(self.config.mode)
-        self._default_execute = _plain_execute(self._default)
+        self._route: Any = None
+        self._set_default(self.get_dispatcher(self.config.mode))
 
     # ------------------------------------------------------------------ dispatchers
     def register_dispatcher(self, mode: DispatchMode, dispatcher: BaseDispatcher) -> None:
@@ -55,9 +62,15 @@ class DispatchOrchestrator:
         with self._lock:
             self._dispatchers[mode] = dispatcher
             if mode == self.config.mode:
-                self._default_execute = None  # never pair the new dispatcher with the old runner
-                self._default = dispatcher
-                self._default_execute = _plain_execute(dispatcher)
+                self._set_default(dispatcher)
+
+    def _set_default(self, dispatcher: BaseDispatcher) -> None:
+        # ``execute`` (the built-in dispatcher's dict-of-kwargs entry) saves a frame and a **kwargs repack
+        # on the hot path; the route is set before the dispatcher so a reader never pairs it with another.
+        self._route = None
+        #: The dispatcher of ``config.mode``, which ``dispatch``/``call``/``bind`` use (read-only).
+        self.default = dispatcher
+        self._route = dispatcher.execute if isinstance(dispatcher, Dispatcher) else None
 
     def get_dispatcher(self, mode: DispatchMode | None = None) -> BaseDispatcher:
         mode = self.config.mode if mode is None else mode
@@ -93,9 +106,7 @@ class DispatchOrchestrator:
             from layerzero.dispatch.autotune import AutotuneDispatcher
 
             return AutotuneDispatcher(self.config, policy=self._policy, **shared)
-        from layerzero.dispatch.dynamic import DynamicDispatcher
-
-        return DynamicDispatcher(self.config, policy=self._policy, **shared)
+        return Dispatcher(self.config, policy=self._policy, **shared)
 
     # ------------------------------------------------------------------ calls
     def dispatch(
@@ -107,22 +118,35 @@ class DispatchOrchestrator:
         **kwargs: Any,
     ) -> DispatchResult:
         if mode is None:
-            execute = self._default_execute
-            if execute is not None:  # skips a frame and a **kwargs repack on the hot path
-                return execute(operation, inputs, context, kwargs, True)
-            return self._default.dispatch(operation, inputs, context, **kwargs)
+            route = self._route
+            if route is not None:
+                return route(operation, inputs, context, kwargs, True)
+            return self.default.dispatch(operation, inputs, context, **kwargs)
         return self.get_dispatcher(mode).dispatch(operation, inputs, context, **kwargs)
 
     def call(self, operation: str, inputs: Mapping[str, Any], kwargs: dict[str, Any] | None = None) -> Any:
-        """Run ``operation`` and return its output only (the cheapest path; used by ``layerzero.ops``)."""
-        execute = self._default_execute
-        if execute is not None:
-            return execute(operation, inputs, None, kwargs if kwargs is not None else {}, False)
-        d = self._default
+        """Run ``operation`` and return its output only (used by ``layerzero.ops``)."""
+        route = self._route
+        if route is not None:
+            return route(operation, inputs, None, kwargs if kwargs is not None else {}, False)
+        d = self.default
         fast = getattr(d, "call", None)
         if fast is not None:
             return fast(operation, inputs, kwargs if kwargs is not None else {})
         return d.dispatch(operation, inputs, None, **(kwargs or {})).output
+
+    def bind(self, operation: str) -> "BoundCall | RoutedCall":
+        """The fast path for one call site of ``operation`` on the default dispatcher (see
+        :class:`~layerzero.dispatch.bound.BoundCall`); a dispatcher that cannot be bound gets a call that
+        routes through it every time. Bind again after ``register_dispatcher`` replaces the default
+        (:class:`~layerzero.dispatch.callsite.CallSite` does)."""
+        d = self.default
+        bind = getattr(d, "bind", None)
+        if bind is not None:
+            return bind(operation)
+        from layerzero.dispatch.bound import RoutedCall
+
+        return RoutedCall(d, operation)
 
     def select(self, operation: str, inputs: Mapping[str, Any], mode: DispatchMode | None = None, **kwargs: Any) -> "KernelSpec":
         d = self.get_dispatcher(mode)
@@ -142,11 +166,11 @@ class DispatchOrchestrator:
         return getattr(self.get_dispatcher(DispatchMode.DYNAMIC), "policy", None)
 
     def set_policy(self, policy: "Policy") -> None:
-        """Swap the policy of the policy-driven dispatchers (dynamic, autotune) atomically."""
+        """Swap the policy of the policy-driven dispatchers (dynamic, autotune, hot reload) atomically."""
         self._policy = policy
         for d in list(self._dispatchers.values()):
             setter = getattr(d, "set_policy", None)
-            if setter is not None:
+            if setter is not None and getattr(d, "follows_policy", True):
                 setter(policy)
 
     def refresh(self) -> None:
@@ -172,18 +196,6 @@ class DispatchOrchestrator:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _plain_execute(dispatcher: BaseDispatcher) -> Any:
-    """The bound ``_execute`` of a PlannedDispatcher whose public entry points are the stock ones, else None
-    (a dispatcher overriding ``dispatch``/``call`` must be called through them)."""
-    from layerzero.dispatch.core import PlannedDispatcher
-
-    cls = type(dispatcher)
-    if (isinstance(dispatcher, PlannedDispatcher) and cls.dispatch is PlannedDispatcher.dispatch
-            and cls.call is PlannedDispatcher.call):
-        return dispatcher._execute
-    return None
 
 
 def create_orchestrator(

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from layerzero.dispatch.core import PlannedDispatcher
+from layerzero.dispatch.dispatcher import Dispatcher
 from layerzero.dispatch.types import DispatchConfig, DispatchMode, _check_kernel_map
 from layerzero.errors import ConfigValidationError, DispatcherFrozenError, KernelNotFoundError, ValidationProblem
 from layerzero.operations import OPERATIONS, expand
-from layerzero.selection.engine import SelectionEngine
+from layerzero.selection.ranking import RegistrationOrder
 
 if TYPE_CHECKING:
     from layerzero.dispatch.circuit import CircuitBreakerManager
@@ -54,8 +54,6 @@ class StaticKernelRegistry:
                 lst.append(spec)
         self.generation += 1
         return self
-
-    register = register_from_spec
 
     def freeze(self) -> "StaticKernelRegistry":
         self._frozen = True
@@ -112,7 +110,12 @@ def registry_from_map(kernel_map: Mapping[str, str], kernels: "KernelRegistry") 
     return reg
 
 
-class StaticDispatcher(PlannedDispatcher):
+class StaticDispatcher(Dispatcher):
+    """A :class:`~layerzero.dispatch.dispatcher.Dispatcher` over a fixed catalogue: ``registry``, else one
+    built from ``config.static_kernel_map``; no policy, :class:`RegistrationOrder` ranks."""
+
+    mode = DispatchMode.STATIC
+
     def __init__(
         self,
         config: DispatchConfig | None = None,
@@ -127,21 +130,8 @@ class StaticDispatcher(PlannedDispatcher):
         config = config or DispatchConfig(mode=DispatchMode.STATIC)
         kernels = kernel_registry or get_global_kernel_registry()
         self.static_registry = registry if registry is not None else registry_from_map(config.static_kernel_map, kernels)
-        super().__init__(config, kernels, backend_registry, circuits, telemetry)
-
-    @property
-    def mode(self) -> DispatchMode:
-        return DispatchMode.STATIC
-
-    def _build_engine(self) -> SelectionEngine:
-        return SelectionEngine(
-            self.static_registry,  # type: ignore[arg-type]  (duck-typed: get_by_operation, all, generation)
-            self.backend_registry,
-            None,
-            cache_size=self.config.cache_size,
-            enable_cache=self.config.enable_cache,
-            preserve_order=True,
-        )
+        super().__init__(config, kernels, backend_registry, None, circuits, telemetry,
+                         ranking=RegistrationOrder(), catalogue=self.static_registry)
 
 
 class StaticDispatcherBuilder:

@@ -12,6 +12,7 @@ from layerzero.errors import ConfigValidationError, ValidationProblem
 
 if TYPE_CHECKING:
     from layerzero.policy import Policy
+    from layerzero.selection.ranking import Ranking
 
 
 class DispatchMode(enum.Enum):
@@ -37,6 +38,10 @@ class DispatchConfig:
     policy: "Policy | None" = None
     policy_path: str | None = None
     static_kernel_map: Mapping[str, str] = field(default_factory=dict)
+    # How eligible kernels are ordered in DYNAMIC and HOT_RELOAD (None: selection.ranking.default_ranking());
+    # the dispatcher's one strategy point, where a measured-cost ranking plugs in. STATIC ranks by
+    # registration order and AUTOTUNE by measuring, whatever this says.
+    ranking: "Ranking | None" = None
     # resilience
     enable_fallback: bool = True
     max_fallback_attempts: int = 3
@@ -105,6 +110,9 @@ class DispatchConfig:
                                    "str or pathlib.Path (or None)")
                 setattr(self, name, os.fsdecode(value))
         self.static_kernel_map = _check_kernel_map(self.static_kernel_map)
+        if self.ranking is not None and not callable(getattr(self.ranking, "rank", None)):
+            raise _invalid("ranking", self.ranking, "expected a Ranking (an object with rank(operation, context, "
+                           "candidates)); fix: e.g. layerzero.selection.ranking.PriorityRanking(), or None")
 
 
 def _invalid(name: str, value: Any, message: str) -> ConfigValidationError:
@@ -150,10 +158,6 @@ class DispatchTiming:
     total_ns: int = 0
     selection_ns: int = 0
     execution_ns: int = 0
-
-    @property
-    def total_us(self) -> float:
-        return self.total_ns / 1000.0
 
     @property
     def selection_us(self) -> float:

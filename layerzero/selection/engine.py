@@ -1,7 +1,8 @@
 """Selection: from a call's context to a ranked plan of kernels, with reasons for every rejection.
 
 candidates (registry) -> backend available? -> constraints hold? -> policy (locks, denies, allows, rules)
--> rank. The result is a :class:`Plan`: the chosen kernel first, then the kernels to fall back to in order
+-> rank (the engine's :class:`~layerzero.selection.ranking.Ranking`; the one strategy point, so a new way
+of ordering kernels needs no other change) -> the policy's fallback chain. The result is a :class:`Plan`: the chosen kernel first, then the kernels to fall back to in order
 (the policy's fallback chain first, then the remaining ranked candidates). Plans are cached in a bounded
 LRU keyed on a bucketed description of the call, so a hit costs one dict lookup.
 """
@@ -13,9 +14,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable
 
-from layerzero.errors import NoKernelAvailableError
+from layerzero.errors import LayerZeroError, NoKernelAvailableError
 from layerzero.context.buckets import Bucketer
 from layerzero.context.call_context import SelectionContext
+from layerzero.selection.ranking import Candidate, RankedKernel, Ranking, default_ranking
 
 if TYPE_CHECKING:
     from layerzero.policy import PolicyEngine
@@ -61,22 +63,31 @@ class Plan:
 
 @dataclass(frozen=True)
 class CandidateReport:
+    """One candidate in ``explain``. For an eligible kernel ``source`` says what decided its place (the
+    ranking's word: "policy", "priority", "measured", ...) and ``measured_us`` the time behind it, if any."""
+
     kernel_id: str
     backend: str
     priority: int
     status: str  # "chosen", "eligible" (would run as a fallback) or "rejected"
     reasons: tuple[str, ...] = ()
     rank: int | None = None
+    source: str | None = None
+    measured_us: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "kernel_id": self.kernel_id,
             "backend": self.backend,
             "priority": self.priority,
             "status": self.status,
             "reasons": list(self.reasons),
             "rank": self.rank,
+            "source": self.source,
         }
+        if self.measured_us is not None:
+            out["measured_us"] = self.measured_us
+        return out
 
 
 @dataclass(frozen=True)
@@ -114,15 +125,18 @@ class Explanation:
         for c in self.candidates:
             mark = {"chosen": "*", "eligible": "+", "rejected": "-"}[c.status]
             why = f"  ({'; '.join(c.reasons)})" if c.reasons else ""
-            lines.append(f"  {mark} {c.kernel_id:<34} {c.status:<9} prio={c.priority}{why}")
+            src = f" by={c.source}" if c.source else ""
+            if c.measured_us is not None:
+                src += f" measured={c.measured_us:.1f}us"
+            lines.append(f"  {mark} {c.kernel_id:<34} {c.status:<9} prio={c.priority}{src}{why}")
         for n in self.notes:
             lines.append(f"  note: {n}")
         return "\n".join(lines)
 
 
 class SelectionEngine:
-    """Ranks kernels for a context under one policy. Immutable apart from its cache: a new policy means a
-    new engine (that is how hot reload swaps atomically)."""
+    """Ranks kernels for a context under one policy and one ranking. Immutable apart from its cache: a new
+    policy means a new engine (that is how a policy swap, hot reload included, is atomic)."""
 
     def __init__(
         self,
@@ -132,7 +146,7 @@ class SelectionEngine:
         cache_size: int = 4096,
         enable_cache: bool = True,
         include_fallbacks: bool = True,
-        preserve_order: bool = False,
+        ranking: Ranking | None = None,
     ):
         self.kernels = kernel_registry
         self.backends = backend_registry
@@ -141,7 +155,7 @@ class SelectionEngine:
         self._touch_above = self.cache_size // 2
         self.enable_cache = enable_cache
         self.include_fallbacks = include_fallbacks
-        self.preserve_order = preserve_order
+        self.ranking: Ranking = ranking if ranking is not None else default_ranking()
         self._cache: OrderedDict[Hashable, Plan] = OrderedDict()
         self._lock = threading.Lock()
         self.misses = 0
@@ -190,10 +204,6 @@ class SelectionEngine:
             while len(cache) > self.cache_size:
                 cache.popitem(last=False)
 
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
-
     @property
     def cache_len(self) -> int:
         return len(self._cache)
@@ -220,10 +230,11 @@ class SelectionEngine:
             reasons[spec.kernel_id] = r
             if not r:
                 runnable.append(spec)
-        runnable_ids = {s.kernel_id for s in runnable}
+        index = {s.kernel_id: i for i, s in enumerate(candidates)}
         notes: list[str] = []
-        ranked: list[tuple[tuple, KernelSpec]] = []
+        eligible: list[Candidate] = []
         if self.policy is not None:
+            runnable_ids = {s.kernel_id for s in runnable}
             verdicts = self.policy.decide(operation, candidates, ctx, runnable=runnable_ids)
             for v in verdicts:
                 kid = v.kernel.kernel_id
@@ -233,31 +244,41 @@ class SelectionEngine:
                     elif v.reason:
                         reasons[kid] = reasons[kid] + [v.reason]
                 elif kid in runnable_ids:
-                    ranked.append((v.rank, v.kernel))
+                    eligible.append(Candidate(v.kernel, v.rank, index[kid]))
                     if v.reason:
                         notes.append(f"{kid}: {v.reason}")
-        elif self.preserve_order:  # static dispatch: the registration order is the ranking
-            ranked = [((-i,), spec) for i, spec in enumerate(runnable)]
-        else:
-            ranked = [((spec.priority,), spec) for spec in runnable]
-        ranked.sort(key=lambda item: item[0], reverse=True)
-        order = [spec for _, spec in ranked]
-        if order and self.include_fallbacks and self.policy is not None:
+        else:  # no policy: every runnable kernel at the default tier, its built-in priority deciding
+            eligible = [Candidate(spec, (0, 0, spec.priority, 0), index[spec.kernel_id]) for spec in runnable]
+        ranked = self._rank(operation, ctx, eligible)
+        if ranked and self.include_fallbacks and self.policy is not None:
             chain = self.policy.fallback_chain(operation)
             if chain:
-                by_id = {s.kernel_id: s for s in order}
-                head = order[0]
-                chained = [by_id[k] for k in chain if k in by_id and k != head.kernel_id]
-                rest = [s for s in order[1:] if s not in chained]
-                order = [head, *chained, *rest]
-        return ctx, candidates, reasons, order, notes
+                by_id = {r.spec.kernel_id: r for r in ranked}
+                head = ranked[0]
+                chained = [by_id[k] for k in chain if k in by_id and k != head.spec.kernel_id]
+                rest = [r for r in ranked[1:] if all(r is not c for c in chained)]
+                ranked = [head, *chained, *rest]
+        return ctx, candidates, reasons, ranked, notes
+
+    def _rank(self, operation: str, ctx: SelectionContext, eligible: list[Candidate]) -> list[RankedKernel]:
+        """The ranking's order, checked: every eligible kernel exactly once (a ranking that drops or adds
+        one would silently change what may run)."""
+        if not eligible:
+            return []
+        ranked = list(self.ranking.rank(operation, ctx, eligible))
+        got = [r.spec.kernel_id for r in ranked]
+        if len(got) != len(eligible) or set(got) != {c.spec.kernel_id for c in eligible}:
+            raise LayerZeroError(
+                f"ranking {getattr(self.ranking, 'name', type(self.ranking).__name__)!r} returned {got} for "
+                f"{operation}, expected each of {[c.spec.kernel_id for c in eligible]} exactly once")
+        return ranked
 
     def plan(self, operation: str, ctx: SelectionContext) -> Plan:
         """Rank the kernels for ``ctx`` (no cache). Raises NoKernelAvailableError with every reason."""
-        ctx, candidates, reasons, order, _ = self._evaluate(operation, ctx)
-        if not order:
+        ctx, candidates, reasons, ranked, _ = self._evaluate(operation, ctx)
+        if not ranked:
             raise NoKernelAvailableError(operation, [(s.kernel_id, reasons[s.kernel_id]) for s in candidates], ctx)
-        return Plan(operation, tuple(order), ctx)
+        return Plan(operation, tuple(r.spec for r in ranked), ctx)
 
     def select(self, operation: str, ctx: SelectionContext) -> "KernelSpec":
         key = (operation, self.bucket_context(ctx))
@@ -269,14 +290,16 @@ class SelectionEngine:
         return plan.primary
 
     def explain(self, operation: str, ctx: SelectionContext) -> Explanation:
-        ctx, candidates, reasons, order, notes = self._evaluate(operation, ctx)
-        position = {s.kernel_id: i for i, s in enumerate(order)}
+        ctx, candidates, reasons, ranked, notes = self._evaluate(operation, ctx)
+        order = [r.spec for r in ranked]
+        position = {r.spec.kernel_id: (i, r) for i, r in enumerate(ranked)}
         reports = []
         for spec in candidates:
             kid = spec.kernel_id
             if kid in position:
-                status = "chosen" if position[kid] == 0 else "eligible"
-                reports.append(CandidateReport(kid, spec.backend, spec.priority, status, (), position[kid]))
+                i, r = position[kid]
+                status = "chosen" if i == 0 else "eligible"
+                reports.append(CandidateReport(kid, spec.backend, spec.priority, status, (), i, r.source, r.measured_us))
             else:
                 reports.append(CandidateReport(kid, spec.backend, spec.priority, "rejected", tuple(reasons[kid])))
         reports.sort(key=lambda c: (c.rank is None, c.rank if c.rank is not None else 0, -c.priority))

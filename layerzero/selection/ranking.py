@@ -9,17 +9,22 @@ by an applying rule, 0 = no rule). A ranking returns every candidate exactly onc
 
 Built in: :class:`PriorityRanking` (policy rank, then hand-set priority) and :class:`RegistrationOrder`
 (static dispatch: the order kernels were registered). Measured-cost ranking lives in
-:mod:`layerzero.selection.measured_ranking`.
+:mod:`layerzero.selection.measured_ranking`. A ranking that must see the call itself to settle a bucket
+(autotune times the candidates on the call's own tensors) also implements :class:`CallRanking`.
+
+The dispatcher takes its ranking from ``DispatchConfig.ranking`` (None: :func:`default_ranking`), so a new
+ranking plugs in without touching the dispatcher.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:
     from layerzero.context import SelectionContext
     from layerzero.registry import KernelSpec
+    from layerzero.selection.engine import Plan
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,21 @@ class Ranking(Protocol):
         ...
 
 
+@runtime_checkable
+class CallRanking(Ranking, Protocol):
+    """A ranking that settles a bucket's order on its first call, from the call itself (autotune).
+
+    ``rank`` gives the order before that (``explain``, calls that cannot be measured); ``rank_call`` gets
+    the plan ``rank`` produced (policy fallback chains applied) and the call, and returns the plan to run
+    and whether the dispatcher may cache it for the bucket (False: the next call of the bucket asks
+    again, e.g. while torch.compile traces and timing is unsafe)."""
+
+    def rank_call(
+        self, plan: "Plan", key: Hashable, operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]
+    ) -> "tuple[Plan, bool]":
+        ...
+
+
 class PriorityRanking:
     """The policy's rank: locks, then applying rules by their priority, then built-in priority."""
 
@@ -76,3 +96,8 @@ class RegistrationOrder:
     ) -> list[RankedKernel]:
         ordered = sorted(candidates, key=lambda c: c.registration_index)
         return [RankedKernel(c.spec, self.name) for c in ordered]
+
+
+def default_ranking() -> Ranking:
+    """The ranking a dispatcher uses when its config names none: the policy's rank, then priority."""
+    return PriorityRanking()

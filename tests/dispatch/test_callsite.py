@@ -179,3 +179,16 @@ def test_output_checks_still_apply_to_bound_calls():
         assert reg.get("a_norm").impl.calls == 1 and orch.get_telemetry().failure_count == 1
     finally:
         ops.unregister_orchestrator("lz_test_checked")
+
+
+def test_replacing_the_default_dispatcher_rebinds_the_site(named):
+    from layerzero.dispatch import Dispatcher, DispatchMode
+
+    orch, reg = named
+    site = ops.call_site("lz_test_site")
+    x, w = torch.randn(2, 16), torch.randn(16)
+    _call(site, x, w)
+    locked = load_policy({"version": "2", "kernel_locks": {"rms_norm": "b_norm"}}, registry=reg)
+    orch.register_dispatcher(DispatchMode.DYNAMIC, Dispatcher(DispatchConfig(), kernel_registry=reg, policy=locked))
+    _call(site, x, w)
+    assert site.bound_kernel == "b_norm" and site.binds == 2

@@ -1,6 +1,6 @@
 """Circuit breaker state machine, listeners, manager and thread safety (fake clock: no sleeps).
 
-The seed's "Circuit Breaker Usage" snippets themselves run in tests/test_seed_examples.py."""
+The documented "Circuit Breaker Usage" snippets themselves run in tests/test_seed_examples.py."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _reference_attention(query, key, value):
 
 
 # ---------------------------------------------------------------------------- config
-def test_config_defaults_match_seed():
+def test_config_defaults_match_the_documented_ones():
     c = CircuitBreakerConfig()
     assert (c.failure_threshold, c.success_threshold, c.cooldown_seconds, c.half_open_max_calls) == (5, 2, 30.0, 3)
 
@@ -389,8 +389,8 @@ def test_all_kernels_failing_raises_chain_exhausted_then_circuit_open():
         d.dispatch("rms_norm", inputs)
 
 
-def test_seed_dispatch_integration_config_builds_breakers():
-    """The seed's "Circuit Breaker with Dispatch Integration" config, on CPU with injected faults."""
+def test_dispatch_integration_config_builds_breakers():
+    """The documented "Circuit Breaker with Dispatch Integration" config, on CPU with injected faults."""
     from layerzero.dispatch import DispatchMode, create_orchestrator
 
     config = DispatchConfig(
@@ -459,3 +459,28 @@ def test_transitions_are_logged_with_structured_fields(caplog):
     assert [(r.levelno, r.old_state, r.new_state) for r in recs] == [
         (logging.WARNING, "CLOSED", "OPEN"), (logging.INFO, "OPEN", "HALF_OPEN")]
     assert recs[0].kernel_id == "k" and "illegal memory access" in recs[0].getMessage()
+
+
+def test_healthy_is_the_runners_one_read():
+    """``healthy``: CLOSED with no failure counted. A failure clears it (the runner then asks the breaker
+    and reports successes), a success in CLOSED restores it, an opened circuit is not healthy until it
+    closes again."""
+    clock = FakeClock()
+    cb = CircuitBreaker("k", CircuitBreakerConfig(failure_threshold=2, cooldown_seconds=1.0, success_threshold=1),
+                        clock=clock)
+    assert cb.healthy
+    cb.record_failure(RuntimeError("x"))
+    assert not cb.healthy and cb.is_closed
+    cb.record_success()
+    assert cb.healthy
+    cb.record_failure("a")
+    cb.record_failure("b")
+    assert not cb.healthy and cb.state is CircuitState.OPEN
+    clock.advance(1.5)
+    assert cb.allow_request() and not cb.healthy
+    cb.record_success()
+    assert cb.healthy and cb.is_closed
+    cb.force_open("maintenance")
+    assert not cb.healthy
+    cb.reset()
+    assert cb.healthy

@@ -56,9 +56,9 @@ def test_set_policy_swaps_selection_atomically(reg):
     d = DynamicDispatcher(DispatchConfig(), kernel_registry=reg)
     inp = x_w()
     assert d.dispatch("rms_norm", inp).kernel_id == "a_norm"
-    old_state = d._state
+    old_state = d.state
     d.set_policy(load_policy({"version": "2", "kernel_locks": {"rms_norm": "b_norm"}}, registry=reg), version=2)
-    assert d._state is not old_state and d._state.version == 2
+    assert d.state is not old_state and d.state.version == 2
     assert d.dispatch("rms_norm", inp).kernel_id == "b_norm"
     assert d.policy.version == "2"
 
@@ -194,3 +194,14 @@ def test_kernels_registered_later_are_picked_up_on_the_next_miss(reg):
     r = d.dispatch("rms_norm", {"x": torch.randn(5, 16), "weight": torch.randn(16)})  # a new bucket: a miss
     assert r.kernel_id == "new_norm"
     assert d.dispatch("rms_norm", x_w()).kernel_id == "new_norm"  # the refresh dropped the old plans
+
+
+def test_static_dispatch_takes_no_policy_and_the_orchestrator_leaves_it_alone(reg):
+    orch = create_orchestrator(DispatchConfig(mode=DispatchMode.STATIC, static_kernel_map={"rms_norm": "b_norm"}),
+                               kernel_registry=reg)
+    static = orch.get_dispatcher()
+    assert not static.follows_policy and static.policy is None
+    orch.set_policy(load_policy({"version": "2", "kernel_locks": {"rms_norm": "a_norm"}}, registry=reg))
+    assert orch.dispatch("rms_norm", x_w()).kernel_id == "b_norm"
+    with pytest.raises(TypeError, match="fixed catalogue"):
+        static.set_policy(load_policy({"version": "3"}, registry=reg))

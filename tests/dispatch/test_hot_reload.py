@@ -349,7 +349,7 @@ def test_a_read_overlapping_a_rewrite_is_never_reported(tmp_path, monkeypatch):
 def test_unreferenced_dispatcher_stops_its_watcher(cfg_path, kr):
     d = _make(cfg_path, kr, watch_interval_seconds=0.01)
     d.watch()
-    watcher = d._watcher
+    watcher = d.watcher
     del d
     gc.collect()
     write_atomic(cfg_path, lock_policy_text("lz_v1"))  # the next poll finds the dispatcher gone

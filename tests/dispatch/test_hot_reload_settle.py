@@ -95,9 +95,9 @@ def test_a_watched_path_that_is_briefly_a_fifo_never_blocks_the_watcher(tmp_path
     while not errors and time.monotonic() < deadline:
         time.sleep(0.01)
     assert errors and "named pipe" in str(errors[0])
-    polls = d._watcher.polls
+    polls = d.watcher.polls
     time.sleep(0.1)
-    assert d._watcher.polls > polls  # still polling, not stuck in a read
+    assert d.watcher.polls > polls  # still polling, not stuck in a read
     start = time.monotonic()
     d.stop()
     assert time.monotonic() - start < 0.5 and not d.watching

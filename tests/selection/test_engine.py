@@ -14,6 +14,7 @@ from layerzero.registry import (
 )
 from layerzero.selection import SelectionContext, SelectionEngine
 from layerzero.context.buckets import Bucketer
+from layerzero.context.keys import make_keyer
 
 
 def norm(kid, priority=50, **constraints):
@@ -86,9 +87,7 @@ def test_policy_thresholds_split_buckets(backends):
         {"operation": "attention.*", "conditions": {"seq_len_gt": 1000}, "kernel": "long", "priority": 100}]}, registry=reg)
     eng = SelectionEngine(reg, backends, PolicyEngine(policy, reg))
     assert eng.bucketers["seq_len_q"](999) != eng.bucketers["seq_len_q"](1001)
-    from layerzero.dispatch.core import SelectionState
-
-    keyer = SelectionState(eng).keyer
+    keyer = make_keyer(eng.bucketers)
 
     def pick(s):
         q = torch.empty(1, s, 1, 8)
@@ -107,9 +106,7 @@ def test_policy_thresholds_split_buckets(backends):
 def test_decode_growth_does_not_grow_the_cache(backends):
     reg = KernelRegistry([KernelSpec("attn", "attention.*", "torch", "layerzero.kernels.reference:attention")])
     eng = SelectionEngine(reg, backends)
-    from layerzero.dispatch.core import SelectionState
-
-    keyer = SelectionState(eng).keyer
+    keyer = make_keyer(eng.bucketers)
     keys = set()
     for sk in range(100, 1100):
         q = torch.empty(1, 1, 4, 8)

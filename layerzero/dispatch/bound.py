@@ -1,0 +1,110 @@
+"""BoundCall: the one fast path patched modules use. It remembers the plan of its last call together with
+the guard it was chosen under, and on the next call goes straight to the dispatcher's runner.
+
+The guard is (selection state, cache key). The state is the dispatcher's one published reference
+(engine, policy, version), replaced whole by a policy swap, a hot reload or ``refresh()`` after kernels
+were registered at run time; the key is the dispatcher's own cache key for the call (every fact a
+constraint or policy rule can look at, sizes bucketed). So a bound plan is reused exactly when the cache
+would have returned it: no new correctness rule to get wrong. The plan is dropped, and the next call
+selects again, when either changes, or when verification demoted the plan (``Plan.superseded``).
+
+Breakers, fallbacks, output checks and telemetry run exactly as in ``dispatch()``: a bound call skips the
+lookup, never the runner. Calls inside ``use_kernels``, attention calls that leave ``is_causal`` to the
+operation's name, and dispatchers that count in-flight calls (hot reload) go through ``call()``.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any, Mapping
+
+from layerzero.dispatch.overrides import active_overrides as _active_overrides
+from layerzero.operations import ATTENTION_OPS
+
+if TYPE_CHECKING:
+    from layerzero.dispatch.dispatcher import Dispatcher
+
+__all__ = ["BoundCall", "RoutedCall"]
+
+_ATTENTION_OPS = frozenset(ATTENTION_OPS)
+
+
+class BoundCall:
+    """``bound(inputs, kwargs) -> output`` for one operation on one dispatcher. Thread-safe: the memo is
+    one tuple, replaced by a single assignment. ``binds`` counts (re)selections: a decode loop should
+    leave it flat."""
+
+    __slots__ = ("dispatcher", "operation", "binds", "_memo", "_run", "_attention")
+
+    def __init__(self, dispatcher: "Dispatcher", operation: str):
+        self.dispatcher = dispatcher
+        self.operation = operation
+        self.binds = 0
+        self._memo: tuple = (None, None, None)  # (selection state, key, plan)
+        self._run = dispatcher.runner.run
+        self._attention = operation in _ATTENTION_OPS
+
+    def __call__(self, inputs: Mapping[str, Any], kwargs: dict[str, Any]) -> Any:
+        t0 = perf_counter_ns()
+        d = self.dispatcher
+        operation = self.operation
+        state = d.state
+        if state.inflight is not None or _active_overrides() or (self._attention and "is_causal" not in kwargs):
+            return d.call(operation, inputs, kwargs)
+        key = state.keyer(operation, inputs, kwargs)
+        m = self._memo
+        if m[0] is state and m[1] == key and not m[2].superseded:
+            plan = m[2]
+        else:
+            plan = state.engine.lookup(key)
+            if plan is None:  # a miss: the full path selects and caches, then this binds that plan
+                out = d.call(operation, inputs, kwargs)
+                plan = state.engine.lookup(key) if d.state is state else None
+                if plan is not None:
+                    self.binds += 1
+                    self._memo = (state, key, plan)
+                return out
+            self.binds += 1
+            self._memo = (state, key, plan)
+        return self._run(plan, True, operation, inputs, kwargs, t0, False, key)
+
+    def reset(self) -> None:
+        """Forget the bound plan (the next call selects through the dispatcher's cache)."""
+        self._memo = (None, None, None)
+
+    @property
+    def bound_kernel(self) -> str | None:
+        """The kernel id the next call would run without selecting, if bound."""
+        plan = self._memo[2]
+        return None if plan is None else plan.primary.kernel_id
+
+    def __repr__(self) -> str:
+        return f"BoundCall({self.operation!r}, bound={self.bound_kernel!r}, binds={self.binds})"
+
+
+class RoutedCall:
+    """The ``bind`` of something that cannot be bound (a custom dispatcher, a stand-in orchestrator): the
+    same call signature, every call routed through ``call``/``dispatch`` so it sees them all."""
+
+    __slots__ = ("target", "operation", "binds")
+
+    def __init__(self, target: Any, operation: str):
+        self.target = target
+        self.operation = operation
+        self.binds = 0
+
+    def __call__(self, inputs: Mapping[str, Any], kwargs: dict[str, Any]) -> Any:
+        call = getattr(self.target, "call", None)
+        if call is not None:
+            return call(self.operation, inputs, kwargs)
+        return self.target.dispatch(self.operation, inputs, **kwargs).output
+
+    def reset(self) -> None:
+        """Nothing is remembered."""
+
+    @property
+    def bound_kernel(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"RoutedCall({self.operation!r}, target={type(self.target).__name__})"
