@@ -212,3 +212,33 @@ def unsafe_to_time() -> str | None:
         except Exception:
             pass
     return None
+
+
+Timer = Callable[..., Timing]
+
+
+def measure_stable(
+    fn: Callable[[], Any],
+    device: torch.device | str,
+    *,
+    max_spread: float = NOISE_THRESHOLD,
+    attempts: int = 3,
+    warmup: int = 3,
+    repeats: int = 10,
+    timer: Timer | None = None,
+) -> tuple[Timing | None, str | None]:
+    """A measurement fit to be written into a cost table: re-measured up to ``attempts`` times while its
+    spread (IQR / median) exceeds ``max_spread``; returns ``(timing, None)`` for the first steady one, else
+    ``(None, note)`` saying why it was dropped. A table that records a noisy median would rank kernels by
+    whatever else ran on the machine. ``timer`` defaults to :func:`measure` (tests inject a fake)."""
+    run = timer if timer is not None else measure
+    spreads: list[str] = []
+    for _ in range(max(1, attempts)):
+        timing = run(fn, device, warmup=warmup, repeats=repeats)
+        spread = timing.spread
+        if math.isfinite(timing.median_us) and timing.median_us > 0 and math.isfinite(spread) \
+                and spread <= max_spread and not (timing.samples and len(timing.samples) < 4):
+            return timing, None
+        spreads.append("nan" if not math.isfinite(spread) else f"{spread:.2f}")
+    return None, (f"dropped: spread (IQR/median) {', '.join(spreads)} over {len(spreads)} attempts exceeds "
+                  f"{max_spread:.2f}")
