@@ -45,6 +45,7 @@ from layerzero_hf.patching import (
 from layerzero_hf.report import PatchedModule, PatchReport, SkippedModule
 from layerzero_hf.rules import load_rules
 from layerzero_hf.specs import builtin_specs, load_arch_spec
+from layerzero_hf.tune import tune, tuned_ranking
 
 __all__ = [
     "compare",
@@ -64,5 +65,7 @@ __all__ = [
     "patch",
     "patch_report",
     "patched",
+    "tune",
+    "tuned_ranking",
     "unpatch",
 ]

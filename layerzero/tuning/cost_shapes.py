@@ -1,7 +1,9 @@
 """The calls the shipped architectures make, as cost buckets: what a cost sweep measures.
 
 Dimensions are those of one public checkpoint per architecture of ``patches/*.yaml`` (the sizes
-``benchmarks/e2e.py`` and the conformance archs already use where they overlap). A bucket is built from
+``benchmarks/e2e.py`` and the conformance archs already use where they overlap). Attention is swept as
+the operations models dispatch (``layerzero.ops.attention_operation``): ``attention.prefill`` for a prompt
+of several tokens, ``attention.decode`` for one query token per sequence. A bucket is built from
 the same facts a live call's context gives (:func:`layerzero.tuning.cost_table.bucket_for`), so a
 sweep's measurements land exactly where the measured ranking looks them up.
 """
@@ -50,7 +52,7 @@ ARCH_DIMS: dict[str, ArchDims] = {
     "gpt_oss": ArchDims(2880, 64, 8, 64, 2880, window=128, sinks=True),  # gpt-oss-20b
 }
 
-OPERATIONS = ("attention.causal", "attention.decode", "rms_norm", "rope", "swiglu", "geglu")
+OPERATIONS = ("attention.prefill", "attention.decode", "rms_norm", "rope", "swiglu", "geglu")
 PREFILL_TOKENS = tuple(1 << i for i in range(16))  # 1 .. 32768
 DECODE_BATCHES = (1, 8, 64)
 DECODE_KV = (512, 4096, 32768)
@@ -133,12 +135,13 @@ def arch_calls(arch: str, dims: ArchDims, operations: Iterable[str], dtype: str,
     """Every call of one architecture for one token count ordering (see :func:`sweep_calls`)."""
     ops = set(operations)
     for t in tokens:
-        if "attention.causal" in ops:
-            yield SweepCall(arch, "attention.causal", dtype, 1, t, t, dims)
+        if "attention.prefill" in ops and t > 1:  # a one-token prompt is dispatched as attention.decode
+            yield SweepCall(arch, "attention.prefill", dtype, 1, t, t, dims)
         if "rms_norm" in ops:
             yield SweepCall(arch, "rms_norm", dtype, 1, t, t, dims, rows=t, width=dims.hidden)
             if dims.qk_norm:
-                yield SweepCall(arch, "rms_norm", dtype, 1, t, t, dims, rows=t * dims.heads, width=dims.head_dim)
+                for heads in sorted({dims.heads, dims.kv_heads}):
+                    yield SweepCall(arch, "rms_norm", dtype, 1, t, t, dims, rows=t * heads, width=dims.head_dim)
         if "rope" in ops:
             yield SweepCall(arch, "rope", dtype, 1, t, t, dims)
         if dims.activation in ops:
