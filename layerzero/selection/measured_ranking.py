@@ -72,7 +72,7 @@ class MeasuredRanking:
         self, operation: str, context: "SelectionContext", candidates: Sequence[Candidate]
     ) -> list[RankedKernel]:
         key = (operation, context_device_class(context), bucket_for(operation, context),
-               tuple((c.spec.kernel_id, c.policy_rank, c.registration_index) for c in candidates))
+               tuple(sorted((c.spec.kernel_id, c.policy_rank, c.registration_index) for c in candidates)))
         hit = self._memo.get(key)
         if hit is None:
             ranked = self._rank(operation, context, candidates)
@@ -96,7 +96,7 @@ class MeasuredRanking:
             measured = sorted((c for c in members if c.spec.kernel_id in times),
                               key=lambda c: (times[c.spec.kernel_id].median_us, c.spec.kernel_id))
             rest = sorted((c for c in members if c.spec.kernel_id not in times),
-                          key=lambda c: (_neg(c.policy_rank), c.registration_index))
+                          key=lambda c: (_neg(c.policy_rank), c.registration_index, c.spec.kernel_id))
             out.extend(RankedKernel(c.spec, "measured", times[c.spec.kernel_id].median_us) for c in measured)
             out.extend(RankedKernel(c.spec, "policy" if c.policy_rank and c.policy_rank[0] > 0 else "priority")
                        for c in rest)
