@@ -89,8 +89,11 @@ def measure_bucket(call: SweepCall, device: torch.device, *, timer: Timer | None
         if problem is not None:
             notes.append(f"{spec.kernel_id}: not recorded, {problem}")
             continue
-        timing, note = measure_stable(lambda impl=impl, args=args: impl(**args), device, attempts=attempts,
-                                      repeats=repeats, timer=timer)
+        try:
+            timing, note = measure_stable(lambda impl=impl, args=args: impl(**args), device, attempts=attempts,
+                                          repeats=repeats, timer=timer)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory while timing a huge shape
+            timing, note = None, f"timing failed: {type(e).__name__}: {str(e)[:120]}"
         if timing is None:
             notes.append(f"{spec.kernel_id}: {note}")
             continue
