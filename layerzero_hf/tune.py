@@ -27,7 +27,7 @@ from layerzero.context.call_context import SelectionContext
 from layerzero.selection.measured_ranking import MeasuredRanking, measured_ranking_for_device, reset_measured_rankings
 from layerzero.tuning.cache import TuningCache, put_costs
 from layerzero.tuning.cost_table import CostBucket, bucket_for, device_class
-from layerzero.tuning.measure import Timer, conformance_problem, measure_stable
+from layerzero.tuning.measure import Timer, eligible_kernels, fp32_reference, time_kernels
 
 __all__ = ["TuneResult", "TunedCall", "model_key", "tune", "tuned_ranking"]
 
@@ -86,50 +86,6 @@ def _split_inputs(example_inputs: Any) -> tuple[torch.Tensor, torch.Tensor | Non
                     f"(and optionally 'attention_mask'), got {type(example_inputs).__name__}")
 
 
-def _fp32(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.detach().float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-            for k, v in values.items()}
-
-
-def _measure_call(operation: str, inputs: Mapping[str, Any], options: Mapping[str, Any], ctx: SelectionContext,
-                  timer: Timer | None, attempts: int) -> tuple[dict[str, float], dict[str, str]]:
-    from layerzero.registry import get_global_backend_registry, get_global_kernel_registry
-
-    registry, backends = get_global_kernel_registry(), get_global_backend_registry()
-    specs = [s for s in registry.get_by_operation(operation) if not s.check(ctx, backends)]
-    if len(specs) > 1:
-        specs = [s for s in specs if not s.is_reference]
-    ref = registry.reference_for(operation)
-    expected = None
-    if ref is not None:
-        try:
-            expected = ref.impl(**ref.map_arguments(_fp32(inputs), _fp32(options)))
-        except Exception:  # noqa: BLE001 - no oracle for this call: timings stay unchecked
-            expected = None
-    dtype = next(v.dtype for v in inputs.values() if isinstance(v, torch.Tensor))
-    device = next(v.device for v in inputs.values() if isinstance(v, torch.Tensor))
-    times: dict[str, float] = {}
-    notes: dict[str, str] = {}
-    for spec in specs:
-        args, impl = spec.map_arguments(inputs, options), spec.impl
-        try:
-            out = impl(**args)
-        except Exception as e:  # noqa: BLE001 - a kernel that raises on the model's call is reported
-            notes[spec.kernel_id] = f"raised {type(e).__name__}: {str(e)[:120]}"
-            continue
-        problem = conformance_problem(out, expected, dtype) if expected is not None else None
-        if problem is not None:
-            notes[spec.kernel_id] = problem
-            continue
-        timing, note = measure_stable(lambda impl=impl, args=args: impl(**args), device, attempts=attempts,
-                                      timer=timer)
-        if timing is None:
-            notes[spec.kernel_id] = note or "no steady measurement"
-        else:
-            times[spec.kernel_id] = timing.median_us
-    return times, notes
-
-
 def tune(
     model: torch.nn.Module,
     example_inputs: Any,
@@ -162,7 +118,10 @@ def tune(
         if bucket in tuned:
             tuned[bucket].count += call.count
             continue
-        times, notes = _measure_call(call.operation, call.inputs, call.options, ctx, timer, attempts)
+        specs, ref = eligible_kernels(call.operation, ctx)
+        expected = fp32_reference(ref, call.inputs, call.options)
+        timings, notes = time_kernels(specs, call.inputs, call.options, expected, timer=timer, attempts=attempts)
+        times = {k: t.median_us for k, t in timings.items()}
         tuned[bucket] = TunedCall(call.operation, bucket, times, notes, call.count)
         put_costs(store, cls, bucket, times, scope=key, rejected=notes, save=False)
     store.save()

@@ -85,7 +85,8 @@ class SweepCall:
         d, op = self.dims, self.operation
         if op.startswith("attention"):
             q = mk(self.batch, self.seq_q, d.heads, d.head_dim)
-            k, v = mk(self.batch, self.seq_k, d.kv_heads, d.head_dim), mk(self.batch, self.seq_k, d.kv_heads, d.head_dim)
+            k = mk(self.batch, self.seq_k, d.kv_heads, d.head_dim)
+            v = mk(self.batch, self.seq_k, d.kv_heads, d.head_dim)
             kw: dict[str, Any] = {"is_causal": default_is_causal(op), "sliding_window": d.window,
                                   "softcap": d.softcap}
             if d.sinks:

@@ -29,7 +29,7 @@ import torch
 from layerzero.tuning.cache import TuningCache, device_name, library_versions, put_costs
 from layerzero.tuning.cost_shapes import ARCH_DIMS, OPERATIONS, SweepCall, sweep_calls
 from layerzero.tuning.cost_table import CostBucket, CostTable, Measurement, device_class, load_table_file
-from layerzero.tuning.measure import Timer, conformance_problem, measure_stable, timer_name
+from layerzero.tuning.measure import Timer, eligible_kernels, fp32_reference, time_kernels, timer_name
 
 QUICK = dict(archs=("llama",), tokens=(1, 16), decode_batches=(1,), decode_kv=(64,))
 # Conformance is checked while the fp32 reference fits comfortably (scores of batch x heads x sq x sk).
@@ -46,59 +46,16 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _eligible(call: SweepCall, device: torch.device) -> tuple[list[Any], Any, Any]:
-    from layerzero.registry import get_global_backend_registry, get_global_kernel_registry
-
-    registry, backends = get_global_kernel_registry(), get_global_backend_registry()
-    ctx = call.context(device)
-    specs = [s for s in registry.get_by_operation(call.operation) if not s.check(ctx, backends)]
-    ref = registry.reference_for(call.operation)
-    if len(specs) > 1:
-        specs = [s for s in specs if not s.is_reference]  # the oracle is never what a tuned model runs
-    return specs, ref, ctx
-
-
-def _reference_output(call: SweepCall, ref: Any, inputs: dict[str, Any], kwargs: dict[str, Any]) -> Any:
-    if ref is None or call.batch * call.dims.heads * call.seq_q * call.seq_k > MAX_REFERENCE_SCORES:
-        return None
-    cast = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
-    try:
-        return ref.impl(**ref.map_arguments(cast, kwargs))
-    except Exception:  # noqa: BLE001 - out of memory at a large shape: timings go unchecked, as noted
-        return None
-
-
 def measure_bucket(call: SweepCall, device: torch.device, *, timer: Timer | None = None, attempts: int = 3,
                    repeats: int = 10) -> tuple[dict[str, Measurement], list[str]]:
     """Steady, conforming times of every eligible kernel at one call; notes say what was left out."""
-    specs, ref, _ = _eligible(call, device)
+    specs, ref = eligible_kernels(call.operation, call.context(device))
     inputs, kwargs = call.arguments(device)
-    expected = _reference_output(call, ref, inputs, kwargs)
-    dtype = next(v.dtype for v in inputs.values() if isinstance(v, torch.Tensor))
-    times: dict[str, Measurement] = {}
-    notes: list[str] = []
-    for spec in specs:
-        args = spec.map_arguments(inputs, kwargs)
-        impl = spec.impl
-        try:
-            out = impl(**args)
-        except Exception as e:  # noqa: BLE001 - a kernel that raises here is reported, not timed
-            notes.append(f"{spec.kernel_id}: raised {type(e).__name__}: {str(e)[:120]}")
-            continue
-        problem = conformance_problem(out, expected, dtype) if expected is not None else None
-        if problem is not None:
-            notes.append(f"{spec.kernel_id}: not recorded, {problem}")
-            continue
-        try:
-            timing, note = measure_stable(lambda impl=impl, args=args: impl(**args), device, attempts=attempts,
-                                          repeats=repeats, timer=timer)
-        except Exception as e:  # noqa: BLE001 - e.g. out of memory while timing a huge shape
-            timing, note = None, f"timing failed: {type(e).__name__}: {str(e)[:120]}"
-        if timing is None:
-            notes.append(f"{spec.kernel_id}: {note}")
-            continue
-        times[spec.kernel_id] = Measurement(timing.median_us, timing.spread, "shipped")
-    return times, notes
+    small = call.batch * call.dims.heads * call.seq_q * call.seq_k <= MAX_REFERENCE_SCORES
+    expected = fp32_reference(ref, inputs, kwargs) if small else None
+    timings, notes = time_kernels(specs, inputs, kwargs, expected, timer=timer, attempts=attempts, repeats=repeats)
+    times = {k: Measurement(t.median_us, t.spread, "shipped") for k, t in timings.items()}
+    return times, [f"{k}: {v}" for k, v in sorted(notes.items())]
 
 
 def _selected(names: Sequence[str] | None, known: Sequence[str], what: str) -> tuple[str, ...]:
