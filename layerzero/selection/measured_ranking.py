@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 from layerzero.selection.ranking import Candidate, RankedKernel
 from layerzero.tuning.cost_table import (
+    CostBucket,
     CostTable,
     CostTableSource,
     Measurement,
@@ -60,12 +61,17 @@ class MeasuredRanking:
     def source(self) -> TableSource:
         return self._source
 
-    def times_for(self, operation: str, context: "SelectionContext") -> dict[str, Measurement]:
-        """The measured times that apply to a call (exact or nearest bucket), by kernel id."""
+    def lookup(self, operation: str, context: "SelectionContext") -> tuple[CostBucket, dict[str, Measurement]] | None:
+        """The measured bucket that applies to a call (exact or nearest) and its times by kernel id, or None;
+        ``explain`` can name the bucket when it is not the call's own."""
         cls = context_device_class(context)
         bucket = bucket_for(operation, context) if cls is not None else None
         table = self._source(cls) if bucket is not None else None  # type: ignore[arg-type]
-        found = table.lookup(bucket) if table is not None else None  # type: ignore[arg-type]
+        return table.lookup(bucket) if table is not None else None  # type: ignore[arg-type]
+
+    def times_for(self, operation: str, context: "SelectionContext") -> dict[str, Measurement]:
+        """The measured times that apply to a call (exact or nearest bucket), by kernel id."""
+        found = self.lookup(operation, context)
         return dict(found[1]) if found is not None else {}
 
     def rank(
@@ -109,6 +115,13 @@ class MeasuredRanking:
             invalidate()
         with self._lock:
             self._memo.clear()
+
+
+def rank_note(ranked: RankedKernel) -> str:
+    """What ``explain`` prints beside a ranked kernel: ``measured 181.3 us``, or the source that placed it."""
+    if ranked.measured_us is not None:
+        return f"{ranked.source} {ranked.measured_us:.1f} us"
+    return ranked.source
 
 
 def _neg(rank: tuple) -> tuple:

@@ -110,3 +110,11 @@ def test_measured_ranking_for_device_is_shared_and_preloaded(monkeypatch, tmp_pa
 def test_sources_name_policy_for_rule_chosen_unmeasured(tier):
     got = _order(MeasuredRanking(_table()), [_cand("fa3", tier=tier)])
     assert got[0][1] == ("policy" if tier else "priority")
+
+
+def test_rank_note_and_lookup_for_explain():
+    ranking = MeasuredRanking(_table(sdpa=7.25))
+    ranked = ranking.rank(OP, CTX, [_cand("sdpa"), _cand("fa3")])
+    assert [mr.rank_note(r) for r in ranked] == ["measured 7.2 us", "priority"]
+    bucket, times = ranking.lookup(OP, CTX.replace(seq_len=1500, seq_len_q=1500, seq_len_k=1500))
+    assert bucket == bucket_for(OP, CTX) and times["sdpa"].median_us == 7.25  # the nearest bucket

@@ -173,3 +173,33 @@ def test_source_loads_once_until_invalidated(tmp_path, monkeypatch):
     source.invalidate()
     source("sm90")
     assert calls == ["sm90", "sm90"]
+
+
+def test_every_shipped_table_validates_and_is_found_by_class():
+    from importlib import resources
+
+    files = [f for f in resources.files("layerzero").joinpath("data", "costs").iterdir() if f.name.endswith(".json")]
+    assert files, "no shipped cost table"
+    for f in files:
+        table = table_from_json(json.loads(f.read_text()), origin=f.name)  # raises on any problem
+        assert table.device_class == f.name.removesuffix(".json") and len(table) > 0
+        assert table.timer and table.versions.get("torch")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert cost_table.shipped_table(table.device_class).entries == table.entries
+
+
+def test_shipped_sm90_table_ranks_a_llama_prefill():
+    from layerzero.registry import get_global_kernel_registry
+    from layerzero.selection.measured_ranking import MeasuredRanking
+    from layerzero.selection.ranking import Candidate
+
+    ctx = SelectionContext(operation="attention.prefill", batch_size=1, seq_len=3000, head_dim=64, num_heads=32,
+                           num_kv_heads=8, dtype="bfloat16", device="cuda:0", compute_capability=(9, 0),
+                           is_causal=True)
+    specs = get_global_kernel_registry().get_by_operation("attention.prefill")
+    cands = [Candidate(s, (0, 0, s.priority, 0), i) for i, s in enumerate(specs)]
+    ranked = MeasuredRanking(cost_table.shipped_table).rank("attention.prefill", ctx, cands)
+    measured = [r for r in ranked if r.source == "measured"]
+    assert len(measured) >= 2 and ranked[: len(measured)] == measured
+    assert [r.measured_us for r in measured] == sorted(r.measured_us for r in measured)
