@@ -71,6 +71,14 @@ class SweepCall:
     dims: ArchDims
     rows: int = 0  # norms / activations: token rows
     width: int = 0  # norms / activations: feature size
+    full_attention: bool = False  # a full-attention layer of an architecture that also has sliding ones
+
+    @property
+    def window(self) -> int | None:
+        """The window the call passes: as the Transformers integration does, only where it bites (keys
+        beyond it), and never on a full-attention layer."""
+        w = self.dims.window
+        return w if w is not None and not self.full_attention and self.seq_k > w else None
 
     def arguments(self, device: torch.device | str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Random inputs and the options the architecture passes."""
@@ -87,7 +95,7 @@ class SweepCall:
             q = mk(self.batch, self.seq_q, d.heads, d.head_dim)
             k = mk(self.batch, self.seq_k, d.kv_heads, d.head_dim)
             v = mk(self.batch, self.seq_k, d.kv_heads, d.head_dim)
-            kw: dict[str, Any] = {"is_causal": default_is_causal(op), "sliding_window": d.window,
+            kw: dict[str, Any] = {"is_causal": default_is_causal(op), "sliding_window": self.window,
                                   "softcap": d.softcap}
             if d.sinks:
                 kw["sinks"] = mk(d.heads)
@@ -135,9 +143,11 @@ def arch_calls(arch: str, dims: ArchDims, operations: Iterable[str], dtype: str,
                decode_batches: Sequence[int], decode_kv: Sequence[int]) -> Iterator[SweepCall]:
     """Every call of one architecture for one token count ordering (see :func:`sweep_calls`)."""
     ops = set(operations)
+    layers = (False, True) if dims.window else (False,)  # sliding and full-attention layers
     for t in tokens:
         if "attention.prefill" in ops and t > 1:  # a one-token prompt is dispatched as attention.decode
-            yield SweepCall(arch, "attention.prefill", dtype, 1, t, t, dims)
+            for full in layers:
+                yield SweepCall(arch, "attention.prefill", dtype, 1, t, t, dims, full_attention=full)
         if "rms_norm" in ops:
             yield SweepCall(arch, "rms_norm", dtype, 1, t, t, dims, rows=t, width=dims.hidden)
             if dims.qk_norm:
@@ -150,7 +160,8 @@ def arch_calls(arch: str, dims: ArchDims, operations: Iterable[str], dtype: str,
     if "attention.decode" in ops:
         for kv in decode_kv:
             for b in decode_batches:
-                yield SweepCall(arch, "attention.decode", dtype, b, 1, kv, dims)
+                for full in layers:
+                    yield SweepCall(arch, "attention.decode", dtype, b, 1, kv, dims, full_attention=full)
 
 
 def sweep_calls(archs: Sequence[str], operations: Iterable[str], dtype: str, tokens: Sequence[int] = PREFILL_TOKENS,

@@ -60,9 +60,11 @@ def test_sweep_covers_every_architecture_early():
     tokens = {c.seq_q for c in calls if c.operation == "attention.prefill"}
     assert tokens == {1 << i for i in range(1, 16)}  # 2 .. 32768 (one token is a decode call)
     assert _spread_order([1, 2, 4, 8, 16])[:2] == [1, 16]
-    gemma2 = next(c for c in calls if c.arch == "gemma2" and c.operation == "attention.prefill")
-    opts = dict(gemma2.bucket("cpu").options)
-    assert (opts["window"], opts["softcap"], opts["gqa"]) == (4096, 50.0, True)
+    gemma2 = {(c.seq_q, c.full_attention): dict(c.bucket("cpu").options) for c in calls
+              if c.arch == "gemma2" and c.operation == "attention.prefill"}
+    assert (gemma2[8192, False]["window"], gemma2[8192, False]["softcap"]) == (4096, 50.0)
+    assert gemma2[8192, True]["window"] is None  # the full-attention layers
+    assert gemma2[4096, False]["window"] is None  # the window does not bite: the integration drops it
     qwen3_norms = {c.width for c in calls if c.arch == "qwen3" and c.operation == "rms_norm"}
     assert qwen3_norms == {2048, 128}  # hidden and the per-head q/k norms
 
