@@ -163,7 +163,7 @@ def summary_markdown(table: CostTable) -> str:
              f"Device: {table.device_name or '?'}; measured {table.created or '?'} with {table.timer or '?'}; "
              f"versions: {', '.join(f'{k} {v}' for k, v in sorted(table.versions.items())) or '?'}.", "",
              "| bucket | fastest | µs | others (x slower) |", "| --- | --- | ---: | --- |"]
-    for bucket in sorted(table.entries):
+    for bucket in sorted(table.entries, key=lambda b: b.sort_key):
         kernels = sorted(table.entries[bucket].items(), key=lambda kv: (kv[1].median_us, kv[0]))
         best_id, best = kernels[0]
         others = ", ".join(f"{k} {m.median_us / best.median_us:.2f}" for k, m in kernels[1:])

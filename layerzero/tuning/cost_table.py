@@ -84,7 +84,7 @@ def context_device_class(ctx: SelectionContext) -> str | None:
     return ctx.platform or ctx.device.split(":", 1)[0]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class CostBucket:
     """One measured kind of call. ``dims`` and ``options`` are sorted (name, value) pairs."""
 
@@ -94,6 +94,11 @@ class CostBucket:
     tokens: int
     kv_len: int | None = None
     options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def sort_key(self) -> tuple:
+        """A total order for files and summaries (options may mix None and numbers, which do not compare)."""
+        return (self.operation, self.dtype, self.dims, self.tokens, self.kv_len or 0, repr(self.options))
 
     @property
     def family(self) -> tuple:
@@ -192,7 +197,7 @@ class CostTable:
             return bucket, exact
         if self._families is None:
             families: dict[tuple, list[CostBucket]] = {}
-            for b in sorted(self.entries):
+            for b in sorted(self.entries, key=_sort_key):
                 families.setdefault(b.family, []).append(b)
             self._families = families
         best: tuple[float, int, int, CostBucket] | None = None
@@ -209,13 +214,17 @@ class CostTable:
 
     def as_json(self) -> dict[str, Any]:
         rows = []
-        for bucket in sorted(self.entries):
+        for bucket in sorted(self.entries, key=_sort_key):
             for kid, m in sorted(self.entries[bucket].items()):
                 rows.append({**bucket.as_json(), "kernel_id": kid, "median_us": round(m.median_us, 4),
                              "spread": round(m.spread, 4)})
         return {"schema": SCHEMA, "device_class": self.device_class, "device_name": self.device_name,
                 "versions": dict(sorted(self.versions.items())), "created": self.created, "timer": self.timer,
                 "notes": list(self.notes), "entries": rows}
+
+
+def _sort_key(bucket: CostBucket) -> tuple:
+    return bucket.sort_key
 
 
 def _log2_distance(a: CostBucket, b: CostBucket) -> float:

@@ -89,6 +89,18 @@ def test_validation_names_the_field(mutate, field):
     assert field in str(info.value)
 
 
+def test_buckets_with_and_without_a_window_share_a_file():
+    windowed = CostBucket.make("attention.prefill", "bfloat16", DIMS, 8192, 8192, {**OPTS, "window": 4096})
+    table = CostTable("sm90")
+    table.add(windowed, "a", Measurement(2.0))
+    table.add(_bucket(8192), "a", Measurement(1.0))  # the same call on a full-attention layer
+    again = table_from_json(json.loads(json.dumps(table.as_json())))
+    assert again.lookup(windowed)[1]["a"].median_us == 2.0 and again.lookup(_bucket(4096))[0] == _bucket(8192)
+    from layerzero.tuning.cost_sweep import summary_markdown
+
+    assert summary_markdown(again).count("| attention.prefill") == 2
+
+
 def test_nearest_bucket_within_bound():
     table = table_from_json(_doc(_row("a", 10.0, tokens=1024), _row("b", 99.0, tokens=8192)))
     assert table.lookup(_bucket(1024))[0] == _bucket(1024)  # exact
