@@ -145,11 +145,12 @@ def _write(result: SweepResult, out_dir: Path) -> None:
     if path.exists():
         old = load_table_file(path, "shipped")
         if old is not None and old.device_class == cls:
-            notes = table.notes
-            table = old.merged(table)
+            table = old.merged(result.table)
             table.device_name, table.versions, table.created, table.timer = (
                 result.table.device_name, result.table.versions, result.table.created, result.table.timer)
-            table.notes = notes  # notes describe the latest run only
+            remeasured = tuple(f"{b.label()}: " for b in result.table.entries)
+            kept = [n for n in old.notes if not n.startswith(remeasured) and not n.startswith("time budget")]
+            table.notes = kept + result.table.notes  # an old note stays while its bucket was not measured again
     result.table = table
     path.write_text(json.dumps(table.as_json(), indent=1) + "\n")
     summary = out_dir / f"{cls}.md"
