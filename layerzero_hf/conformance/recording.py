@@ -80,7 +80,7 @@ def dispatch_signature(orchestrator: Any, operation: str, inputs: Mapping[str, A
     here get the same kernel and present it the same kind of layout. Falls back to the exact
     :func:`call_signature` when the orchestrator has no selection engine to bucket with."""
     try:
-        from layerzero.context import SelectionContext
+        from layerzero.context.call_context import SelectionContext
 
         engine = orchestrator.get_dispatcher().engine
         ctx = engine.bucket_context(SelectionContext.from_inputs(operation, inputs, **options))

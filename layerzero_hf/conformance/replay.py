@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from layerzero.operations import is_attention
-from layerzero.context import SelectionContext
+from layerzero.context.call_context import SelectionContext
 from layerzero.validation import TOLERANCES, tolerance
 from layerzero_hf.conformance.recording import RecordedCall
 
