@@ -123,7 +123,7 @@ def tune(
         timings, notes = time_kernels(specs, call.inputs, call.options, expected, timer=timer, attempts=attempts)
         times = {k: t.median_us for k, t in timings.items()}
         tuned[bucket] = TunedCall(call.operation, bucket, times, notes, call.count)
-        put_costs(store, cls, bucket, times, scope=key, rejected=notes, save=False)
+        put_costs(store, cls, bucket.key(), times, scope=key, rejected=notes, save=False)
     store.save()
     reset_measured_rankings()  # rankings already built reload their tables and see the new times
     return TuneResult(key, cls, list(tuned.values()), str(store.path))

@@ -17,9 +17,10 @@ The file is an optimisation, never a reason to fail a dispatch:
   turns the cache into an in-memory one for the rest of the process, with ONE warning.
 
 Besides the autotune dispatcher's choices (keyed by its dispatch buckets), the file keeps local cost
-measurements per :class:`~layerzero.tuning.cost_table.CostBucket` (:func:`cost_key`, :func:`put_costs`,
-:func:`cost_entries`): the measured ranking merges them over the shipped cost tables, so what was
-measured on this machine wins. A ``scope`` (a model's config hash) keeps a model's own measurements apart.
+measurements per cost bucket (:func:`cost_key`, :func:`put_costs`, :func:`cost_entries`; a bucket is
+named by its canonical JSON, ``CostBucket.key()`` in :mod:`layerzero.tuning.cost_table`): the measured
+ranking merges them over the shipped cost tables, so what was measured on this machine wins. A ``scope``
+(a model's config hash) keeps a model's own measurements apart.
 """
 
 from __future__ import annotations
@@ -34,12 +35,9 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from layerzero.config_files import read_regular_file
-
-if TYPE_CHECKING:
-    from layerzero.tuning.cost_table import CostBucket
 
 SCHEMA = 1
 CACHE_ENV = "LAYERZERO_TUNE_CACHE"
@@ -275,35 +273,23 @@ class TuningCache:
         return dict(self._entries)
 
 
-def cost_key(device_cls: str, bucket: "CostBucket", scope: str | None = None) -> str:
-    """The cache key of local cost measurements: ``cost|<device class>|<scope or *>|<bucket JSON>``."""
-    return f"{COST_PREFIX}{device_cls}|{scope or '*'}|{json.dumps(bucket.as_json(), sort_keys=True)}"
+def cost_key(device_cls: str, bucket_key: str, scope: str | None = None) -> str:
+    """The cache key of local cost measurements: ``cost|<device class>|<scope or *>|<bucket key>``."""
+    return f"{COST_PREFIX}{device_cls}|{scope or '*'}|{bucket_key}"
 
 
-def put_costs(cache: TuningCache, device_cls: str, bucket: "CostBucket", times_us: Mapping[str, float],
+def put_costs(cache: TuningCache, device_cls: str, bucket_key: str, times_us: Mapping[str, float],
               scope: str | None = None, rejected: Mapping[str, str] | None = None, save: bool = True) -> None:
     """Record the measured times of every kernel of one bucket (the fastest is the entry's kernel_id)."""
     if not times_us:
         return
     best = min(sorted(times_us), key=times_us.__getitem__)
-    cache.put(cost_key(device_cls, bucket, scope), TuneEntry(best, dict(times_us), dict(rejected or {})), save=save)
+    cache.put(cost_key(device_cls, bucket_key, scope), TuneEntry(best, dict(times_us), dict(rejected or {})),
+              save=save)
 
 
-def cost_entries(cache: TuningCache, device_cls: str, scope: str | None = None) -> dict["CostBucket", dict[str, float]]:
-    """Local cost measurements of one device class and scope, by bucket (entries whose bucket does not
-    parse are skipped: they come from a newer or hand-edited file)."""
-    from layerzero.tuning.cost_table import CostBucket
-
+def cost_entries(cache: TuningCache, device_cls: str, scope: str | None = None) -> dict[str, dict[str, float]]:
+    """Local cost measurements of one device class and scope: bucket key -> {kernel id: median us}."""
     prefix = f"{COST_PREFIX}{device_cls}|{scope or '*'}|"
-    out: dict[CostBucket, dict[str, float]] = {}
-    for key, entry in cache.entries().items():
-        if not key.startswith(prefix):
-            continue
-        try:
-            raw = json.loads(key[len(prefix):])
-            bucket = CostBucket.make(raw["operation"], raw["dtype"], raw["dims"], raw["tokens"], raw.get("kv_len"),
-                                     raw.get("options") or {})
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue
-        out.setdefault(bucket, {}).update(entry.times_us)
-    return out
+    return {key[len(prefix):]: dict(entry.times_us) for key, entry in cache.entries().items()
+            if key.startswith(prefix)}

@@ -112,7 +112,7 @@ def run_sweep(
             table.add(bucket, kid, m)
         table.notes.extend(f"{bucket.label()}: {n}" for n in notes)
         if into_cache is not None and times:
-            put_costs(into_cache, cls, bucket, {k: m.median_us for k, m in times.items()}, save=False)
+            put_costs(into_cache, cls, bucket.key(), {k: m.median_us for k, m in times.items()}, save=False)
         done += 1
         if dev.type == "cuda":
             torch.cuda.empty_cache()

@@ -116,6 +116,20 @@ class CostBucket:
         return {"operation": self.operation, "dtype": self.dtype, "dims": dict(self.dims), "tokens": self.tokens,
                 "kv_len": self.kv_len, "options": dict(self.options)}
 
+    def key(self) -> str:
+        """Canonical JSON: how the autotune cache names the bucket of a local measurement."""
+        return json.dumps(self.as_json(), sort_keys=True)
+
+    @classmethod
+    def from_key(cls, text: str) -> "CostBucket | None":
+        """The bucket of :meth:`key`'s text, or None when it does not parse (a newer or hand-edited file)."""
+        try:
+            raw = json.loads(text)
+            return cls.make(raw["operation"], raw["dtype"], raw["dims"], raw["tokens"], raw.get("kv_len"),
+                            raw.get("options") or {})
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
     @classmethod
     def make(cls, operation: str, dtype: str, dims: Mapping[str, int], tokens: int, kv_len: int | None = None,
              options: Mapping[str, Any] | None = None) -> "CostBucket":
@@ -422,8 +436,9 @@ class CostTableSource:
         out = []
         for scope in (None, *self.scopes):  # general local measurements, then each scope's (a model's) on top
             table = CostTable(device_cls)
-            for bucket, kernels in cost_entries(cache, device_cls, scope).items():
-                for kid, us in kernels.items():
+            for key, kernels in cost_entries(cache, device_cls, scope).items():
+                bucket = CostBucket.from_key(key)
+                for kid, us in kernels.items() if bucket is not None else ():
                     table.add(bucket, kid, Measurement(us, 0.0, "local" if scope is None else "model"))
             out.append(table)
         return out

@@ -85,7 +85,7 @@ def test_tune_persists_and_the_next_load_uses_it(saved_llama, isolated):
     assert not layerzero_hf.is_patched(model)  # recording patched it for the run only
 
     stored = cost_entries(TuningCache(isolated), "cpu", scope=result.model_key)
-    assert set(stored) == {c.bucket for c in result.calls}
+    assert set(stored) == {c.bucket.key() for c in result.calls}
     assert cost_entries(TuningCache(isolated), "cpu") == {}  # scoped: another model does not see them
     assert "cost|cpu|" in json.dumps(json.loads(isolated.read_text())["entries"])
 

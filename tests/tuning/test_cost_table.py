@@ -130,7 +130,7 @@ def test_merge_precedence_local_over_user_over_shipped(tmp_path, monkeypatch):
     monkeypatch.setattr(cost_table, "shipped_table", lambda cls: shipped if cls == "sm90" else None)
     user = _write(tmp_path / "user.json", _row("b", 5.0), _row("c", 3.0))
     cache = TuningCache(tmp_path / "cache.json", versions={"torch": "x"})
-    put_costs(cache, "sm90", _bucket(1024), {"c": 50.0})
+    put_costs(cache, "sm90", _bucket(1024).key(), {"c": 50.0})
     source = CostTableSource(user_path=user, cache=cache)
     times = source("sm90").lookup(_bucket(1024))[1]
     assert {k: (m.median_us, m.source) for k, m in times.items()} == {
@@ -150,8 +150,8 @@ def test_user_table_from_env_directory(tmp_path, monkeypatch):
 def test_scoped_local_measurements_go_on_top(tmp_path, monkeypatch):
     monkeypatch.setattr(cost_table, "shipped_table", lambda cls: None)
     cache = TuningCache(tmp_path / "cache.json", versions={"torch": "x"})
-    put_costs(cache, "cpu", _bucket(16), {"a": 1.0, "b": 2.0})
-    put_costs(cache, "cpu", _bucket(16), {"b": 0.5}, scope="llama-123")
+    put_costs(cache, "cpu", _bucket(16).key(), {"a": 1.0, "b": 2.0})
+    put_costs(cache, "cpu", _bucket(16).key(), {"b": 0.5}, scope="llama-123")
     general = CostTableSource(cache=cache)("cpu").lookup(_bucket(16))[1]
     scoped = CostTableSource(cache=cache, scopes=("llama-123",))("cpu").lookup(_bucket(16))[1]
     assert general["b"].median_us == 2.0
