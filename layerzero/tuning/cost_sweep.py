@@ -28,7 +28,14 @@ import torch
 
 from layerzero.tuning.cache import TuningCache, device_name, library_versions, put_costs
 from layerzero.tuning.cost_shapes import ARCH_DIMS, OPERATIONS, SweepCall, sweep_calls
-from layerzero.tuning.cost_table import CostBucket, CostTable, Measurement, device_class, load_table_file
+from layerzero.tuning.cost_table import (
+    CostBucket,
+    CostTable,
+    Measurement,
+    device_class,
+    load_table_file,
+    write_table,
+)
 from layerzero.tuning.measure import Timer, eligible_kernels, fp32_reference, time_kernels, timer_name
 
 QUICK = dict(archs=("llama",), tokens=(1, 16), decode_batches=(1,), decode_kv=(64,))
@@ -59,6 +66,8 @@ def measure_bucket(call: SweepCall, device: torch.device, *, timer: Timer | None
 
 
 def _selected(names: Sequence[str] | None, known: Sequence[str], what: str) -> tuple[str, ...]:
+    """The known names matching any pattern; a pattern list may also be comma-separated (``rms_norm,rope``)."""
+    names = [n.strip() for item in names or () for n in item.split(",") if n.strip()]
     if not names:
         return tuple(known)
     out = [k for k in known if any(fnmatch.fnmatchcase(k, pat) for pat in names)]
@@ -138,40 +147,19 @@ def _warm_up(device: torch.device, seconds: float = 1.0) -> None:
 
 
 def _write(result: SweepResult, out_dir: Path) -> None:
+    """Merge over an existing table of the device class at ``out_dir`` and write both files."""
     cls = result.table.device_class
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{cls}.json"
     table = result.table
-    if path.exists():
-        old = load_table_file(path, "shipped")
-        if old is not None and old.device_class == cls:
-            table = old.merged(result.table)
-            table.device_name, table.versions, table.created, table.timer = (
-                result.table.device_name, result.table.versions, result.table.created, result.table.timer)
-            remeasured = tuple(f"{b.label()}: " for b in result.table.entries)
-            kept = [n for n in old.notes if not n.startswith(remeasured) and not n.startswith("time budget")]
-            table.notes = kept + result.table.notes  # an old note stays while its bucket was not measured again
+    old = load_table_file(out_dir / f"{cls}.json", "shipped") if (out_dir / f"{cls}.json").exists() else None
+    if old is not None and old.device_class == cls:
+        table = old.merged(result.table)
+        table.device_name, table.versions, table.created, table.timer = (
+            result.table.device_name, result.table.versions, result.table.created, result.table.timer)
+        remeasured = tuple(f"{b.label()}: " for b in result.table.entries)
+        kept = [n for n in old.notes if not n.startswith(remeasured) and not n.startswith("time budget")]
+        table.notes = kept + result.table.notes  # an old note stays while its bucket was not measured again
     result.table = table
-    path.write_text(json.dumps(table.as_json(), indent=1) + "\n")
-    summary = out_dir / f"{cls}.md"
-    summary.write_text(summary_markdown(table))
-    result.json_path, result.summary_path = path, summary
-
-
-def summary_markdown(table: CostTable) -> str:
-    """One row per bucket: the fastest kernel, its time, and every other kernel's time relative to it."""
-    lines = [f"# Cost table `{table.device_class}`", "",
-             f"Device: {table.device_name or '?'}; measured {table.created or '?'} with {table.timer or '?'}; "
-             f"versions: {', '.join(f'{k} {v}' for k, v in sorted(table.versions.items())) or '?'}.", "",
-             "| bucket | fastest | µs | others (x slower) |", "| --- | --- | ---: | --- |"]
-    for bucket in sorted(table.entries, key=lambda b: b.sort_key):
-        kernels = sorted(table.entries[bucket].items(), key=lambda kv: (kv[1].median_us, kv[0]))
-        best_id, best = kernels[0]
-        others = ", ".join(f"{k} {m.median_us / best.median_us:.2f}" for k, m in kernels[1:])
-        lines.append(f"| {bucket.label()} | {best_id} | {best.median_us:.1f} | {others or '-'} |")
-    if table.notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in table.notes]
-    return "\n".join(lines) + "\n"
+    result.json_path, result.summary_path = write_table(table, out_dir)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -449,3 +449,52 @@ class CostTableSource:
 
 
 _MISSING: Any = object()
+
+def summary_markdown(table: CostTable) -> str:
+    """One row per bucket: the fastest kernel, its time, and every other kernel's time relative to it."""
+    lines = [f"# Cost table `{table.device_class}`", "",
+             f"Device: {table.device_name or '?'}; measured {table.created or '?'} with {table.timer or '?'}; "
+             f"versions: {', '.join(f'{k} {v}' for k, v in sorted(table.versions.items())) or '?'}.", "",
+             "| bucket | fastest | µs | others (x slower) |", "| --- | --- | ---: | --- |"]
+    for bucket in sorted(table.entries, key=_sort_key):
+        (best_id, best), *rest = sorted(table.entries[bucket].items(), key=lambda kv: (kv[1].median_us, kv[0]))
+        others = ", ".join(f"{k} {m.median_us / best.median_us:.2f}" for k, m in rest)
+        lines.append(f"| {bucket.label()} | {best_id} | {best.median_us:.1f} | {others or '-'} |")
+    return "\n".join(lines + (["", "## Notes", ""] + [f"- {n}" for n in table.notes] if table.notes else [])) + "\n"
+
+
+def write_table(table: CostTable, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``<device_class>.json`` and its markdown summary ``<device_class>.md`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path, summary = out / f"{table.device_class}.json", out / f"{table.device_class}.md"
+    path.write_text(json.dumps(table.as_json(), indent=1) + "\n")
+    summary.write_text(summary_markdown(table))
+    return path, summary
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """``python -m layerzero.tuning.cost_table merge DIR... --out DIR``: merge the tables of several sweeps
+    (e.g. one per GPU and operation group) per device class; a later directory wins for the same kernel
+    and bucket."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m layerzero.tuning.cost_table")
+    p.add_argument("command", choices=["merge"])
+    p.add_argument("inputs", nargs="+", type=Path, help="directories (or files) of cost tables")
+    p.add_argument("--out", type=Path, required=True, help="directory for the merged <device_class>.json/.md")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    merged: dict[str, CostTable] = {}
+    for item in args.inputs:
+        for f in sorted(item.glob("*.json")) if item.is_dir() else [item]:
+            table = load_table_file(f, "shipped")
+            if table is not None:
+                cls = table.device_class
+                merged[cls] = merged[cls].merged(table) if cls in merged else table
+    for table in merged.values():
+        print(f"{len(table)} measurements -> {write_table(table, args.out)[0]}")
+    return 0 if merged else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -83,7 +83,7 @@ def test_quick_sweep_with_fake_timer_records_every_eligible_kernel(tmp_path, mon
     monkeypatch.setattr(cost_table, "shipped_table", lambda cls: None)
     cache = TuningCache(tmp_path / "cache.json", versions={"torch": "x"})
     timer = FakeTimer(_timing(7.0, 0.01))
-    result = run_sweep(tmp_path / "out", device="cpu", quick=True, operations=["rms_norm", "swiglu"], timer=timer,
+    result = run_sweep(tmp_path / "out", device="cpu", quick=True, operations=["rms_norm,swiglu"], timer=timer,
                        into_cache=cache)
     assert result.buckets_done == result.buckets_total == 4  # 2 token counts x 2 operations
     doc = json.loads((tmp_path / "out" / "cpu.json").read_text())

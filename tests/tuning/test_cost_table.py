@@ -96,9 +96,7 @@ def test_buckets_with_and_without_a_window_share_a_file():
     table.add(_bucket(8192), "a", Measurement(1.0))  # the same call on a full-attention layer
     again = table_from_json(json.loads(json.dumps(table.as_json())))
     assert again.lookup(windowed)[1]["a"].median_us == 2.0 and again.lookup(_bucket(4096))[0] == _bucket(8192)
-    from layerzero.tuning.cost_sweep import summary_markdown
-
-    assert summary_markdown(again).count("| attention.prefill") == 2
+    assert cost_table.summary_markdown(again).count("| attention.prefill") == 2
 
 
 def test_nearest_bucket_within_bound():
@@ -215,3 +213,16 @@ def test_shipped_sm90_table_ranks_a_llama_prefill():
     measured = [r for r in ranked if r.source == "measured"]
     assert len(measured) >= 2 and ranked[: len(measured)] == measured
     assert [r.measured_us for r in measured] == sorted(r.measured_us for r in measured)
+
+
+def test_merge_command_combines_sweeps_per_device_class(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _write(tmp_path / "a" / "sm90.json", _row("attn", 5.0), _row("x", 9.0))
+    _write(tmp_path / "b" / "sm90.json", _row("x", 1.0, tokens=2048))
+    _write(tmp_path / "b" / "cpu.json", _row("c", 3.0), device_class="cpu")
+    assert cost_table.main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 0
+    merged = table_from_json(json.loads((tmp_path / "m" / "sm90.json").read_text()))
+    assert len(merged) == 3 and (tmp_path / "m" / "cpu.json").exists() and (tmp_path / "m" / "sm90.md").exists()
+    assert "3 measurements" in capsys.readouterr().out
+    assert cost_table.main(["merge", str(tmp_path / "empty"), "--out", str(tmp_path / "m2")]) == 1
