@@ -10,7 +10,9 @@ weights in every variant. Measures:
 * decode ms/step (a batch of ``--decode-batch`` prompts of ``--prompt`` tokens) with a dynamic cache and with
   a static cache (``generate``; on CUDA Transformers auto-compiles the static-cache decode step, which is the
   path where our ops must be compile-safe), and how many times torch.compile recompiled or hit its limit;
-* logits parity vs HF eager (max abs diff of bf16 logits, top-1 agreement) on a 1x512 input;
+* logits of every variant vs HF eager in fp32 on the same weights (max abs diff, top-1 agreement) on a
+  1x512 input;
+* with ``--compile-shapes``, ``torch.compile(model)`` prefill of HF sdpa and of the patched model;
 * which kernels LayerZero chose (the patched model's telemetry).
 
 Liger is applied LAST and on its own model instance: Liger's ``apply_liger_kernel_to_*`` functions rewrite
@@ -224,9 +226,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "variants": {},
     }
 
-    base.set_attn_implementation("eager")
+    # The reference every variant's logits are judged against: HF eager in fp32 on the same weights. HF
+    # sdpa's own bf16 error against it is the bar LayerZero's must not exceed.
+    fp32 = build_model(cfg, torch.float32, device, "eager", {k: v.float() for k, v in state.items()},
+                       config_class=config_class)
     with torch.no_grad():
-        reference = base(parity_ids, use_cache=False).logits.float()
+        reference = fp32(parity_ids, use_cache=False).logits.float()
+    del fp32
+    gc.collect()
 
     def measure(name: str, model) -> dict[str, Any]:
         entry: dict[str, Any] = {"prefill_tokens_per_s": {}, "decode_ms_per_step": {}}
@@ -257,19 +264,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         entry["decode_recompiles"] = _recompiles() - recompiles_before
         entry["recompile_limit_hits"] = counter.limit_hits
         entry["recompile_limit_messages"] = counter.messages[:3]
-        entry["parity_vs_eager"] = parity(model, reference, parity_ids)
+        entry["parity_vs_fp32_eager"] = parity(model, reference, parity_ids)
         print(f"[{name}] {json.dumps(entry)}", flush=True)
         torch._dynamo.reset()
         return entry
 
+    def measure_compiled(name: str, model) -> dict[str, Any]:
+        """Prefill of ``torch.compile(model)`` (default mode, static shapes) at the compile shapes."""
+        compiled = torch.compile(model)
+        entry: dict[str, Any] = {"prefill_tokens_per_s": {}}
+        for b, s in compile_shapes:
+            entry["prefill_tokens_per_s"][f"{b}x{s}"] = prefill_tps(compiled, device, b, s, vocab, warmup + 1,
+                                                                   repeats)
+        entry["parity_vs_fp32_eager"] = parity(compiled, reference, parity_ids)
+        print(f"[{name}] {json.dumps(entry)}", flush=True)
+        torch._dynamo.reset()
+        return entry
+
+    compile_shapes = [tuple(int(x) for x in s.split("x")) for s in args.compile_shapes.split(",") if s]
+    if quick:
+        compile_shapes = compile_shapes and [shapes[0]]
     variants = result["variants"]
+    compiled_variants: dict[str, Any] = {}
+    result["compiled"] = compiled_variants
     base.set_attn_implementation("sdpa")
     variants["hf_sdpa"] = measure("hf_sdpa", base)
+    if compile_shapes:
+        compiled_variants["hf_sdpa"] = measure_compiled("hf_sdpa compiled", base)
     base.set_attn_implementation("eager")
     if not args.skip_eager:
         variants["hf_eager"] = measure("hf_eager", base)
     report = layerzero_hf.patch(base, attention=True)
     variants["layerzero"] = measure("layerzero", base)
+    if compile_shapes:
+        compiled_variants["layerzero"] = measure_compiled("layerzero compiled", base)
     snap = layerzero_hf.model_telemetry(base)["snapshot"]
     variants["layerzero"]["kernels"] = {k: v.calls for k, v in snap.per_kernel.items() if v.calls}
     variants["layerzero"]["patched"] = report.counts()
@@ -297,6 +325,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         entry["decode_speedup_vs_sdpa"] = {
             k: (sdpa["decode_ms_per_step"][k] / v) if v and sdpa["decode_ms_per_step"].get(k) else None
             for k, v in entry["decode_ms_per_step"].items()}
+    for name, entry in compiled_variants.items():
+        entry["prefill_speedup_vs_compiled_sdpa"] = {
+            k: v / compiled_variants["hf_sdpa"]["prefill_tokens_per_s"][k]
+            for k, v in entry["prefill_tokens_per_s"].items()}
+        entry["prefill_speedup_vs_eager_layerzero"] = {
+            k: v / variants["layerzero"]["prefill_tokens_per_s"][k]
+            for k, v in entry["prefill_tokens_per_s"].items() if variants["layerzero"]["prefill_tokens_per_s"].get(k)}
     return result
 
 
@@ -326,11 +361,20 @@ def markdown(result: dict[str, Any]) -> str:
         cells = [f"{e['decode_ms_per_step'][c]:.2f} ({e['decode_speedup_vs_sdpa'][c]:.2f}x)"
                  if e["decode_ms_per_step"][c] else "n/a" for c in caches]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Logits parity vs HF eager (same weights) and torch.compile recompiles during decode", "",
+    compiled = result.get("compiled") or {}
+    if compiled:
+        cshapes = list(compiled["hf_sdpa"]["prefill_tokens_per_s"])
+        lines += ["", "## torch.compile(model) prefill tokens/s (speedup vs compiled HF sdpa; vs LayerZero eager)", "",
+                  "| variant | " + " | ".join(cshapes) + " |", "|---|" + "---|" * len(cshapes)]
+        for name, e in compiled.items():
+            cells = [f"{e['prefill_tokens_per_s'][s]:,.0f} ({e['prefill_speedup_vs_compiled_sdpa'][s]:.2f}x; "
+                     f"{e['prefill_speedup_vs_eager_layerzero'].get(s, float('nan')):.2f}x)" for s in cshapes]
+            lines.append(f"| {name} compiled | " + " | ".join(cells) + " |")
+    lines += ["", "## Logits vs HF eager in fp32 (same weights, 1x512) and torch.compile recompiles during decode", "",
               "| variant | max abs diff | top-1 agreement | decode recompiles | recompile-limit hits |",
               "|---|---|---|---|---|"]
     for name, e in variants.items():
-        p = e["parity_vs_eager"]
+        p = e["parity_vs_fp32_eager"]
         lines.append(f"| {name} | {p['max_abs_diff']:.4g} | {p['top1_agreement']:.4f} | "
                      f"{e.get('decode_recompiles', 'n/a')} | {e.get('recompile_limit_hits', 'n/a')} |")
     lz = variants.get("layerzero", {})
@@ -356,6 +400,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=32, help="decode: new tokens per measurement")
     ap.add_argument("--no-static", action="store_true", help="skip the static-cache decode (compile time)")
     ap.add_argument("--skip-eager", action="store_true", help="skip HF eager (slow at 1x4096)")
+    ap.add_argument("--compile-shapes", default="", help="also measure torch.compile(model) prefill of HF sdpa and "
+                    "LayerZero at these BATCHxSEQ shapes, e.g. 8x1024 (each compiles once per shape)")
     args = ap.parse_args(argv)
     result = run(args)
     if args.json:

@@ -142,6 +142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=17, help="> 16 so decode steps share a dispatch bucket")
     p.add_argument("--decode-steps", type=int, default=3)
     p.add_argument("--keep", type=int, default=1, help="calls kept per dispatch signature and phase")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="replay the architectures in this many processes side by side (their compiles overlap)")
     p.add_argument("--json", type=Path)
     p.add_argument("--md", type=Path)
     args = p.parse_args(argv)
@@ -157,9 +159,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_in_processes(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Split the architectures over ``args.jobs`` child processes of this script and merge their results.
+    FlashInfer's JIT, Triton and Flex compiles are mostly single-threaded host work, so on a many-core GPU
+    host the replay of nine architectures takes about the time of the slowest group."""
+    import tempfile
+
+    groups = [args.archs[i::args.jobs] for i in range(args.jobs) if args.archs[i::args.jobs]]
+    passthrough: list[str] = []
+    skip = False
+    for a in argv:  # drop the options this parent handles itself
+        if skip:
+            skip = False
+            continue
+        if a in ("--jobs", "--archs", "--json", "--md"):
+            skip = True
+            continue
+        if a.split("=", 1)[0] in ("--jobs", "--archs", "--json", "--md"):
+            continue
+        passthrough.append(a)
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        for i, group in enumerate(groups):
+            out = Path(tmp) / f"part{i}.json"
+            cmd = [sys.executable, __file__, *passthrough, "--archs", ",".join(group), "--json", str(out)]
+            procs.append((subprocess.Popen(cmd), out))
+        parts = []
+        for proc, out in procs:
+            proc.wait()
+            if out.exists():
+                parts.append(json.loads(out.read_text()))
+            else:
+                print(f"a replay process ({proc.args[-3]}) wrote no result (exit {proc.returncode})", flush=True)
+    if not parts:
+        raise SystemExit("no replay process produced a result")
+    merged = dict(parts[0])
+    for key in ("rows", "failures"):
+        merged[key] = [x for part in parts for x in part[key]]
+    merged["calls"] = sum(part["calls"] for part in parts)
+    merged["seconds"] = {k: v for part in parts for k, v in part["seconds"].items()}
+    missing = [a for a in args.archs if not any(k.startswith(a + "/") for k in merged["seconds"])]
+    if missing:
+        merged["failures"].append({"arch": ",".join(missing), "size": "-", "dtype": "-", "kernel": "-",
+                                   "call": "-", "error": "replay process did not finish", "max_abs_error": None})
+    return merged
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    result = run(args)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(raw)
+    result = run_in_processes(args, raw) if args.jobs > 1 else run(args)
     print()
     print("\n".join(table(result)))
     for f in result["failures"]:

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from layerzero.kernels import reference as ref  # noqa: E402
 from layerzero.registry import get_global_kernel_registry  # noqa: E402
-from layerzero.selection.context import SelectionContext  # noqa: E402
+from layerzero.context.call_context import SelectionContext  # noqa: E402
 
 
 @dataclass

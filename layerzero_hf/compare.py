@@ -136,7 +136,7 @@ def _collect_calls(source: Any, shapes: Iterable[Any] | None, dtype: Any, device
 
 
 def _dtype_name(dtype: Any) -> str:
-    from layerzero.selection.context import dtype_name
+    from layerzero.context.call_context import dtype_name
 
     return dtype_name(dtype)
 

@@ -4,70 +4,23 @@ The model-level A/B: which kernel ran each operation under each arm (recorded on
 the outputs (logits) differ, and the forward timings from the shared harness
 (:func:`layerzero.tuning.measure.measure`, with its noise flag). The model's previous patch state is
 restored.
+
+The result types and the output comparison are framework-neutral (:mod:`layerzero.model_setup.comparison`);
+running an arm (patching, recording, the forward inputs) is what this module adds for Transformers.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from layerzero.model_setup import ArmResult, PolicyComparison, compare_outputs
 from layerzero.tuning.measure import measure
 from layerzero_hf.capture import forward_inputs, recorder_on
 from layerzero_hf.policy_args import patch_arguments
 
 __all__ = ["ArmResult", "PolicyComparison", "compare_policies"]
-
-
-@dataclass
-class ArmResult:
-    """One arm of :func:`compare_policies`: forward timings and the kernel that ran each operation."""
-
-    name: str
-    median_us: float
-    p10_us: float
-    p90_us: float
-    kernels: dict[str, dict[str, int]]  # operation -> kernel id -> calls in one forward
-    output: Any = field(repr=False, default=None)
-    spread: float = math.nan  # IQR / median of the forward timings
-    noisy: bool = False  # spread over the noise threshold: the speed-up is not to be trusted
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "median_us": self.median_us, "p10_us": self.p10_us, "p90_us": self.p90_us,
-                "spread": self.spread, "noisy": self.noisy, "kernels": self.kernels}
-
-
-@dataclass
-class PolicyComparison:
-    """The same inputs through two policies: how different the outputs are and which arm is faster."""
-
-    a: ArmResult
-    b: ArmResult
-    max_abs_diff: float
-    max_rel_diff: float
-
-    @property
-    def speedup(self) -> float:
-        """How many times faster B's forward is than A's (> 1: B wins)."""
-        return self.a.median_us / self.b.median_us if self.b.median_us else math.nan
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"a": self.a.as_dict(), "b": self.b.as_dict(), "max_abs_diff": self.max_abs_diff,
-                "max_rel_diff": self.max_rel_diff, "speedup_b_over_a": self.speedup}
-
-    def __str__(self) -> str:
-        lines = [f"PolicyComparison: max |A-B| = {self.max_abs_diff:.3g} (relative {self.max_rel_diff:.3g}); "
-                 f"B is {self.speedup:.2f}x A's speed"]
-        for arm in (self.a, self.b):
-            lines.append(f"  {arm.name}: forward median {arm.median_us:.1f} us (p10 {arm.p10_us:.1f}, "
-                         f"p90 {arm.p90_us:.1f})" + ("  NOISY: measure again before trusting it" if arm.noisy else ""))
-            for op, ks in sorted(arm.kernels.items()):
-                lines.append(f"    {op}: " + ", ".join(f"{k} x{n}" for k, n in ks.items()))
-        return "\n".join(lines)
-
-    __repr__ = __str__
 
 
 def _output_tensor(out: Any) -> torch.Tensor:
@@ -109,13 +62,7 @@ def compare_policies(
     finally:
         if bar is not None:
             bar.close()
-    out_a, out_b = (_output_tensor(a.output).float() for a in arms)
-    if out_a.shape != out_b.shape:
-        raise ValueError(f"compare_policies: outputs differ in shape {tuple(out_a.shape)} vs {tuple(out_b.shape)}")
-    diff = (out_a - out_b).abs()
-    max_abs = diff.max().item() if diff.numel() else 0.0
-    scale = out_a.abs().max().item() if out_a.numel() else 0.0
-    return PolicyComparison(arms[0], arms[1], max_abs, max_abs / scale if scale else 0.0)
+    return compare_outputs(arms[0], arms[1], _output_tensor(arms[0].output), _output_tensor(arms[1].output))
 
 
 def _bar(total: int, progress: bool) -> Any:

@@ -2,7 +2,7 @@
 
 An architecture is described as data (which module classes hold an RMSNorm, which attention module calls
 a module-global RoPE function, how the MLP is laid out) so one generic mechanism
-(:mod:`layerzero_hf.patching`) patches every architecture and a new Transformers release is a YAML edit,
+(:mod:`layerzero_hf.planner`) patches every architecture and a new Transformers release is a YAML edit,
 not a new ``apply_*`` function per architecture. Validation collects every problem with file, field and value.
 
 File format::
@@ -13,10 +13,12 @@ File format::
     attention: {classes: [LlamaAttention]}    # get ``_layerzero_orchestrator``
     patches:
       - name: rms_norm                        # unique within the file, shown in reports
-        kind: rms_norm                        # rms_norm | layer_norm | rope | mlp
+        kind: rms_norm                        # a registered kind: rms_norm | layer_norm | rope | mlp
         match: {classes: [LlamaRMSNorm], paths: ["*"]}
         params: {eps_attr: variance_epsilon, offset: 0.0, casting: llama}
 
+Each kind's ``params`` are validated against the schema registered with it
+(:func:`layerzero_hf.kinds.register_patch_kind`; the shipped kinds are in :mod:`layerzero_hf.builtin_kinds`).
 RoPE params: ``function`` (the module-global name the attention forward calls), ``layout`` (bhsd | bshd),
 ``interleaved``, ``tables`` (full: HF's head_dim-wide cos/sin; half: gpt-oss's half-width tables).
 """
@@ -32,46 +34,7 @@ from typing import Any, Iterable, Mapping
 
 from layerzero.config_files import load_yaml_file, load_yaml_text
 from layerzero.errors import ConfigValidationError, ValidationProblem
-
-KINDS: tuple[str, ...] = ("rms_norm", "layer_norm", "rope", "mlp")
-CASTINGS: tuple[str, ...] = ("llama", "gemma", "none")
-MLP_LAYOUTS: tuple[str, ...] = ("gate_up_separate", "gate_up_fused")
-ACTIVATIONS: tuple[str, ...] = ("silu", "gelu_tanh", "gelu")
-LAYOUTS: tuple[str, ...] = ("bhsd", "bshd")
-# RoPE cos/sin tables: "full" = HF's cat(freqs, freqs) (head_dim wide); "half" = freqs only (gpt-oss), the
-# same rotate_half rotation written as first/second halves.
-ROPE_TABLES: tuple[str, ...] = ("full", "half")
-
-_PARAMS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
-    # name -> (accepted types, default); a default of ... means required
-    "rms_norm": {
-        "eps_attr": ((str, list), ["variance_epsilon", "eps"]),
-        "weight_attr": (str, "weight"),
-        "offset": ((int, float), 0.0),
-        "casting": (str, "llama"),
-    },
-    "layer_norm": {
-        "eps_attr": ((str, list), ["eps", "variance_epsilon"]),
-        "weight_attr": (str, "weight"),
-        "bias_attr": (str, "bias"),
-    },
-    "rope": {
-        "function": (str, "apply_rotary_pos_emb"),
-        "layout": (str, "bhsd"),
-        "interleaved": (bool, False),
-        "partial": (bool, False),
-        "tables": (str, "full"),
-    },
-    "mlp": {
-        "layout": (str, ...),
-        "gate": (str, "gate_proj"),
-        "up": (str, "up_proj"),
-        "gate_up": (str, "gate_up_proj"),
-        "down": (str, "down_proj"),
-        "act": (str, "act_fn"),
-        "activations": (list, list(ACTIVATIONS)),
-    },
-}
+from layerzero_hf.kinds import get_patch_kind, patch_kinds
 
 
 @dataclass(frozen=True)
@@ -191,8 +154,10 @@ def _parse_patch(entry: Any, where: str, bad) -> PatchSpec | None:
         if key not in ("name", "kind", "match", "params", "description"):
             bad(f"{where}.{key}", entry[key], "unknown key; expected name, kind, match, params, description")
     kind = entry.get("kind")
-    if kind not in KINDS:
-        bad(f"{where}.kind", kind, f"unknown patch kind; use one of {', '.join(KINDS)}")
+    registered = get_patch_kind(kind) if isinstance(kind, str) else None
+    if registered is None:
+        bad(f"{where}.kind", kind, f"unknown patch kind; use one of {', '.join(patch_kinds())} (or register one "
+            "with layerzero_hf.register_patch_kind)")
         return None
     name = entry.get("name", kind)
     if not isinstance(name, str) or not name:
@@ -211,61 +176,8 @@ def _parse_patch(entry: Any, where: str, bad) -> PatchSpec | None:
     )
     if not match.classes and not match.paths:
         bad(f"{where}.match", dict(m), "needs at least one of classes or paths")
-    params = _parse_params(kind, entry.get("params") or {}, f"{where}.params", bad)
+    params = registered.validate(entry.get("params") or {}, f"{where}.params", bad)
     return PatchSpec(name=name, kind=kind, match=match, params=params)
-
-
-def _parse_params(kind: str, raw: Any, where: str, bad) -> dict[str, Any]:
-    schema = _PARAMS[kind]
-    if not isinstance(raw, Mapping):
-        bad(where, raw, "expected a mapping")
-        raw = {}
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in schema:
-            bad(f"{where}.{key}", value, f"unknown parameter for kind {kind!r}; expected one of {sorted(schema)}")
-            continue
-        types, _ = schema[key]
-        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-            bad(f"{where}.{key}", value, f"expected {_type_names(types)}")
-            continue
-        if not isinstance(value, types):
-            bad(f"{where}.{key}", value, f"expected {_type_names(types)}")
-            continue
-        out[key] = value
-    for key, (types, default) in schema.items():
-        if key not in out:
-            if default is ...:
-                bad(f"{where}.{key}", None, f"required parameter for kind {kind!r}")
-                continue
-            out[key] = list(default) if isinstance(default, list) else default
-    if "eps_attr" in out and isinstance(out["eps_attr"], str):
-        out["eps_attr"] = [out["eps_attr"]]
-    if "offset" in out:
-        out["offset"] = float(out["offset"])
-    _check_choice(out, "casting", CASTINGS, where, bad)
-    _check_choice(out, "layout", MLP_LAYOUTS if kind == "mlp" else LAYOUTS, where, bad)
-    _check_choice(out, "tables", ROPE_TABLES, where, bad)
-    for act in out.get("activations", []) if kind == "mlp" else []:
-        if act not in ACTIVATIONS:
-            bad(f"{where}.activations", act, f"unknown activation; use one of {', '.join(ACTIVATIONS)}")
-    out["eps_attr"] = tuple(out["eps_attr"]) if "eps_attr" in out else None
-    if out["eps_attr"] is None:
-        del out["eps_attr"]
-    if "activations" in out:
-        out["activations"] = tuple(out["activations"])
-    return out
-
-
-def _check_choice(out: dict, key: str, choices: tuple[str, ...], where: str, bad) -> None:
-    if key in out and out[key] not in choices:
-        bad(f"{where}.{key}", out[key], f"use one of {', '.join(choices)}")
-
-
-def _type_names(types: type | tuple[type, ...]) -> str:
-    ts = types if isinstance(types, tuple) else (types,)
-    return " or ".join({"str": "a string", "list": "a list", "int": "a number", "float": "a number",
-                        "bool": "true/false"}.get(t.__name__, t.__name__) for t in ts)
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -74,17 +74,15 @@ def _validate(settings: PluginSettings) -> None:
                 f"{exc}\nFix the file, point LAYERZERO_POLICY at a valid policy (or unset it for the packaged "
                 "default), or unset LAYERZERO_VLLM to run vLLM without LayerZero."
             ) from exc
+    from layerzero.model_setup import load_rules
+
     from layerzero_vllm.model_setup import HF_RULES_ENV, RULES_ENV, rules_path
 
     rules = rules_path()
     variable = RULES_ENV if os.environ.get(RULES_ENV) else HF_RULES_ENV
     if rules:
         try:
-            from layerzero_hf.rules import load_rules
-        except ImportError as exc:  # pragma: no cover - layerzero_hf ships with layerzero
-            raise PluginConfigError(f"{variable}={rules!r} needs layerzero_hf, which failed to import: {exc}")
-        try:
-            load_rules(rules)
+            load_rules(rules, origin=f"${variable}")
         except ConfigValidationError as exc:
             raise PluginConfigError(
                 f"LayerZero vLLM plugin: the rules file named by {variable}={rules!r} is invalid:\n{exc}\n"

@@ -1,5 +1,5 @@
 """One LayerZero orchestrator per model served by vLLM, built from the same file formats as the
-Transformers integration.
+Transformers integration, through the framework-neutral :mod:`layerzero.model_setup`.
 
 vLLM constructs a model's layers inside ``set_current_vllm_config(...)``, so an op being built can see
 the model's Hugging Face config. The first op of a model resolves the per-model rules (only when the user
@@ -8,6 +8,10 @@ tunes Transformers models and does not apply inside vLLM) and the policy (``$LAY
 orchestrator registered in :mod:`layerzero.ops`; every op of that model dispatches through it by name.
 Its policy is :func:`layerzero_vllm.exact.compose`: vLLM's own kernels locked under whatever the rules
 and the user's policy say. Two models in one process keep separate policies, breakers and telemetry.
+
+The setup is bound to the config object through the core's weak-reference lifecycle: when vLLM drops the
+model (and with it the config), the orchestrator is unregistered, its watcher stopped and its layer plans
+forgotten.
 """
 
 from __future__ import annotations
@@ -17,19 +21,25 @@ import os
 import threading
 from typing import Any
 
+from layerzero.data_files import MODEL_RULES, find_data_file
+from layerzero.model_setup import ModelSetup, SetupBindings, build_setup
+
 logger = logging.getLogger("vllm.plugins.layerzero")
 
 RULES_ENV = "LAYERZERO_RULES"
 HF_RULES_ENV = "LAYERZERO_HF_RULES"  # the Transformers integration's variable: one rules file can serve both
+NAME_PREFIX = "layerzero_vllm"
 
 
 def rules_path() -> str | None:
-    """The per-model rules file: ``$LAYERZERO_RULES``, else ``$LAYERZERO_HF_RULES``, else None (shipped)."""
-    return os.environ.get(RULES_ENV) or os.environ.get(HF_RULES_ENV) or None
+    """The per-model rules file: ``$LAYERZERO_RULES``, else ``$LAYERZERO_HF_RULES``, else None (none:
+    the shipped rules are for Transformers models)."""
+    path = find_data_file(MODEL_RULES, env_var=(RULES_ENV, HF_RULES_ENV), packaged=False)
+    return os.fspath(path) if path is not None else None
+
 
 _lock = threading.Lock()
-_by_config: dict[int, Any] = {}  # id(hf_config) -> layerzero_hf ModelSetup
-_configs: list[Any] = []  # keeps the configs alive so their ids stay unique while they are keys
+_by_config = SetupBindings()  # hf_config -> its model's setup, released when the config is collected
 
 
 def current_hf_config() -> Any | None:
@@ -43,35 +53,45 @@ def current_hf_config() -> Any | None:
     return getattr(model_config, "hf_config", None) if model_config is not None else None
 
 
+def model_facts(hf_config: Any) -> dict[str, Any]:
+    """What per-model rules match on, read from the Hugging Face config vLLM loaded for the model."""
+    facts: dict[str, Any] = {
+        "model_type": getattr(hf_config, "model_type", None),
+        "architectures": tuple(getattr(hf_config, "architectures", None) or ()),
+        "name_or_path": str(getattr(hf_config, "_name_or_path", None) or getattr(hf_config, "name_or_path", None)
+                            or ""),
+    }
+    for key in ("hidden_size", "num_hidden_layers"):
+        value = getattr(hf_config, key, None)
+        if isinstance(value, int):
+            facts[key] = value
+    return facts
+
+
+def _build(hf_config: Any) -> ModelSetup:
+    from layerzero_vllm import planning
+    from layerzero_vllm.exact import compose
+
+    setup = build_setup(model_facts(hf_config), rules=rules_path() or False,
+                        policy=os.environ.get("LAYERZERO_POLICY") or None, name_prefix=NAME_PREFIX)
+    setup.orchestrator.set_policy(compose(setup.resolution.policy_mapping()))
+    setup.on_release.append(lambda name=setup.name: planning.forget(name))
+    logger.info("LayerZero orchestrator %s for %s (rules: %s, arm: %s)", setup.name, setup.facts.model_type,
+                ", ".join(setup.resolution.rules) or "none", setup.arm)
+    return setup
+
+
 def orchestrator_for_current_model() -> str | None:
     """Name of the registered orchestrator for the model under construction (None: the global one)."""
     hf_config = current_hf_config()
     if hf_config is None:
         return plugin_orchestrator()
-    key = id(hf_config)
-    setup = _by_config.get(key)
-    if setup is None:
-        with _lock:
-            setup = _by_config.get(key)
-            if setup is None:
-                from layerzero_hf.loading import build_setup
-
-                from layerzero_vllm.exact import compose
-
-                setup = build_setup(hf_config, rules=rules_path() or False,
-                                    policy=os.environ.get("LAYERZERO_POLICY") or None)
-                setup.orchestrator.set_policy(compose(setup.resolution.policy_mapping()))
-                _by_config[key] = setup
-                _configs.append(hf_config)
-                logger.info("LayerZero orchestrator %s for %s (rules: %s, arm: %s)", setup.name,
-                            setup.facts.model_type, ", ".join(setup.resolution.rules) or "none",
-                            setup.arm)
-    return setup.name
+    return _by_config.get_or_build(hf_config, lambda: _build(hf_config)).name
 
 
-def setups() -> list[Any]:
-    """The per-model setups this process built (for telemetry and reports)."""
-    return list(_by_config.values())
+def setups() -> list[ModelSetup]:
+    """The per-model setups of the models alive in this process (for telemetry and reports)."""
+    return _by_config.setups()
 
 
 PLUGIN_ORCHESTRATOR = "layerzero_vllm"
@@ -101,3 +121,4 @@ def orchestrators() -> dict[str, Any]:
     found = {s.name: s.orchestrator for s in setups()}
     found.update(_plugin)
     return found
+

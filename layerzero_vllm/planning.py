@@ -105,6 +105,13 @@ def plan_layer(operation: str, key: tuple, probe: Probe, orchestrator: str | Non
     return plan
 
 
+def forget(orchestrator: str) -> None:
+    """Drop the cached plans of a released orchestrator (its model is gone; the name is never reused)."""
+    with _lock:
+        for key in [k for k in _plans if k[1] == orchestrator]:
+            del _plans[key]
+
+
 def record(vllm_class: str, plan: LayerPlan, runs_layerzero: bool, note: str = "") -> None:
     """Count a built layer under its plan; log the first layer of each (class, plan) pair."""
     text = plan.describe() if runs_layerzero or plan.direct else f"vLLM's own forward ({note})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -30,3 +31,35 @@ def device() -> str:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+class _RecompileLimitWatch(logging.Handler):
+    """Collects torch._dynamo's "hit recompile_limit" messages: a kernel path that recompiles per call
+    (e.g. per decode step) falls back to eager once the limit is hit and silently runs slowly."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "recompile_limit" in message or "cache_size_limit" in message:
+            self.hits.append(message.splitlines()[0][:300])
+
+
+@pytest.fixture(autouse=True)
+def _no_recompile_limit():
+    """With LAYERZERO_FAIL_ON_RECOMPILE_LIMIT=1 (the GPU tier sets it), a test during which torch._dynamo
+    hits its recompile limit fails, naming the message."""
+    if os.environ.get("LAYERZERO_FAIL_ON_RECOMPILE_LIMIT") != "1":
+        yield
+        return
+    watch = _RecompileLimitWatch()
+    logger = logging.getLogger("torch._dynamo")
+    logger.addHandler(watch)
+    try:
+        yield
+    finally:
+        logger.removeHandler(watch)
+    if watch.hits:
+        pytest.fail("torch._dynamo hit its recompile limit: " + " | ".join(watch.hits))

@@ -168,7 +168,7 @@ def test_policy_and_rules_choose_layerzero_kernels_in_the_worker(model_dir, base
     assert ops["rms_norm"]["calls"] == 5 * ops["rope"]["calls"] // 2
     assert ops["swiglu"]["calls"] == ops["rope"]["calls"]
     (worker,) = on["modes"]["fp32-eager"]["telemetry"]
-    assert [n for n in worker["orchestrators"] if n.startswith("layerzero_hf:llama")] == ["layerzero_hf:llama:1"]
+    assert [n for n in worker["orchestrators"] if n.startswith("layerzero_vllm:llama")] == ["layerzero_vllm:llama:1"]
     assert worker["layers"]["LayerZeroRMSNorm"] == 5 and worker["layers"]["LayerZeroSiluAndMul"] == 2
     # fp32: LayerZero's kernels round like vLLM's here (the measurement: 32/32 prompts identical)
     assert on["modes"]["fp32-eager"]["token_ids"] == baseline["modes"]["fp32-eager"]["token_ids"]

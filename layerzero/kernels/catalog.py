@@ -1,7 +1,6 @@
 """The built-in catalogue: every backend and kernel LayerZero ships, described without importing any of them.
 
-A kernel here is data: its id, the operations it serves, the backend it needs, the ``module:function`` to
-import on first call, what it can do (constraints, from the libraries' own docs and source) and a priority.
+A kernel here is data: its id, the operations it serves, the backend it needs, its function, what it can do (constraints, from the libraries' own docs and source) and a priority.
 Priorities order kernels that pass every check when no policy decides; they follow the H100 measurements
 (H100) and are explained kernel by kernel in ``docs/kernels.md``:
 
@@ -16,17 +15,23 @@ Priorities order kernels that pass every check when no policy decides; they foll
 - SwiGLU/GeGLU: Liger (2.5 TB/s at 16k tokens) > eager torch (1.8 TB/s; wins below ~128 tokens, a policy
   rule can prefer it there) > FlashInfer (needs gate/up adjacent, else a copy) > reference.
 
-Nothing in this module imports an optional backend: probes run when selection first asks.
+Nothing in this module imports an optional backend: probes run when selection first asks. Kernels name
+their function directly, since every adapter module imports its library inside the kernel function; only
+LayerZero's Triton kernels (``triton/specs.py``) keep ``"module:function"`` paths, because their modules
+import triton to define the kernels and must not be imported until the first call.
 """
 
 from __future__ import annotations
 
 import os
 
+from layerzero.context.call_context import SelectionContext
+from layerzero.kernels import flash_attn, flashinfer, liger, reference, torch_flex, torch_ops, torch_sdpa, xformers
+from layerzero.kernels.checks import gqa_ratio_ok
+from layerzero.kernels.triton.specs import triton_kernels
 from layerzero.registry.backends import BackendSpec
 from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
-from layerzero.context.call_context import SelectionContext
 
 __all__ = ["builtin_backends", "builtin_kernels"]
 
@@ -35,8 +40,6 @@ HALF = frozenset({"float16", "bfloat16"})
 FLOATS = frozenset({"float16", "bfloat16", "float32"})
 ANY_FLOAT = frozenset({"float16", "bfloat16", "float32", "float64"})
 CUDA = frozenset({"cuda"})
-
-_K = "layerzero.kernels"
 
 
 # ----------------------------------------------------------------------------------------------- backends
@@ -154,13 +157,6 @@ def _efficient_alignment(ctx: SelectionContext) -> str | None:
     return None
 
 
-def _gqa_ratio_ok(ctx: SelectionContext) -> str | None:
-    """num_heads divisible by num_kv_heads"""
-    if ctx.num_heads and ctx.num_kv_heads and ctx.num_heads % ctx.num_kv_heads:
-        return f"num_heads {ctx.num_heads} not divisible by num_kv_heads {ctx.num_kv_heads}"
-    return None
-
-
 def _even_rotary_dim(ctx: SelectionContext) -> str | None:
     """rotary dim must be even"""
     if ctx.rotary_dim is not None and ctx.rotary_dim % 2:
@@ -170,32 +166,31 @@ def _even_rotary_dim(ctx: SelectionContext) -> str | None:
 
 # ----------------------------------------------------------------------------------------------- kernels
 def _reference_kernels() -> list[KernelSpec]:
-    ref = f"{_K}.reference"
+    ref = reference
     tags = frozenset({"reference"})
     attention_limits = KernelConstraints(
-        supports_softcap=True, supports_sliding_window=True, supports_sinks=True, custom=(_gqa_ratio_ok,)
+        supports_softcap=True, supports_sliding_window=True, supports_sinks=True, custom=(gqa_ratio_ok,)
     )
     return [
-        KernelSpec("reference_attention", ATTN, "torch", f"{ref}:attention", attention_limits, 0, tags=tags,
+        KernelSpec("reference_attention", ATTN, "torch", ref.attention, attention_limits, 0, tags=tags,
                    description="fp32 math attention: the oracle and last resort (every contract feature)"),
-        KernelSpec("reference_rms_norm", "rms_norm", "torch", f"{ref}:rms_norm", None, 0, tags=tags,
+        KernelSpec("reference_rms_norm", "rms_norm", "torch", ref.rms_norm, None, 0, tags=tags,
                    description="fp32 RMSNorm, all casting modes, offset and fused residual"),
-        KernelSpec("reference_layer_norm", "layer_norm", "torch", f"{ref}:layer_norm", None, 0, tags=tags,
+        KernelSpec("reference_layer_norm", "layer_norm", "torch", ref.layer_norm, None, 0, tags=tags,
                    description="F.layer_norm in fp32"),
-        KernelSpec("reference_rope", "rope", "torch", f"{ref}:rope", KernelConstraints(custom=(_even_rotary_dim,)), 0,
+        KernelSpec("reference_rope", "rope", "torch", ref.rope, KernelConstraints(custom=(_even_rotary_dim,)), 0,
                    tags=tags, description="HF apply_rotary_pos_emb in fp32, partial and interleaved"),
-        KernelSpec("reference_swiglu", "swiglu", "torch", f"{ref}:swiglu", None, 0, tags=tags,
+        KernelSpec("reference_swiglu", "swiglu", "torch", ref.swiglu, None, 0, tags=tags,
                    description="silu(gate) * up in fp32"),
-        KernelSpec("reference_geglu", "geglu", "torch", f"{ref}:geglu", None, 0, tags=tags,
+        KernelSpec("reference_geglu", "geglu", "torch", ref.geglu, None, 0, tags=tags,
                    description="gelu(gate) * up in fp32"),
     ]
 
 
 def _torch_kernels() -> list[KernelSpec]:
-    sdpa = f"{_K}.torch_sdpa"
-    ops = f"{_K}.torch_ops"
+    sdpa, ops = torch_sdpa, torch_ops
     generic = KernelConstraints(
-        dtypes=ANY_FLOAT, supports_sliding_window=True, custom=(_gqa_ratio_ok,)
+        dtypes=ANY_FLOAT, supports_sliding_window=True, custom=(gqa_ratio_ok,)
     )
     flash = KernelConstraints(
         platforms=CUDA,
@@ -206,7 +201,7 @@ def _torch_kernels() -> list[KernelSpec]:
         supports_additive_mask=False,
         supports_bottom_right_causal=False,
         supports_different_v_dim=False,
-        custom=(_gqa_ratio_ok,),
+        custom=(gqa_ratio_ok,),
     )
     efficient = KernelConstraints(
         platforms=CUDA,
@@ -224,43 +219,41 @@ def _torch_kernels() -> list[KernelSpec]:
         head_dim_multiple=8,
         supports_sliding_window=True,
         supports_different_v_dim=False,
-        custom=(_gqa_ratio_ok, _cudnn_shapes_ok),
+        custom=(gqa_ratio_ok, _cudnn_shapes_ok),
     )
-    math = KernelConstraints(dtypes=ANY_FLOAT, supports_sliding_window=True, custom=(_gqa_ratio_ok,))
+    math = KernelConstraints(dtypes=ANY_FLOAT, supports_sliding_window=True, custom=(gqa_ratio_ok,))
     return [
-        KernelSpec("torch_sdpa_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_attention", generic, 90,
+        KernelSpec("torch_sdpa_attention", ATTN, "torch", sdpa.torch_sdpa_attention, generic, 90,
                    aliases=("torch_sdpa",), tags={"sdpa"},
                    description="SDPA, torch picks its backend (cuDNN on sm90): fastest measured, 480 TFLOP/s at 1x4096"),
-        KernelSpec("torch_sdpa_cudnn_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_cudnn_attention", cudnn, 85,
+        KernelSpec("torch_sdpa_cudnn_attention", ATTN, "torch", sdpa.torch_sdpa_cudnn_attention, cudnn, 85,
                    tags={"sdpa"}, description="SDPA pinned to cuDNN (398 TFLOP/s at 1x4096 on an H100)"),
-        KernelSpec("torch_sdpa_flash_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_flash_attention", flash, 78,
+        KernelSpec("torch_sdpa_flash_attention", ATTN, "torch", sdpa.torch_sdpa_flash_attention, flash, 78,
                    tags={"sdpa"}, description="SDPA pinned to its FlashAttention-2 kernel (250–340 TFLOP/s)"),
-        KernelSpec("torch_sdpa_efficient_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_efficient_attention",
+        KernelSpec("torch_sdpa_efficient_attention", ATTN, "torch", sdpa.torch_sdpa_efficient_attention,
                    efficient, 40, tags={"sdpa"},
                    description="SDPA pinned to mem-efficient (xFormers-derived); masks and fp32, no GQA"),
-        KernelSpec("torch_sdpa_math_attention", ATTN, "torch", f"{sdpa}:torch_sdpa_math_attention", math, 10,
+        KernelSpec("torch_sdpa_math_attention", ATTN, "torch", sdpa.torch_sdpa_math_attention, math, 10,
                    tags={"sdpa"}, description="SDPA pinned to math: runs everything, ~30x slower"),
-        KernelSpec("torch_rms_norm", "rms_norm", "torch", f"{ops}:torch_rms_norm",
+        KernelSpec("torch_rms_norm", "rms_norm", "torch", ops.torch_rms_norm,
                    KernelConstraints(dtypes=ANY_FLOAT), 80,
                    description="F.rms_norm (fused on CUDA, 1.5–2.6 TB/s) with every casting mode"),
-        KernelSpec("torch_layer_norm", "layer_norm", "torch", f"{ops}:torch_layer_norm",
+        KernelSpec("torch_layer_norm", "layer_norm", "torch", ops.torch_layer_norm,
                    KernelConstraints(dtypes=ANY_FLOAT), 80, description="F.layer_norm"),
-        KernelSpec("torch_rope", "rope", "torch", f"{ops}:torch_rope",
+        KernelSpec("torch_rope", "rope", "torch", ops.torch_rope,
                    KernelConstraints(dtypes=ANY_FLOAT, custom=(_even_rotary_dim,)), 50,
                    description="HF rotate_half RoPE in the input dtype (eager, 1.12 ms at 8x2048x32x128)"),
-        KernelSpec("torch_swiglu", "swiglu", "torch", f"{ops}:torch_swiglu", KernelConstraints(dtypes=ANY_FLOAT), 50,
+        KernelSpec("torch_swiglu", "swiglu", "torch", ops.torch_swiglu, KernelConstraints(dtypes=ANY_FLOAT), 50,
                    description="F.silu(gate) * up (eager; wins at small token counts)"),
-        KernelSpec("torch_geglu", "geglu", "torch", f"{ops}:torch_geglu", KernelConstraints(dtypes=ANY_FLOAT), 50,
+        KernelSpec("torch_geglu", "geglu", "torch", ops.torch_geglu, KernelConstraints(dtypes=ANY_FLOAT), 50,
                    description="F.gelu(gate, approximate) * up (eager)"),
     ]
 
 
 def _flex_kernels() -> list[KernelSpec]:
-    from layerzero.kernels.torch_flex import FLEX_CONSTRAINTS
-
     return [
-        KernelSpec("torch_flex_attention", ATTN, "torch_flex", f"{_K}.torch_flex:torch_flex_attention",
-                   FLEX_CONSTRAINTS, 60, tags={"compiled"},
+        KernelSpec("torch_flex_attention", ATTN, "torch_flex", torch_flex.torch_flex_attention,
+                   torch_flex.FLEX_CONSTRAINTS, 60, tags={"compiled"},
                    description="FlexAttention with cached block masks and softcap score_mod (240–410 TFLOP/s, "
                                "compiles on first use)"),
     ]
@@ -269,24 +262,12 @@ def _flex_kernels() -> list[KernelSpec]:
 def _optional_kernels() -> list[KernelSpec]:
     """Kernels of the optional libraries; their modules define constraints next to the adapters."""
     out: list[KernelSpec] = []
-    from layerzero.kernels import flash_attn, flashinfer, liger, xformers
-
     for mod in (flash_attn, flashinfer, xformers, liger):
         out.extend(mod.kernel_specs())
     return out
 
 
-def _triton_kernels() -> list[KernelSpec]:
-    try:
-        from layerzero.kernels.triton.specs import triton_kernels
-    except ImportError:  # the Triton engineer's module may not exist yet
-        return []
-    return list(triton_kernels())
-
-
 def builtin_kernels() -> list[KernelSpec]:
     """Every built-in kernel spec. Imports only LayerZero modules (adapters import their library lazily)."""
-    kernels = _reference_kernels() + _torch_kernels() + _flex_kernels() + _optional_kernels()
-    kernels.extend(_triton_kernels())
-    return kernels
+    return _reference_kernels() + _torch_kernels() + _flex_kernels() + _optional_kernels() + triton_kernels()
 

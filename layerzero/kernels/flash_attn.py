@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from layerzero.kernels.checks import gqa_ratio_ok
 from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
 
@@ -103,13 +104,6 @@ def flash_attn_v3_attention(
     return out[0] if isinstance(out, tuple) else out
 
 
-def _gqa_ok(ctx) -> str | None:
-    """num_heads divisible by num_kv_heads"""
-    if ctx.num_heads and ctx.num_kv_heads and ctx.num_heads % ctx.num_kv_heads:
-        return f"num_heads {ctx.num_heads} not divisible by num_kv_heads {ctx.num_kv_heads}"
-    return None
-
-
 def _fa2_training_head_dim(ctx) -> str | None:
     """FA2 backward on sm86/sm89 fails for head_dim in (192, 256]"""
     cc = ctx.compute_capability
@@ -128,7 +122,7 @@ FA2_CONSTRAINTS = KernelConstraints(
     supports_softcap=True,
     supports_sliding_window=True,
     supports_different_v_dim=False,
-    custom=(_gqa_ok, _fa2_training_head_dim),
+    custom=(gqa_ratio_ok, _fa2_training_head_dim),
 )
 
 FA3_CONSTRAINTS = KernelConstraints(
@@ -144,20 +138,20 @@ FA3_CONSTRAINTS = KernelConstraints(
     supports_softcap=True,
     supports_sliding_window=True,
     supports_different_v_dim=False,
-    custom=(_gqa_ok,),
+    custom=(gqa_ratio_ok,),
 )
 
 
 def kernel_specs() -> list[KernelSpec]:
     return [
         KernelSpec(
-            "flash_attn_v2_attention", ("attention.*",), "flash_attn", f"{__name__}:flash_attn_v2_attention",
+            "flash_attn_v2_attention", ("attention.*",), "flash_attn", flash_attn_v2_attention,
             FA2_CONSTRAINTS, 80, aliases=("flash_attention_v2",),
             description="FlashAttention 2 (flash_attn_func / flash_attn_with_kvcache): 250–340 TFLOP/s class "
                         "(SDPA's FA2 kernel measured), bottom-right causal, window, softcap",
         ),
         KernelSpec(
-            "flash_attn_v3_attention", ("attention.*",), "flash_attn_3", f"{__name__}:flash_attn_v3_attention",
+            "flash_attn_v3_attention", ("attention.*",), "flash_attn_3", flash_attn_v3_attention,
             FA3_CONSTRAINTS, 84, aliases=("flash_attention_v3",),
             description="FlashAttention 3 for Hopper (not measured here: ranked between cuDNN and FA2)",
         ),

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from layerzero.kernels.checks import gqa_ratio_ok
 from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
 
@@ -260,13 +261,6 @@ def _decode_only(ctx) -> str | None:
     return None
 
 
-def _gqa_ok(ctx) -> str | None:
-    """num_heads divisible by num_kv_heads"""
-    if ctx.num_heads and ctx.num_kv_heads and ctx.num_heads % ctx.num_kv_heads:
-        return f"num_heads {ctx.num_heads} not divisible by num_kv_heads {ctx.num_kv_heads}"
-    return None
-
-
 def _prefill_shape(ctx) -> str | None:
     """FlashInfer append attention: 1 < seq_len_q <= seq_len_k (one token goes to the decode kernel)"""
     if ctx.seq_len_q == 1:
@@ -319,26 +313,25 @@ _ATTN_COMMON = dict(
 )
 
 PREFILL_CONSTRAINTS = KernelConstraints(**_ATTN_COMMON, supports_different_v_dim=True,
-                                        custom=(_gqa_ok, _prefill_shape))
-DECODE_CONSTRAINTS = KernelConstraints(**_ATTN_COMMON, supports_different_v_dim=False, custom=(_gqa_ok, _decode_only))
+                                        custom=(gqa_ratio_ok, _prefill_shape))
+DECODE_CONSTRAINTS = KernelConstraints(**_ATTN_COMMON, supports_different_v_dim=False, custom=(gqa_ratio_ok, _decode_only))
 
 
 def kernel_specs() -> list[KernelSpec]:
-    mod = __name__
     cuda_half = dict(platforms=frozenset({"cuda"}), dtypes=_HALF, supports_grad=False)
     return [
-        KernelSpec("flashinfer_prefill_attention", ("attention.*",), "flashinfer", f"{mod}:flashinfer_prefill_attention",
+        KernelSpec("flashinfer_prefill_attention", ("attention.*",), "flashinfer", flashinfer_prefill_attention,
                    PREFILL_CONSTRAINTS, 80, description="FlashInfer single/batch prefill (≈ cuDNN at 1x4096: 448 TFLOP/s)"),
-        KernelSpec("flashinfer_decode_attention", ("attention.*",), "flashinfer", f"{mod}:flashinfer_decode_attention",
+        KernelSpec("flashinfer_decode_attention", ("attention.*",), "flashinfer", flashinfer_decode_attention,
                    DECODE_CONSTRAINTS, 60, aliases=("flashinfer_decode",),
                    description="FlashInfer decode (2.3–2.6 TB/s, just under SDPA's 2.7–2.8 TB/s on H100)"),
-        KernelSpec("flashinfer_rms_norm", "rms_norm", "flashinfer", f"{mod}:flashinfer_rms_norm",
+        KernelSpec("flashinfer_rms_norm", "rms_norm", "flashinfer", flashinfer_rms_norm,
                    KernelConstraints(**cuda_half, custom=(_offset_zero_or_one, _gemma_casting)), 65,
                    description="flashinfer.rmsnorm / gemma_rmsnorm (fp32 math, one rounding)"),
-        KernelSpec("flashinfer_rope", "rope", "flashinfer", f"{mod}:flashinfer_rope",
+        KernelSpec("flashinfer_rope", "rope", "flashinfer", flashinfer_rope,
                    KernelConstraints(**cuda_half, head_dims=_ROPE_HEAD_DIMS, custom=(_rope_tables_ok,)), 60,
                    description="apply_rope_with_cos_sin_cache (out of place), NeoX or interleaved, partial"),
-        KernelSpec("flashinfer_swiglu", "swiglu", "flashinfer", f"{mod}:flashinfer_swiglu",
+        KernelSpec("flashinfer_swiglu", "swiglu", "flashinfer", flashinfer_swiglu,
                    KernelConstraints(**cuda_half), 40,
                    description="silu_and_mul; zero-copy only when gate/up are halves of one tensor"),
     ]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from layerzero.registry.constraints import KernelConstraints
+from layerzero.registry.backends import BackendStatus, version_tuple
+from layerzero.registry.constraints import KernelConstraints, needs_backend_status
 from layerzero.registry.kernel_spec import KernelSpec
 
 __all__ = ["kernel_specs", "liger_geglu", "liger_layer_norm", "liger_rms_norm", "liger_rope", "liger_swiglu"]
@@ -98,15 +99,13 @@ def liger_geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "tanh")
     return LigerGELUMulFunction.apply(gate, up)
 
 
-def _partial_rotary_needs_new_liger(ctx) -> str | None:
+@needs_backend_status
+def _partial_rotary_needs_new_liger(ctx, liger: BackendStatus) -> str | None:
     """partial rotary needs liger-kernel >= 0.8.5"""
     if ctx.rotary_dim is None or ctx.head_dim is None or ctx.rotary_dim >= ctx.head_dim:
         return None
-    from layerzero.registry import get_global_backend_registry
-    from layerzero.registry.backends import _vtuple
-
-    version = get_global_backend_registry().status("liger").version
-    if version and _vtuple(version) < _PARTIAL_ROTARY_MIN:
+    version = liger.version
+    if version and version_tuple(version) < _PARTIAL_ROTARY_MIN:
         return f"partial rotary needs liger-kernel >= 0.8.5 (installed {version})"
     return None
 
@@ -131,23 +130,22 @@ def _tanh_gelu_only(ctx) -> str | None:
 
 
 def kernel_specs() -> list[KernelSpec]:
-    mod = __name__
     cuda = frozenset({"cuda"})
     floats = frozenset({"float16", "bfloat16", "float32"})
     return [
-        KernelSpec("liger_rms_norm", "rms_norm", "liger", f"{mod}:liger_rms_norm",
+        KernelSpec("liger_rms_norm", "rms_norm", "liger", liger_rms_norm,
                    KernelConstraints(platforms=cuda, dtypes=floats, casting_modes=frozenset({"llama", "gemma", "none"})),
                    60, description="Liger RMSNorm (1.2–1.9 TB/s; below F.rms_norm's 1.5–2.6 TB/s)"),
-        KernelSpec("liger_layer_norm", "layer_norm", "liger", f"{mod}:liger_layer_norm",
+        KernelSpec("liger_layer_norm", "layer_norm", "liger", liger_layer_norm,
                    KernelConstraints(platforms=cuda, dtypes=floats), 60, description="Liger LayerNorm"),
-        KernelSpec("liger_rope", "rope", "liger", f"{mod}:liger_rope",
+        KernelSpec("liger_rope", "rope", "liger", liger_rope,
                    KernelConstraints(platforms=cuda, dtypes=floats, supports_interleaved=False,
                                      custom=(_partial_rotary_needs_new_liger, _not_batched_single_token)),
                    70, description="Liger RoPE (0.50 ms vs HF eager 1.12 ms at 8x2048x32x128)"),
-        KernelSpec("liger_swiglu", "swiglu", "liger", f"{mod}:liger_swiglu",
+        KernelSpec("liger_swiglu", "swiglu", "liger", liger_swiglu,
                    KernelConstraints(platforms=cuda, dtypes=floats), 60,
                    description="Liger SiLU*mul (2.5 TB/s vs eager 1.8 at 16k tokens; eager wins at ~128 tokens)"),
-        KernelSpec("liger_geglu", "geglu", "liger", f"{mod}:liger_geglu",
+        KernelSpec("liger_geglu", "geglu", "liger", liger_geglu,
                    KernelConstraints(platforms=cuda, dtypes=floats, custom=(_tanh_gelu_only,)), 60,
                    description="Liger GELU(tanh)*mul; approximate='none' is rejected"),
     ]

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from layerzero.kernels.checks import gqa_ratio_ok
 from layerzero.registry.constraints import KernelConstraints
 
 __all__ = ["FLEX_CONSTRAINTS", "set_compile_on_cpu", "torch_flex_attention"]
@@ -54,13 +55,6 @@ def _no_grad_on_cpu(ctx) -> str | None:
     return None
 
 
-def _gqa_ok(ctx) -> str | None:
-    """num_heads divisible by num_kv_heads"""
-    if ctx.num_heads and ctx.num_kv_heads and ctx.num_heads % ctx.num_kv_heads:
-        return f"num_heads {ctx.num_heads} not divisible by num_kv_heads {ctx.num_kv_heads}"
-    return None
-
-
 def _cuda_head_dim(ctx) -> str | None:
     """compiled Flex on CUDA: head dims a power of two >= 16"""
     if ctx.platform != "cuda":
@@ -79,7 +73,7 @@ FLEX_CONSTRAINTS = KernelConstraints(
     supports_softcap=True,
     supports_sliding_window=True,
     supports_sinks=True,
-    custom=(_gqa_ok, _no_grad_on_cpu, _cuda_head_dim),
+    custom=(gqa_ratio_ok, _no_grad_on_cpu, _cuda_head_dim),
 )
 
 

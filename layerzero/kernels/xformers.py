@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from layerzero.kernels.checks import gqa_ratio_ok
 from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
 
@@ -67,13 +68,6 @@ def xformers_attention(
     return out.reshape(b, sq, h, value.shape[-1])
 
 
-def _gqa_ok(ctx) -> str | None:
-    """num_heads divisible by num_kv_heads"""
-    if ctx.num_heads and ctx.num_kv_heads and ctx.num_heads % ctx.num_kv_heads:
-        return f"num_heads {ctx.num_heads} not divisible by num_kv_heads {ctx.num_kv_heads}"
-    return None
-
-
 XFORMERS_CONSTRAINTS = KernelConstraints(
     platforms=frozenset({"cuda"}),
     dtypes=frozenset({"float16", "bfloat16", "float32"}),
@@ -81,14 +75,14 @@ XFORMERS_CONSTRAINTS = KernelConstraints(
     supports_bool_mask=False,
     supports_additive_mask=False,
     supports_sliding_window=True,
-    custom=(_gqa_ok,),
+    custom=(gqa_ratio_ok,),
 )
 
 
 def kernel_specs() -> list[KernelSpec]:
     return [
         KernelSpec(
-            "xformers_attention", ("attention.*",), "xformers", f"{__name__}:xformers_attention",
+            "xformers_attention", ("attention.*",), "xformers", xformers_attention,
             XFORMERS_CONSTRAINTS, 50, aliases=("xformers_memory_efficient",),
             description="xFormers memory_efficient_attention (cutlass/flash dispatch inside xFormers); "
                         "not measured here, ranked with SDPA mem-efficient, its torch port",

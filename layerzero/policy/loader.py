@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from layerzero.config_files import compose_yaml, construct_yaml, read_config_text
+from layerzero.data_files import DEFAULT_POLICY, find_data_file
 from layerzero.errors import ConfigValidationError, ValidationProblem
 from layerzero.operations import OPERATIONS, matches
 from layerzero.policy.conditions import compile_conditions
@@ -54,8 +55,6 @@ from layerzero.registry.kernel_spec import KernelSpec
 DOCUMENT = "<document>"
 INTERNAL_ERROR_MARK = "internal error while validating"
 
-_PACKAGE_DEFAULT = Path(__file__).resolve().parent.parent / "data" / "configs" / "default_policy.yaml"
-_REPO_DEFAULT = Path(__file__).resolve().parents[2] / "configs" / "default_policy.yaml"
 
 
 # ============================================================================================== public API
@@ -106,10 +105,7 @@ def validate_policy(
 
 def default_policy_path() -> Path | None:
     """The shipped default policy: package data when installed, else the repository's ``configs/``."""
-    for path in (_PACKAGE_DEFAULT, _REPO_DEFAULT):
-        if path.is_file():
-            return path
-    return None
+    return find_data_file(DEFAULT_POLICY)
 
 
 def load_default_policy(registry: KernelRegistry | None = None) -> Policy:

@@ -1,15 +1,22 @@
-"""Kernel and backend registries.
+"""Kernel and backend registries, and the process-wide ones every dispatcher starts from.
 
-The global registries are filled on first use from :mod:`layerzero.kernels.catalog`, which describes
-every kernel without importing any optional backend."""
+This floor knows what a kernel is, not which kernels exist: the global registries are filled on first use
+by factories installed with :func:`set_default_backends` / :func:`set_default_kernels`. The package root
+installs LayerZero's built-in catalogue (:mod:`layerzero.kernels.catalog`, which imports no optional
+backend) when ``layerzero`` is imported, so ``get_global_kernel_registry()`` always holds the built-in
+kernels, while this floor never imports the kernels floor above it."""
 
 from __future__ import annotations
 
-import threading
-
-from layerzero.registry.backends import BackendRegistry, BackendSpec, BackendStatus
-from layerzero.registry.constraints import KernelConstraints
-from layerzero.registry.kernel_registry import KernelRegistry
+from layerzero.registry.backends import (
+    BackendRegistry,
+    BackendSpec,
+    BackendStatus,
+    get_global_backend_registry,
+    set_default_backends,
+)
+from layerzero.registry.constraints import KernelConstraints, needs_backend_status
+from layerzero.registry.kernel_registry import KernelRegistry, get_global_kernel_registry, set_default_kernels
 from layerzero.registry.kernel_spec import KernelSpec
 
 __all__ = [
@@ -21,31 +28,7 @@ __all__ = [
     "KernelSpec",
     "get_global_backend_registry",
     "get_global_kernel_registry",
+    "needs_backend_status",
+    "set_default_backends",
+    "set_default_kernels",
 ]
-
-_lock = threading.Lock()
-_kernels: KernelRegistry | None = None
-_backends: BackendRegistry | None = None
-
-
-def get_global_backend_registry() -> BackendRegistry:
-    global _backends
-    if _backends is None:
-        with _lock:
-            if _backends is None:
-                from layerzero.kernels.catalog import builtin_backends
-
-                _backends = BackendRegistry(builtin_backends())
-    return _backends
-
-
-def get_global_kernel_registry() -> KernelRegistry:
-    global _kernels
-    if _kernels is None:
-        get_global_backend_registry()
-        with _lock:
-            if _kernels is None:
-                from layerzero.kernels.catalog import builtin_kernels
-
-                _kernels = KernelRegistry(builtin_kernels())
-    return _kernels

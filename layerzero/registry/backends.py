@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from layerzero.errors import LayerZeroError
+from layerzero.registry.defaults import LazyDefault
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class BackendSpec:
                 version = dist_version(self.version_module)
             except Exception:
                 version = None
-        if self.min_version and version and _vtuple(version) < _vtuple(self.min_version):
+        if self.min_version and version and version_tuple(version) < version_tuple(self.min_version):
             return BackendStatus(
                 False, version, f"backend {self.backend_id} {version} < required {self.min_version}"
             )
@@ -91,7 +92,8 @@ class BackendSpec:
         return BackendStatus(True, str(version) if version is not None else None, None)
 
 
-def _vtuple(v: str) -> tuple[int, ...]:
+def version_tuple(v: str) -> tuple[int, ...]:
+    """``"2.6.3+cu124"`` -> ``(2, 6, 3)``: comparable release numbers, local tags and suffixes dropped."""
     out = []
     for part in v.split("+")[0].split("."):
         digits = "".join(ch for ch in part if ch.isdigit())
@@ -141,3 +143,16 @@ class BackendRegistry:
     def refresh(self) -> None:
         for spec in self._backends.values():
             spec.probe(refresh=True)
+
+
+_GLOBAL: LazyDefault[BackendRegistry] = LazyDefault("backend registry", BackendRegistry)
+
+
+def get_global_backend_registry() -> BackendRegistry:
+    """The process-wide backends: the built-in ones the package root installs, probed lazily."""
+    return _GLOBAL.get()
+
+
+def set_default_backends(factory: Callable[[], Iterable[BackendSpec]]) -> None:
+    """Fill the global backend registry from ``factory`` on first use (before anyone has asked for it)."""
+    _GLOBAL.install(lambda: BackendRegistry(factory()))

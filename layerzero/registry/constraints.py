@@ -2,6 +2,10 @@
 
 The same reasons power selection, ``explain()``, ``NoKernelAvailableError`` and the CLI, so each one names
 the fact and the limit ("head_dim 320 > 256", "dtype float32 not in {bfloat16, float16}").
+
+A limit that depends on the installed build of the kernel's library (a feature added in some version) is a
+custom check marked with :func:`needs_backend_status`: it is handed the backend's probed status by whoever
+knows the backends (``KernelSpec.check``), instead of reading a global registry.
 """
 
 from __future__ import annotations
@@ -11,8 +15,17 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
     from layerzero.context.call_context import SelectionContext
+    from layerzero.registry.backends import BackendStatus
 
 CustomCheck = Callable[["SelectionContext"], "str | None"]
+BackendCheck = Callable[["SelectionContext", "BackendStatus"], "str | None"]
+
+
+def needs_backend_status(check: BackendCheck) -> BackendCheck:
+    """Mark a custom check as ``check(ctx, status)``: it judges the installed build of the kernel's backend
+    (e.g. its version). Run only when the caller passes that status; without it the check is skipped."""
+    check.needs_backend_status = True  # type: ignore[attr-defined]
+    return check
 
 
 def _fmt(values: Iterable) -> str:
@@ -55,10 +68,11 @@ class KernelConstraints:
     supports_partial_rotary: bool = True
     supports_interleaved: bool = True
     layouts: frozenset[str] | None = None
-    custom: tuple[CustomCheck, ...] = field(default=())
+    custom: tuple[CustomCheck | BackendCheck, ...] = field(default=())
 
-    def check(self, ctx: "SelectionContext") -> list[str]:
-        """Every reason this kernel cannot run ``ctx``; empty when it can."""
+    def check(self, ctx: "SelectionContext", backend: "BackendStatus | None" = None) -> list[str]:
+        """Every reason this kernel cannot run ``ctx``; empty when it can. ``backend``, the probed status of
+        the kernel's backend, feeds the checks marked :func:`needs_backend_status`."""
         r: list[str] = []
         if self.platforms is not None and ctx.platform is not None and ctx.platform not in self.platforms:
             r.append(f"device {ctx.platform} not supported (needs {_fmt(self.platforms)})")
@@ -139,7 +153,10 @@ class KernelConstraints:
         if self.layouts is not None and ctx.layout is not None and ctx.layout not in self.layouts:
             r.append(f"layout {ctx.layout} not in {_fmt(self.layouts)}")
         for check in self.custom:
-            reason = check(ctx)
+            if getattr(check, "needs_backend_status", False) is True:
+                reason = check(ctx, backend) if backend is not None else None  # type: ignore[call-arg]
+            else:
+                reason = check(ctx)  # type: ignore[call-arg]
             if reason:
                 r.append(reason)
         return r

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from layerzero.errors import KernelNotFoundError, LayerZeroError
+from layerzero.registry.backends import get_global_backend_registry
+from layerzero.registry.defaults import LazyDefault
 from layerzero.registry.kernel_spec import KernelSpec
 
 
@@ -99,3 +101,17 @@ class KernelRegistry:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+
+_GLOBAL: LazyDefault[KernelRegistry] = LazyDefault("kernel registry", KernelRegistry)
+
+
+def get_global_kernel_registry() -> KernelRegistry:
+    """The process-wide kernels: the built-in catalogue the package root installs, built on first use."""
+    get_global_backend_registry()  # the kernels name backends: build those first, outside this lock
+    return _GLOBAL.get()
+
+
+def set_default_kernels(factory: Callable[[], Iterable[KernelSpec]]) -> None:
+    """Fill the global kernel registry from ``factory`` on first use (before anyone has asked for it)."""
+    _GLOBAL.install(lambda: KernelRegistry(factory()))

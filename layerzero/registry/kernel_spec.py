@@ -7,18 +7,18 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from layerzero.operations import CONTRACTS, matches
+from layerzero.registry.backends import BackendRegistry, get_global_backend_registry
 from layerzero.registry.constraints import KernelConstraints
 
 if TYPE_CHECKING:
-    from layerzero.registry.backends import BackendRegistry
     from layerzero.context.call_context import SelectionContext
 
 
 class KernelSpec:
     """A kernel and the truth about it.
 
-    ``impl`` is resolved on first use from ``impl_path`` (``"package.module:function"``) so that listing
-    the catalogue imports no optional backend. ``operations`` may hold globs (``"attention.*"``).
+    ``impl`` is the function itself, or a ``"package.module:function"`` path (``impl_path``) resolved on
+    first call, for a module that cannot be imported without its optional backend. ``operations`` may hold globs (``"attention.*"``).
     ``priority`` orders kernels that pass every check when no policy rule decides (higher wins); it is
     grounded in measurements (README, "Kernel table").
     """
@@ -100,19 +100,20 @@ class KernelSpec:
         return self.impl(**kwargs)
 
     # ------------------------------------------------------------------ checks
-    def check(self, context: "SelectionContext", backends: "BackendRegistry | None" = None) -> list[str]:
-        """Every reason this kernel cannot run the call described by ``context`` (empty: it can)."""
+    def check(self, context: "SelectionContext", backends: BackendRegistry | None = None) -> list[str]:
+        """Every reason this kernel cannot run the call described by ``context`` (empty: it can).
+
+        ``backends`` (default: the global registry) says whether the kernel's library is usable and which
+        build is installed; that status is handed to the constraints that depend on the build."""
         reasons: list[str] = []
         if context.operation is not None and not self.serves(context.operation):
             reasons.append(f"does not implement {context.operation}")
         if backends is None:
-            from layerzero.registry import get_global_backend_registry
-
             backends = get_global_backend_registry()
         status = backends.status(self.backend)
         if not status.available:
             reasons.append(status.reason or f"backend {self.backend} unavailable")
-        reasons.extend(self.constraints.check(context))
+        reasons.extend(self.constraints.check(context, status))
         return reasons
 
     def describe(self) -> dict[str, Any]:

@@ -3,17 +3,59 @@
 A custom collector reads one ``snapshot()`` per scrape, so exporting costs nothing on the dispatch path
 and the exported numbers are the same ones ``snapshot()`` shows. ``prometheus_client`` is imported when
 an exporter is created, never by ``import layerzero``.
+
+Telemetry is the foundation floor, below the dispatcher that owns circuit breakers and hot reload, so
+the exporter reads them through the small protocols below; the dispatcher's ``CircuitBreakerManager``
+and ``HotReloadDispatcher`` satisfy them structurally, without this module importing them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol
 
 if TYPE_CHECKING:
-    from layerzero.dispatch.circuit import CircuitBreakerManager
     from layerzero.telemetry.recorder import DispatchTelemetry
 
-__all__ = ["PrometheusExporter", "CIRCUIT_STATE_VALUES"]
+__all__ = ["CIRCUIT_STATE_VALUES", "CircuitReading", "CircuitSource", "PrometheusExporter", "ReloadSource"]
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class CircuitReading(Protocol):
+    """One breaker as exported: its state (an enum named CLOSED, HALF_OPEN or OPEN) and how often it opened."""
+
+    @property
+    def state(self) -> _Named: ...
+
+    @property
+    def times_opened(self) -> int: ...
+
+
+class CircuitSource(Protocol):
+    """Where circuit states come from (``CircuitBreakerManager``): a reading per kernel id, per scrape."""
+
+    def get_all_stats(self) -> Mapping[str, CircuitReading]: ...
+
+
+class _ReloadStats(Protocol):
+    @property
+    def current_version(self) -> int | None: ...
+
+    @property
+    def total_reloads(self) -> int: ...
+
+    @property
+    def failed_reloads(self) -> int: ...
+
+
+class ReloadSource(Protocol):
+    """A hot-reloading dispatcher (``HotReloadDispatcher``): its active config version and reload counts."""
+
+    @property
+    def stats(self) -> _ReloadStats: ...
 
 CIRCUIT_STATE_VALUES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
 
@@ -40,8 +82,8 @@ class PrometheusExporter:
         self,
         telemetry: "DispatchTelemetry",
         registry: Any = None,
-        circuits: "CircuitBreakerManager | None" = None,
-        hot_reload: Any = None,
+        circuits: CircuitSource | None = None,
+        hot_reload: ReloadSource | None = None,
         namespace: str = "layerzero",
     ):
         prometheus_client, _, _ = _client()

@@ -46,3 +46,18 @@ def test_gpu_stage_script_is_valid_bash(script):
 
     r = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_prefill_archs_quick(tmp_path):
+    """Every architecture's row is measured for the baseline and the patched model (Liger when installed)."""
+    pytest.importorskip("transformers")
+    out = _load("prefill_archs").main(["--quick", "--archs", "llama,gpt_oss", "--json", str(tmp_path / "p.json")])
+    assert [r["arch"] for r in out["rows"]] == ["llama", "gpt_oss"]
+    gpt_oss = out["rows"][1]
+    assert gpt_oss["baseline"] == "hf_eager"  # Transformers refuses sdpa with attention sinks
+    for row in out["rows"]:
+        assert set(row["tokens_per_s"]) >= {"hf_sdpa", "layerzero"}
+        assert all(v > 0 for v in row["tokens_per_s"]["layerzero"].values())
+        assert any(k.endswith("attention") for k in row["kernels"])
+    assert json.loads((tmp_path / "p.json").read_text())["rows"][0]["arch"] == "llama"

@@ -404,19 +404,12 @@ def test_static_cache_generation_compiled_fullgraph(tiny_model_dir, recorder):
 
 
 # ------------------------------------------------------------------------------------------ CUDA
-_FLEX_RECOMPILES_IN_CAPTURE = pytest.mark.xfail(
-    reason="static-cache decode of gpt_oss (bool mask + sinks) runs torch_flex_attention, which builds a new "
-    "score_mod closure per masked call, so its compiled flex_attention recompiles during CUDA-graph capture "
-    "(cudaErrorStreamCaptureUnsupported); seen on H100, torch 2.11 (layerzero/kernels/torch_flex.py)",
-    strict=False,
-)
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("arch", ["llama", "gemma2", pytest.param("gpt_oss", marks=_FLEX_RECOMPILES_IN_CAPTURE)])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt_oss"])
 def test_gpu_static_cache_generation_autocompiles(tiny_model_dir, arch):
     """On CUDA, generate(cache_implementation="static") compiles the decode step with Inductor and
-    CUDA graphs ("reduce-overhead"): the custom op must trace, capture and replay correctly."""
+    CUDA graphs ("reduce-overhead"): the custom op must trace, capture and replay correctly, gpt-oss
+    (bool mask + attention sinks) included."""
     path = tiny_model_dir(arch)
     eager = _load(path, "eager").cuda()
     lz = _load(path, NAME).cuda()

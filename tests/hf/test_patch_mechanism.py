@@ -202,7 +202,7 @@ def test_unknown_architecture_is_detected_and_self_checked():
     x = torch.randn(2, 3, 32)
     with torch.no_grad():
         ref = toy(x)
-    report = layerzero_hf.patch(toy, config=False)
+    report = layerzero_hf.patch(toy, rules=False)
     assert report.spec == "detected"
     patched = {p.path: p for p in report.patched}
     skipped = {s.path: s for s in report.skipped}

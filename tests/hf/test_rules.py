@@ -223,7 +223,7 @@ def test_rules_and_spec_paths_that_are_fifos_never_block(tmp_path):
 def test_policy_files_given_to_patch_are_read_guarded(tmp_path):
     import os
 
-    from layerzero_hf.loading import _policy_mapping
+    from layerzero.model_setup import policy_mapping as _policy_mapping
 
     fifo = tmp_path / "policy.yaml"
     os.mkfifo(fifo)

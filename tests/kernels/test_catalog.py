@@ -56,11 +56,17 @@ def test_backend_ids():
     assert ids == {"torch", "torch_flex", "triton", "flash_attn", "flash_attn_3", "flashinfer", "xformers", "liger"}
 
 
-def test_every_kernel_names_a_known_backend_and_a_callable_path(registries):
+def test_every_kernel_names_a_known_backend_and_its_function(registries):
+    """Kernels name their function; only the Triton kernels, whose modules import triton, keep a
+    ``module:function`` path resolved on first call."""
     reg, backends = registries
     for spec in reg:
         assert spec.backend in backends, spec.kernel_id
-        assert spec.impl_path and ":" in spec.impl_path, spec.kernel_id
+        if spec.backend == "triton":
+            assert spec.impl_path and ":" in spec.impl_path, spec.kernel_id
+        else:
+            assert spec.impl_path is None and callable(spec.impl), spec.kernel_id
+            assert spec.impl.__module__.startswith("layerzero.kernels."), spec.kernel_id
 
 
 def test_references_are_last_resort(registries):
@@ -211,3 +217,16 @@ def test_liger_rope_is_ruled_out_where_a_recorded_model_call_failed():
     assert spec.constraints.check(SelectionContext(batch_size=2, seq_len=1, **base))
     assert not spec.constraints.check(SelectionContext(batch_size=1, seq_len=1, **base))
     assert not spec.constraints.check(SelectionContext(batch_size=2, seq_len=12, **base))
+
+
+def test_liger_partial_rotary_reads_the_liger_version_it_is_handed():
+    """The version limit judges the Liger build in the backends the caller checks against, not a global."""
+    from layerzero.registry import BackendStatus
+
+    spec = {k.kernel_id: k for k in builtin_kernels()}["liger_rope"]
+    partial = SelectionContext(operation="rope", dtype="bfloat16", device="cuda:0", compute_capability=(9, 0),
+                               num_heads=4, num_kv_heads=2, head_dim=64, rotary_dim=32, batch_size=1, seq_len=8)
+    old = spec.constraints.check(partial, BackendStatus(True, "0.8.4"))
+    assert old == ["partial rotary needs liger-kernel >= 0.8.5 (installed 0.8.4)"]
+    assert spec.constraints.check(partial, BackendStatus(True, "0.8.5")) == []
+    assert spec.constraints.check(partial.replace(rotary_dim=64), BackendStatus(True, "0.8.4")) == []

@@ -60,3 +60,23 @@ def test_custom_checks_and_describe():
     assert c.check(ctx(num_heads=3)) == ["num_heads 3 is odd"]
     d = c.describe()
     assert d["max_head_dim"] == 128 and d["custom"] == ["even head count"]
+
+
+def test_backend_status_checks_get_the_status_they_are_handed():
+    """A limit that depends on the installed library build reads the status its caller passes in (no global
+    registry), and is skipped where no status is known."""
+    from layerzero.registry import BackendStatus, needs_backend_status
+
+    seen = []
+
+    @needs_backend_status
+    def new_enough(c, status):
+        """needs lib >= 2"""
+        seen.append(status)
+        return None if status.version == "2.0" else f"lib {status.version} < 2"
+
+    c = KernelConstraints(custom=(new_enough,))
+    assert c.check(ctx(), BackendStatus(True, "1.0")) == ["lib 1.0 < 2"]
+    assert c.check(ctx(), BackendStatus(True, "2.0")) == []
+    assert c.check(ctx()) == [] and len(seen) == 2
+    assert c.describe()["custom"] == ["needs lib >= 2"]

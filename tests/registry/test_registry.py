@@ -95,6 +95,19 @@ def test_check_reports_backend_and_constraint_reasons():
     assert "dtype float32 not in {float16}" in reasons
 
 
+def test_check_hands_the_kernels_backend_status_to_its_constraints():
+    from layerzero.registry import needs_backend_status
+    from layerzero.selection import SelectionContext
+
+    @needs_backend_status
+    def build(ctx, status):
+        return f"backend reported {status.available}/{status.reason}"
+
+    backends = BackendRegistry([BackendSpec("plain")])
+    spec = KernelSpec("plain_norm", "rms_norm", "plain", lambda **_: None, KernelConstraints(custom=(build,)))
+    assert spec.check(SelectionContext(operation="rms_norm"), backends) == ["backend reported True/None"]
+
+
 def test_backend_probe_is_cached_and_lazy():
     calls = []
 

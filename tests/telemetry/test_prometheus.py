@@ -63,3 +63,17 @@ def test_exporter_reports_hot_reload_version(tmp_path):
     assert "layerzero_config_reloads_total 1.0" in text
     assert "layerzero_config_reload_failures_total 1.0" in text
     assert 'layerzero_dispatch_total{kernel="lz_a",operation="rms_norm"} 1.0' in text
+
+
+def test_exporter_reads_any_circuit_source():
+    """The exporter needs only ``get_all_stats()`` readings with a named state and an open count, so the
+    telemetry floor does not import the dispatcher that owns the breakers."""
+    import enum
+    from types import SimpleNamespace
+
+    State = enum.Enum("State", "CLOSED HALF_OPEN OPEN")
+    source = SimpleNamespace(get_all_stats=lambda: {"k": SimpleNamespace(state=State.HALF_OPEN, times_opened=3)})
+    reg = prometheus_client.CollectorRegistry()
+    text = PrometheusExporter(DispatchTelemetry(), registry=reg, circuits=source).generate_latest().decode()
+    assert 'layerzero_circuit_state{kernel="k"} 1.0' in text
+    assert 'layerzero_circuit_opened_total{kernel="k"} 3.0' in text

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from layerzero.kernels.checks import gqa_ratio_ok
 from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
 
@@ -90,13 +91,6 @@ def _decode_only(ctx: "SelectionContext") -> str | None:
     """seq_len_q == 1"""
     if ctx.seq_len_q is not None and ctx.seq_len_q != 1:
         return f"seq_len_q {ctx.seq_len_q} != 1 (triton_decode_attention is decode-only)"
-    return None
-
-
-def _gqa_ratio(ctx: "SelectionContext") -> str | None:
-    """num_heads divisible by num_kv_heads"""
-    if ctx.num_heads and ctx.num_kv_heads and ctx.num_heads % ctx.num_kv_heads:
-        return f"num_heads {ctx.num_heads} not divisible by num_kv_heads {ctx.num_kv_heads}"
     return None
 
 
@@ -175,7 +169,7 @@ def triton_kernels() -> list[KernelSpec]:
                 supports_softcap=True,
                 supports_sliding_window=True,
                 supports_sinks=True,
-                custom=(cpu_needs_interpreter, _decode_only, _gqa_ratio),
+                custom=(cpu_needs_interpreter, _decode_only, gqa_ratio_ok),
             ),
             priority=DECODE_ATTENTION_PRIORITY,
             tags=frozenset({"triton", "decode"}),
