@@ -55,6 +55,7 @@ from layerzero_hf.patching import (
 from layerzero_hf.report import PatchedModule, PatchReport, SkippedModule
 from layerzero_hf.rules import load_rules
 from layerzero_hf.specs import builtin_specs, load_arch_spec
+from layerzero_hf.tune import tune, tuned_ranking
 
 __all__ = [
     "KernelChoice",
@@ -80,5 +81,7 @@ __all__ = [
     "patch_report",
     "patched",
     "register_patch_kind",
+    "tune",
+    "tuned_ranking",
     "unpatch",
 ]

@@ -18,10 +18,11 @@ from typing import Annotated, Any, Optional, Sequence
 
 import typer
 
-from layerzero.cli.bench import bench, tune
+from layerzero.cli.bench import bench
 from layerzero.cli.common import EXIT_PROBLEM, EXIT_USAGE
 from layerzero.cli.explain import explain
 from layerzero.cli.info import doctor, kernels
+from layerzero.cli.tune import tune_app
 from layerzero.cli.validate import validate
 
 DISTRIBUTION = "layerzero-dispatch"
@@ -69,7 +70,7 @@ app.command()(kernels)
 app.command()(explain)
 app.command()(validate)
 app.command()(bench)
-app.command()(tune)
+app.add_typer(tune_app)
 
 
 # Typer raises the usage errors of the click it is built on (recent releases vendor their own copy):

@@ -15,6 +15,12 @@ The file is an optimisation, never a reason to fail a dispatch:
 * Entries are schema-checked on load; bad ones are dropped with a warning.
 * Any fault (unwritable directory, a directory or FIFO at the path, a lock that cannot be taken)
   turns the cache into an in-memory one for the rest of the process, with ONE warning.
+
+Besides the autotune dispatcher's choices (keyed by its dispatch buckets), the file keeps local cost
+measurements per cost bucket (:func:`cost_key`, :func:`put_costs`, :func:`cost_entries`; a bucket is
+named by its canonical JSON, ``CostBucket.key()`` in :mod:`layerzero.tuning.cost_table`): the measured
+ranking merges them over the shipped cost tables, so what was measured on this machine wins. A ``scope``
+(a model's config hash) keeps a model's own measurements apart.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from layerzero.config_files import read_regular_file
 
@@ -37,6 +43,7 @@ SCHEMA = 1
 CACHE_ENV = "LAYERZERO_TUNE_CACHE"
 LOCK_TIMEOUT_SECONDS = 10.0
 MAX_CACHE_BYTES = 64 * 1024 * 1024
+COST_PREFIX = "cost|"
 _TRACKED = ("layerzero-dispatch", "torch", "triton", "flash-attn", "flash_attn_3", "flashinfer-python", "xformers", "liger-kernel")
 
 
@@ -264,3 +271,25 @@ class TuningCache:
 
     def entries(self) -> dict[str, TuneEntry]:
         return dict(self._entries)
+
+
+def cost_key(device_cls: str, bucket_key: str, scope: str | None = None) -> str:
+    """The cache key of local cost measurements: ``cost|<device class>|<scope or *>|<bucket key>``."""
+    return f"{COST_PREFIX}{device_cls}|{scope or '*'}|{bucket_key}"
+
+
+def put_costs(cache: TuningCache, device_cls: str, bucket_key: str, times_us: Mapping[str, float],
+              scope: str | None = None, rejected: Mapping[str, str] | None = None, save: bool = True) -> None:
+    """Record the measured times of every kernel of one bucket (the fastest is the entry's kernel_id)."""
+    if not times_us:
+        return
+    best = min(sorted(times_us), key=times_us.__getitem__)
+    cache.put(cost_key(device_cls, bucket_key, scope), TuneEntry(best, dict(times_us), dict(rejected or {})),
+              save=save)
+
+
+def cost_entries(cache: TuningCache, device_cls: str, scope: str | None = None) -> dict[str, dict[str, float]]:
+    """Local cost measurements of one device class and scope: bucket key -> {kernel id: median us}."""
+    prefix = f"{COST_PREFIX}{device_cls}|{scope or '*'}|"
+    return {key[len(prefix):]: dict(entry.times_us) for key, entry in cache.entries().items()
+            if key.startswith(prefix)}

@@ -22,7 +22,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -212,3 +212,89 @@ def unsafe_to_time() -> str | None:
         except Exception:
             pass
     return None
+
+
+Timer = Callable[..., Timing]
+
+
+def measure_stable(
+    fn: Callable[[], Any],
+    device: torch.device | str,
+    *,
+    max_spread: float = NOISE_THRESHOLD,
+    attempts: int = 3,
+    warmup: int = 3,
+    repeats: int = 10,
+    timer: Timer | None = None,
+) -> tuple[Timing | None, str | None]:
+    """A measurement fit to be written into a cost table: re-measured up to ``attempts`` times while its
+    spread (IQR / median) exceeds ``max_spread``; returns ``(timing, None)`` for the first steady one, else
+    ``(None, note)`` saying why it was dropped. A table that records a noisy median would rank kernels by
+    whatever else ran on the machine. ``timer`` defaults to :func:`measure` (tests inject a fake)."""
+    run = timer if timer is not None else measure
+    spreads: list[str] = []
+    for _ in range(max(1, attempts)):
+        timing = run(fn, device, warmup=warmup, repeats=repeats)
+        spread = timing.spread
+        if math.isfinite(timing.median_us) and timing.median_us > 0 and math.isfinite(spread) \
+                and spread <= max_spread and not (timing.samples and len(timing.samples) < 4):
+            return timing, None
+        spreads.append("nan" if not math.isfinite(spread) else f"{spread:.2f}")
+    return None, (f"dropped: spread (IQR/median) {', '.join(spreads)} over {len(spreads)} attempts exceeds "
+                  f"{max_spread:.2f}")
+
+
+def eligible_kernels(operation: str, context: Any, registry: Any = None, backends: Any = None
+                     ) -> tuple[list[Any], Any]:
+    """The kernels that can run a call (backend available, constraints hold), without the reference
+    kernel unless it is the only one (it is the oracle, never what a tuned model should run), and the
+    reference kernel itself."""
+    from layerzero.registry import get_global_backend_registry, get_global_kernel_registry
+
+    registry = registry if registry is not None else get_global_kernel_registry()
+    backends = backends if backends is not None else get_global_backend_registry()
+    specs = [s for s in registry.get_by_operation(operation) if not s.check(context, backends)]
+    if len(specs) > 1:
+        specs = [s for s in specs if not s.is_reference]
+    return specs, registry.reference_for(operation)
+
+
+def fp32_reference(reference: Any, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Any:
+    """The reference kernel's output on fp32 copies of the arguments, or None when there is no reference
+    or it fails (e.g. out of memory at a huge shape: timings then go unchecked)."""
+    if reference is None:
+        return None
+
+    def cast(values: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v.detach().float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                for k, v in values.items()}
+
+    try:
+        return reference.impl(**reference.map_arguments(cast(inputs), cast(kwargs)))
+    except Exception:  # noqa: BLE001 - no oracle for this call
+        return None
+
+
+def time_kernels(specs: Sequence[Any], inputs: Mapping[str, Any], kwargs: Mapping[str, Any], expected: Any, *,
+                 timer: Timer | None = None, attempts: int = 3, repeats: int = 10
+                 ) -> tuple[dict[str, Timing], dict[str, str]]:
+    """Steady timings of each kernel on one call's arguments; a kernel that raises, disagrees with
+    ``expected`` (when given) or never measures steadily gets a note instead."""
+    tensors = [v for v in inputs.values() if isinstance(v, torch.Tensor)]
+    dtype, device = tensors[0].dtype, tensors[0].device
+    times: dict[str, Timing] = {}
+    notes: dict[str, str] = {}
+    for spec in specs:
+        args, impl = spec.map_arguments(inputs, kwargs), spec.impl
+        try:
+            out = impl(**args)
+            problem = conformance_problem(out, expected, dtype) if expected is not None else None
+            timing, note = (None, f"not recorded, {problem}") if problem else measure_stable(
+                lambda impl=impl, args=args: impl(**args), device, attempts=attempts, repeats=repeats, timer=timer)
+        except Exception as e:  # noqa: BLE001 - a kernel failing here (or out of memory while timed) is noted
+            timing, note = None, f"raised {type(e).__name__}: {str(e)[:120]}"
+        if timing is None:
+            notes[spec.kernel_id] = note or "no steady measurement"
+        else:
+            times[spec.kernel_id] = timing
+    return times, notes

@@ -185,12 +185,12 @@ def _recording(model: torch.nn.Module, recorder_args: dict[str, Any], patch_kwar
                ) -> Iterator[CallRecorder]:
     """Patch the model unless it is patched, put a recorder in front of its orchestrator, track module
     paths with hooks, and undo all of it afterwards."""
-    import layerzero_hf
     from layerzero_hf.capture import stand_in
+    from layerzero_hf.lifecycle import is_patched, patch_report, patched
 
     ctx: Any
-    if layerzero_hf.is_patched(model):
-        report = layerzero_hf.patch_report(model)
+    if is_patched(model):
+        report = patch_report(model)
         if report is not None and report.attn_implementation != "layerzero":
             warnings.warn("record_calls: the model is patched without attention=True, so attention calls are not "
                           "recorded; unpatch it (record_calls then patches with attention=True)", stacklevel=4)
@@ -199,7 +199,7 @@ def _recording(model: torch.nn.Module, recorder_args: dict[str, Any], patch_kwar
                           "unpatch it first to record under other patch arguments", stacklevel=4)
         ctx = contextlib.nullcontext(report)
     else:
-        ctx = layerzero_hf.patched(model, **{"attention": True, **patch_kwargs})
+        ctx = patched(model, **{"attention": True, **patch_kwargs})
     with ctx as report, stand_in(report.orchestrator, functools.partial(CallRecorder, **recorder_args)) as recorder:
         stack = recorder.module_stack
 

@@ -1,0 +1,155 @@
+"""Measured-cost ranking: order a call's kernels by what they were measured to cost on this kind of device.
+
+The policy still decides what may run and what must win: locks (tier 2) and applying rules (tier 1) keep
+their places, and so do rule priorities. Only *within* one policy tier and rule priority does measurement
+replace the hand-set priority: kernels with a measured time for the call's cost bucket come first,
+fastest first; kernels without one follow in the policy's order (built-in priority). A call with no
+measurement at all is ranked exactly as :class:`~layerzero.selection.ranking.PriorityRanking` ranks it.
+
+Times come from merged cost tables (:mod:`layerzero.tuning.cost_table`: shipped < user < local), loaded
+once per device class and kept; a ranking call does no file I/O. Answers are memoised per (operation,
+cost bucket, candidate set), so a selection-cache miss costs a dict lookup once a bucket has been seen.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
+
+from layerzero.selection.ranking import Candidate, RankedKernel
+from layerzero.tuning.cost_table import (
+    CostBucket,
+    CostTable,
+    CostTableSource,
+    Measurement,
+    bucket_for,
+    context_device_class,
+    device_class,
+)
+
+if TYPE_CHECKING:
+    from layerzero.context import SelectionContext
+
+TableSource = Callable[[str], "CostTable | None"]
+MEMO_LIMIT = 4096
+
+
+def _group(policy_rank: tuple) -> tuple:
+    """The part of a policy rank that measurement may not override: (tier, rule priority)."""
+    return tuple(policy_rank[:2]) if len(policy_rank) > 2 else ()
+
+
+class MeasuredRanking:
+    """Ranks by measured time within each (policy tier, rule priority) group; see the module docstring.
+
+    ``table_source``: a :class:`CostTable` (used for every device), or a callable from a device class
+    (``"sm90"``, ``"cpu"``) to a table or None (default: a :class:`CostTableSource`, which merges the
+    shipped, user and local tables)."""
+
+    name = "measured"
+
+    def __init__(self, table_source: CostTable | TableSource | None = None):
+        if isinstance(table_source, CostTable):
+            table = table_source
+            self._source: TableSource = lambda _cls: table
+        else:
+            self._source = table_source if table_source is not None else CostTableSource()
+        self._memo: dict[Hashable, tuple[tuple[str, str, float | None], ...]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def source(self) -> TableSource:
+        return self._source
+
+    def lookup(self, operation: str, context: "SelectionContext") -> tuple[CostBucket, dict[str, Measurement]] | None:
+        """The measured bucket that applies to a call (exact or nearest) and its times by kernel id, or None;
+        ``explain`` can name the bucket when it is not the call's own."""
+        cls = context_device_class(context)
+        bucket = bucket_for(operation, context) if cls is not None else None
+        table = self._source(cls) if bucket is not None else None  # type: ignore[arg-type]
+        return table.lookup(bucket) if table is not None else None  # type: ignore[arg-type]
+
+    def times_for(self, operation: str, context: "SelectionContext") -> dict[str, Measurement]:
+        """The measured times that apply to a call (exact or nearest bucket), by kernel id."""
+        found = self.lookup(operation, context)
+        return dict(found[1]) if found is not None else {}
+
+    def rank(
+        self, operation: str, context: "SelectionContext", candidates: Sequence[Candidate]
+    ) -> list[RankedKernel]:
+        key = (operation, context_device_class(context), bucket_for(operation, context),
+               tuple(sorted((c.spec.kernel_id, c.policy_rank, c.registration_index) for c in candidates)))
+        hit = self._memo.get(key)
+        if hit is None:
+            ranked = self._rank(operation, context, candidates)
+            with self._lock:
+                if len(self._memo) >= MEMO_LIMIT:
+                    self._memo.clear()
+                self._memo[key] = tuple((r.spec.kernel_id, r.source, r.measured_us) for r in ranked)
+            return ranked
+        specs = {c.spec.kernel_id: c.spec for c in candidates}  # the caller's spec objects, not memoised ones
+        return [RankedKernel(specs[kid], source, us) for kid, source, us in hit]
+
+    def _rank(self, operation: str, context: "SelectionContext", candidates: Sequence[Candidate]
+              ) -> list[RankedKernel]:
+        times = self.times_for(operation, context) if candidates else {}
+        groups: dict[tuple, list[Candidate]] = {}
+        for c in candidates:
+            groups.setdefault(_group(c.policy_rank), []).append(c)
+        out: list[RankedKernel] = []
+        for group in sorted(groups, reverse=True):
+            members = groups[group]
+            measured = sorted((c for c in members if c.spec.kernel_id in times),
+                              key=lambda c: (times[c.spec.kernel_id].median_us, c.spec.kernel_id))
+            rest = sorted((c for c in members if c.spec.kernel_id not in times),
+                          key=lambda c: (_neg(c.policy_rank), c.registration_index, c.spec.kernel_id))
+            out.extend(RankedKernel(c.spec, "measured", times[c.spec.kernel_id].median_us) for c in measured)
+            out.extend(RankedKernel(c.spec, "policy" if c.policy_rank and c.policy_rank[0] > 0 else "priority")
+                       for c in rest)
+        return out
+
+    def clear(self) -> None:
+        """Forget memoised answers (and reload tables when the source can): new measurements apply."""
+        invalidate = getattr(self._source, "invalidate", None)
+        if invalidate is not None:
+            invalidate()
+        with self._lock:
+            self._memo.clear()
+
+
+def rank_note(ranked: RankedKernel) -> str:
+    """What ``explain`` prints beside a ranked kernel: ``measured 181.3 us``, or the source that placed it."""
+    if ranked.measured_us is not None:
+        return f"{ranked.source} {ranked.measured_us:.1f} us"
+    return ranked.source
+
+
+def _neg(rank: tuple) -> tuple:
+    return tuple(-x for x in rank)
+
+
+_shared: dict[Hashable, MeasuredRanking] = {}
+_shared_lock = threading.Lock()
+
+
+def measured_ranking_for_device(device: Any = None, *, user_path: Any = None, scope: str | None = None
+                                ) -> MeasuredRanking:
+    """The process-wide measured ranking (one per user table path and scope), with the table of
+    ``device``'s class loaded now rather than on the first selection. ``scope``: a model's config hash,
+    whose own measurements (``layerzero_hf.tune``) go on top of the general ones."""
+    key = (str(user_path) if user_path is not None else None, scope)
+    with _shared_lock:
+        ranking = _shared.get(key)
+        if ranking is None:
+            source = CostTableSource(user_path=user_path, scopes=(scope,) if scope else ())
+            ranking = _shared[key] = MeasuredRanking(source)
+    ranking.source(device_class(device))
+    return ranking
+
+
+def reset_measured_rankings() -> None:
+    """Reload every shared ranking's tables on next use (after new local measurements were saved)."""
+    with _shared_lock:
+        rankings = list(_shared.values())
+    for r in rankings:
+        r.clear()

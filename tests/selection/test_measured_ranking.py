@@ -1,0 +1,120 @@
+"""MeasuredRanking: measured kernels first by time within one policy tier and rule priority; locks and rules
+still win; unmeasured kernels follow by priority; no measurement at all ranks exactly like priorities."""
+
+from __future__ import annotations
+
+import pytest
+
+from layerzero.context import SelectionContext
+from layerzero.registry import KernelSpec
+from layerzero.selection import measured_ranking as mr
+from layerzero.selection.measured_ranking import MeasuredRanking
+from layerzero.selection.ranking import Candidate, PriorityRanking, Ranking
+from layerzero.tuning.cost_table import CostTable, Measurement, bucket_for
+
+OP = "attention.prefill"
+CTX = SelectionContext(operation=OP, batch_size=1, seq_len=1000, head_dim=64, num_heads=32, num_kv_heads=8,
+                       dtype="bfloat16", device="cuda:0", compute_capability=(9, 0), is_causal=True)
+
+
+def _spec(kid: str, priority: int) -> KernelSpec:
+    return KernelSpec(kid, OP, "torch", "layerzero.kernels.reference:attention", priority=priority)
+
+
+SPECS = {k: _spec(k, p) for k, p in (("fa3", 95), ("sdpa", 90), ("flex", 60), ("math", 10), ("xf", 50))}
+
+
+def _cand(kid: str, tier: int = 0, rule_prio: int = 0, index: int = 0) -> Candidate:
+    spec = SPECS[kid]
+    return Candidate(spec, (tier, rule_prio, spec.priority, -index), index)
+
+
+def _table(**times: float) -> CostTable:
+    table = CostTable("sm90")
+    for kid, us in times.items():
+        table.add(bucket_for(OP, CTX), kid, Measurement(us))
+    return table
+
+
+def _order(ranking, cands, ctx=CTX):
+    return [(r.spec.kernel_id, r.source, r.measured_us) for r in ranking.rank(OP, ctx, cands)]
+
+
+def test_is_a_ranking():
+    assert isinstance(MeasuredRanking(_table()), Ranking)
+
+
+def test_measured_first_by_time_then_unmeasured_by_priority():
+    cands = [_cand("fa3", index=0), _cand("sdpa", index=1), _cand("flex", index=2), _cand("math", index=3),
+             _cand("xf", index=4)]
+    got = _order(MeasuredRanking(_table(flex=5.0, sdpa=7.5)), cands)
+    assert got == [("flex", "measured", 5.0), ("sdpa", "measured", 7.5), ("fa3", "priority", None),
+                   ("xf", "priority", None), ("math", "priority", None)]
+
+
+def test_locks_and_rule_tiers_still_win():
+    cands = [_cand("math", tier=2), _cand("sdpa", tier=1, rule_prio=10), _cand("xf", tier=1, rule_prio=10),
+             _cand("fa3", tier=1, rule_prio=5), _cand("flex")]
+    got = _order(MeasuredRanking(_table(flex=1.0, xf=2.0, sdpa=3.0, fa3=0.5, math=900.0)), cands)
+    assert [k for k, _, _ in got] == ["math", "xf", "sdpa", "fa3", "flex"]
+    assert all(source == "measured" for _, source, _ in got)
+
+
+def test_no_measurement_ranks_like_priority_ranking():
+    cands = [_cand("sdpa", tier=1, rule_prio=3), _cand("fa3"), _cand("math"), _cand("flex", tier=1, rule_prio=3)]
+    measured = MeasuredRanking(_table()).rank(OP, CTX, cands)
+    expected = PriorityRanking().rank(OP, CTX, cands)
+    assert [r.spec.kernel_id for r in measured] == [r.spec.kernel_id for r in expected]
+    assert [r.source for r in measured] == [r.source for r in expected]
+
+
+def test_other_device_class_or_far_bucket_has_no_measurement():
+    ranking = MeasuredRanking(lambda cls: _table(math=1.0) if cls == "sm90" else None)
+    cands = [_cand("fa3"), _cand("math")]
+    assert _order(ranking, cands)[0][0] == "math"
+    ampere = CTX.replace(compute_capability=(8, 0))
+    assert [k for k, _, _ in _order(ranking, cands, ampere)] == ["fa3", "math"]
+    far = CTX.replace(seq_len=32000, seq_len_q=32000, seq_len_k=32000)
+    assert [k for k, _, _ in _order(ranking, cands, far)] == ["fa3", "math"]
+
+
+def test_deterministic_on_equal_times_and_memoised():
+    looked = []
+    table = _table(sdpa=2.0, flex=2.0)
+
+    def source(cls):
+        looked.append(cls)
+        return table
+
+    ranking = MeasuredRanking(source)
+    cands = [_cand("sdpa"), _cand("flex")]
+    first = _order(ranking, cands)
+    assert first == _order(ranking, list(reversed(cands)))  # ties broken by kernel id, not input order
+    assert [k for k, _, _ in first] == ["flex", "sdpa"]
+    assert len(looked) == 1  # the same candidate set in another order: a memo hit
+    ranking.clear()
+    _order(ranking, cands)
+    assert len(looked) == 2
+
+
+def test_measured_ranking_for_device_is_shared_and_preloaded(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAYERZERO_TUNE_CACHE", str(tmp_path / "cache.json"))
+    monkeypatch.setattr(mr, "_shared", {})
+    a = mr.measured_ranking_for_device("cpu")
+    assert a is mr.measured_ranking_for_device("cpu")
+    assert mr.measured_ranking_for_device("cpu", scope="m") is not a
+    assert a.source._tables.keys() == {"cpu"}  # loaded now, not on the first selection
+
+
+@pytest.mark.parametrize("tier", [0, 1])
+def test_sources_name_policy_for_rule_chosen_unmeasured(tier):
+    got = _order(MeasuredRanking(_table()), [_cand("fa3", tier=tier)])
+    assert got[0][1] == ("policy" if tier else "priority")
+
+
+def test_rank_note_and_lookup_for_explain():
+    ranking = MeasuredRanking(_table(sdpa=7.25))
+    ranked = ranking.rank(OP, CTX, [_cand("sdpa"), _cand("fa3")])
+    assert [mr.rank_note(r) for r in ranked] == ["measured 7.2 us", "priority"]
+    bucket, times = ranking.lookup(OP, CTX.replace(seq_len=1500, seq_len_q=1500, seq_len_k=1500))
+    assert bucket == bucket_for(OP, CTX) and times["sdpa"].median_us == 7.25  # the nearest bucket

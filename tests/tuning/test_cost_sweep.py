@@ -1,0 +1,131 @@
+"""The cost sweep: noisy measurements are re-measured then dropped (fake timer, no sleeps), the buckets come
+from the shipped architectures, and ``--quick`` on CPU writes a valid table and summary."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from layerzero.tuning import cost_table
+from layerzero.tuning.cache import TuningCache, cost_entries
+from layerzero.tuning.cost_shapes import ARCH_DIMS, _spread_order, sweep_calls
+from layerzero.tuning.cost_sweep import main, run_sweep
+from layerzero.tuning.cost_table import bucket_for, table_from_json
+from layerzero.tuning.measure import NOISE_THRESHOLD, Timing, measure_stable
+
+
+def _timing(median: float, spread: float) -> Timing:
+    half = median * spread / 2
+    return Timing(median, median - 2 * half, median - half, median + half, median + 2 * half, "fake")
+
+
+class FakeTimer:
+    """Returns the given timings in turn (then the last one forever) and counts the calls."""
+
+    def __init__(self, *timings: Timing):
+        self.timings = list(timings)
+        self.calls = 0
+
+    def __call__(self, fn, device, warmup=0, repeats=0) -> Timing:
+        self.calls += 1
+        return self.timings[min(self.calls, len(self.timings)) - 1]
+
+
+def test_noisy_measurement_is_remeasured_then_kept():
+    timer = FakeTimer(_timing(10.0, 0.9), _timing(12.0, 0.05))
+    timing, note = measure_stable(lambda: None, "cpu", timer=timer)
+    assert (timing.median_us, note, timer.calls) == (12.0, None, 2)
+
+
+def test_always_noisy_measurement_is_dropped_with_a_note():
+    timer = FakeTimer(_timing(10.0, 0.5), _timing(10.0, 0.7), _timing(10.0, math.nan))
+    timing, note = measure_stable(lambda: None, "cpu", timer=timer, attempts=3)
+    assert timing is None and timer.calls == 3
+    assert "0.50, 0.70, nan" in note and f"{NOISE_THRESHOLD:.2f}" in note
+
+
+def test_too_few_samples_count_as_noisy():
+    few = Timing.from_samples([1.0, 1.0], "fake")
+    timing, note = measure_stable(lambda: None, "cpu", timer=FakeTimer(few), attempts=2)
+    assert timing is None and note
+
+
+def test_sweep_covers_every_architecture_early():
+    calls = sweep_calls(tuple(ARCH_DIMS), ("attention.prefill", "rms_norm"), "bfloat16")
+    first = calls[: 2 * len(ARCH_DIMS)]
+    assert {c.arch for c in first} == set(ARCH_DIMS)  # a budget cut keeps every architecture
+    tokens = {c.seq_q for c in calls if c.operation == "attention.prefill"}
+    assert tokens == {1 << i for i in range(1, 16)}  # 2 .. 32768 (one token is a decode call)
+    assert _spread_order([1, 2, 4, 8, 16])[:2] == [1, 16]
+    gemma2 = {(c.seq_q, c.full_attention): dict(c.bucket("cpu").options) for c in calls
+              if c.arch == "gemma2" and c.operation == "attention.prefill"}
+    assert (gemma2[8192, False]["window"], gemma2[8192, False]["softcap"]) == (4096, 50.0)
+    assert gemma2[8192, True]["window"] is None  # the full-attention layers
+    assert gemma2[4096, False]["window"] is None  # the window does not bite: the integration drops it
+    qwen3_norms = {c.width for c in calls if c.arch == "qwen3" and c.operation == "rms_norm"}
+    assert qwen3_norms == {2048, 128}  # hidden and the per-head q/k norms
+
+
+def test_sweep_bucket_matches_the_live_call_bucket():
+    call = sweep_calls(("llama",), ("attention.decode",), "float32", decode_batches=(4,), decode_kv=(300,))[0]
+    inputs, kwargs = call.arguments("cpu")
+    from layerzero.context import SelectionContext
+
+    live = bucket_for(call.operation, SelectionContext.from_inputs(call.operation, inputs, **kwargs))
+    assert live == call.bucket("cpu")
+    assert (live.tokens, live.kv_len) == (4, 512)
+
+
+def test_quick_sweep_with_fake_timer_records_every_eligible_kernel(tmp_path, monkeypatch):
+    monkeypatch.setattr(cost_table, "shipped_table", lambda cls: None)
+    cache = TuningCache(tmp_path / "cache.json", versions={"torch": "x"})
+    timer = FakeTimer(_timing(7.0, 0.01))
+    result = run_sweep(tmp_path / "out", device="cpu", quick=True, operations=["rms_norm,swiglu"], timer=timer,
+                       into_cache=cache)
+    assert result.buckets_done == result.buckets_total == 4  # 2 token counts x 2 operations
+    doc = json.loads((tmp_path / "out" / "cpu.json").read_text())
+    table = table_from_json(doc)
+    kernels = {k for ks in table.entries.values() for k in ks}
+    assert {"torch_rms_norm", "torch_swiglu"} <= kernels
+    assert not any(k.startswith("reference_") for k in kernels)  # the oracle is not a candidate to rank
+    assert all(m.median_us == 7.0 for ks in table.entries.values() for m in ks.values())
+    assert len(cost_entries(TuningCache(tmp_path / "cache.json", versions={"torch": "x"}), "cpu")) == 4
+    summary = (tmp_path / "out" / "cpu.md").read_text()
+    assert "| rms_norm float32 hidden=2048 tokens=16" in summary
+
+
+def test_sweep_merges_into_an_existing_table_and_honours_the_budget(tmp_path):
+    run_sweep(tmp_path, device="cpu", quick=True, operations=["rms_norm"], timer=FakeTimer(_timing(5.0, 0.0)))
+    cut = run_sweep(tmp_path, device="cpu", quick=True, operations=["swiglu"], max_seconds=-1,
+                    timer=FakeTimer(_timing(5.0, 0.0)))
+    assert cut.buckets_done == 0 and "time budget" in cut.table.notes[0]
+    table = table_from_json(json.loads((tmp_path / "cpu.json").read_text()))
+    assert {b.operation for b in table.entries} == {"rms_norm"}  # the earlier run's measurements stay
+
+
+def test_unknown_operation_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--operations"):
+        run_sweep(tmp_path, device="cpu", quick=True, operations=["conv*"])
+
+
+def test_quick_sweep_on_cpu_with_the_real_harness(tmp_path, capsys):
+    """What CI runs: the module entry point, real timing, a table that validates."""
+    assert main(["--out", str(tmp_path), "--quick", "--device", "cpu", "--operations", "rms_norm"]) == 0
+    table = table_from_json(json.loads((tmp_path / "cpu.json").read_text()))
+    assert table.device_class == "cpu" and table.timer == "torch.utils.benchmark.Timer"
+    assert table.versions["torch"] == torch.__version__
+    assert "buckets" in capsys.readouterr().out
+    assert (tmp_path / "cpu.md").exists()
+
+
+def test_cli_tune_costs(tmp_path, capsys):
+    from layerzero.cli.app import run
+
+    assert run(["tune", "costs", "--out", str(tmp_path), "--quick", "--device", "cpu", "--operations", "swiglu",
+                "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["device_class"] == "cpu" and out["buckets"] == out["buckets_planned"] == 2
+    assert run(["tune", "costs", "--out", str(tmp_path), "--operations", "nope"]) == 2
