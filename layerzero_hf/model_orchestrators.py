@@ -22,7 +22,10 @@ import torch
 
 from layerzero import model_setup
 from layerzero.model_setup import ModelSetup, Owner, SetupBindings, release
+from layerzero.model_setup.policy_sources import default_dispatch_config
 from layerzero.ops import has_orchestrator
+from layerzero.selection.measured_ranking import measured_ranking_for_device
+from layerzero_hf.model_key import model_key
 from layerzero_hf.rules import hf_model_facts, load_rules
 
 __all__ = [
@@ -71,6 +74,11 @@ def build_setup(
     wins) or a ``Policy`` object (used as is: rules and arms then only pick the arm and are noted).
     """
     ruleset = False if rules is False else load_rules(rules)
+    if dispatch_config is None:
+        # rank by measured cost with this model's own tuned times on top (``layerzero_hf.tune``)
+        dispatch_config = default_dispatch_config()
+        scope = model_key(config) if hasattr(config, "to_dict") else None  # a module without an HF config: none
+        dispatch_config.ranking = measured_ranking_for_device(scope=scope)
     return model_setup.build_setup(hf_model_facts(config, model), rules=ruleset, policy=policy, kernels=kernels,
                                    arms=arms, arm=arm, experiment=experiment, model_id=model_id,
                                    dispatch_config=dispatch_config, name_prefix=NAME_PREFIX)

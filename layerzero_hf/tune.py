@@ -16,14 +16,13 @@ that measured fastest for it::
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
 
 from layerzero.context.call_context import SelectionContext
+from layerzero_hf.model_key import model_key
 from layerzero.selection.measured_ranking import MeasuredRanking, measured_ranking_for_device, reset_measured_rankings
 from layerzero.tuning.cache import TuningCache, put_costs
 from layerzero.tuning.cost_table import CostBucket, bucket_for, device_class
@@ -32,17 +31,6 @@ from layerzero.tuning.measure import Timer, eligible_kernels, fp32_reference, ti
 __all__ = ["TuneResult", "TunedCall", "model_key", "tune", "tuned_ranking"]
 
 # Config fields that do not change which calls a model makes: names, paths, versions, loader state.
-_NOT_STRUCTURAL = frozenset({"transformers_version", "architectures", "name_or_path", "auto_map"})
-
-
-def model_key(model_or_config: Any) -> str:
-    """A stable hash of a model's config (what decides its calls): the same after save/from_pretrained,
-    different for another size or architecture. Private (``_``-prefixed) and naming fields are left out."""
-    config = getattr(model_or_config, "config", model_or_config)
-    raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    kept = {k: v for k, v in raw.items() if not k.startswith("_") and k not in _NOT_STRUCTURAL}
-    text = json.dumps(kept, sort_keys=True, default=str)
-    return f"{raw.get('model_type', 'model')}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 @dataclass

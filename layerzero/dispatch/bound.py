@@ -16,13 +16,22 @@ operation's name, and dispatchers that count in-flight calls (hot reload) go thr
 from __future__ import annotations
 
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol
 
 from layerzero.dispatch.overrides import active_overrides as _active_overrides
 from layerzero.operations import ATTENTION_OPS
 
-if TYPE_CHECKING:
-    from layerzero.dispatch.dispatcher import Dispatcher
+
+
+class BindableDispatcher(Protocol):
+    """What a :class:`BoundCall` uses of its dispatcher (:class:`layerzero.dispatch.dispatcher.Dispatcher`):
+    its current selection state, its runner and its plain call path. A protocol, so this module and the
+    dispatcher that creates bound calls do not import each other."""
+
+    state: Any
+    runner: Any
+
+    def call(self, operation: str, inputs: Mapping[str, Any], kwargs: dict[str, Any]) -> Any: ...
 
 __all__ = ["BoundCall", "RoutedCall"]
 
@@ -36,7 +45,7 @@ class BoundCall:
 
     __slots__ = ("dispatcher", "operation", "binds", "_memo", "_run", "_attention")
 
-    def __init__(self, dispatcher: "Dispatcher", operation: str):
+    def __init__(self, dispatcher: BindableDispatcher, operation: str):
         self.dispatcher = dispatcher
         self.operation = operation
         self.binds = 0

@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from layerzero.errors import ConfigValidationError, ValidationProblem
+from layerzero.errors import ConfigValidationError, ValidationProblem, describe_failure
 
 __all__ = [
     "CircuitBreaker",
@@ -117,16 +117,6 @@ class CircuitStats:
         return d
 
 
-def _describe(exc: BaseException | str | None) -> str | None:
-    if exc is None:
-        return None
-    if isinstance(exc, BaseException):
-        text = f"{type(exc).__name__}: {exc}"
-    else:
-        text = str(exc)
-    return text if len(text) <= 500 else text[:497] + "..."
-
-
 class CircuitBreaker:
     """One kernel's breaker. Thread-safe; see the module docstring for the state machine."""
 
@@ -199,7 +189,7 @@ class CircuitBreaker:
         with self._lock:
             now = self._clock()
             self._total_failures += 1
-            self._last_failure = _describe(exc)
+            self._last_failure = describe_failure(exc)
             self._last_failure_at = now
             st = self._state
             if st is CircuitState.CLOSED:

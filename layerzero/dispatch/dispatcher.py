@@ -3,7 +3,7 @@
 There is one dispatcher class. What used to be four dispatchers are configurations of it:
 
 * DYNAMIC: the policy filters, the ranking (``DispatchConfig.ranking``, default
-  :func:`~layerzero.selection.ranking.default_ranking`) orders;
+  :func:`~layerzero.selection.measured_ranking.default_ranking`) orders;
 * STATIC: a fixed catalogue (:class:`~layerzero.dispatch.static.StaticKernelRegistry`), no policy,
   :class:`~layerzero.selection.ranking.RegistrationOrder`;
 * AUTOTUNE: a ranking that times the candidates on a bucket's first call and persists the choice;
@@ -32,7 +32,8 @@ from layerzero.dispatch.types import DispatchConfig, DispatchMode, DispatchResul
 from layerzero.errors import NoKernelAvailableError
 from layerzero.operations import ATTENTION_OPS
 from layerzero.selection.engine import Explanation, Plan, SelectionEngine
-from layerzero.selection.ranking import CallRanking, Ranking, default_ranking
+from layerzero.selection.measured_ranking import default_ranking
+from layerzero.selection.ranking import CallRanking, Ranking
 from layerzero.validation import validate
 
 if TYPE_CHECKING:

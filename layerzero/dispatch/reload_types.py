@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from layerzero.config_files import DOCUMENT
 from layerzero.errors import ConfigValidationError, LayerZeroError, ValidationProblem
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ __all__ = ["ConfigVersion", "ReloadStats", "parse_policy_bytes", "problem_error"
 
 log = logging.getLogger("layerzero.hot_reload")
 
-_DOCUMENT = "<document>"  # the policy loader's name for "the whole file" in problems
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,11 @@ def parse_policy_bytes(path: str, data: bytes | None, error: OSError | None,
 
     if data is None:
         what = "file not found" if isinstance(error, FileNotFoundError) else f"cannot read it ({error})"
-        raise problem_error(path, _DOCUMENT, path, f"{what}; fix: check config_path (the last good policy keeps serving)")
+        raise problem_error(path, DOCUMENT, path, f"{what}; fix: check config_path (the last good policy keeps serving)")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise problem_error(path, _DOCUMENT, f"byte {e.start}",
+        raise problem_error(path, DOCUMENT, f"byte {e.start}",
                             "the file is not UTF-8 text; fix: save the policy as UTF-8 YAML") from None
     return parse_policy_text(text, source=path, registry=registry)
 
@@ -105,7 +105,7 @@ def validate_policy(path: str, engine: "SelectionEngine", policy: "Policy") -> t
         except LayerZeroError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise problem_error(path, _DOCUMENT, op, f"selection for {op!r} fails under this policy: "
+            raise problem_error(path, DOCUMENT, op, f"selection for {op!r} fails under this policy: "
                                 f"{type(e).__name__}: {e}; fix: check its locks and chains") from e
         for note in exp.notes:
             warnings.append(f"{op}: {note}")

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 import torch
 
-from layerzero.dispatch.core import expected_output_check
+from layerzero.operations import check_outputs
 from layerzero.dispatch.types import _NO_TIMING, DispatchConfig, DispatchResult, DispatchTiming
 from layerzero.errors import (
     CircuitOpenError,
@@ -43,12 +43,19 @@ else:
 
 if TYPE_CHECKING:
     from layerzero.dispatch.circuit import CircuitBreakerManager
-    from layerzero.dispatch.dispatcher import Dispatcher
     from layerzero.registry import KernelRegistry, KernelSpec
     from layerzero.telemetry import DispatchTelemetry
 
 __all__ = ["Runner"]
 
+
+
+class EngineOwner(Protocol):
+    """The runner's view of its dispatcher: the selection engine whose cache a demoted plan is replaced in
+    (a protocol, so the dispatcher and its runner do not import each other)."""
+
+    @property
+    def engine(self) -> Any: ...
 
 class Runner:
     """Runs plans for one dispatcher (its breakers, telemetry, verifier and config). ``run`` is the hot
@@ -56,7 +63,7 @@ class Runner:
 
     def __init__(
         self,
-        owner: "Dispatcher",
+        owner: "EngineOwner",
         config: DispatchConfig,
         kernel_registry: "KernelRegistry",
         circuits: "CircuitBreakerManager | None",
@@ -269,7 +276,7 @@ class Runner:
 
 
 def _check_output(spec: "KernelSpec", operation: str, inputs: Mapping[str, Any], out: Any) -> None:
-    problem = expected_output_check(operation, inputs, out)
+    problem = check_outputs(operation, inputs, out)
     if problem is not None:
         raise KernelExecutionError(spec.kernel_id, problem)
 

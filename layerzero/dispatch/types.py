@@ -38,7 +38,7 @@ class DispatchConfig:
     policy: "Policy | None" = None
     policy_path: str | None = None
     static_kernel_map: Mapping[str, str] = field(default_factory=dict)
-    # How eligible kernels are ordered in DYNAMIC and HOT_RELOAD (None: selection.ranking.default_ranking());
+    # How eligible kernels are ordered in DYNAMIC and HOT_RELOAD (None: selection.measured_ranking.default_ranking());
     # the dispatcher's one strategy point, where a measured-cost ranking plugs in. STATIC ranks by
     # registration order and AUTOTUNE by measuring, whatever this says.
     ranking: "Ranking | None" = None

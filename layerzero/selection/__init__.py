@@ -13,8 +13,8 @@ from layerzero.selection.ranking import (
     RankedKernel,
     Ranking,
     RegistrationOrder,
-    default_ranking,
 )
+from layerzero.selection.measured_ranking import MeasuredRanking, default_ranking
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -22,6 +22,7 @@ __all__ = [
     "Candidate",
     "CandidateReport",
     "Explanation",
+    "MeasuredRanking",
     "Plan",
     "PriorityRanking",
     "RankedKernel",

@@ -17,50 +17,15 @@ from typing import TYPE_CHECKING, Any, Hashable
 from layerzero.errors import LayerZeroError, NoKernelAvailableError
 from layerzero.context.buckets import Bucketer
 from layerzero.context.call_context import SelectionContext
-from layerzero.selection.ranking import Candidate, RankedKernel, Ranking, default_ranking
+from layerzero.selection.measured_ranking import default_ranking
+from layerzero.selection.plan import CUDA_TENSOR_DEVICE, Plan
+from layerzero.selection.ranking import Candidate, RankedKernel, Ranking
 
 if TYPE_CHECKING:
     from layerzero.policy import PolicyEngine
     from layerzero.registry import BackendRegistry, KernelRegistry, KernelSpec
 
 BUCKETED_FIELDS = ("seq_len", "seq_len_q", "seq_len_k", "batch_size")
-CUDA_TENSOR_DEVICE = -1  # Plan.cuda_index: on CUDA, device index taken from the call's first tensor
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to run for one bucket of calls: ``kernels[0]`` first, the rest as fallbacks in order."""
-
-    operation: str
-    kernels: tuple["KernelSpec", ...]
-    context: SelectionContext
-    circuit_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    cuda_index: int | None = field(init=False, repr=False, compare=False)
-    # Set when verification replaced this plan in the cache (its first kernel gave a wrong result): bound
-    # call sites holding it select again.
-    superseded: bool = field(init=False, repr=False, compare=False, default=False)
-
-    def __post_init__(self) -> None:
-        # Circuit breakers are per kernel and per GPU: a kernel failing on cuda:1 must not open its
-        # circuit on cuda:0. CPU calls share the plain kernel id.
-        dev = self.context.device
-        cuda = bool(dev) and dev.startswith("cuda")
-        suffix = f"@{dev}" if cuda else ""
-        object.__setattr__(self, "circuit_keys", tuple(k.kernel_id + suffix for k in self.kernels))
-        # The GPU the call's tensors live on, for the runner's device guard: kernels that launch on the
-        # *current* device (Triton, FlashInfer, Liger) must run with it current. CUDA_TENSOR_DEVICE: a
-        # CUDA context without an index (an explicit ``device="cuda"``) reads it from the tensors.
-        index: int | None = None
-        if cuda:
-            _, _, idx = dev.partition(":")
-            index = int(idx) if idx.isdigit() else CUDA_TENSOR_DEVICE
-        object.__setattr__(self, "cuda_index", index)
-
-    @property
-    def primary(self) -> "KernelSpec":
-        return self.kernels[0]
-
-
 @dataclass(frozen=True)
 class CandidateReport:
     """One candidate in ``explain``. For an eligible kernel ``source`` says what decided its place (the

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
-from layerzero.selection.ranking import Candidate, RankedKernel
+from layerzero.selection.ranking import Candidate, RankedKernel, Ranking
 from layerzero.tuning.cost_table import (
     CostBucket,
     CostTable,
@@ -153,3 +153,11 @@ def reset_measured_rankings() -> None:
         rankings = list(_shared.values())
     for r in rankings:
         r.clear()
+
+
+def default_ranking() -> "Ranking":
+    """The ranking a dispatcher uses when its config names none: measured cost where the call's device
+    class has measurements (the shipped, user and local cost tables, :mod:`layerzero.tuning.cost_table`),
+    else, and always within the policy's locks and rules, the policy's rank then built-in priority. One
+    process-wide instance, so its tables are loaded once."""
+    return measured_ranking_for_device()

@@ -12,7 +12,7 @@ Built in: :class:`PriorityRanking` (policy rank, then hand-set priority) and :cl
 :mod:`layerzero.selection.measured_ranking`. A ranking that must see the call itself to settle a bucket
 (autotune times the candidates on the call's own tensors) also implements :class:`CallRanking`.
 
-The dispatcher takes its ranking from ``DispatchConfig.ranking`` (None: :func:`default_ranking`), so a new
+The dispatcher takes its ranking from ``DispatchConfig.ranking`` (None: :func:`layerzero.selection.measured_ranking.default_ranking`), so a new
 ranking plugs in without touching the dispatcher.
 """
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Mapping, Protocol, Sequence, ru
 if TYPE_CHECKING:
     from layerzero.context import SelectionContext
     from layerzero.registry import KernelSpec
-    from layerzero.selection.engine import Plan
+    from layerzero.selection.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,3 @@ class RegistrationOrder:
     ) -> list[RankedKernel]:
         ordered = sorted(candidates, key=lambda c: c.registration_index)
         return [RankedKernel(c.spec, self.name) for c in ordered]
-
-
-def default_ranking() -> Ranking:
-    """The ranking a dispatcher uses when its config names none: the policy's rank, then priority."""
-    return PriorityRanking()

@@ -51,9 +51,19 @@ class Slowest:
         return [RankedKernel(c.spec, "measured", float(c.spec.priority)) for c in ordered]
 
 
-def test_default_ranking_is_priority():
-    assert isinstance(default_ranking(), PriorityRanking)
+def test_default_ranking_is_measured_cost_and_shared():
+    from layerzero.selection.measured_ranking import MeasuredRanking
+
+    assert isinstance(default_ranking(), MeasuredRanking) and default_ranking() is default_ranking()
     assert isinstance(PriorityRanking(), Ranking) and isinstance(RegistrationOrder(), Ranking)
+
+
+def test_default_ranking_without_measurements_orders_like_priority(reg):
+    """No cost table for the call's device class (a CPU here, none shipped): the policy's rank decides."""
+    cands = [Candidate(reg.get("mid"), (0, 0, 50, 0), 0), Candidate(reg.get("low"), (0, 0, 10, 0), 1),
+             Candidate(reg.get("high"), (0, 0, 90, 0), 2)]
+    got = [r.spec.kernel_id for r in default_ranking().rank("rms_norm", CTX, cands)]
+    assert got == [r.spec.kernel_id for r in PriorityRanking().rank("rms_norm", CTX, cands)] == ["high", "mid", "low"]
 
 
 def test_priority_ranking_orders_by_policy_rank_and_names_its_source(reg):
@@ -103,7 +113,7 @@ def test_dispatch_config_ranking_decides_the_dispatchers_choice(reg):
     d = Dispatcher(DispatchConfig(ranking=Slowest()), kernel_registry=reg)
     assert d.dispatch("rms_norm", {"x": torch.randn(2, 8), "weight": torch.ones(8)}).kernel_id == "low"
     assert d.explain("rms_norm", CTX)["low"].measured_us == 10.0
-    assert Dispatcher(DispatchConfig(), kernel_registry=reg).ranking.name == "priority"
+    assert Dispatcher(DispatchConfig(), kernel_registry=reg).ranking.name == "measured"
     with pytest.raises(ConfigValidationError, match="ranking"):
         DispatchConfig(ranking=object())
 
