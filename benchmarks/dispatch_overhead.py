@@ -11,7 +11,7 @@ Variants are interleaved: every round times each variant once, back to back, so 
 machine hits all of them alike. Each time is the median over rounds; each overhead is the median of the
 per-round differences against its peer (the direct kernel, or the unpatched module).
 
-Targets (issue #6): dispatch() - direct <= 2 us, selection on a hit <= 1 us.
+Targets: dispatch() - direct <= 2 us, selection on a hit <= 1 us.
 
     python benchmarks/dispatch_overhead.py [--quick] [--json out.json]
 """

@@ -63,13 +63,16 @@ def tolerance(operation: str, dtype: torch.dtype) -> tuple[float, float]:
     return table[op.tolerance_class]
 
 
-def compare_outputs(operation: str, out: Any, expected: Any) -> str | None:
+def compare_outputs(operation: str, out: Any, expected: Any, arguments: Mapping[str, Any] | None = None) -> str | None:
     """Why ``out`` does not match the reference output ``expected`` (per-dtype tolerance, NaN/Inf where the
-    reference has none), or None when it does."""
+    reference has none), or None when it does. With the call's ``arguments``, elements the operation's
+    contract leaves undefined (:meth:`~layerzero.operations.base.Operation.defined_rows`: fully masked
+    attention rows) are not compared."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
     refs = expected if isinstance(expected, (tuple, list)) else (expected,)
     if len(outs) != len(refs):
         return f"returned {len(outs)} tensors, the reference {len(refs)}"
+    defined = defined_rows(operation, arguments)
     for i, (o, r) in enumerate(zip(outs, refs)):
         if not isinstance(o, torch.Tensor):
             return f"output {i} is {type(o).__name__}, not a tensor"
@@ -77,6 +80,8 @@ def compare_outputs(operation: str, out: Any, expected: Any) -> str | None:
             return f"output {i} has shape {tuple(o.shape)}, the reference {tuple(r.shape)}"
         atol, rtol = tolerance(operation, o.dtype)
         of, rf = o.detach().float(), r.detach().float().to(o.device)
+        if defined is not None and i == 0:
+            of = torch.where(defined.to(of.device), of, rf)  # an undefined element takes the reference's value
         bad_ref = ~torch.isfinite(rf)
         if bool((~torch.isfinite(of) & ~bad_ref).any()):
             return f"output {i} has NaN or Inf where the reference has none"
@@ -85,6 +90,14 @@ def compare_outputs(operation: str, out: Any, expected: Any) -> str | None:
             err = float(((of - rf).abs().masked_fill(bad_ref, 0)).max())
             return f"output {i} max error {err:.4g} > tolerance (atol {atol:g}, rtol {rtol:g}, {o.dtype})"
     return None
+
+
+def defined_rows(operation: str, arguments: Mapping[str, Any] | None) -> torch.Tensor | None:
+    """The operation's mask of defined output elements for these call arguments, or None (all defined)."""
+    if not arguments:
+        return None
+    op = _operations.find(operation)
+    return op.defined_rows(arguments) if op is not None else None
 
 
 # ---------------------------------------------------------------------------------------------- entry points

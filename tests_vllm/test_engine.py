@@ -170,7 +170,7 @@ def test_policy_and_rules_choose_layerzero_kernels_in_the_worker(model_dir, base
     (worker,) = on["modes"]["fp32-eager"]["telemetry"]
     assert [n for n in worker["orchestrators"] if n.startswith("layerzero_vllm:llama")] == ["layerzero_vllm:llama:1"]
     assert worker["layers"]["LayerZeroRMSNorm"] == 5 and worker["layers"]["LayerZeroSiluAndMul"] == 2
-    # fp32: LayerZero's kernels round like vLLM's here (the measurement: 32/32 prompts identical)
+    # fp32: LayerZero's kernels round like vLLM's here (measured: 32/32 prompts identical)
     assert on["modes"]["fp32-eager"]["token_ids"] == baseline["modes"]["fp32-eager"]["token_ids"]
     from layerzero_vllm.telemetry import read_telemetry_dir, sum_operation_calls
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Mapping
 import torch
 
 from layerzero.operations import is_attention
-from layerzero.validation import compare_outputs, tolerance
+from layerzero.validation import compare_outputs, defined_rows, tolerance
 
 if TYPE_CHECKING:
     from layerzero.registry import KernelRegistry, KernelSpec
@@ -78,7 +78,7 @@ class KernelVerifier:
                 expected = ref.impl(**ref.map_arguments(inputs, kwargs))
         except Exception:  # noqa: BLE001 - an input the reference cannot run proves nothing about the kernel
             return None
-        why = compare_outputs(operation, out, expected)
+        why = compare_outputs(operation, out, expected, {**inputs, **kwargs})
         if why is not None:
             self.failed += 1
         return why
@@ -97,7 +97,7 @@ class KernelVerifier:
         try:
             with torch.no_grad():
                 expected = ref.impl(**ref.map_arguments(inputs, kwargs))
-                ok = _device_verdict(operation, out, expected)
+                ok = _device_verdict(operation, out, expected, defined_rows(operation, {**inputs, **kwargs}))
         except Exception:  # noqa: BLE001
             return None
         event = torch.cuda.Event()
@@ -125,14 +125,17 @@ class KernelVerifier:
         return failed
 
 
-def _device_verdict(operation: str, out: Any, expected: Any) -> torch.Tensor:
-    """A device bool tensor: True when every output is within tolerance of the reference (no host sync)."""
+def _device_verdict(operation: str, out: Any, expected: Any, defined: torch.Tensor | None = None) -> torch.Tensor:
+    """A device bool tensor: True when every output is within tolerance of the reference (no host sync);
+    elements outside ``defined`` (the operation's undefined rows) are not compared."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
     refs = expected if isinstance(expected, (tuple, list)) else (expected,)
     verdict = None
-    for o, r in zip(outs, refs):
+    for i, (o, r) in enumerate(zip(outs, refs)):
         atol, rtol = tolerance(operation, o.dtype)
         of, rf = o.detach().float(), r.detach().float()
+        if defined is not None and i == 0:
+            of = torch.where(defined, of, rf)
         bad_ref = ~torch.isfinite(rf)
         ok = (bad_ref | ((of - rf).abs() <= atol + rtol * rf.abs())).all()
         verdict = ok if verdict is None else verdict & ok

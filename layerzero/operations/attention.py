@@ -224,6 +224,31 @@ class Attention(Operation):
     def reference(self, **arguments: Any) -> Any:
         return reference_attention(**arguments)
 
+    def defined_rows(self, arguments: Mapping[str, Any]) -> torch.Tensor | None:
+        """Bool (B, Sq, H, 1): query rows with at least one visible key. A fully masked row (a left-padding
+        query) has no defined output — the reference returns zeros, SDPA's backends other values — so it
+        must not count as a kernel's error. With sinks every row is defined (the sink takes the weight)."""
+        if arguments.get("sinks") is not None:
+            return None
+        q, k = arguments.get("query"), arguments.get("key")
+        if not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor) or q.dim() != 4:
+            return None
+        b, sq, h, _ = q.shape
+        allowed = attention_allowed_mask(sq, k.shape[1], bool(arguments.get("is_causal")),
+                                         arguments.get("sliding_window"), q.device)
+        mask = arguments.get("attn_mask")
+        if isinstance(mask, torch.Tensor):
+            visible = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+            allowed = visible if allowed is None else visible & allowed
+        if allowed is None:
+            return None
+        rows = allowed.any(-1)  # (Sq,) or (B|1, H|1, Sq)
+        while rows.dim() < 3:
+            rows = rows.unsqueeze(0)
+        if bool(rows.all()):
+            return None
+        return rows.expand(b, h, sq).permute(0, 2, 1).unsqueeze(-1)
+
     def call_defaults(self) -> dict[str, Any]:
         return {"is_causal": default_is_causal(self.name)}
 

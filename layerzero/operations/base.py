@@ -108,6 +108,11 @@ class Operation:
         """The fp32 reference (the conformance oracle and last-resort kernel)."""
         raise NotImplementedError(f"{self.name} has no reference implementation")
 
+    def defined_rows(self, arguments: Mapping[str, Any]) -> torch.Tensor | None:
+        """A bool mask, broadcastable to the first output, of the elements the contract defines; None when
+        all are. Comparisons with the reference skip the rest (attention: rows that see no key)."""
+        return None
+
     def call_defaults(self) -> dict[str, Any]:
         """Options a measured call states explicitly (attention: whether it is causal)."""
         return {}

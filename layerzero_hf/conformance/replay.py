@@ -18,7 +18,6 @@ import torch
 
 from layerzero import validation
 from layerzero.context import SelectionContext
-from layerzero.operations import is_attention
 from layerzero.validation import tolerance
 from layerzero_hf.conformance.recording import RecordedCall
 
@@ -103,30 +102,6 @@ class ConformanceReport:
 
 
 # ---------------------------------------------------------------------------------------------- comparison
-def _defined_rows(inputs: Mapping[str, Any], options: Mapping[str, Any]) -> torch.Tensor | None:
-    """Bool (B, Sq, H, 1) of attention rows with at least one visible key (None: all are). A fully masked
-    row (a left-padding query) has no defined output: the contract leaves it to the kernel."""
-    if options.get("sinks") is not None:
-        return None  # the sink absorbs the weight: the row is defined (zeros)
-    q, k = inputs["query"], inputs["key"]
-    b, sq, h, _ = q.shape
-    sk = k.shape[1]
-    from layerzero.kernels.reference import attention_allowed_mask
-
-    allowed = attention_allowed_mask(sq, sk, bool(options.get("is_causal")), options.get("sliding_window"), q.device)
-    mask = options.get("attn_mask")
-    if mask is not None:
-        visible = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-        allowed = visible if allowed is None else visible & allowed
-    if allowed is None:
-        return None
-    rows = allowed.any(-1)  # (Sq,) or (B|1, H|1, Sq)
-    while rows.dim() < 3:
-        rows = rows.unsqueeze(0)
-    rows = rows.expand(b, h, sq)
-    return rows.permute(0, 2, 1).unsqueeze(-1)
-
-
 def compare_outputs(
     out: Any, expected: Any, operation: str, defined: torch.Tensor | None = None
 ) -> tuple[str | None, float, tuple[float, float]]:
@@ -220,7 +195,7 @@ def replay(
                               "register one so recorded calls can be checked")
         with torch.no_grad():
             expected = ref_spec.impl(**ref_spec.map_arguments(call.inputs, call.options))
-        defined = _defined_rows(call.inputs, call.options) if is_attention(call.operation) else None
+        defined = validation.defined_rows(call.operation, {**call.inputs, **call.options})
         for kid in ids:
             report.results.append(_run_one(registry.get(kid), call, expected, defined, base))
     return report

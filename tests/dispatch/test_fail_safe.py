@@ -168,3 +168,26 @@ def test_sampled_checks_catch_a_kernel_that_goes_wrong_later():
     assert kernels[0] == "lz_drifting_norm"
     assert kernels[-1] == "torch_rms_norm", kernels  # caught by a sample, replaced for the bucket
 
+
+
+def test_fully_masked_attention_rows_do_not_fail_a_kernel(caplog):
+    """A left-padded query row sees no key: its output is undefined (the fp32 reference returns zeros, SDPA's
+    backends other values). A kernel that writes anything there must not be demoted by the canary."""
+    from layerzero.kernels import reference
+
+    def padding_garbage(query, key, value, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0,
+                        sliding_window=None, softcap=None, sinks=None, enable_gqa=False):
+        out = reference.attention(query=query, key=key, value=value, attn_mask=attn_mask, is_causal=is_causal)
+        return torch.where(attn_mask.any(-1).permute(0, 2, 1).unsqueeze(-1), out, torch.full_like(out, 5.0))
+
+    reg = KernelRegistry([
+        KernelSpec("lz_masked_attention", ("attention.*",), "torch", padding_garbage, priority=100),
+        KernelSpec("reference_attention", ("attention.*",), "torch", "layerzero.kernels.reference:attention",
+                   priority=0, tags={"reference"}),
+    ])
+    qkv = _qkv(b=2, s=5)
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[0, :, :2, :] = False  # the first two queries of sequence 0 are padding
+    with caplog.at_level("WARNING", logger="layerzero.verify"):
+        got = _orch(reg).dispatch("attention.cross", {**qkv, "attn_mask": mask})
+    assert got.kernel_id == "lz_masked_attention" and "wrong result" not in caplog.text

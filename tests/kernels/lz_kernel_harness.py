@@ -17,7 +17,7 @@ from layerzero.kernels import reference as ref
 from layerzero.operations import is_attention
 from layerzero.registry import KernelSpec, get_global_kernel_registry
 from layerzero.context.call_context import SelectionContext
-from layerzero.validation import TOLERANCES, compare_outputs  # noqa: F401 - TOLERANCES: read by kernel tests
+from layerzero.validation import compare_outputs
 
 REFERENCE: dict[str, Callable[..., Any]] = {
     "attention": ref.attention,
@@ -217,7 +217,7 @@ def _snapshot(values: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in values.items() if isinstance(v, torch.Tensor)}
 
 
-def _compare(out: Any, expected: Any, dtype: torch.dtype, fam: str) -> str | None:
+def compare_to_reference(out: Any, expected: Any, dtype: torch.dtype, fam: str) -> str | None:
     """Why a kernel's output does not match the reference (None when it does): the dispatcher's own
     output check (:func:`layerzero.validation.compare_outputs`, per-dtype tolerances), plus the rule that
     an output keeps the reference's dtype. ``dtype`` is the case's; ``fam`` picks the tolerance row."""
@@ -253,7 +253,7 @@ def run_case(
         return "failed", f"{case.name}: raised {type(e).__name__}: {e}"
     fam = family(operation)
     expected = REFERENCE[fam](**{k: v for k, v in args.items() if k != "enable_gqa"})
-    why = _compare(out, expected, dtype, fam)
+    why = compare_to_reference(out, expected, dtype, fam)
     if why is None:
         for name, t in before.items():
             if not torch.equal(t, case.inputs[name]):

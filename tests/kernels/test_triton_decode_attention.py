@@ -12,12 +12,12 @@ import torch
 from layerzero.kernels import reference
 from layerzero.kernels.triton.decode_attention import compiled_variants, decode_attention
 from layerzero.context.call_context import SelectionContext
-from lz_kernel_harness import TOLERANCES
+from layerzero.validation import tolerance
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    atol, rtol = TOLERANCES[expected.dtype]["attention"]
+    atol, rtol = tolerance("attention.decode", expected.dtype)
     torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
 
 

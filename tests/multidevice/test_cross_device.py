@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
 from lz_kernel_harness import (  # noqa: E402
     REFERENCE,
-    _compare,
+    compare_to_reference,
     cases_for,
     family,
     registry_kernels,
@@ -64,7 +64,7 @@ def test_kernel_on_second_gpu_while_first_is_current(spec):
         args = spec.map_arguments(case.inputs, case.kwargs)
         expected = REFERENCE[family(op)](**{k: v for k, v in args.items() if k != "enable_gqa"})
         torch.cuda.synchronize(1)
-        why = _compare(result.output, expected, dtype, family(op))
+        why = compare_to_reference(result.output, expected, dtype, family(op))
         assert why is None, f"{spec.kernel_id} on cuda:1 with cuda:0 current: {case.name}: {why}"
         ran += 1
     if not ran:
