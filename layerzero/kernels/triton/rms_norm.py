@@ -4,7 +4,7 @@ Why a kernel of our own: HF's eager RMSNorm moves the tensor through memory abou
 square, mean, scale, cast, weight multiply); this kernel reads ``x`` (and ``residual``) once and writes
 the output (and ``x + residual``) once, with fp32 accumulation whatever the input dtype.
 
-Casting modes follow the operation contract (``layerzero/operations.py``):
+Casting modes follow the operation contract (``layerzero/operations/norm.py``):
 
 - ``"llama"``: ``((offset + w.float()) * (x * rstd).to(dtype)).to(dtype)`` — the normalised row is rounded
   to the input dtype before the weight multiply, like ``LlamaRMSNorm``;

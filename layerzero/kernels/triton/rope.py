@@ -6,7 +6,7 @@ token's cos/sin once and rotates every query head and every key head (GQA: fewer
 reading q and k once and writing the two outputs once. (Several tokens per program are supported for
 the CPU interpreter, whose cost is per program.)
 
-Semantics (``layerzero/operations.py``): for each rotated feature pair ``(x1, x2)`` at feature indices
+Semantics (``layerzero/operations/rope.py``): for each rotated feature pair ``(x1, x2)`` at feature indices
 ``(d1, d2)`` — ``(i, i + rot_dim/2)`` for rotate_half (HF default) or ``(2i, 2i + 1)`` for interleaved
 (GPT-J) —
 
