@@ -2,9 +2,12 @@
 
 The policy still decides what may run and what must win: locks (tier 2) and applying rules (tier 1) keep
 their places, and so do rule priorities. Only *within* one policy tier and rule priority does measurement
-replace the hand-set priority: kernels with a measured time for the call's cost bucket come first,
-fastest first; kernels without one follow in the policy's order (built-in priority). A call with no
-measurement at all is ranked exactly as :class:`~layerzero.selection.ranking.PriorityRanking` ranks it.
+replace the hand-set priority, and only where it covers the whole group: when every kernel of the group
+has a measured time for the call's cost bucket they are ordered fastest first; when any has none (its
+backend was not installed when the table was measured, or its timing was dropped as noisy) the group keeps
+the policy's order (built-in priority), since times that leave a candidate out cannot place it. A call
+with no measurement at all is ranked exactly as :class:`~layerzero.selection.ranking.PriorityRanking`
+ranks it.
 
 Times come from merged cost tables (:mod:`layerzero.tuning.cost_table`: shipped < user < local), loaded
 once per device class and kept; a ranking call does no file I/O. Answers are memoised per (operation,
@@ -99,13 +102,20 @@ class MeasuredRanking:
         out: list[RankedKernel] = []
         for group in sorted(groups, reverse=True):
             members = groups[group]
-            measured = sorted((c for c in members if c.spec.kernel_id in times),
-                              key=lambda c: (times[c.spec.kernel_id].median_us, c.spec.kernel_id))
-            rest = sorted((c for c in members if c.spec.kernel_id not in times),
-                          key=lambda c: (_neg(c.policy_rank), c.registration_index, c.spec.kernel_id))
-            out.extend(RankedKernel(c.spec, "measured", times[c.spec.kernel_id].median_us) for c in measured)
-            out.extend(RankedKernel(c.spec, "policy" if c.policy_rank and c.policy_rank[0] > 0 else "priority")
-                       for c in rest)
+            timed = [c for c in members if not c.spec.is_reference]  # the fp32 references stay last resort
+            if timed and all(c.spec.kernel_id in times for c in timed):
+                ordered = sorted(timed, key=lambda c: (times[c.spec.kernel_id].median_us, c.spec.kernel_id))
+                out.extend(RankedKernel(c.spec, "measured", times[c.spec.kernel_id].median_us) for c in ordered)
+                out.extend(RankedKernel(c.spec, "priority") for c in members if c.spec.is_reference)
+                continue
+            # Some member has no usable measurement (not installed when the table was measured, or dropped as
+            # noisy): times measured without it cannot say where it belongs, so the group keeps the policy's
+            # order; the times that exist are still shown.
+            ordered = sorted(members, key=lambda c: (_neg(c.policy_rank), c.registration_index, c.spec.kernel_id))
+            for c in ordered:
+                found = times.get(c.spec.kernel_id)
+                source = "policy" if c.policy_rank and c.policy_rank[0] > 0 else "priority"
+                out.append(RankedKernel(c.spec, source, found.median_us if found is not None else None))
         return out
 
     def clear(self) -> None:

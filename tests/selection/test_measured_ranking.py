@@ -44,12 +44,21 @@ def test_is_a_ranking():
     assert isinstance(MeasuredRanking(_table()), Ranking)
 
 
-def test_measured_first_by_time_then_unmeasured_by_priority():
+def test_a_fully_measured_group_is_ordered_by_time():
+    cands = [_cand("fa3", index=0), _cand("sdpa", index=1), _cand("flex", index=2)]
+    got = _order(MeasuredRanking(_table(flex=5.0, sdpa=7.5, fa3=9.0)), cands)
+    assert got == [("flex", "measured", 5.0), ("sdpa", "measured", 7.5), ("fa3", "measured", 9.0)]
+
+
+def test_a_group_with_an_unmeasured_kernel_keeps_the_policy_order_and_shows_the_times():
+    """Times measured without a candidate (not installed then, or dropped as noisy) cannot place it: the
+    whole group keeps its priority order, so a faster kernel the table missed is never pushed down."""
     cands = [_cand("fa3", index=0), _cand("sdpa", index=1), _cand("flex", index=2), _cand("math", index=3),
              _cand("xf", index=4)]
     got = _order(MeasuredRanking(_table(flex=5.0, sdpa=7.5)), cands)
-    assert got == [("flex", "measured", 5.0), ("sdpa", "measured", 7.5), ("fa3", "priority", None),
-                   ("xf", "priority", None), ("math", "priority", None)]
+    assert [g[0] for g in got] == [g[0] for g in _order(PriorityRanking(), cands)] and got[0][0] == "fa3"
+    assert dict((k, us) for k, _, us in got) == {"fa3": None, "sdpa": 7.5, "flex": 5.0, "math": None, "xf": None}
+    assert {src for _, src, _ in got} == {"priority"}
 
 
 def test_locks_and_rule_tiers_still_win():
@@ -69,7 +78,7 @@ def test_no_measurement_ranks_like_priority_ranking():
 
 
 def test_other_device_class_or_far_bucket_has_no_measurement():
-    ranking = MeasuredRanking(lambda cls: _table(math=1.0) if cls == "sm90" else None)
+    ranking = MeasuredRanking(lambda cls: _table(math=1.0, fa3=2.0) if cls == "sm90" else None)
     cands = [_cand("fa3"), _cand("math")]
     assert _order(ranking, cands)[0][0] == "math"
     ampere = CTX.replace(compute_capability=(8, 0))
@@ -114,7 +123,9 @@ def test_sources_name_policy_for_rule_chosen_unmeasured(tier):
 
 def test_rank_note_and_lookup_for_explain():
     ranking = MeasuredRanking(_table(sdpa=7.25))
-    ranked = ranking.rank(OP, CTX, [_cand("sdpa"), _cand("fa3")])
-    assert [mr.rank_note(r) for r in ranked] == ["measured 7.2 us", "priority"]
+    ranked = ranking.rank(OP, CTX, [_cand("sdpa"), _cand("fa3")])  # fa3 unmeasured: priority order, time shown
+    assert [mr.rank_note(r) for r in ranked] == ["priority", "priority 7.2 us"]
+    ranked = MeasuredRanking(_table(sdpa=7.25, fa3=9.0)).rank(OP, CTX, [_cand("sdpa"), _cand("fa3")])
+    assert [mr.rank_note(r) for r in ranked] == ["measured 7.2 us", "measured 9.0 us"]
     bucket, times = ranking.lookup(OP, CTX.replace(seq_len=1500, seq_len_q=1500, seq_len_k=1500))
     assert bucket == bucket_for(OP, CTX) and times["sdpa"].median_us == 7.25  # the nearest bucket
