@@ -178,6 +178,12 @@ def torch_flex_attention(
 
 
 def _run(fn, q, k, v, kwargs, sinks, h, dtype) -> torch.Tensor:
+    if torch.is_grad_enabled() and not (q.requires_grad or k.requires_grad or v.requires_grad):
+        # Compiled Flex guards on the global grad mode: a caller that alternates grad-enabled and no_grad
+        # calls (a benchmark, compare(), a model outside no_grad) would compile every shape twice and reach
+        # torch._dynamo's recompile limit twice as fast. Without a tensor needing grad the result is the same.
+        with torch.no_grad():
+            return _run(fn, q, k, v, kwargs, sinks, h, dtype)
     with warnings.catch_warnings():
         # On CPU the eager path is the documented choice (see module docstring), not a mistake.
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")

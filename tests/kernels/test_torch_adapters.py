@@ -56,3 +56,23 @@ def test_flex_reuses_one_score_mod_across_masks_and_stays_exact():
         assert torch.allclose(out, ref.attention(q, k, v, attn_mask=m), atol=1e-5)
         assert _masked_mod(None, True) == (slot, mod)  # the same function object every call
         assert slot.mask is None  # the caller's mask is not kept alive after the call
+
+
+def test_flex_runs_under_no_grad_when_no_input_needs_grad(monkeypatch):
+    """Compiled Flex guards on the global grad mode: calls alternating grad-enabled and no_grad would compile
+    every shape twice. Without a tensor that needs grad the kernel always runs under no_grad."""
+    from layerzero.kernels import torch_flex
+
+    seen = []
+    real = torch_flex._flex_fn("cpu")
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_grad_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch_flex, "_flex_fn", lambda device_type: spy)
+    q, k, v = (torch.randn(1, 8, 2, 16) for _ in range(3))
+    out = torch_flex.torch_flex_attention(q, k, v, is_causal=True)
+    with torch.no_grad():
+        torch_flex.torch_flex_attention(q, k, v, is_causal=True)
+    assert seen == [False, False] and not out.requires_grad
