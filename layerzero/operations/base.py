@@ -38,20 +38,14 @@ class OperationContract:
         return frozenset(self.inputs + self.options)
 
 
-class SizeBucket(NamedTuple):
-    """A bucketer with its memo: keyers read a hit inline (``memo.get(n) or fill(n)``; buckets are >= 1)
-    and pay the extra Python call only on a miss."""
+# NamedTuples built from real types (not string annotations), so their generated ``__new__`` documents
+# cleanly; keyers unpack them as tuples on the hot path.
+SizeBucket = NamedTuple("SizeBucket", [("memo", dict), ("fill", Callable[[int], int])])
+SizeBucket.__doc__ = """A bucketer with its memo: keyers read a hit inline (``memo.get(n) or fill(n)``; buckets are
+>= 1) and pay the extra Python call only on a miss."""
 
-    memo: dict[int, int]
-    fill: Callable[[int], int]
-
-
-class KeyBuckets(NamedTuple):
-    """The size buckets a cache key may use: batch (or token rows), query and key sequence lengths."""
-
-    batch: SizeBucket
-    seq_q: SizeBucket
-    seq_k: SizeBucket
+KeyBuckets = NamedTuple("KeyBuckets", [("batch", SizeBucket), ("seq_q", SizeBucket), ("seq_k", SizeBucket)])
+KeyBuckets.__doc__ = """The size buckets a cache key may use: batch (or token rows), query and key sequence lengths."""
 
 
 class Operation:

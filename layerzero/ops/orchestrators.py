@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
 from layerzero.errors import LayerZeroError
 
-if TYPE_CHECKING:  # the dispatcher imports heavy machinery; the ops only need it at call time
-    from layerzero.dispatch import CallSite, DispatchOrchestrator
+from layerzero.dispatch.callsite import CallSite
+from layerzero.dispatch.orchestrator import DispatchOrchestrator
 
 __all__ = [
     "OrchestratorLike",
@@ -33,7 +33,7 @@ __all__ = [
     "unregister_orchestrator",
 ]
 
-OrchestratorLike = Union[str, "DispatchOrchestrator", "CallSite", None]
+OrchestratorLike = Union[str, DispatchOrchestrator, CallSite, None]
 
 
 # ------------------------------------------------------------------------------------------ orchestrators
