@@ -61,3 +61,13 @@ def test_prefill_archs_quick(tmp_path):
         assert all(v > 0 for v in row["tokens_per_s"]["layerzero"].values())
         assert any(k.endswith("attention") for k in row["kernels"])
     assert json.loads((tmp_path / "p.json").read_text())["rows"][0]["arch"] == "llama"
+
+
+@pytest.mark.slow
+def test_decode_ab_quick(tmp_path):
+    """The alternating decode A/B runs both variants every round on one model and reports per-round ratios."""
+    pytest.importorskip("transformers")
+    out = _load("decode_ab").main(["--quick", "--arch", "llama-1b", "--rounds", "2", "--json", str(tmp_path / "d.json")])
+    assert len(out["rounds"]) == 2 and all(r["hf_sdpa"] > 0 and r["layerzero"] > 0 for r in out["rounds"])
+    assert out["median_speedup"] > 0 and any(k.endswith("attention") for k in out["kernels"])
+    assert json.loads((tmp_path / "d.json").read_text())["arch"] == "llama-1b"
