@@ -28,7 +28,10 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$VLLM_SPEC" ]; then
     echo "$VLLM_SPEC" > "$STAMP"
 fi
 
+# --no-deps keeps vLLM's torch; LayerZero's own small dependencies are installed explicitly (cache paths and
+# file locks of the cost tables and the autotune cache).
 "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT"
+"$VENV/bin/python" -m pip install -q "platformdirs>=3.0" "filelock>=3.12"
 "$VENV/bin/python" - <<'PY'
 from importlib.metadata import entry_points
 names = [ep.value for ep in entry_points(group="vllm.general_plugins")]
