@@ -21,7 +21,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["DEFAULT_POLICY", "MODEL_RULES", "configured_data_file", "find_data_file", "packaged_data_file"]
+__all__ = ["DEFAULT_POLICY", "MODEL_RULES", "configured_data_file", "find_data_file", "packaged_data_file",
+           "packaged_data_files"]
 
 DEFAULT_POLICY = "configs/default_policy.yaml"
 MODEL_RULES = "configs/models.yaml"
@@ -63,3 +64,23 @@ def find_data_file(name: str, *, env_var: str | Sequence[str] | None = None, pac
         if configured is not None:
             return configured
     return packaged_data_file(name) if packaged else None
+
+
+def packaged_data_files(folder: str, suffix: str) -> list[Path]:
+    """The shipped files of ``folder`` (under ``layerzero/data``) whose names end in ``suffix``, sorted by name:
+    the package data when it has any, else the source checkout's folder (the same order as
+    :func:`packaged_data_file`)."""
+    parts = [p for p in folder.split("/") if p]
+    try:
+        root = importlib.resources.files(_PACKAGE).joinpath(_DATA_DIR, *parts)
+        if isinstance(root, Path) and root.is_dir():
+            found = sorted((f for f in root.iterdir() if f.name.endswith(suffix) and f.is_file()), key=lambda f: f.name)
+            if found:
+                return found
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        pass
+    repo = Path(__file__).resolve().parent.parent
+    candidate = repo.joinpath(*parts)
+    if (repo / "pyproject.toml").is_file() and candidate.is_dir():
+        return sorted((f for f in candidate.iterdir() if f.name.endswith(suffix) and f.is_file()), key=lambda f: f.name)
+    return []

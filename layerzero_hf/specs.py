@@ -25,7 +25,6 @@ RoPE params: ``function`` (the module-global name the attention forward calls), 
 
 from __future__ import annotations
 
-import importlib.resources
 import threading
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -34,6 +33,7 @@ from typing import Any, Iterable, Mapping
 
 from layerzero.config_files import load_yaml_file, load_yaml_text
 from layerzero.errors import ConfigValidationError, ValidationProblem
+from layerzero.data_files import packaged_data_files
 from layerzero_hf.kinds import get_patch_kind, patch_kinds
 
 
@@ -199,28 +199,10 @@ def load_arch_spec(path: str | Path) -> ArchSpec:
 
 
 def data_files(folder: str) -> dict[str, tuple[str, str]]:
-    """``{stem: (source label, text)}`` of the YAML files shipped in ``folder`` ("patches" or "configs").
-
-    Installed wheels carry them as package data at ``layerzero/data/<folder>`` (in the repository that path is
-    a symlink to the top-level folder, so wheels and sdists get real copies); the repository folder itself is
-    the fallback.
-    """
-    found: dict[str, tuple[str, str]] = {}
-    try:
-        root = importlib.resources.files("layerzero").joinpath("data", folder)
-        if root.is_dir():
-            for f in sorted(root.iterdir(), key=lambda t: t.name):
-                if f.name.endswith(".yaml"):
-                    found[f.name[:-5]] = (str(f), f.read_text())
-    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
-        pass
-    if found:
-        return found
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").is_file() and (repo / folder).is_dir():
-        for f in sorted((repo / folder).glob("*.yaml")):
-            found[f.stem] = (str(f), f.read_text())
-    return found
+    """``{stem: (source label, text)}`` of the YAML files shipped in ``folder`` ("patches" or "configs"),
+    found like every packaged data file (:func:`layerzero.data_files.packaged_data_files`: package data,
+    else the source checkout)."""
+    return {f.name[:-5]: (str(f), f.read_text()) for f in packaged_data_files(folder, ".yaml")}
 
 
 _lock = threading.Lock()

@@ -26,3 +26,13 @@ def test_env_var_wins_even_for_a_missing_file_so_the_caller_reports_it(tmp_path,
     monkeypatch.delenv("LZ_TEST_B")
     assert find_data_file(MODEL_RULES, env_var="LZ_TEST_B") == find_data_file(MODEL_RULES)
     assert find_data_file(MODEL_RULES, env_var="LZ_TEST_B", packaged=False) is None
+
+
+def test_packaged_data_files_lists_a_shipped_folder():
+    from layerzero.data_files import packaged_data_files
+
+    specs = packaged_data_files("patches", ".yaml")
+    assert [p.stem for p in specs] == sorted(p.stem for p in specs) and "llama" in {p.stem for p in specs}
+    assert all(p.is_file() and p.suffix == ".yaml" for p in specs)
+    assert packaged_data_files("no-such-folder", ".yaml") == []
+    assert {p.name for p in packaged_data_files("costs", ".json")} >= {"sm90.json"}

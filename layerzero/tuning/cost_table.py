@@ -11,7 +11,7 @@ thresholds never enter it, so a table measured once serves every policy.
 Where tables come from, lowest precedence first (a later source's time for the same kernel and bucket
 replaces an earlier one):
 
-1. shipped: package data ``layerzero/data/costs/<device_class>.json`` (read through ``importlib.resources``);
+1. shipped: package data ``layerzero/data/costs/<device_class>.json`` (found by :func:`layerzero.data_files.packaged_data_file`);
 2. user: ``$LAYERZERO_COST_TABLE`` (a JSON file, or a directory holding ``<device_class>.json``), or an
    explicit path;
 3. local: measurements made on this very machine, kept in the autotune cache
@@ -29,11 +29,11 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from layerzero.config_files import read_regular_file
+from layerzero.data_files import packaged_data_file
 from layerzero.context.call_context import SelectionContext, dtype_name
 from layerzero.errors import ConfigValidationError, ValidationProblem
 
@@ -366,13 +366,13 @@ def load_table_file(path: str | os.PathLike, source: str = "user") -> CostTable 
 
 def shipped_table(device_cls: str) -> CostTable | None:
     """The table shipped as package data for ``device_cls``, or None when there is none."""
-    ref = resources.files("layerzero").joinpath("data", "costs", f"{device_cls}.json")
-    try:
-        raw = ref.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    path = packaged_data_file(f"costs/{device_cls}.json")
+    if path is None:
         return None
+    try:
+        raw = path.read_bytes()
     except OSError as e:
-        _warn_ignored(str(ref), f"{type(e).__name__}: {e}")
+        _warn_ignored(str(path), f"{type(e).__name__}: {e}")
         return None
     return _parse(raw, "shipped", f"layerzero/data/costs/{device_cls}.json")
 
