@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 
 import pytest
 
@@ -97,20 +96,6 @@ def test_counts_are_exact_under_8_threads_and_dead_threads_are_folded():
     assert sum(k.calls for k in s.per_kernel.values()) == 8 * n
     assert t._threads == []  # exited threads were folded into the retired table
     assert t.snapshot().dispatch_count == 8 * n
-
-
-def test_record_cost_stays_well_under_a_microsecond():
-    t = DispatchTelemetry()
-    rec = t.record
-    n = 20000
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter_ns()
-        for _ in range(n):
-            rec("rms_norm", "a", 1234, True, False)
-        best = min(best, (time.perf_counter_ns() - t0) / n)
-    # About 0.3 us on an idle core; the bound leaves room for a shared CI machine.
-    assert best < 2000, f"record() costs {best:.0f} ns"
 
 
 def test_selection_change_logs_one_structured_record(caplog):
