@@ -43,7 +43,7 @@ def test_alias_bomb_is_rejected_fast_with_a_short_message():
     start = time.perf_counter()
     with pytest.raises(ConfigValidationError) as exc:
         load_yaml_text(text, "models.yaml")
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 5  # the unguarded expansion takes minutes; a generous bound for a loaded CI machine
     p = only_problem(exc)
     assert "alias" in p.message and p.source == "models.yaml"
     assert len(str(exc.value)) < 1000
@@ -88,7 +88,7 @@ def test_named_pipe_is_rejected_without_blocking(tmp_path):
         read_regular_file(fifo)
     with pytest.raises(ConfigValidationError) as exc:
         load_yaml_file(fifo, "policy file")
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 5  # blocking would hang; a generous bound for a loaded CI machine
     p = only_problem(exc)
     assert "named pipe" in p.message and p.value == str(fifo)
 

@@ -187,7 +187,7 @@ def _rejected_quickly(fn, *args):
     start = time.perf_counter()
     with pytest.raises(ConfigValidationError) as exc:
         fn(*args)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 5  # the unguarded expansion takes minutes; generous for a loaded CI machine
     assert len(str(exc.value)) < 2000  # a clipped message, not megabytes of expanded aliases
     return exc.value
 

@@ -437,7 +437,7 @@ def test_named_pipe_as_policy_path_is_rejected_without_blocking(tmp_path, regist
     start = time.perf_counter()
     with pytest.raises(ConfigValidationError) as info:
         load_policy(str(fifo), registry)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 5  # the unguarded expansion takes minutes; a generous bound for a loaded CI machine
     (p,) = info.value.problems
     assert "named pipe" in p.message and "fix:" in p.message and p.source == str(fifo)
 

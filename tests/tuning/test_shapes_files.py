@@ -27,4 +27,4 @@ def test_fifo_and_alias_bomb_are_rejected_quickly(tmp_path):
         start = time.perf_counter()
         with pytest.raises(ConfigValidationError, match=what):
             load_shapes(path)
-        assert time.perf_counter() - start < 1.0
+        assert time.perf_counter() - start < 5  # generous: a loaded CI machine
