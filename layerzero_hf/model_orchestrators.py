@@ -16,6 +16,7 @@ built once per config object, and its name is stored on the module.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import torch
@@ -76,9 +77,9 @@ def build_setup(
     ruleset = False if rules is False else load_rules(rules)
     if dispatch_config is None:
         # rank by measured cost with this model's own tuned times on top (``layerzero_hf.tune``)
-        dispatch_config = default_dispatch_config()
         scope = model_key(config) if hasattr(config, "to_dict") else None  # a module without an HF config: none
-        dispatch_config.ranking = measured_ranking_for_device(scope=scope)
+        dispatch_config = dataclasses.replace(default_dispatch_config(),
+                                              ranking=measured_ranking_for_device(scope=scope))
     return model_setup.build_setup(hf_model_facts(config, model), rules=ruleset, policy=policy, kernels=kernels,
                                    arms=arms, arm=arm, experiment=experiment, model_id=model_id,
                                    dispatch_config=dispatch_config, name_prefix=NAME_PREFIX)
