@@ -23,13 +23,18 @@ from typing import Any
 
 import torch
 
+from layerzero.operations.activation import SWIGLU
+from layerzero.operations.base import implements
+from layerzero.operations.norm import RMS_NORM
+from layerzero.operations.rope import ROPE
+
 BACKEND = "vllm"
 _MODULE = "layerzero_vllm.kernels"
 
 
 # --------------------------------------------------------------------------------------------- kernels
-def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6, offset: float = 0.0,
-             casting: str = "llama", residual: torch.Tensor | None = None) -> Any:
+@implements(RMS_NORM)
+def rms_norm(x, weight, eps, offset, casting, residual):
     from vllm import ir
 
     if casting == "gemma":
@@ -53,8 +58,8 @@ def _cache_rows(t: torch.Tensor, layout: str, unsqueeze_dim: int | None, batch: 
     return t.expand(batch, seq, t.shape[-1]).reshape(batch * seq, t.shape[-1])
 
 
-def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str = "bhsd",
-         interleaved: bool = False, unsqueeze_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+@implements(ROPE)
+def rope(q, k, cos, sin, layout, interleaved, unsqueeze_dim):
     from vllm import _custom_ops as ops
 
     seq_dim = 2 if layout == "bhsd" else 1
@@ -84,7 +89,8 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return back(q_rows, q), (back(k_rows, k) if k is not None else None)  # type: ignore[return-value]
 
 
-def silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+@implements(SWIGLU)
+def silu_and_mul(gate, up):
     import torch.nn.functional as F
 
     if gate.device.type == "cpu":

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 
 from layerzero.kernels.checks import gqa_ratio_ok
+from layerzero.operations.attention import ATTENTION
+from layerzero.operations.base import implements
 from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
 
@@ -40,19 +42,9 @@ def _reject(attn_mask, sinks, kernel: str) -> None:
         raise ValueError(f"{kernel}: attention sinks are not supported; use torch_flex_attention")
 
 
-def flash_attn_v2_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor:
+@implements(ATTENTION)
+def flash_attn_v2_attention(query, key, value, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap, sinks,
+        enable_gqa):
     """FlashAttention 2: ``flash_attn_func``, or ``flash_attn_with_kvcache`` for one-token decode."""
     _reject(attn_mask, sinks, "flash_attn_v2_attention")
     import flash_attn
@@ -76,19 +68,9 @@ def flash_attn_v2_attention(
     )
 
 
-def flash_attn_v3_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor:
+@implements(ATTENTION)
+def flash_attn_v3_attention(query, key, value, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap, sinks,
+        enable_gqa):
     """FlashAttention 3 (Hopper): ``flash_attn_interface.flash_attn_func``; no dropout."""
     _reject(attn_mask, sinks, "flash_attn_v3_attention")
     if dropout_p:

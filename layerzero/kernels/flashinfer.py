@@ -18,6 +18,11 @@ from typing import Any
 import torch
 
 from layerzero.kernels.checks import gqa_ratio_ok
+from layerzero.operations.activation import SWIGLU
+from layerzero.operations.attention import ATTENTION
+from layerzero.operations.base import implements
+from layerzero.operations.norm import RMS_NORM
+from layerzero.operations.rope import ROPE
 from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
 
@@ -71,19 +76,9 @@ def _window_left(sliding_window: int | None) -> int:
     return -1 if sliding_window is None else max(int(sliding_window) - 1, 0)
 
 
-def flashinfer_prefill_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor:
+@implements(ATTENTION)
+def flashinfer_prefill_attention(query, key, value, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap,
+        sinks, enable_gqa):
     """Prefill/append attention; one sequence uses the single-request kernel, a batch the ragged wrapper."""
     _check_attention_args(attn_mask, dropout_p, sinks, "flashinfer_prefill_attention")
     import flashinfer
@@ -116,19 +111,9 @@ def flashinfer_prefill_attention(
     return wrapper.run(q, k, v).reshape(b, sq, h, dv)
 
 
-def flashinfer_decode_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor:
+@implements(ATTENTION)
+def flashinfer_decode_attention(query, key, value, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap,
+        sinks, enable_gqa):
     """One query token per sequence. Bottom-right causal with Sq == 1 sees every key, so ``is_causal`` is moot."""
     _check_attention_args(attn_mask, dropout_p, sinks, "flashinfer_decode_attention")
     import flashinfer
@@ -165,14 +150,8 @@ def flashinfer_decode_attention(
     return out.reshape(b, 1, h, -1)
 
 
-def flashinfer_rms_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    eps: float = 1e-6,
-    offset: float = 0.0,
-    casting: str = "gemma",
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+@implements(RMS_NORM)
+def flashinfer_rms_norm(x, weight, eps, offset, casting, residual):
     """``flashinfer.rmsnorm`` (offset 0) or ``gemma_rmsnorm`` (offset 1): fp32 math, one rounding ("gemma")."""
     import flashinfer
 
@@ -203,15 +182,8 @@ def _rope_tables(cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, batch:
     return table.contiguous(), positions
 
 
-def flashinfer_rope(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    layout: str = "bhsd",
-    interleaved: bool = False,
-    unsqueeze_dim: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@implements(ROPE)
+def flashinfer_rope(q, k, cos, sin, layout, interleaved, unsqueeze_dim):
     """``apply_rope_with_cos_sin_cache`` (out of place) over (tokens, heads*dim) views of q and k."""
     import flashinfer
 
@@ -244,7 +216,8 @@ def _adjacent_halves(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | Non
     return torch.as_strided(gate, (*gate.shape[:-1], 2 * n), (*gate.stride()[:-1], 1))
 
 
-def flashinfer_swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+@implements(SWIGLU)
+def flashinfer_swiglu(gate, up):
     """``silu_and_mul`` on ``[gate | up]``: free when they are halves of one tensor, else one concat."""
     import flashinfer
 
@@ -293,9 +266,11 @@ def _offset_zero_or_one(ctx) -> str | None:
 
 
 def _gemma_casting(ctx) -> str | None:
-    """FlashInfer rounds once after the fp32 weight multiply ("gemma" casting)"""
-    if ctx.casting not in (None, "gemma") and ctx.dtype != "float32":
-        return f"casting mode {ctx.casting} not supported (FlashInfer computes in fp32 and rounds once: 'gemma')"
+    """FlashInfer rounds once after the fp32 weight multiply ("gemma" casting); a call that names no casting
+    gets the contract's default, "llama"."""
+    casting = ctx.casting or "llama"
+    if casting != "gemma" and ctx.dtype != "float32":
+        return f"casting mode {casting} not supported (FlashInfer computes in fp32 and rounds once: 'gemma')"
     return None
 
 

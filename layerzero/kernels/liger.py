@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from layerzero.operations.activation import GEGLU, SWIGLU
+from layerzero.operations.base import implements
+from layerzero.operations.norm import LAYER_NORM, RMS_NORM
+from layerzero.operations.rope import ROPE
 from layerzero.registry.backends import BackendStatus, version_tuple
 from layerzero.registry.constraints import KernelConstraints, needs_backend_status
 from layerzero.registry.kernel_spec import KernelSpec
@@ -21,14 +25,8 @@ __all__ = ["kernel_specs", "liger_geglu", "liger_layer_norm", "liger_rms_norm", 
 _PARTIAL_ROTARY_MIN = (0, 8, 5)
 
 
-def liger_rms_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    eps: float = 1e-6,
-    offset: float = 0.0,
-    casting: str = "llama",
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+@implements(RMS_NORM)
+def liger_rms_norm(x, weight, eps, offset, casting, residual):
     """``LigerRMSNormFunction`` with Liger's own ``offset`` and ``casting_mode`` (llama / gemma / none)."""
     from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 
@@ -38,9 +36,8 @@ def liger_rms_norm(
     return (out, x) if residual is not None else out
 
 
-def liger_layer_norm(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5
-) -> torch.Tensor:
+@implements(LAYER_NORM)
+def liger_layer_norm(x, weight, bias, eps):
     """``LigerLayerNormFunction``; Liger needs both parameters, so missing ones become 1 / 0."""
     from liger_kernel.ops.layer_norm import LigerLayerNormFunction
 
@@ -59,15 +56,8 @@ def _private_bshd(t: torch.Tensor, layout: str) -> torch.Tensor:
     return buf.transpose(1, 2)
 
 
-def liger_rope(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    layout: str = "bhsd",
-    interleaved: bool = False,
-    unsqueeze_dim: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@implements(ROPE)
+def liger_rope(q, k, cos, sin, layout, interleaved, unsqueeze_dim):
     """``LigerRopeFunction`` (NeoX halves only; partial rotary from the cos width)."""
     from liger_kernel.ops.rope import LigerRopeFunction
 
@@ -83,14 +73,16 @@ def liger_rope(
     return q_out, k_out
 
 
-def liger_swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+@implements(SWIGLU)
+def liger_swiglu(gate, up):
     """``LigerSiLUMulFunction``: silu(gate) * up in one pass."""
     from liger_kernel.ops.swiglu import LigerSiLUMulFunction
 
     return LigerSiLUMulFunction.apply(gate, up)
 
 
-def liger_geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
+@implements(GEGLU)
+def liger_geglu(gate, up, approximate):
     """``LigerGELUMulFunction``: gelu_tanh(gate) * up (Liger implements only the tanh approximation)."""
     if approximate != "tanh":
         raise ValueError(f"liger_geglu: approximate={approximate!r} unsupported (Liger is tanh-only); use torch_geglu")

@@ -20,6 +20,8 @@ from typing import Any, Callable
 import torch
 
 from layerzero.kernels.checks import gqa_ratio_ok
+from layerzero.operations.attention import ATTENTION
+from layerzero.operations.base import implements
 from layerzero.registry.constraints import KernelConstraints
 
 __all__ = ["FLEX_CONSTRAINTS", "set_compile_on_cpu", "torch_flex_attention"]
@@ -136,19 +138,9 @@ def _masked_mod(softcap: float | None, is_bool: bool) -> tuple[_MaskSlot, Callab
     return slot, score_mod
 
 
-def torch_flex_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor:
+@implements(ATTENTION)
+def torch_flex_attention(query, key, value, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap, sinks,
+        enable_gqa):
     """FlexAttention over (B, S, H, D) views; caller masks become a ``score_mod`` (dense, no block skip)."""
     if dropout_p:
         raise ValueError(f"dropout_p={dropout_p} is not supported by FlexAttention; use torch_sdpa_attention")

@@ -11,18 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from layerzero.kernels.reference import rope_broadcast, rotate_half, rotate_interleaved
+from layerzero.operations.activation import GEGLU, SWIGLU
+from layerzero.operations.base import implements
+from layerzero.operations.norm import LAYER_NORM, RMS_NORM
+from layerzero.operations.rope import ROPE
 
 __all__ = ["torch_geglu", "torch_layer_norm", "torch_rms_norm", "torch_rope", "torch_swiglu"]
 
 
-def torch_rms_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    eps: float = 1e-6,
-    offset: float = 0.0,
-    casting: str = "llama",
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+@implements(RMS_NORM)
+def torch_rms_norm(x, weight, eps, offset, casting, residual):
     """RMSNorm on ``F.rms_norm``.
 
     "llama": one fused ``F.rms_norm`` with the weight in the input dtype. It normalises in fp32 and rounds
@@ -64,24 +62,16 @@ def torch_rms_norm(
     return out
 
 
-def torch_layer_norm(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5
-) -> torch.Tensor:
+@implements(LAYER_NORM)
+def torch_layer_norm(x, weight, bias, eps):
     """``F.layer_norm`` (fused, fp32 accumulation internally) with parameters cast to the input dtype."""
     w = weight.to(x.dtype) if weight is not None and weight.dtype != x.dtype else weight
     b = bias.to(x.dtype) if bias is not None and bias.dtype != x.dtype else bias
     return F.layer_norm(x, (x.shape[-1],), w, b, eps)
 
 
-def torch_rope(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    layout: str = "bhsd",
-    interleaved: bool = False,
-    unsqueeze_dim: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@implements(ROPE)
+def torch_rope(q, k, cos, sin, layout, interleaved, unsqueeze_dim):
     """HF ``apply_rotary_pos_emb`` in the input dtype (what Transformers runs eagerly), plus partial
     rotary and interleaved pairs. Full-width rotation skips the slice/concat copies."""
     c = rope_broadcast(cos, layout, unsqueeze_dim)
@@ -104,11 +94,13 @@ def torch_rope(
     return apply(q), apply(k)
 
 
-def torch_swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+@implements(SWIGLU)
+def torch_swiglu(gate, up):
     """``F.silu(gate) * up`` in the input dtype (HF LlamaMLP's eager math)."""
     return F.silu(gate) * up
 
 
-def torch_geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
+@implements(GEGLU)
+def torch_geglu(gate, up, approximate):
     """``F.gelu(gate, approximate) * up`` in the input dtype (HF Gemma MLP's eager math)."""
     return F.gelu(gate, approximate=approximate) * up

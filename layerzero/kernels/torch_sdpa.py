@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from layerzero.kernels.reference import attention_allowed_mask
+from layerzero.operations.attention import ATTENTION
+from layerzero.operations.base import implements
 
 __all__ = [
     "sdpa_inputs",
@@ -94,37 +96,16 @@ def _run(
     return out.transpose(1, 2)
 
 
-def torch_sdpa_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor:
+@implements(ATTENTION)
+def torch_sdpa_attention(query, key, value, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap, sinks,
+        enable_gqa):
     """SDPA with torch's own backend choice."""
     return _run(query, key, value, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap, sinks)
 
 
 def _pinned(backend_name: str):
-    def kernel(
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attn_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        scale: float | None = None,
-        dropout_p: float = 0.0,
-        sliding_window: int | None = None,
-        softcap: float | None = None,
-        sinks: torch.Tensor | None = None,
-        enable_gqa: bool = False,
-    ) -> torch.Tensor:
+    @implements(ATTENTION)
+    def kernel(query, key, value, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap, sinks, enable_gqa):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(getattr(SDPBackend, backend_name)):

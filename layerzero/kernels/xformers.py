@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 
 from layerzero.kernels.checks import gqa_ratio_ok
+from layerzero.operations.attention import ATTENTION
+from layerzero.operations.base import implements
 from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
 
@@ -31,19 +33,9 @@ def _bias(fmha, is_causal: bool, sliding_window: int | None, sq: int, sk: int):
     return None
 
 
-def xformers_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor:
+@implements(ATTENTION)
+def xformers_attention(query, key, value, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap, sinks,
+        enable_gqa):
     """``xformers.ops.memory_efficient_attention`` with BMHK, or BMGHK when kv has fewer heads."""
     if attn_mask is not None:
         raise ValueError("xformers_attention: attn_mask is not supported here; use torch_sdpa_attention")

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 
 from layerzero.operations import activation, attention, norm, rope
 from layerzero.operations.attention import ATTENTION_OPS, default_is_causal
-from layerzero.operations.base import Operation, OperationContract, check_against
+from layerzero.operations.base import Operation, OperationContract, check_against, implements
 from layerzero.operations.custom_ops import CustomOp, custom_op, custom_ops
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "expand",
     "find",
     "get",
+    "implements",
     "is_attention",
     "matches",
 ]

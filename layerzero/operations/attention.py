@@ -221,9 +221,6 @@ class Attention(Operation):
         q, v = inputs["query"], inputs["value"]
         return [(tuple(q.shape[:-1]) + (v.shape[-1],), q.dtype)]
 
-    def reference(self, **arguments: Any) -> Any:
-        return reference_attention(**arguments)
-
     def defined_rows(self, arguments: Mapping[str, Any]) -> torch.Tensor | None:
         """Bool (B, Sq, H, 1): query rows with at least one visible key. A fully masked row (a left-padding
         query) has no defined output — the reference returns zeros, SDPA's backends other values — so it
@@ -316,12 +313,13 @@ _DEFAULT_SHAPES = {  # name -> (cpu, cuda) tuning shapes; prefill and cross run 
 
 
 def _attention(name: str) -> Attention:
-    op = Attention(OperationContract(name, INPUTS, OPTIONS))
+    op = Attention(OperationContract(name, INPUTS, OPTIONS), reference_attention)
     op.cpu_shapes, op.cuda_shapes = _DEFAULT_SHAPES.get(name, ((), ()))
     return op
 
 
 OPERATIONS = tuple(_attention(name) for name in ATTENTION_OPS)
+ATTENTION = OPERATIONS[0]  # the four share one contract: kernel adapters declare it through this one
 
 
 # ----------------------------------------------------------------------------------------------- custom op

@@ -11,9 +11,10 @@ Foundation floor: torch and :mod:`layerzero.errors` only.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Hashable, Mapping, NamedTuple, Sequence, TypeVar
 
 import torch
 
@@ -65,11 +66,28 @@ class Operation:
     cpu_shapes: tuple[dict[str, int], ...] = ({"tokens": 256, "hidden": 1024},)
     cuda_shapes: tuple[dict[str, int], ...] = ({"tokens": 4096, "hidden": 4096},)
 
-    def __init__(self, contract: OperationContract):
+    def __init__(self, contract: OperationContract, reference_function: Callable[..., Any] | None = None):
         self.contract = contract
         self.name = contract.name
         if not self.family:
             self.family = contract.name
+        self.reference_function = reference_function
+        self._signature: inspect.Signature | None = None
+        if reference_function is not None:
+            names = tuple(inspect.signature(reference_function).parameters)
+            if names != contract.inputs + contract.options:
+                raise TypeError(f"operation {contract.name!r}: the reference {reference_function.__name__} takes "
+                                f"{names}, the contract names {contract.inputs + contract.options}")
+
+    @property
+    def signature(self) -> inspect.Signature:
+        """The operation's one signature (names, order, defaults, types): the reference's. Kernel adapters
+        get it through :func:`implements` instead of restating it."""
+        if self._signature is None:
+            if self.reference_function is None:
+                raise TypeError(f"operation {self.name!r} has no reference function, so no signature")
+            self._signature = inspect.signature(self.reference_function, eval_str=True)
+        return self._signature
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -100,7 +118,9 @@ class Operation:
 
     def reference(self, **arguments: Any) -> Any:
         """The fp32 reference (the conformance oracle and last-resort kernel)."""
-        raise NotImplementedError(f"{self.name} has no reference implementation")
+        if self.reference_function is None:
+            raise NotImplementedError(f"{self.name} has no reference implementation")
+        return self.reference_function(**arguments)
 
     def defined_rows(self, arguments: Mapping[str, Any]) -> torch.Tensor | None:
         """A bool mask, broadcastable to the first output, of the elements the contract defines; None when
@@ -190,3 +210,44 @@ def check_against(expected: Sequence[OutputSpec], out: Any) -> str | None:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             return f"output {i} contains NaN or Inf"
     return None
+
+
+KernelFunction = TypeVar("KernelFunction", bound=Callable[..., Any])
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def implements(operation: Operation) -> Callable[[KernelFunction], KernelFunction]:
+    """Decorator for a kernel adapter: it lists the operation's parameter names once, in the contract's
+    order and without defaults or types, and gets both from the operation's reference.
+
+    Why: every kernel of an operation must accept exactly the contract (the dispatcher calls them
+    interchangeably), so restating the signature in each adapter only adds places where a default can
+    drift (one kernel defaulting ``casting`` to ``"gemma"`` where the contract says ``"llama"``). A
+    mismatch in names or order, or a restated default, raises ``TypeError`` at import. Keyword-only
+    parameters after ``*`` (private launch knobs such as ``_config``) keep their own defaults."""
+
+    def adapt(fn: KernelFunction) -> KernelFunction:
+        canonical = operation.signature
+        params = list(inspect.signature(fn).parameters.values())
+        positional = [p for p in params if p.kind in _POSITIONAL]
+        where = f"{fn.__module__}.{fn.__qualname__}"
+        if [p.name for p in positional] != list(canonical.parameters):
+            raise TypeError(f"{where} implements {operation.name!r}, whose parameters are "
+                            f"{tuple(canonical.parameters)}; it takes {tuple(p.name for p in positional)}")
+        restated = [p.name for p in positional if p.default is not p.empty]
+        if restated:
+            raise TypeError(f"{where} restates defaults for {restated}: list the names only, the defaults come "
+                            f"from {operation.name!r}'s reference")
+        if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+            raise TypeError(f"{where}: *args is not allowed in a kernel adapter")
+        fn.__defaults__ = tuple(p.default for p in canonical.parameters.values() if p.default is not p.empty)
+        extras = [p for p in params if p.kind not in _POSITIONAL]
+        fn.__signature__ = canonical.replace(  # type: ignore[attr-defined]
+            parameters=[*canonical.parameters.values(), *extras])
+        annotations = {n: p.annotation for n, p in canonical.parameters.items() if p.annotation is not p.empty}
+        if canonical.return_annotation is not canonical.empty:
+            annotations["return"] = canonical.return_annotation
+        fn.__annotations__ = {**annotations, **{k: v for k, v in fn.__annotations__.items() if k not in annotations}}
+        return fn
+
+    return adapt

@@ -153,9 +153,6 @@ class RMSNorm(_Norm):
         return {**super().described_facts(d), "casting": d.get("casting"), "norm_offset": d.get("offset", 0.0),
                 "fused_residual": bool(d.get("residual"))}
 
-    def reference(self, **arguments: Any) -> Any:
-        return reference_rms_norm(**arguments)
-
     def sample_inputs(self, shape: Any, device: torch.device, dtype: torch.dtype) -> tuple[dict[str, Any], dict[str, Any]]:
         mk = randn(device, dtype)
         return {"x": mk(shape.tokens, shape.hidden), "weight": mk(shape.hidden)}, {}
@@ -169,16 +166,14 @@ class LayerNorm(_Norm):
         if bias is not None and tuple(bias.shape) != (hidden,):
             found.append(("bias", tuple(bias.shape), f"expected shape ({hidden},), the last dimension of x"))
 
-    def reference(self, **arguments: Any) -> Any:
-        return reference_layer_norm(**arguments)
-
     def sample_inputs(self, shape: Any, device: torch.device, dtype: torch.dtype) -> tuple[dict[str, Any], dict[str, Any]]:
         mk = randn(device, dtype)
         return {"x": mk(shape.tokens, shape.hidden), "weight": mk(shape.hidden), "bias": mk(shape.hidden)}, {}
 
 
-RMS_NORM = RMSNorm(OperationContract("rms_norm", ("x", "weight"), ("eps", "offset", "casting", "residual")))
-LAYER_NORM = LayerNorm(OperationContract("layer_norm", ("x", "weight", "bias"), ("eps",)))
+RMS_NORM = RMSNorm(OperationContract("rms_norm", ("x", "weight"), ("eps", "offset", "casting", "residual")),
+                   reference_rms_norm)
+LAYER_NORM = LayerNorm(OperationContract("layer_norm", ("x", "weight", "bias"), ("eps",)), reference_layer_norm)
 OPERATIONS = (RMS_NORM, LAYER_NORM)
 
 

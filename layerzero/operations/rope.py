@@ -167,9 +167,6 @@ class Rope(Operation):
         q, k = inputs["q"], inputs["k"]
         return [(tuple(q.shape), q.dtype), (tuple(k.shape), k.dtype)]
 
-    def reference(self, **arguments: Any) -> Any:
-        return reference_rope(**arguments)
-
     def sample_inputs(self, shape: Any, device: torch.device, dtype: torch.dtype) -> tuple[dict[str, Any], dict[str, Any]]:
         mk = randn(device, dtype)
         hkv = shape.kv_heads or shape.heads
@@ -187,7 +184,7 @@ class Rope(Operation):
         return [f"q {fmt_dims(inputs['q'])}", f"k {fmt_dims(inputs['k'])}", f"rot {inputs['cos'].shape[-1]}"]
 
 
-ROPE = Rope(OperationContract("rope", ("q", "k", "cos", "sin"), ("layout", "interleaved", "unsqueeze_dim")))
+ROPE = Rope(OperationContract("rope", ("q", "k", "cos", "sin"), ("layout", "interleaved", "unsqueeze_dim")), reference_rope)
 OPERATIONS = (ROPE,)
 
 

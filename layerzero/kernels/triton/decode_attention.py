@@ -59,6 +59,8 @@ _PARTIAL_DYNAMIC = (
     "Sk", "num_splits", "window",
     "sk_b", "sk_h", "sv_b", "sv_h", "sm_b", "sm_h",
 )
+from layerzero.operations.attention import ATTENTION
+from layerzero.operations.base import implements
 
 
 @triton.jit
@@ -282,21 +284,9 @@ def _check(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_
         )
 
 
-def decode_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-    enable_gqa: bool = False,
-    *,
-    _config: tuple[int, int, int, int] | None = None,
-) -> torch.Tensor:
+@implements(ATTENTION)
+def decode_attention(query, key, value, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap, sinks,
+        enable_gqa, *, _config: tuple[int, int, int, int] | None = None):
     """Attention of one query per sequence over (B, Sk, Hkv, D) keys/values (any strides); returns
     (B, 1, H, Dv) in the query dtype. ``is_causal`` and ``enable_gqa`` need no action for one query.
 

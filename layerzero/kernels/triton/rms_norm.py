@@ -43,6 +43,8 @@ _INTERPRETER_ELEMS = 1 << 16
 # evict_first with default stores).
 EVICT = "evict_first"
 STORE = ".cs"
+from layerzero.operations.base import implements
+from layerzero.operations.norm import RMS_NORM
 
 
 @triton.jit
@@ -209,16 +211,8 @@ def launch_config(m: int, n: int) -> tuple[int, int, int, int]:
     return block_m, block_n, num_warps, 1
 
 
-def rms_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    eps: float = 1e-6,
-    offset: float = 0.0,
-    casting: str = "llama",
-    residual: torch.Tensor | None = None,
-    *,
-    _config: tuple[int, int, int, int] | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+@implements(RMS_NORM)
+def rms_norm(x, weight, eps, offset, casting, residual, *, _config: tuple[int, int, int, int] | None = None):
     """RMSNorm over the last dimension; with ``residual`` returns ``(normed, x + residual)``.
 
     ``_config`` overrides :func:`launch_config` (used by the bandwidth benchmark's tuning sweep)."""

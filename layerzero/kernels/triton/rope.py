@@ -36,6 +36,8 @@ _TILE_ELEMS = 2048
 # H100 sweep: default cache policies beat evict_first by 1.5-3% (head_dim 96/128), tie at head_dim 64.
 EVICT = ""
 STORE = ""
+from layerzero.operations.base import implements
+from layerzero.operations.rope import ROPE
 
 
 @triton.jit
@@ -166,17 +168,8 @@ def launch_config(tokens: int, hq: int, hk: int, half: int) -> tuple[int, int, i
     return 1, block_hq, block_hk, num_warps
 
 
-def rope(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    layout: str = "bhsd",
-    interleaved: bool = False,
-    unsqueeze_dim: int | None = None,
-    *,
-    _config: tuple[int, int, int, int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@implements(ROPE)
+def rope(q, k, cos, sin, layout, interleaved, unsqueeze_dim, *, _config: tuple[int, int, int, int] | None = None):
     """Rotate ``q`` and ``k`` by ``cos``/``sin``; returns new ``(q_embed, k_embed)``.
 
     ``unsqueeze_dim`` is HF's way of naming the layout (1: heads before seq, "bhsd"; 2: "bshd"); when

@@ -28,6 +28,8 @@ _FLAT_BLOCK = 1024
 # of the output stores ("" default, ".cs" streaming); chosen by the tuning sweep.
 EVICT = ""
 STORE = ""
+from layerzero.operations.activation import GEGLU, SWIGLU
+from layerzero.operations.base import implements
 
 
 @triton.jit
@@ -117,16 +119,16 @@ def _gated(
     return out
 
 
-def swiglu(gate: torch.Tensor, up: torch.Tensor, *, _config: tuple[int, int] | None = None) -> torch.Tensor:
+@implements(SWIGLU)
+def swiglu(gate, up, *, _config: tuple[int, int] | None = None):
     """``silu(gate) * up`` in one pass (fp32 math, output in gate's dtype).
 
     ``_config`` = ``(BLOCK, num_warps)`` overrides the launch heuristics (the benchmark's tuning sweep)."""
     return _gated(gate, up, _ACT_SILU, "triton_swiglu", _config)
 
 
-def geglu(
-    gate: torch.Tensor, up: torch.Tensor, approximate: str = "tanh", *, _config: tuple[int, int] | None = None
-) -> torch.Tensor:
+@implements(GEGLU)
+def geglu(gate, up, approximate, *, _config: tuple[int, int] | None = None):
     """``gelu(gate, approximate) * up`` in one pass; ``approximate`` is ``"tanh"`` or ``"none"`` (erf)."""
     if approximate not in _APPROXIMATE:
         raise ValueError(f"approximate={approximate!r} is not one of 'tanh', 'none'")
