@@ -45,11 +45,13 @@ MODEL_SHAPES = (
 ATTENTION_KINDS = ("prefill-single", "prefill-batch", "decode-single", "decode-batch")
 
 
-def configurations() -> list[tuple]:
+def configurations(shapes: tuple[str, ...] | None = None) -> list[tuple]:
     """One entry per FlashInfer module a run can load: attention per (kind, shape, softcap on/off, window
-    on/off), and RoPE/RMSNorm/SwiGLU per shape."""
+    on/off), and RoPE/RMSNorm/SwiGLU per shape; ``shapes`` names the model shapes (default: all)."""
     out: list[tuple] = []
     for name, h, hkv, d, hidden, cap, window in MODEL_SHAPES:
+        if shapes is not None and name not in shapes:
+            continue
         for c in ((None,) if cap is None else (None, cap)):
             for w in ((None,) if window is None else (None, window)):
                 out += [(kind, h, hkv, d, c, w) for kind in ATTENTION_KINDS]
@@ -57,7 +59,7 @@ def configurations() -> list[tuple]:
     return out
 
 
-def run_configurations(part: int, parts: int) -> int:
+def run_configurations(part: int, parts: int, shapes: tuple[str, ...] | None = None) -> int:
     """Run LayerZero's FlashInfer adapters once for every ``parts``-th configuration from ``part``."""
     import torch
 
@@ -65,7 +67,7 @@ def run_configurations(part: int, parts: int) -> int:
     from layerzero.kernels import flashinfer as fi
 
     dev, dt = "cuda", torch.bfloat16
-    todo = configurations()[part::parts]
+    todo = configurations(shapes)[part::parts]
     for cfg in todo:
         kind = cfg[0]
         if kind == "pointwise":
@@ -75,8 +77,8 @@ def run_configurations(part: int, parts: int) -> int:
             cos, sin = torch.randn(2, 16, d, device=dev, dtype=dt), torch.randn(2, 16, d, device=dev, dtype=dt)
             fi.flashinfer_rope(q, k, cos, sin)
             x = torch.randn(4, hidden, device=dev, dtype=dt)
-            fi.flashinfer_rms_norm(x, torch.ones(hidden, device=dev, dtype=dt))
-            fi.flashinfer_rms_norm(x, torch.ones(hidden, device=dev, dtype=dt), offset=1.0)
+            fi.flashinfer_rms_norm(x, torch.ones(hidden, device=dev, dtype=dt), casting="gemma")
+            fi.flashinfer_rms_norm(x, torch.ones(hidden, device=dev, dtype=dt), offset=1.0, casting="gemma")
             fi.flashinfer_swiglu(x, x)
             continue
         _, h, hkv, d, cap, w = cfg
@@ -93,12 +95,14 @@ def run_configurations(part: int, parts: int) -> int:
     return len(todo)
 
 
-def jobs(parts: int) -> list[tuple[str, list[str]]]:
+def jobs(parts: int, shapes: tuple[str, ...] | None = None) -> list[tuple[str, list[str]]]:
     from_root = [sys.executable]
     out = [(f"conformance:{f}", from_root + ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
                                             "tests/kernels/test_gpu_conformance.py", "-k", f"flashinfer_{f}"])
            for f in FAMILIES]
-    out += [(f"configurations:{i}/{parts}", from_root + [__file__, "--part", f"{i}/{parts}"]) for i in range(parts)]
+    only = ["--shapes", ",".join(shapes)] if shapes else []
+    out += [(f"configurations:{i}/{parts}", from_root + [__file__, "--part", f"{i}/{parts}", *only])
+            for i in range(parts)]
     return out
 
 
@@ -115,15 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 3))
     p.add_argument("--out", type=Path, help="write the per-job results as JSON here")
+    p.add_argument("--shapes", help="model shapes to compile, comma-separated (default: all of "
+                   + ", ".join(s[0] for s in MODEL_SHAPES) + "); the GPU tier needs only 'small'")
     p.add_argument("--part", help=argparse.SUPPRESS)  # a child process: "i/n" of the configurations
     args = p.parse_args(argv)
+    shapes = tuple(args.shapes.split(",")) if args.shapes else None
     if args.part:
         i, n = (int(x) for x in args.part.split("/"))
-        print(f"{run_configurations(i, n)} FlashInfer configurations ran")
+        print(f"{run_configurations(i, n, shapes)} FlashInfer configurations ran")
         return 0
     os.environ.pop("FLASHINFER_DISABLE_JIT", None)  # this is the call that compiles
     t0 = time.perf_counter()
-    todo = jobs(max(1, args.jobs - len(FAMILIES)))
+    todo = jobs(max(1, min(args.jobs - len(FAMILIES), len(configurations(shapes)))), shapes)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(lambda j: run_job(*j), todo))
     summary = {"seconds": round(time.perf_counter() - t0, 1), "jobs": results}
