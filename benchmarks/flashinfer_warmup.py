@@ -4,8 +4,8 @@ FlashInfer JIT-compiles each kernel configuration (head dim, dtype, causal, slid
 single vs batch) on first use: 45-170 s each on an H200 host, mostly single-threaded nvcc. Run serially
 inside the tests they blow any time limit; run side by side on a many-core host they take about as long as
 the slowest one. The compiled modules land in FlashInfer's cache (``FLASHINFER_WORKSPACE_BASE``); later
-calls on the same machine run with ``FLASHINFER_DISABLE_JIT=1`` so a configuration missing here fails
-loudly instead of compiling for minutes.
+calls on the same machine load them from that workspace. (``FLASHINFER_DISABLE_JIT=1`` does not help
+there: it limits FlashInfer to its ahead-of-time package and reports every workspace module missing.)
 
 Jobs (each a child process, ``--jobs`` at a time):
 * ``conformance:<family>`` - FlashInfer's GPU conformance tests (``tests/kernels/test_gpu_conformance.py``);

@@ -72,8 +72,9 @@ FP32_GPU_REL_TOL = 1e-3
 # The lent multi-GPU hosts must never use NVLink multicast (it can take the shared GPUs out of service); the
 # launcher passes these to every rank even if the caller's environment lost them.
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-CPU_DEFAULTS = dict(prefill="1x32,2x16", parity_len=24, prompt=8, steps=6, greedy=6, warmup=1, repeats=2)
-GPU_DEFAULTS = dict(prefill="1x2048,8x512", parity_len=512, prompt=128, steps=32, greedy=16, warmup=2, repeats=5)
+CPU_DEFAULTS = dict(prefill="1x32,2x16", parity_len=24, prompt=8, steps=6, greedy=6, warmup=1, repeats=2, rounds=1)
+GPU_DEFAULTS = dict(prefill="1x2048,8x512", parity_len=512, prompt=128, steps=32, greedy=16, warmup=2, repeats=5,
+                    rounds=3)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -200,7 +201,6 @@ def run_variants(model, args: argparse.Namespace, input_device: Any, device_type
     model.set_attn_implementation("sdpa")
     reference = _logits(model, parity_ids)
     ref_tokens = _greedy(model, greedy_ids, args.greedy)
-    out["unpatched"] = measure(model, args, input_device, device_type, vocab)
 
     model.set_attn_implementation("eager")
     out["noise_floor_eager_vs_sdpa"] = compare(reference, _logits(model, parity_ids))
@@ -212,7 +212,6 @@ def run_variants(model, args: argparse.Namespace, input_device: Any, device_type
     try:
         patched_logits = _logits(model, parity_ids)
         tokens = _greedy(model, greedy_ids, args.greedy)
-        out["patched"] = measure(model, args, input_device, device_type, vocab)
         if args.profile:
             out["profile_patched"] = profile_decode(model, greedy_ids, device_type)
         snap = layerzero_hf.model_telemetry(model)["snapshot"]
@@ -230,6 +229,7 @@ def run_variants(model, args: argparse.Namespace, input_device: Any, device_type
         }
     finally:
         layerzero_hf.unpatch(model)
+    out.update(timed_rounds(model, args, input_device, device_type, vocab))
     parity = compare(reference, patched_logits)
     same = sum(1 for a, b in zip(ref_tokens[0], tokens[0]) if a == b)
     leading = next((i for i, (a, b) in enumerate(zip(ref_tokens[0], tokens[0])) if a != b), len(tokens[0]))
@@ -237,10 +237,45 @@ def run_variants(model, args: argparse.Namespace, input_device: Any, device_type
     ok, why = verdict(parity, out["noise_floor_eager_vs_sdpa"], dtype)
     parity.update(passed=ok, criterion=why)
     out["parity_patched_vs_unpatched"] = parity
-    out["speedup"] = _speedups(out["unpatched"], out["patched"])
     if dtype != torch.float32 and args.fp32_check:
         out["fp32_check"] = fp32_check(model, parity_ids, greedy_ids, args.greedy)
     return out
+
+
+def timed_rounds(model, args: argparse.Namespace, input_device: Any, device_type: str, vocab: int) -> dict[str, Any]:
+    """Unpatched and patched timings alternating over ``args.rounds`` rounds (patching is per instance and
+    reversible, so both use the same weights and placement): a slow stretch of the host or a GPU clock
+    change hits both alike. Speed-ups are the median of the per-round ratios; the variants' own numbers
+    are medians over rounds."""
+    import layerzero_hf
+
+    rounds: list[dict[str, Any]] = []
+    for _ in range(args.rounds):
+        base = measure(model, args, input_device, device_type, vocab)
+        layerzero_hf.patch(model, attention=True)
+        try:
+            new = measure(model, args, input_device, device_type, vocab)
+        finally:
+            layerzero_hf.unpatch(model)
+        rounds.append({"unpatched": base, "patched": new, "speedup": _speedups(base, new)})
+
+    def med(values: list[Any]) -> Any:
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    def combine(entries: list[dict[str, Any]]) -> dict[str, Any]:
+        keys = entries[0]["prefill_tokens_per_s"]
+        return {"prefill_tokens_per_s": {k: med([e["prefill_tokens_per_s"].get(k) for e in entries]) for k in keys},
+                "decode_ms_per_step": med([e["decode_ms_per_step"] for e in entries])}
+
+    speedups = [r["speedup"] for r in rounds]
+    return {
+        "unpatched": combine([r["unpatched"] for r in rounds]),
+        "patched": combine([r["patched"] for r in rounds]),
+        "speedup": {"prefill": {k: med([sp["prefill"].get(k) for sp in speedups]) for k in speedups[0]["prefill"]},
+                    "decode": med([sp["decode"] for sp in speedups])},
+        "rounds": speedups,
+    }
 
 
 def fp32_check(model, parity_ids: torch.Tensor, greedy_ids: torch.Tensor, greedy: int) -> dict[str, Any]:
@@ -600,7 +635,10 @@ def markdown(result: dict[str, Any]) -> str:
     ok = {n: e for n, e in setups.items() if "error" not in e}
     if ok:
         shapes = list(next(iter(ok.values()))["unpatched"]["prefill_tokens_per_s"])
-        lines += ["", "## Prefill tokens/s: unpatched -> patched (speedup)", "",
+        n_rounds = len(next(iter(ok.values())).get("rounds", [])) or 1
+        lines += ["", f"Timing: unpatched and patched alternate over {n_rounds} rounds on the same model; a speed-up "
+                  "is the median of the per-round ratios, the numbers beside it the medians over rounds.",
+                  "", "## Prefill tokens/s: unpatched -> patched (speedup)", "",
                   "| setup | " + " | ".join(shapes) + " |", "|---|" + "---|" * len(shapes)]
         for name, e in ok.items():
             cells = []
@@ -667,6 +705,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--greedy", type=int, default=None, help="greedy tokens compared for parity")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=None, help="alternating unpatched/patched timing rounds")
     ap.add_argument("--fp32-check", action=argparse.BooleanOptionalAction, default=True,
                     help="also compare patched vs unpatched with the weights upcast to fp32 (GPU runs)")
     ap.add_argument("--profile", action="store_true", help="profile a short decode, unpatched and patched")

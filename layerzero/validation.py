@@ -67,12 +67,15 @@ def compare_outputs(operation: str, out: Any, expected: Any, arguments: Mapping[
     """Why ``out`` does not match the reference output ``expected`` (per-dtype tolerance, NaN/Inf where the
     reference has none), or None when it does. With the call's ``arguments``, elements the operation's
     contract leaves undefined (:meth:`~layerzero.operations.base.Operation.defined_rows`: fully masked
-    attention rows) are not compared."""
+    attention rows) are not compared, and the relative tolerance scales with the operation's
+    :meth:`~layerzero.operations.base.Operation.error_scales` (RoPE: the magnitude of its rounded terms)."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
     refs = expected if isinstance(expected, (tuple, list)) else (expected,)
     if len(outs) != len(refs):
         return f"returned {len(outs)} tensors, the reference {len(refs)}"
     defined = defined_rows(operation, arguments)
+    op = _operations.find(operation) if arguments else None
+    scales = op.error_scales(arguments) if op is not None else None
     for i, (o, r) in enumerate(zip(outs, refs)):
         if not isinstance(o, torch.Tensor):
             return f"output {i} is {type(o).__name__}, not a tensor"
@@ -85,7 +88,8 @@ def compare_outputs(operation: str, out: Any, expected: Any, arguments: Mapping[
         bad_ref = ~torch.isfinite(rf)
         if bool((~torch.isfinite(of) & ~bad_ref).any()):
             return f"output {i} has NaN or Inf where the reference has none"
-        ok = bad_ref | ((of - rf).abs() <= atol + rtol * rf.abs())
+        magnitude = rf.abs() if scales is None else torch.maximum(rf.abs(), scales[i].to(rf.device))
+        ok = bad_ref | ((of - rf).abs() <= atol + rtol * magnitude)
         if not bool(ok.all()):
             err = float(((of - rf).abs().masked_fill(bad_ref, 0)).max())
             return f"output {i} max error {err:.4g} > tolerance (atol {atol:g}, rtol {rtol:g}, {o.dtype})"

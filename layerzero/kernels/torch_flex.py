@@ -4,8 +4,8 @@ Flex covers what SDPA cannot: soft-capping (a ``score_mod``), bottom-right causa
 block-sparse masks (skipped blocks cost nothing), and attention sinks (folded in afterwards from the
 log-sum-exp: ``out * sigmoid(lse - sink)``, exact because a sink only adds mass to the denominator).
 
-Costs, measured on an H100: 240–410 TFLOP/s once compiled, but the first call per shape
-compiles (seconds). So the compiled function and the block masks are cached, and on CPU the kernel runs
+Costs, measured on an H100: 240–410 TFLOP/s once compiled, but the first call compiles (seconds), and
+so does the first call at a second length (then with symbolic sizes, reused by later lengths). So the compiled function and the block masks are cached, and on CPU the kernel runs
 Flex's eager path by default: ``torch.compile`` of Flex on CPU needs a C++ toolchain and ~20 s per shape
 (measured here, torch 2.13), which is no use for a fallback. ``set_compile_on_cpu(True)`` opts in.
 """
@@ -46,7 +46,11 @@ def _flex_fn(device_type: str) -> Callable[..., Any]:
     if _compiled is None:
         with _compile_lock:
             if _compiled is None:
-                _compiled = torch.compile(flex_attention, dynamic=False)
+                # dynamic=None: the first new length recompiles with symbolic sizes and later lengths reuse
+                # that graph. dynamic=False compiled once per length and hit torch._dynamo's recompile
+                # limit (8) within one test session on an H200, after which Flex runs unfused; measured on
+                # CPU: ten prefill lengths 17..260 compiled 3 graphs instead of 10, results unchanged.
+                _compiled = torch.compile(flex_attention, dynamic=None)
     return _compiled
 
 

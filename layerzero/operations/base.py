@@ -122,6 +122,13 @@ class Operation:
             raise NotImplementedError(f"{self.name} has no reference implementation")
         return self.reference_function(**arguments)
 
+    def error_scales(self, arguments: Mapping[str, Any]) -> list[torch.Tensor] | None:
+        """Per output, the fp32 magnitude that a correct half-precision kernel's rounding error scales with
+        (the relative tolerance multiplies it), or None: the reference output's own magnitude. An operation
+        whose result is a difference of rounded terms (RoPE) returns the terms' magnitude, since where they
+        cancel a correct kernel's error is a fraction of the terms, not of the small result."""
+        return None
+
     def defined_rows(self, arguments: Mapping[str, Any]) -> torch.Tensor | None:
         """A bool mask, broadcastable to the first output, of the elements the contract defines; None when
         all are. Comparisons with the reference skip the rest (attention: rows that see no key)."""

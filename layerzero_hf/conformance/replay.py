@@ -103,7 +103,8 @@ class ConformanceReport:
 
 # ---------------------------------------------------------------------------------------------- comparison
 def compare_outputs(
-    out: Any, expected: Any, operation: str, defined: torch.Tensor | None = None
+    out: Any, expected: Any, operation: str, defined: torch.Tensor | None = None,
+    arguments: dict[str, Any] | None = None,
 ) -> tuple[str | None, float, tuple[float, float]]:
     """(why it fails or None, max abs error, (atol, rtol)) of a kernel's output against the reference's.
 
@@ -123,7 +124,7 @@ def compare_outputs(
                 return f"output {i} dtype {o.dtype} != reference {e.dtype}", float("nan"), tol
         if defined is not None:  # an undefined row takes the reference's value, so it never counts
             outs = (torch.where(defined.expand_as(outs[0]), outs[0], exps[0]), *outs[1:])
-    why = validation.compare_outputs(operation, outs, exps)
+    why = validation.compare_outputs(operation, outs, exps, arguments)
     return why, _max_abs_error(outs, exps) if comparable else float("nan"), tol
 
 
@@ -209,7 +210,7 @@ def _run_one(spec: Any, call: RecordedCall, expected: Any, defined: torch.Tensor
             out = spec.impl(**spec.map_arguments(call.inputs, call.options))
     except Exception as exc:  # noqa: BLE001 - a kernel that accepts a call must run it
         return KernelResult(spec.kernel_id, status="fail", error=f"raised {type(exc).__name__}: {exc}"[:500], **base)
-    why, err, (atol, rtol) = compare_outputs(out, expected, call.operation, defined)
+    why, err, (atol, rtol) = compare_outputs(out, expected, call.operation, defined, {**call.inputs, **call.options})
     if why is None:
         for name, t in before.items():
             now = call.inputs.get(name, call.options.get(name))
