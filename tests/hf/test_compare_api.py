@@ -15,17 +15,18 @@ pd = pytest.importorskip("pandas")
 pytest.importorskip("transformers")
 
 from layerzero_hf.compare import compare, compare_policies, plot_comparison  # noqa: E402
+from single_thread import one_intra_op_thread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def results():
-    torch.set_num_threads(1)
-    return compare([{"operation": "rms_norm", "tokens": 8, "hidden": 64},
-                    {"operation": "swiglu", "tokens": 4, "hidden": 32}],
-                   kernels=["torch_rms_norm", "reference_rms_norm", "torch_swiglu", "reference_swiglu"],
-                   repeats=2, warmup=0, device="cpu", progress=False)
+    with one_intra_op_thread():
+        return compare([{"operation": "rms_norm", "tokens": 8, "hidden": 64},
+                        {"operation": "swiglu", "tokens": 4, "hidden": 32}],
+                       kernels=["torch_rms_norm", "reference_rms_norm", "torch_swiglu", "reference_swiglu"],
+                       repeats=2, warmup=0, device="cpu", progress=False)
 
 
 def test_result_is_a_plain_dataframe_with_noise_columns(results):
