@@ -88,15 +88,8 @@ def reference_rope(
     return apply(q), apply(k)
 
 
-def rope_term_magnitudes(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    layout: str = "bhsd",
-    interleaved: bool = False,
-    unsqueeze_dim: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_term_magnitudes(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str,
+                         interleaved: bool, unsqueeze_dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``|t * cos| + |rotate(t) * sin|`` per element of q and k in fp32 (``|t|`` past the rotary dims): the
     size of the two products a half-precision RoPE rounds before adding them."""
     c = rope_broadcast(cos, layout, unsqueeze_dim).float().abs()
