@@ -4,8 +4,9 @@ Flex covers what SDPA cannot: soft-capping (a ``score_mod``), bottom-right causa
 block-sparse masks (skipped blocks cost nothing), and attention sinks (folded in afterwards from the
 log-sum-exp: ``out * sigmoid(lse - sink)``, exact because a sink only adds mass to the denominator).
 
-Costs, measured on an H100: 240–410 TFLOP/s once compiled, but the first call compiles (seconds), and
-so does the first call at a second length (then with symbolic sizes, reused by later lengths). So the compiled function and the block masks are cached, and on CPU the kernel runs
+Costs, measured on an H100: 240–410 TFLOP/s once compiled, but the first call of each call variant
+compiles (seconds), and so does its first call at a second length (then with symbolic sizes, reused by
+later lengths). So the compiled function and the block masks are cached, and on CPU the kernel runs
 Flex's eager path by default: ``torch.compile`` of Flex on CPU needs a C++ toolchain and ~20 s per shape
 (measured here, torch 2.13), which is no use for a fallback. ``set_compile_on_cpu(True)`` opts in.
 """
@@ -13,9 +14,10 @@ Flex's eager path by default: ``torch.compile`` of Flex on CPU needs a C++ toolc
 from __future__ import annotations
 
 import threading
+import types
 import warnings
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import torch
 
@@ -27,8 +29,9 @@ from layerzero.registry.constraints import KernelConstraints
 __all__ = ["FLEX_CONSTRAINTS", "set_compile_on_cpu", "torch_flex_attention"]
 
 _compile_on_cpu = False
-_compiled: Callable[..., Any] | None = None
+_compiled: dict[Hashable, Callable[..., Any]] = {}  # call variant -> its compiled entry point
 _compile_lock = threading.Lock()
+_flex_attention: Callable[..., Any] | None = None  # torch's flex_attention, imported on first use
 
 
 def set_compile_on_cpu(enabled: bool) -> None:
@@ -37,21 +40,41 @@ def set_compile_on_cpu(enabled: bool) -> None:
     _compile_on_cpu = bool(enabled)
 
 
-def _flex_fn(device_type: str) -> Callable[..., Any]:
-    from torch.nn.attention.flex_attention import flex_attention
+def _call_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> Any:
+    return _flex_attention(q, k, v, **kwargs)  # type: ignore[misc]
 
-    if device_type == "cpu" and not _compile_on_cpu:
-        return flex_attention
-    global _compiled
-    if _compiled is None:
+
+def _own_code(fn: Callable[..., Any], n: int) -> Callable[..., Any]:
+    """A copy of ``fn`` with a code object of its own. torch._dynamo keeps compiled graphs, and counts its
+    recompile limit (8), per code object: one shared entry point for every call variant reached that limit
+    within one GPU test session (``compare()`` runs Flex with many score_mods, masks and batch sizes)."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{n}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+def _flex_fn(query: torch.Tensor, kwargs: dict[str, Any], with_lse: bool) -> Callable[..., Any]:
+    """The Flex entry point for this call: eager ``flex_attention`` on CPU (unless compiling there is on),
+    else a compiled entry point per call variant (device, dtype, score_mod, block mask or not, GQA, with
+    the log-sum-exp or not), each with automatic dynamic shapes: a variant's first new length recompiles
+    with symbolic sizes and later lengths reuse that graph (measured on CPU: ten lengths 17..260, three
+    graphs). So a variant recompiles only for its shapes, well inside the limit."""
+    global _flex_attention
+    if _flex_attention is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _flex_attention = flex_attention
+    if query.device.type == "cpu" and not _compile_on_cpu:
+        return _flex_attention
+    variant = (query.device, query.dtype, kwargs.get("score_mod"), kwargs.get("block_mask") is None,
+               bool(kwargs.get("enable_gqa")), with_lse)
+    fn = _compiled.get(variant)
+    if fn is None:
         with _compile_lock:
-            if _compiled is None:
-                # dynamic=None: the first new length recompiles with symbolic sizes and later lengths reuse
-                # that graph. dynamic=False compiled once per length and hit torch._dynamo's recompile
-                # limit (8) within one test session on an H200, after which Flex runs unfused; measured on
-                # CPU: ten prefill lengths 17..260 compiled 3 graphs instead of 10, results unchanged.
-                _compiled = torch.compile(flex_attention, dynamic=None)
-    return _compiled
+            fn = _compiled.get(variant)
+            if fn is None:
+                fn = torch.compile(_own_code(_call_flex, len(_compiled)), dynamic=None)
+                _compiled[variant] = fn
+    return fn
 
 
 def _no_grad_on_cpu(ctx) -> str | None:
@@ -155,15 +178,16 @@ def torch_flex_attention(query, key, value, attn_mask, is_causal, scale, dropout
     block_mask = None
     if causal or sliding_window is not None:
         block_mask = _block_mask(sq, sk, causal, sliding_window, str(query.device))
-    fn = _flex_fn(query.device.type)
     kwargs: dict[str, Any] = dict(block_mask=block_mask, scale=scale, enable_gqa=h != k.shape[1])
     if attn_mask is None:
         kwargs["score_mod"] = _softcap_mod(float(softcap)) if softcap else None
+        fn = _flex_fn(query, kwargs, sinks is not None)
         return _run(fn, q, k, v, kwargs, sinks, h, query.dtype).transpose(1, 2)
     mask = attn_mask
     if mask.dtype != torch.bool and mask.dtype != torch.float32:
         mask = mask.float()
     slot, kwargs["score_mod"] = _masked_mod(float(softcap) if softcap else None, mask.dtype == torch.bool)
+    fn = _flex_fn(query, kwargs, sinks is not None)
     with _mask_lock:
         slot.mask = mask.expand(b, h, sq, sk)
         try:

@@ -64,15 +64,37 @@ def test_flex_runs_under_no_grad_when_no_input_needs_grad(monkeypatch):
     from layerzero.kernels import torch_flex
 
     seen = []
-    real = torch_flex._flex_fn("cpu")
+    real = torch_flex._flex_fn(torch.empty(0), {}, False)
 
     def spy(*args, **kwargs):
         seen.append(torch.is_grad_enabled())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch_flex, "_flex_fn", lambda device_type: spy)
+    monkeypatch.setattr(torch_flex, "_flex_fn", lambda query, kwargs, with_lse: spy)
     q, k, v = (torch.randn(1, 8, 2, 16) for _ in range(3))
     out = torch_flex.torch_flex_attention(q, k, v, is_causal=True)
     with torch.no_grad():
         torch_flex.torch_flex_attention(q, k, v, is_causal=True)
     assert seen == [False, False] and not out.requires_grad
+
+
+def test_compiled_flex_gives_each_call_variant_its_own_entry_point(monkeypatch):
+    """torch._dynamo counts its recompile limit (8) per code object: one compiled entry point shared by every
+    call variant (score_mods, masks, dtypes, devices) hit it in one GPU test session. Each variant gets a
+    compiled function with a code object of its own; the same variant gets the same one back."""
+    from layerzero.kernels import torch_flex
+
+    monkeypatch.setattr(torch_flex, "_compile_on_cpu", True)
+    monkeypatch.setattr(torch_flex, "_compiled", {})
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append((fn, kw)) or fn)
+    q = torch.empty(1, 2, 8, 16)
+    causal = {"block_mask": object(), "enable_gqa": False, "score_mod": None}
+    capped = {**causal, "score_mod": torch_flex._softcap_mod(5.0)}
+    first = torch_flex._flex_fn(q, causal, False)
+    assert torch_flex._flex_fn(q, dict(causal), False) is first
+    others = [torch_flex._flex_fn(q, capped, False), torch_flex._flex_fn(q, causal, True),
+              torch_flex._flex_fn(q.to(torch.bfloat16), causal, False)]
+    codes = {fn.__code__ for fn, _ in compiled}
+    assert len(compiled) == 4 and len(codes) == 4 and all(kw == {"dynamic": None} for _, kw in compiled)
+    assert all(fn is not first for fn in others)
