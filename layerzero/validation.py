@@ -33,6 +33,7 @@ from layerzero.operations.base import FLOATS, Problem
 __all__ = [
     "TOLERANCES",
     "compare_outputs",
+    "outputs_match",
     "problems",
     "tolerance",
     "validate",
@@ -73,27 +74,55 @@ def compare_outputs(operation: str, out: Any, expected: Any, arguments: Mapping[
     refs = expected if isinstance(expected, (tuple, list)) else (expected,)
     if len(outs) != len(refs):
         return f"returned {len(outs)} tensors, the reference {len(refs)}"
-    defined = defined_rows(operation, arguments)
-    op = _operations.find(operation) if arguments else None
-    scales = op.error_scales(arguments) if op is not None else None
+    defined, scales = _comparison_facts(operation, arguments)
     for i, (o, r) in enumerate(zip(outs, refs)):
         if not isinstance(o, torch.Tensor):
             return f"output {i} is {type(o).__name__}, not a tensor"
         if tuple(o.shape) != tuple(r.shape):
             return f"output {i} has shape {tuple(o.shape)}, the reference {tuple(r.shape)}"
-        atol, rtol = tolerance(operation, o.dtype)
-        of, rf = o.detach().float(), r.detach().float().to(o.device)
-        if defined is not None and i == 0:
-            of = torch.where(defined.to(of.device), of, rf)  # an undefined element takes the reference's value
-        bad_ref = ~torch.isfinite(rf)
+        of, rf, bad_ref, ok, (atol, rtol) = _within_tolerance(operation, i, o, r, defined, scales)
         if bool((~torch.isfinite(of) & ~bad_ref).any()):
             return f"output {i} has NaN or Inf where the reference has none"
-        magnitude = rf.abs() if scales is None else torch.maximum(rf.abs(), scales[i].to(rf.device))
-        ok = bad_ref | ((of - rf).abs() <= atol + rtol * magnitude)
         if not bool(ok.all()):
             err = float(((of - rf).abs().masked_fill(bad_ref, 0)).max())
             return f"output {i} max error {err:.4g} > tolerance (atol {atol:g}, rtol {rtol:g}, {o.dtype})"
     return None
+
+
+def outputs_match(operation: str, out: Any, expected: Any, arguments: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """The verdict of :func:`compare_outputs` as a bool tensor on the outputs' device, without a host sync
+    (the canary's sampled checks on CUDA read it once the device has finished). Same tolerances, undefined
+    elements and error scales; outputs are assumed to have the reference's shapes."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    refs = expected if isinstance(expected, (tuple, list)) else (expected,)
+    defined, scales = _comparison_facts(operation, arguments)
+    verdict = None
+    for i, (o, r) in enumerate(zip(outs, refs)):
+        ok = _within_tolerance(operation, i, o, r, defined, scales)[3].all()
+        verdict = ok if verdict is None else verdict & ok
+    return verdict if verdict is not None else torch.tensor(True)
+
+
+def _comparison_facts(operation: str, arguments: Mapping[str, Any] | None) -> tuple[Any, Any]:
+    """(defined elements, error scales) of a call, or (None, None) without its arguments."""
+    if not arguments:
+        return None, None
+    op = _operations.find(operation)
+    if op is None:
+        return None, None
+    return op.defined_rows(arguments), op.error_scales(arguments)
+
+
+def _within_tolerance(operation: str, i: int, o: torch.Tensor, r: torch.Tensor, defined: Any, scales: Any) -> tuple:
+    """(output, reference, reference-not-finite mask, within-tolerance mask, (atol, rtol)) of output ``i``,
+    in fp32; an element the contract leaves undefined takes the reference's value."""
+    atol, rtol = tolerance(operation, o.dtype)
+    of, rf = o.detach().float(), r.detach().float().to(o.device)
+    if defined is not None and i == 0:
+        of = torch.where(defined.to(of.device), of, rf)
+    bad_ref = ~torch.isfinite(rf)
+    magnitude = rf.abs() if scales is None else torch.maximum(rf.abs(), scales[i].to(rf.device))
+    return of, rf, bad_ref, bad_ref | ((of - rf).abs() <= atol + rtol * magnitude), (atol, rtol)
 
 
 def defined_rows(operation: str, arguments: Mapping[str, Any] | None) -> torch.Tensor | None:
