@@ -32,8 +32,17 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from hf_eager_peers import (  # noqa: E402
+    eager_geglu,
+    eager_swiglu,
+    hf_add_rms_norm,
+    hf_apply_rotary_pos_emb,
+    hf_llama_rms_norm,
+)
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -105,41 +114,6 @@ def _liger() -> Any:
         }
     except Exception as e:  # not installed, or broken for this torch/triton
         return str(e)
-
-
-def hf_llama_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """``LlamaRMSNorm.forward`` as Transformers writes it."""
-    dtype = x.dtype
-    h = x.to(torch.float32)
-    var = h.pow(2).mean(-1, keepdim=True)
-    h = h * torch.rsqrt(var + eps)
-    return w * h.to(dtype)
-
-
-def hf_add_rms_norm(x: torch.Tensor, r: torch.Tensor, w: torch.Tensor, eps: float):
-    h = x + r
-    return hf_llama_rms_norm(h, w, eps), h
-
-
-def hf_rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1 = x[..., : x.shape[-1] // 2]
-    x2 = x[..., x.shape[-1] // 2 :]
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def hf_apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
-    """``apply_rotary_pos_emb`` as Transformers writes it (Llama)."""
-    cos = cos.unsqueeze(unsqueeze_dim)
-    sin = sin.unsqueeze(unsqueeze_dim)
-    return (q * cos) + (hf_rotate_half(q) * sin), (k * cos) + (hf_rotate_half(k) * sin)
-
-
-def eager_swiglu(g, u):
-    return F.silu(g) * u
-
-
-def eager_geglu(g, u):
-    return F.gelu(g, approximate="tanh") * u
 
 
 # ---------------------------------------------------------------------------------------------- cases
