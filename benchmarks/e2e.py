@@ -73,16 +73,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn: Callable[[], Any], device: str, warmup: int, repeats: int) -> float:
-    """Median seconds of ``fn`` after ``warmup`` calls."""
+def time_fn(fn: Callable[[], Any], device: str, warmup: int, repeats: int,
+            sync: Callable[[], None] | None = None) -> float:
+    """Median wall seconds of ``fn`` after ``warmup`` calls, each timed call ended by ``sync`` (default: the
+    current CUDA device when ``device`` is CUDA; a model split over GPUs passes one that waits for all)."""
+    sync = sync or (lambda: _sync(device))
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

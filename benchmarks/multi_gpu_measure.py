@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import torch
 
+from e2e import time_fn
+
 
 FP32_TOL = 1e-4
 
@@ -37,16 +39,7 @@ def _sync(device_type: str) -> None:
 
 
 def _median_seconds(fn: Callable[[], Any], device_type: str, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device_type)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device_type)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time_fn(fn, device_type, warmup, repeats, sync=lambda: _sync(device_type))
 
 
 def _ids(shape: tuple[int, int], vocab: int, device: Any, seed: int) -> torch.Tensor:
