@@ -114,16 +114,16 @@ def prefill_tps(model, device: str, batch: int, seq: int, vocab: int, warmup: in
     return batch * seq / time_fn(run, device, warmup, repeats)
 
 
-class _StepClock:
+class StepClock:
     """A logits processor that timestamps every decode step (after a device sync), so ms/step excludes the
-    prefill without subtracting two noisy measurements."""
+    prefill without subtracting two noisy measurements. ``sync`` as in :func:`time_fn`."""
 
-    def __init__(self, device: str):
-        self.device = device
+    def __init__(self, device: str, sync: Callable[[], None] | None = None):
+        self.sync = sync or (lambda: _sync(device))
         self.stamps: list[float] = []
 
     def __call__(self, input_ids, scores):
-        _sync(self.device)
+        self.sync()
         self.stamps.append(time.perf_counter())
         return scores
 
@@ -151,7 +151,7 @@ def decode_ms(model, device: str, vocab: int, prompt: int, steps: int, cache: st
     ids = torch.randint(3, vocab, (batch, prompt), device=device)
     per_step: list[float] = []
     for i in range(repeats + 1):  # the first run warms up (and compiles, for the static cache on CUDA)
-        clock = _StepClock(device)
+        clock = StepClock(device)
         model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0,
                        eos_token_id=None, cache_implementation=cache, logits_processor=LogitsProcessorList([clock]))
         if i:

@@ -8,12 +8,11 @@ import argparse
 import gc
 import os
 import statistics
-import time
 from typing import Any, Callable
 
 import torch
 
-from e2e import time_fn
+from e2e import StepClock, time_fn
 
 
 FP32_TOL = 1e-4
@@ -45,19 +44,6 @@ def _median_seconds(fn: Callable[[], Any], device_type: str, warmup: int, repeat
 def _ids(shape: tuple[int, int], vocab: int, device: Any, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, shape, generator=g).to(device)
-
-
-class _StepClock:
-    """Logits processor that timestamps each decode step after a sync, so ms/step excludes the prefill."""
-
-    def __init__(self, device_type: str):
-        self.device_type = device_type
-        self.stamps: list[float] = []
-
-    def __call__(self, input_ids, scores):
-        _sync(self.device_type)
-        self.stamps.append(time.perf_counter())
-        return scores
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -97,7 +83,7 @@ def measure(model, args: argparse.Namespace, input_device: Any, device_type: str
     prompt = _ids((1, args.prompt), vocab, input_device, seed=11)
     per_step: list[float] = []
     for i in range(args.repeats + 1):  # the first run warms up
-        clock = _StepClock(device_type)
+        clock = StepClock(device_type, sync=lambda: _sync(device_type))
         model.generate(prompt, max_new_tokens=args.steps, min_new_tokens=args.steps, do_sample=False, pad_token_id=0,
                        eos_token_id=None, logits_processor=LogitsProcessorList([clock]))
         if i:
