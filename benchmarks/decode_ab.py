@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from e2e import ARCHS, TINY, build_model, decode_ms, versions  # noqa: E402
+from result_files import write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -76,10 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         *[f"| {i + 1} | {r['hf_sdpa']:.2f} | {r['layerzero']:.2f} | {r['speedup']:.2f}x |" for i, r in enumerate(rounds)],
         "", f"Median speed-up over rounds: **{result['median_speedup']:.2f}x**; kernels (last round): "
         + ", ".join(f"{k}: {n}" for k, n in sorted(kernels.items())), ""])
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    if args.md:
-        args.md.write_text(md)
+    write_result(result, md, args.json, args.md)
     print(md)
     return result
 

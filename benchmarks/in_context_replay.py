@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 if not torch.cuda.is_available():  # Triton kernels run on CPU through the interpreter, chosen at import
     os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from result_files import write_result  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -213,10 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("\n".join(table(result)))
     for f in result["failures"]:
         print(f"FAIL {f['arch']}/{f['size']}/{f['dtype']} {f['kernel']}: {f['call']}: {f['error']}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=str))
-    if args.md:
-        args.md.write_text(markdown(result))
+    write_result(result, markdown(result), args.json, args.md)
     return result
 
 

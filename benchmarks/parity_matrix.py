@@ -29,7 +29,6 @@ each half-precision run with the fp32 run: max |patched - fp32| <= 2 x max |base
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -45,6 +44,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from in_context_replay import DTYPES, device_name, versions  # noqa: E402
+from result_files import write_result  # noqa: E402
 
 CASES = ("dynamic", "static", "padded")
 EPS = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
@@ -320,10 +320,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "rows": rows}
     print()
     print("\n".join(table(rows)))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=str))
-    if args.md:
-        args.md.write_text(markdown(result))
+    write_result(result, markdown(result), args.json, args.md)
     return result
 
 

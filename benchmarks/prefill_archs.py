@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from e2e import GPU_PREFILL, prefill_tps, versions  # noqa: E402
+from result_files import write_result  # noqa: E402
 
 SHAPES_QUICK = [(1, 32), (2, 16)]
 # Transformers refuses sdpa for gpt-oss (attention sinks): its baseline (and Liger's model) is HF eager
@@ -133,10 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                f"head_dim {size.head_dim}, intermediate {size.intermediate}, window {size.window}"},
               "rows": rows}
     md = markdown(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    if args.md:
-        args.md.write_text(md)
+    write_result(result, md, args.json, args.md)
     print(md)
     return result
 
