@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 __all__ = ["DEFAULT_POLICY", "MODEL_RULES", "configured_data_file", "find_data_file", "packaged_data_file",
            "packaged_data_files"]
@@ -43,18 +43,7 @@ def configured_data_file(env_var: str | Sequence[str]) -> Path | None:
 
 def packaged_data_file(name: str) -> Path | None:
     """The shipped file ``name`` (a ``/``-separated path under ``layerzero/data``), else None."""
-    parts = [p for p in name.split("/") if p]
-    try:
-        resource = importlib.resources.files(_PACKAGE).joinpath(_DATA_DIR, *parts)
-        if isinstance(resource, Path) and resource.is_file():
-            return resource
-    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
-        pass
-    repo = Path(__file__).resolve().parent.parent
-    candidate = repo.joinpath(*parts)
-    if (repo / "pyproject.toml").is_file() and candidate.is_file():
-        return candidate
-    return None
+    return next((p for p in _shipped_paths(name) if p.is_file()), None)
 
 
 def find_data_file(name: str, *, env_var: str | Sequence[str] | None = None, packaged: bool = True) -> Path | None:
@@ -70,17 +59,24 @@ def packaged_data_files(folder: str, suffix: str) -> list[Path]:
     """The shipped files of ``folder`` (under ``layerzero/data``) whose names end in ``suffix``, sorted by name:
     the package data when it has any, else the source checkout's folder (the same order as
     :func:`packaged_data_file`)."""
-    parts = [p for p in folder.split("/") if p]
-    try:
-        root = importlib.resources.files(_PACKAGE).joinpath(_DATA_DIR, *parts)
-        if isinstance(root, Path) and root.is_dir():
+    for root in _shipped_paths(folder):
+        if root.is_dir():
             found = sorted((f for f in root.iterdir() if f.name.endswith(suffix) and f.is_file()), key=lambda f: f.name)
             if found:
                 return found
-    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
-        pass
-    repo = Path(__file__).resolve().parent.parent
-    candidate = repo.joinpath(*parts)
-    if (repo / "pyproject.toml").is_file() and candidate.is_dir():
-        return sorted((f for f in candidate.iterdir() if f.name.endswith(suffix) and f.is_file()), key=lambda f: f.name)
     return []
+
+
+def _shipped_paths(name: str) -> Iterator[Path]:
+    """Where a shipped path can be, in the order looked up (lazily: a caller stops at the first it accepts):
+    the package data, then, in a source checkout, the repository's own copy."""
+    parts = [p for p in name.split("/") if p]
+    try:
+        resource = importlib.resources.files(_PACKAGE).joinpath(_DATA_DIR, *parts)
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        resource = None
+    if isinstance(resource, Path):
+        yield resource
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file():
+        yield repo.joinpath(*parts)
