@@ -129,6 +129,8 @@ class Dispatcher(BaseDispatcher):
             start = resolve_policy(config, policy, self.kernel_registry)
         #: The selection state calls run under (read-only; replaced by ``set_policy`` and ``refresh``).
         self.state = SelectionState(self.make_engine(start), start, None, track_in_flight)
+        if track_in_flight:
+            self.execute = self._execute_counted  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ selection state
     @property
@@ -222,38 +224,52 @@ class Dispatcher(BaseDispatcher):
         context: SelectionContext | None,
         kwargs: dict[str, Any],
         want_result: bool,
+        state: SelectionState | None = None,
     ) -> Any:
         """``dispatch`` (``want_result`` True) or ``call`` (False) with the keyword arguments as one dict:
-        the entry point of routers that already hold that dict (the orchestrator), saving a repack."""
-        # The hot path. Kept flat on purpose: every attribute lookup and call here costs ~50-100 ns.
+        the entry point of routers that already hold that dict (the orchestrator), saving a repack.
+        ``state`` is the selection state to run under (default: the current one)."""
+        # The hot path. Kept flat on purpose: every attribute lookup and call here costs ~50-100 ns. A
+        # dispatcher that counts calls in flight replaces this method on the instance by _execute_counted,
+        # which passes the state it registered the call under; so the plain path pays nothing for counting.
         t0 = perf_counter_ns()
-        state = self.state  # read once: the whole call runs under one policy version
-        inflight = state.inflight
-        if inflight is not None:
-            state = self._enter(state)
-            inflight = state.inflight
+        if state is None:
+            state = self.state  # read once: the whole call runs under one policy version
+        if operation in _ATTENTION_OPS and "is_causal" not in kwargs:
+            # "attention.causal"/"prefill" are causal by name; a context can make other attention causal.
+            kwargs = {**kwargs, "is_causal": default_is_causal(operation) or (context is not None and context.is_causal)}
+        overrides = _active_overrides()
+        if overrides:  # inside a use_kernels() block
+            forced = kernel_override(overrides, operation)
+            if forced is not None:
+                return self._run_forced(forced, operation, inputs, context, kwargs, t0, want_result)
+        engine = state.engine
+        if context is None:
+            key = state.keyer(operation, inputs, kwargs)
+        else:
+            key = (operation, engine.bucket_context(context))
+        plan = engine.lookup(key)
+        hit = plan is not None
+        if not hit:
+            plan = self._miss(state, key, operation, inputs, context, kwargs)
+        return self.runner.run(plan, hit, operation, inputs, kwargs, t0, want_result, key)
+
+    def _execute_counted(
+        self,
+        operation: str,
+        inputs: Mapping[str, Any],
+        context: SelectionContext | None,
+        kwargs: dict[str, Any],
+        want_result: bool,
+        state: SelectionState | None = None,
+    ) -> Any:
+        """``execute`` with the call counted in flight under its state for the whole run (the instance's
+        ``execute`` when the dispatcher tracks calls in flight)."""
+        state = self._enter(self.state)
         try:
-            if operation in _ATTENTION_OPS and "is_causal" not in kwargs:
-                # "attention.causal"/"prefill" are causal by name; a context can make other attention causal.
-                kwargs = {**kwargs, "is_causal": default_is_causal(operation) or (context is not None and context.is_causal)}
-            overrides = _active_overrides()
-            if overrides:  # inside a use_kernels() block
-                forced = kernel_override(overrides, operation)
-                if forced is not None:
-                    return self._run_forced(forced, operation, inputs, context, kwargs, t0, want_result)
-            engine = state.engine
-            if context is None:
-                key = state.keyer(operation, inputs, kwargs)
-            else:
-                key = (operation, engine.bucket_context(context))
-            plan = engine.lookup(key)
-            hit = plan is not None
-            if not hit:
-                plan = self._miss(state, key, operation, inputs, context, kwargs)
-            return self.runner.run(plan, hit, operation, inputs, kwargs, t0, want_result, key)
+            return Dispatcher.execute(self, operation, inputs, context, kwargs, want_result, state)
         finally:
-            if inflight is not None:
-                inflight.pop()
+            state.inflight.pop()  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ internals
     def _enter(self, state: SelectionState) -> SelectionState:

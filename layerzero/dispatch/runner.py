@@ -102,9 +102,8 @@ class Runner:
         t1 = perf_counter_ns()
         spec = plan.kernels[0]
         circuit = None
-        circuits = self.circuits
-        if circuits is not None:
-            circuit = circuits.existing(plan.circuit_keys[0]) or circuits.get_circuit(plan.circuit_keys[0])
+        if self.circuits is not None:
+            circuit = self.circuits.existing(plan.circuit_keys[0]) or self.circuits.get_circuit(plan.circuit_keys[0])
             # A healthy breaker (CLOSED, no failure counted) is one attribute read; anything else asks it.
             if not circuit.healthy and not circuit.allow_request():
                 result = self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [], skipped=[spec.kernel_id])

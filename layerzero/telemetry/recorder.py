@@ -80,21 +80,22 @@ class TelemetrySnapshot:
 
 
 class _Ring:
-    """Fixed-size sample buffer. Written without a lock (see module docstring)."""
+    """Fixed-size sample buffer. Written without a lock (see module docstring): the writer stores at
+    ``buf[count % n]`` and then increments ``count`` (two statements, inlined in ``record``)."""
 
-    __slots__ = ("buf", "pos", "full", "n")
+    __slots__ = ("buf", "count", "n")
 
     def __init__(self, n: int):
         self.buf: list[int] = [0] * n
-        self.pos = 0
-        self.full = False
+        self.count = 0
         self.n = n
 
     def samples(self) -> list[int]:
-        # Read pos/full once: a concurrent writer may move them, and slicing a consistent prefix is enough.
-        if self.full:
+        # Read count once: a concurrent writer may move it, and slicing a consistent prefix is enough.
+        count = self.count
+        if count >= self.n:
             return list(self.buf)
-        return self.buf[: self.pos]
+        return self.buf[:count]
 
 
 class _ThreadRows:
@@ -190,14 +191,11 @@ class DispatchTelemetry:
         ring = self._rings.get(kernel_id)
         if ring is None:
             ring = self._ring_for(kernel_id)
-        for r in (ring, self._all):  # this kernel's samples, then all calls'; written inline (hot path)
-            p = r.pos
-            r.buf[p] = total_ns
-            p += 1
-            if p == r.n:
-                r.full = True
-                p = 0
-            r.pos = p
+        ring.buf[ring.count % ring.n] = total_ns  # this kernel's samples (_Ring, inlined: hot path)
+        ring.count += 1
+        ring = self._all  # all calls' samples
+        ring.buf[ring.count % ring.n] = total_ns
+        ring.count += 1
 
     def _register(self) -> dict[tuple[str, str], list[int]]:
         t = _ThreadRows(threading.current_thread())
