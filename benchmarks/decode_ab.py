@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--profile", action="store_true", help="also profile one decode run per variant (host side)")
     ap.add_argument("--quick", action="store_true", help="CPU smoke test on a tiny config")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
@@ -49,37 +50,99 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.prompt, args.steps, args.batch, args.rounds = 8, 4, 2, min(args.rounds, 2)
     model = build_model(cfg, dtype, device, "sdpa", config_class=config_class)
     vocab = cfg["vocab_size"]
-    rounds: list[dict[str, float]] = []
-    kernels: dict[str, int] = {}
+    from layerzero.dispatch import DispatchConfig
+
+    variants = {  # name -> patch keywords; sampled verification is on by default, off in the third
+        "layerzero": {},
+        "layerzero_unsampled": {"dispatch_config": DispatchConfig(verify_sample_every=0)},
+    }
+    rounds: list[dict[str, Any]] = []
     for _ in range(args.rounds):
-        row = {"hf_sdpa": decode_ms(model, device, vocab, args.prompt, args.steps, None, 1, args.batch)}
-        with layerzero_hf.patched(model, attention=True):
-            row["layerzero"] = decode_ms(model, device, vocab, args.prompt, args.steps, None, 1, args.batch)
-            snap = layerzero_hf.model_telemetry(model)["snapshot"]
-            kernels = {k: v.calls for k, v in snap.per_kernel.items() if v.calls}
-        row["speedup"] = row["hf_sdpa"] / row["layerzero"]
+        row: dict[str, Any] = {"hf_sdpa": decode_ms(model, device, vocab, args.prompt, args.steps, None, 1, args.batch)}
+        for name, keywords in variants.items():
+            with layerzero_hf.patched(model, attention=True, **keywords):
+                row[name] = decode_ms(model, device, vocab, args.prompt, args.steps, None, 1, args.batch)
+                row[f"{name}_kernels"] = _kernel_counts(layerzero_hf.model_telemetry(model)["snapshot"])
+            row[f"{name}_speedup"] = row["hf_sdpa"] / row[name]
         print(json.dumps(row), flush=True)
         rounds.append(row)
+    profile = _profile(model, device, vocab, args, layerzero_hf) if args.profile else None
     result = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "arch": args.arch,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype).removeprefix("torch."),
         "decode": {"batch": args.batch, "prompt": args.prompt, "new_tokens": args.steps, "cache": "dynamic"},
-        "versions": versions(), "rounds": rounds, "kernels": kernels,
-        "median_ms": {v: statistics.median(r[v] for r in rounds) for v in ("hf_sdpa", "layerzero")},
-        "median_speedup": statistics.median(r["speedup"] for r in rounds),
+        "versions": versions(), "rounds": rounds, "profile": profile,
+        "median_ms": {v: statistics.median(r[v] for r in rounds) for v in ("hf_sdpa", *variants)},
+        "median_speedup": {v: statistics.median(r[f"{v}_speedup"] for r in rounds) for v in variants},
     }
     v = result["versions"]
     md = "\n".join([
         f"# Decode A/B, {args.arch}: LayerZero vs HF sdpa, alternating ({result['date']})", "",
         f"{result['device']}; {result['dtype']}; torch {v['torch']}, transformers {v['transformers']}; commit {v['git']}. "
         f"Dynamic cache, batch {args.batch}, prompt {args.prompt}, {args.steps} new tokens; ms/step = median of steps 2..N.", "",
-        "| round | HF sdpa ms/step | LayerZero ms/step | speed-up |", "|---|---|---|---|",
-        *[f"| {i + 1} | {r['hf_sdpa']:.2f} | {r['layerzero']:.2f} | {r['speedup']:.2f}x |" for i, r in enumerate(rounds)],
-        "", f"Median speed-up over rounds: **{result['median_speedup']:.2f}x**; kernels (last round): "
-        + ", ".join(f"{k}: {n}" for k, n in sorted(kernels.items())), ""])
+        "| round | HF sdpa ms/step | LayerZero ms/step | speed-up | LayerZero, sampled checks off | speed-up | "
+        "kernel failures (sampled on / off) |", "|---|---|---|---|---|---|---|",
+        *[f"| {i + 1} | {r['hf_sdpa']:.2f} | {r['layerzero']:.2f} | {r['layerzero_speedup']:.2f}x | "
+          f"{r['layerzero_unsampled']:.2f} | {r['layerzero_unsampled_speedup']:.2f}x | "
+          f"{_failures(r['layerzero_kernels'])} / {_failures(r['layerzero_unsampled_kernels'])} |"
+          for i, r in enumerate(rounds)],
+        "", "Median speed-up over rounds: **" + ", ".join(f"{v} {x:.2f}x" for v, x in result["median_speedup"].items())
+        + "**; kernels (calls, last round): " + ", ".join(f"{k}: {c}" for k, (c, _) in
+                                                         sorted(rounds[-1]["layerzero_kernels"].items())), ""])
+    if profile:
+        md += "\n" + _profile_table(profile)
     write_result(result, md, args.json, args.md)
     print(md)
     return result
+
+
+def _kernel_counts(snapshot: Any) -> dict[str, tuple[int, int]]:
+    """kernel id -> (calls, failures) of one patched run (a failure is an exception or a failed check)."""
+    return {k: (v.calls, v.failures) for k, v in snapshot.per_kernel.items() if v.calls or v.failures}
+
+
+def _failures(kernels: dict[str, tuple[int, int]]) -> str:
+    failed = {k: f for k, (_, f) in kernels.items() if f}
+    return ", ".join(f"{k} {f}" for k, f in sorted(failed.items())) or "0"
+
+
+def _profile(model: Any, device: str, vocab: int, args: argparse.Namespace, layerzero_hf: Any) -> dict[str, Any]:
+    """Host-side cost of one decode run per variant (torch.profiler, CPU activity): the ops with the most
+    self CPU time and the total, so a gap between the variants can be read op by op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.randint(3, vocab, (args.batch, args.prompt), device=device)
+
+    def run() -> None:
+        model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    out: dict[str, Any] = {}
+    for name in ("hf_sdpa", "layerzero"):
+        with layerzero_hf.patched(model, attention=True) if name == "layerzero" else _no_patch():
+            run()  # warm-up (selection, first-call checks)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                run()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        out[name] = {"self_cpu_total_ms": sum(e.self_cpu_time_total for e in events) / 1e3,
+                     "top": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3}
+                             for e in events[:25]]}
+    return out
+
+
+def _no_patch() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _profile_table(profile: dict[str, Any]) -> str:
+    lines = ["## Host profile of one 8-step decode (self CPU time)", ""]
+    for name, p in profile.items():
+        lines += [f"**{name}**: {p['self_cpu_total_ms']:.1f} ms in all", "", "| op | calls | self CPU ms |",
+                  "|---|---:|---:|", *[f"| `{e['name']}` | {e['calls']} | {e['self_cpu_ms']:.2f} |" for e in p["top"][:12]], ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

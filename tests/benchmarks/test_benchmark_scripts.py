@@ -67,7 +67,13 @@ def test_prefill_archs_quick(tmp_path):
 def test_decode_ab_quick(tmp_path):
     """The alternating decode A/B runs both variants every round on one model and reports per-round ratios."""
     pytest.importorskip("transformers")
-    out = _load("decode_ab").main(["--quick", "--arch", "llama-1b", "--rounds", "2", "--json", str(tmp_path / "d.json")])
-    assert len(out["rounds"]) == 2 and all(r["hf_sdpa"] > 0 and r["layerzero"] > 0 for r in out["rounds"])
-    assert out["median_speedup"] > 0 and any(k.endswith("attention") for k in out["kernels"])
+    out = _load("decode_ab").main(["--quick", "--arch", "llama-1b", "--rounds", "2", "--profile",
+                                   "--json", str(tmp_path / "d.json"), "--md", str(tmp_path / "d.md")])
+    assert len(out["rounds"]) == 2
+    for r in out["rounds"]:
+        assert r["hf_sdpa"] > 0 and r["layerzero"] > 0 and r["layerzero_unsampled"] > 0
+        assert any(k.endswith("attention") and calls for k, (calls, _) in r["layerzero_kernels"].items())
+    assert out["median_speedup"]["layerzero"] > 0 and out["median_speedup"]["layerzero_unsampled"] > 0
+    assert {e["name"] for e in out["profile"]["layerzero"]["top"]} and out["profile"]["hf_sdpa"]["self_cpu_total_ms"] > 0
+    assert "sampled checks off" in (tmp_path / "d.md").read_text()
     assert json.loads((tmp_path / "d.json").read_text())["arch"] == "llama-1b"
