@@ -17,11 +17,13 @@
 #             loads what run1 compiled from its workspace (FLASHINFER_WORKSPACE_BASE). Do not set
 #             FLASHINFER_DISABLE_JIT: it restricts FlashInfer to its ahead-of-time package and ignores that
 #             workspace (measured: every module run1 had built was reported missing).
+#   recheck - (carry .whl, no install) after a change that FlashInfer does not touch, in one call: the
+#             decode A/B, then pytest -m gpu beside the replay and the parity matrix, FlashInfer off the path.
 #   bench   - (carry .whl, optional, after run1 with --shapes all) the end-to-end models of
 #             benchmarks/e2e.py.
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
 set -uo pipefail
-stage=${1:?stage: install|run1|run2|bench}
+stage=${1:?stage: install|run1|run2|recheck|bench}
 OUT=${OUT:-/tmp/lz-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 # every compile cache under /tmp, which survives between the calls of one warm machine
@@ -106,6 +108,24 @@ if [ "$stage" = run2 ]; then
   section "recompile-limit warnings"
   grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log /tmp/md.log >> "$LOG" 2>&1
   tail -30 "$OUT/pytest-gpu.log"
+elif [ "$stage" = recheck ]; then  # one call, no install: FlashInfer off the path (its tests skip)
+  section "quiet: Gemma2-2B decode A/B (+ host profile)"
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/decode_ab.py --arch gemma2-2b --rounds "${DECODE_ROUNDS:-7}" --profile \
+    --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/dab.log 2>&1; echo "decode_ab rc=$?" >> /tmp/dab.log
+  tail -3 /tmp/dab.log >> "$LOG"
+  section "pytest -m gpu (GPU 0) | replay, parity (GPU $G1)"
+  (CUDA_VISIBLE_DEVICES=0 LAYERZERO_FAIL_ON_RECOMPILE_LIMIT=1 timeout $((560 - SECONDS)) python3 -m pytest -m gpu -q -p no:cacheprovider \
+     -rs tests --ignore=tests/multidevice > "$OUT/pytest-gpu.log" 2>&1; echo "pytest rc=$?" >> "$OUT/pytest-gpu.log") &
+  (export CUDA_VISIBLE_DEVICES=$G1
+   timeout 240 python3 benchmarks/in_context_replay.py --jobs 9 --json "$OUT/replay.json" --md "$OUT/replay.md" > /tmp/replay.log 2>&1
+   echo "replay rc=$?" >> /tmp/replay.log
+   timeout 190 python3 benchmarks/parity_matrix.py --json "$OUT/parity.json" --md "$OUT/parity.md" > /tmp/parity.log 2>&1
+   echo "parity rc=$?" >> /tmp/parity.log) &
+  wait
+  for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -6 "$f" >> "$LOG"; done
+  section "recompile-limit warnings"
+  grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log >> "$LOG" 2>&1
+  tail -4 "$OUT/pytest-gpu.log" >> "$LOG"
 elif [ "$stage" = bench ]; then
   section "e2e (GPU 0: llama-1b + compiled prefill, qwen3-1.7b; GPU 1: gemma2-2b)"
   e2e() {  # arch, time limit, extra options

@@ -125,17 +125,18 @@ def flashinfer_decode_attention(query, key, value, attn_mask, is_causal, scale, 
     window_left = _window_left(sliding_window)
     cap = float(softcap) if softcap else None
     tensor_cores = (h // hkv) >= 4  # FlashInfer's advice for grouped heads
+    layout, k, v = _kv_in_place(key, value)
     if b == 1:
         out = flashinfer.single_decode_with_kv_cache(
-            query[0, 0], key[0], value[0], kv_layout="NHD", use_tensor_cores=tensor_cores,
+            query[0, 0], k[0], v[0], kv_layout=layout, use_tensor_cores=tensor_cores,
             window_left=window_left, logits_soft_cap=cap, sm_scale=scale,
         )
         return out.reshape(1, 1, h, -1)
-    wkey = ("decode", str(query.device), b, sk, h, hkv, d, query.dtype, window_left, cap, scale)
+    wkey = ("decode", str(query.device), b, sk, h, hkv, d, query.dtype, window_left, cap, scale, layout)
     wrapper = _wrappers.get(wkey)
     if wrapper is None:
         wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            _workspace(query.device), "NHD", use_tensor_cores=tensor_cores
+            _workspace(query.device), layout, use_tensor_cores=tensor_cores
         )
         dev = query.device
         wrapper.plan(
@@ -146,8 +147,19 @@ def flashinfer_decode_attention(query, key, value, attn_mask, is_causal, scale, 
             q_data_type=query.dtype, kv_data_type=key.dtype,
         )
         _remember(wkey, wrapper)
-    out = wrapper.run(query.reshape(b, h, d), (key.contiguous(), value.contiguous()))
+    out = wrapper.run(query.reshape(b, h, d), (k, v))  # one page per sequence: (B, S, H, D) or (B, H, S, D)
     return out.reshape(b, 1, h, -1)
+
+
+def _kv_in_place(key: torch.Tensor, value: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """FlashInfer's KV layout for the cache as it lies, and the tensors in it: "HND" for the transposed
+    view a Transformers cache passes (its storage is (B, H, S, D)), "NHD" for (B, S, H, D), a copy only
+    when neither is contiguous. FlashInfer requires contiguous pages; the replay of real decode calls on an
+    H200 failed here ("k must be contiguous") while the synthetic conformance tests, contiguous, passed."""
+    hk, hv = key.transpose(1, 2), value.transpose(1, 2)
+    if hk.is_contiguous() and hv.is_contiguous():
+        return "HND", hk, hv
+    return "NHD", key.contiguous(), value.contiguous()
 
 
 @implements(RMS_NORM)

@@ -52,21 +52,27 @@ def _own_code(fn: Callable[..., Any], n: int) -> Callable[..., Any]:
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
-def _flex_fn(query: torch.Tensor, kwargs: dict[str, Any], with_lse: bool) -> Callable[..., Any]:
+def _flex_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict[str, Any], with_lse: bool) -> Callable[..., Any]:
     """The Flex entry point for this call: eager ``flex_attention`` on CPU (unless compiling there is on),
-    else a compiled entry point per call variant (device, dtype, score_mod, block mask or not, GQA, with
-    the log-sum-exp or not), each with automatic dynamic shapes: a variant's first new length recompiles
-    with symbolic sizes and later lengths reuse that graph (measured on CPU: ten lengths 17..260, three
-    graphs). So a variant recompiles only for its shapes, well inside the limit."""
+    else a compiled entry point per call variant, each with automatic dynamic shapes: a variant's first new
+    length recompiles with symbolic sizes and later lengths reuse that graph (measured on CPU: ten lengths
+    17..260, three graphs). The variant is everything a symbolic graph cannot absorb: device, dtype,
+    score_mod, block mask or not, GQA, with the log-sum-exp or not, which dimensions are 1 (dynamo
+    specializes size 1: one query token, batch 1, one KV head) and which of q, k, v are contiguous (their
+    strides are guarded: a transposed cache view and a contiguous tensor need two graphs). Measured on an
+    H200 before the last two were part of it: one GPU test session replaying the calls of nine
+    architectures hit the recompile limit on three entry points ("tensor 'k' stride mismatch",
+    "2 <= q.size()[2]")."""
     global _flex_attention
     if _flex_attention is None:
         from torch.nn.attention.flex_attention import flex_attention
 
         _flex_attention = flex_attention
-    if query.device.type == "cpu" and not _compile_on_cpu:
+    if q.device.type == "cpu" and not _compile_on_cpu:
         return _flex_attention
-    variant = (query.device, query.dtype, kwargs.get("score_mod"), kwargs.get("block_mask") is None,
-               bool(kwargs.get("enable_gqa")), with_lse)
+    variant = (q.device, q.dtype, kwargs.get("score_mod"), kwargs.get("block_mask") is None,
+               bool(kwargs.get("enable_gqa")), with_lse, *(n == 1 for n in q.shape), *(n == 1 for n in k.shape),
+               q.is_contiguous(), k.is_contiguous(), v.is_contiguous())
     fn = _compiled.get(variant)
     if fn is None:
         with _compile_lock:
@@ -181,13 +187,13 @@ def torch_flex_attention(query, key, value, attn_mask, is_causal, scale, dropout
     kwargs: dict[str, Any] = dict(block_mask=block_mask, scale=scale, enable_gqa=h != k.shape[1])
     if attn_mask is None:
         kwargs["score_mod"] = _softcap_mod(float(softcap)) if softcap else None
-        fn = _flex_fn(query, kwargs, sinks is not None)
+        fn = _flex_fn(q, k, v, kwargs, sinks is not None)
         return _run(fn, q, k, v, kwargs, sinks, h, query.dtype).transpose(1, 2)
     mask = attn_mask
     if mask.dtype != torch.bool and mask.dtype != torch.float32:
         mask = mask.float()
     slot, kwargs["score_mod"] = _masked_mod(float(softcap) if softcap else None, mask.dtype == torch.bool)
-    fn = _flex_fn(query, kwargs, sinks is not None)
+    fn = _flex_fn(q, k, v, kwargs, sinks is not None)
     with _mask_lock:
         slot.mask = mask.expand(b, h, sq, sk)
         try:

@@ -93,6 +93,14 @@ def _fi_attention(q, k, v, causal, window_left, cap, scale):
     return out[0]
 
 
+def _fi_check_contiguous(k: torch.Tensor, v: torch.Tensor) -> None:
+    """FlashInfer's own check (its error text), which the real kernel makes on the KV cache it is given."""
+    if not k.is_contiguous():
+        raise RuntimeError("Check failed: (k.IsContiguous()) is false: k must be contiguous")
+    if not v.is_contiguous():
+        raise RuntimeError("Check failed: (v.IsContiguous()) is false: v must be contiguous")
+
+
 def fake_flashinfer(log: CallLog) -> dict[str, types.ModuleType]:
     def single_prefill_with_kv_cache(q, k, v, custom_mask=None, causal=False, kv_layout="NHD", sm_scale=None,
                                      window_left=-1, logits_soft_cap=None, **unused):
@@ -102,8 +110,11 @@ def fake_flashinfer(log: CallLog) -> dict[str, types.ModuleType]:
 
     def single_decode_with_kv_cache(q, k, v, kv_layout="NHD", use_tensor_cores=False, window_left=-1,
                                     logits_soft_cap=None, sm_scale=None, **unused):
-        assert q.dim() == 2 and kv_layout == "NHD"
-        log.append(("single_decode_with_kv_cache", dict(window_left=window_left)))
+        assert q.dim() == 2 and kv_layout in ("NHD", "HND")
+        _fi_check_contiguous(k, v)
+        log.append(("single_decode_with_kv_cache", dict(window_left=window_left, kv_layout=kv_layout)))
+        if kv_layout == "HND":
+            k, v = k.transpose(0, 1), v.transpose(0, 1)
         return _fi_attention(q.unsqueeze(0), k, v, False, window_left, logits_soft_cap, sm_scale)[0]
 
     class BatchPrefillWithRaggedKVCacheWrapper:
@@ -130,7 +141,8 @@ def fake_flashinfer(log: CallLog) -> dict[str, types.ModuleType]:
 
     class BatchDecodeWithPagedKVCacheWrapper:
         def __init__(self, workspace, kv_layout="NHD", use_tensor_cores=False):
-            assert kv_layout == "NHD"
+            assert kv_layout in ("NHD", "HND")
+            self.layout = kv_layout
 
         def plan(self, indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size,
                  window_left=-1, logits_soft_cap=None, sm_scale=None, q_data_type=None, kv_data_type=None,
@@ -140,7 +152,11 @@ def fake_flashinfer(log: CallLog) -> dict[str, types.ModuleType]:
             log.append(("BatchDecodeWithPagedKVCacheWrapper.plan", dict(self.p)))
 
         def run(self, q, paged_kv_cache):
-            k_cache, v_cache = paged_kv_cache  # each (num_pages, page_size, Hkv, D)
+            k_cache, v_cache = paged_kv_cache  # each (num_pages, page_size, Hkv, D), or HND: (pages, Hkv, page, D)
+            _fi_check_contiguous(k_cache, v_cache)
+            log.append(("BatchDecodeWithPagedKVCacheWrapper.run", dict(kv_layout=self.layout)))
+            if self.layout == "HND":
+                k_cache, v_cache = k_cache.transpose(1, 2), v_cache.transpose(1, 2)
             p = self.p
             outs = []
             for b in range(len(p["indptr"]) - 1):

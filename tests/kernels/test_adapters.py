@@ -71,6 +71,33 @@ def test_flashinfer_single_vs_batch_paths(monkeypatch):
     assert decode_plan["indices"] == [0, 1, 2, 3] and decode_plan["last"] == [33] * 4 and decode_plan["page"] == 33
 
 
+@pytest.mark.parametrize("batch", (1, 3))
+def test_flashinfer_decode_reads_a_transformers_cache_view_in_place(monkeypatch, batch):
+    """A Transformers cache stores (B, H, S, D) and hands attention the transposed view; FlashInfer needs
+    contiguous pages (the H200 replay of real decode calls failed with "k must be contiguous"). The
+    adapter passes that storage as FlashInfer's "HND" layout, copies only a cache that is contiguous in
+    neither layout, and matches the reference in every case."""
+    from layerzero.kernels import flashinfer as fi
+    from layerzero.operations.attention import reference_attention
+
+    log = install(monkeypatch, "flashinfer")
+    fi._wrappers.clear()
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(batch, 1, 8, 64, generator=g).bfloat16()
+    cache_k, cache_v = (torch.randn(batch, 2, 40, 64, generator=g).bfloat16() for _ in range(2))
+    views = {
+        "HND": (cache_k.transpose(1, 2), cache_v.transpose(1, 2)),  # what the model passes
+        "NHD": (cache_k.transpose(1, 2).contiguous(), cache_v.transpose(1, 2).contiguous()),
+        "copy": (cache_k.transpose(1, 2)[:, ::2], cache_v.transpose(1, 2)[:, ::2]),  # strided both ways
+    }
+    for expected_layout, (k, v) in views.items():
+        out = fi.flashinfer_decode_attention(q, k, v, softcap=5.0)
+        ref = reference_attention(q.float(), k.float(), v.float(), softcap=5.0)
+        torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+        layout = [i for n, i in log if "kv_layout" in i][-1]["kv_layout"]
+        assert layout == ("NHD" if expected_layout == "copy" else expected_layout)
+
+
 def test_flashinfer_swiglu_is_zero_copy_for_chunked_halves(monkeypatch):
     from layerzero.kernels.flashinfer import flashinfer_swiglu
 

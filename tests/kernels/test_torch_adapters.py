@@ -64,13 +64,13 @@ def test_flex_runs_under_no_grad_when_no_input_needs_grad(monkeypatch):
     from layerzero.kernels import torch_flex
 
     seen = []
-    real = torch_flex._flex_fn(torch.empty(0), {}, False)
+    real = torch_flex._flex_fn(torch.empty(0), torch.empty(0), torch.empty(0), {}, False)
 
     def spy(*args, **kwargs):
         seen.append(torch.is_grad_enabled())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch_flex, "_flex_fn", lambda query, kwargs, with_lse: spy)
+    monkeypatch.setattr(torch_flex, "_flex_fn", lambda q, k, v, kwargs, with_lse: spy)
     q, k, v = (torch.randn(1, 8, 2, 16) for _ in range(3))
     out = torch_flex.torch_flex_attention(q, k, v, is_causal=True)
     with torch.no_grad():
@@ -88,13 +88,18 @@ def test_compiled_flex_gives_each_call_variant_its_own_entry_point(monkeypatch):
     monkeypatch.setattr(torch_flex, "_compiled", {})
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append((fn, kw)) or fn)
-    q = torch.empty(1, 2, 8, 16)
+    q = torch.empty(2, 2, 8, 16)
     causal = {"block_mask": object(), "enable_gqa": False, "score_mod": None}
     capped = {**causal, "score_mod": torch_flex._softcap_mod(5.0)}
-    first = torch_flex._flex_fn(q, causal, False)
-    assert torch_flex._flex_fn(q, dict(causal), False) is first
-    others = [torch_flex._flex_fn(q, capped, False), torch_flex._flex_fn(q, causal, True),
-              torch_flex._flex_fn(q.to(torch.bfloat16), causal, False)]
+    first = torch_flex._flex_fn(q, q, q, causal, False)
+    assert torch_flex._flex_fn(q, q.clone(), q, dict(causal), False) is first
+    # what a symbolic graph cannot absorb: score_mod, lse, dtype; one query token, batch 1 (dynamo
+    # specializes size 1); a transposed cache view (strides are guarded)
+    kv_view = torch.empty(2, 8, 2, 16).transpose(1, 2)
+    others = [torch_flex._flex_fn(q, q, q, capped, False), torch_flex._flex_fn(q, q, q, causal, True),
+              torch_flex._flex_fn(q.to(torch.bfloat16), q, q, causal, False),
+              torch_flex._flex_fn(q[:, :, :1], q, q, causal, False), torch_flex._flex_fn(q[:1], q[:1], q[:1], causal, False),
+              torch_flex._flex_fn(q, kv_view, kv_view, causal, False)]
     codes = {fn.__code__ for fn, _ in compiled}
-    assert len(compiled) == 4 and len(codes) == 4 and all(kw == {"dynamic": None} for _, kw in compiled)
+    assert len(compiled) == 7 and len(codes) == 7 and all(kw == {"dynamic": None} for _, kw in compiled)
     assert all(fn is not first for fn in others)
