@@ -50,6 +50,18 @@ for m in ("triton", "transformers", "accelerate", "flashinfer", "liger_kernel", 
 PY
 }
 
+tests_replay_parity() {  # pytest -m gpu on GPU 0 beside the in-context replay and the parity matrix on GPU $G1
+  section "pytest -m gpu (GPU 0) | replay, parity (GPU $G1)"
+  (CUDA_VISIBLE_DEVICES=0 LAYERZERO_FAIL_ON_RECOMPILE_LIMIT=1 timeout $((560 - SECONDS)) python3 -m pytest -m gpu -q -p no:cacheprovider \
+     -rs tests --ignore=tests/multidevice > "$OUT/pytest-gpu.log" 2>&1; echo "pytest rc=$?" >> "$OUT/pytest-gpu.log") &
+  (export CUDA_VISIBLE_DEVICES=$G1
+   timeout 240 python3 benchmarks/in_context_replay.py --jobs 9 --json "$OUT/replay.json" --md "$OUT/replay.md" > /tmp/replay.log 2>&1
+   echo "replay rc=$?" >> /tmp/replay.log
+   timeout 190 python3 benchmarks/parity_matrix.py --json "$OUT/parity.json" --md "$OUT/parity.md" > /tmp/parity.log 2>&1
+   echo "parity rc=$?" >> /tmp/parity.log) &
+  wait
+}
+
 if [ "$stage" = install ]; then  # FlashInfer's wheel fills the transfer limit on its own: nothing else here
   pipi --target "$fi_site" .whl-big/*.whl && echo "flashinfer installed" >> "$LOG"; tail -3 "$LOG"; exit
 fi
@@ -93,15 +105,7 @@ if [ "$stage" = run2 ]; then
     env CUDA_VISIBLE_DEVICES=$G1 MAX_JOBS=2 timeout 200 python3 benchmarks/flashinfer_warmup.py --jobs 24 --shapes "${WARMUP_SHAPES:-small}" \
       > /tmp/warmup2.log 2>&1; tail -3 /tmp/warmup2.log >> "$LOG"
   fi
-  section "pytest -m gpu (GPU 0) | replay, parity (GPU $G1)"
-  (CUDA_VISIBLE_DEVICES=0 LAYERZERO_FAIL_ON_RECOMPILE_LIMIT=1 timeout $((560 - SECONDS)) python3 -m pytest -m gpu -q -p no:cacheprovider -rs tests \
-     --ignore=tests/multidevice > "$OUT/pytest-gpu.log" 2>&1; echo "pytest rc=$?" >> "$OUT/pytest-gpu.log") &
-  (export CUDA_VISIBLE_DEVICES=$G1
-   timeout 240 python3 benchmarks/in_context_replay.py --jobs 9 --json "$OUT/replay.json" --md "$OUT/replay.md" > /tmp/replay.log 2>&1
-   echo "replay rc=$?" >> /tmp/replay.log
-   timeout 190 python3 benchmarks/parity_matrix.py --json "$OUT/parity.json" --md "$OUT/parity.md" > /tmp/parity.log 2>&1
-   echo "parity rc=$?" >> /tmp/parity.log) &
-  wait
+  tests_replay_parity
   for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -15 "$f" >> "$LOG"; done
   section cross-device
   [ "$NGPU" -ge 2 ] && timeout 100 python3 -m pytest -m gpu -q -p no:cacheprovider -rs tests/multidevice > /tmp/md.log 2>&1; tail -8 /tmp/md.log >> "$LOG"
@@ -113,15 +117,7 @@ elif [ "$stage" = recheck ]; then  # one call, no install: FlashInfer off the pa
   CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/decode_ab.py --arch gemma2-2b --rounds "${DECODE_ROUNDS:-7}" --profile \
     --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/dab.log 2>&1; echo "decode_ab rc=$?" >> /tmp/dab.log
   tail -3 /tmp/dab.log >> "$LOG"
-  section "pytest -m gpu (GPU 0) | replay, parity (GPU $G1)"
-  (CUDA_VISIBLE_DEVICES=0 LAYERZERO_FAIL_ON_RECOMPILE_LIMIT=1 timeout $((560 - SECONDS)) python3 -m pytest -m gpu -q -p no:cacheprovider \
-     -rs tests --ignore=tests/multidevice > "$OUT/pytest-gpu.log" 2>&1; echo "pytest rc=$?" >> "$OUT/pytest-gpu.log") &
-  (export CUDA_VISIBLE_DEVICES=$G1
-   timeout 240 python3 benchmarks/in_context_replay.py --jobs 9 --json "$OUT/replay.json" --md "$OUT/replay.md" > /tmp/replay.log 2>&1
-   echo "replay rc=$?" >> /tmp/replay.log
-   timeout 190 python3 benchmarks/parity_matrix.py --json "$OUT/parity.json" --md "$OUT/parity.md" > /tmp/parity.log 2>&1
-   echo "parity rc=$?" >> /tmp/parity.log) &
-  wait
+  tests_replay_parity
   for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -6 "$f" >> "$LOG"; done
   section "recompile-limit warnings"
   grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log >> "$LOG" 2>&1

@@ -254,15 +254,8 @@ class Dispatcher(BaseDispatcher):
             plan = self._miss(state, key, operation, inputs, context, kwargs)
         return self.runner.run(plan, hit, operation, inputs, kwargs, t0, want_result, key)
 
-    def _execute_counted(
-        self,
-        operation: str,
-        inputs: Mapping[str, Any],
-        context: SelectionContext | None,
-        kwargs: dict[str, Any],
-        want_result: bool,
-        state: SelectionState | None = None,
-    ) -> Any:
+    def _execute_counted(self, operation: str, inputs: Mapping[str, Any], context: SelectionContext | None,
+                         kwargs: dict[str, Any], want_result: bool, state: SelectionState | None = None) -> Any:
         """``execute`` with the call counted in flight under its state for the whole run (the instance's
         ``execute`` when the dispatcher tracks calls in flight)."""
         state = self._enter(self.state)
