@@ -122,6 +122,7 @@ class Dispatcher(BaseDispatcher):
         self.ranking: Ranking = ranking
         self._rank_call = ranking.rank_call if isinstance(ranking, CallRanking) else None
         self.runner = Runner(self, config, self.kernel_registry, self.circuits, self.telemetry)
+        self._run = self.runner.run  # the hot path's one call into the runner, bound once
         if catalogue is not None:
             self.follows_policy = False
             start = None
@@ -252,7 +253,7 @@ class Dispatcher(BaseDispatcher):
         hit = plan is not None
         if not hit:
             plan = self._miss(state, key, operation, inputs, context, kwargs)
-        return self.runner.run(plan, hit, operation, inputs, kwargs, t0, want_result, key)
+        return self._run(plan, hit, operation, inputs, kwargs, t0, want_result, key)
 
     def _execute_counted(self, operation: str, inputs: Mapping[str, Any], context: SelectionContext | None,
                          kwargs: dict[str, Any], want_result: bool, state: SelectionState | None = None) -> Any:
