@@ -113,6 +113,7 @@ if [ "$stage" = run2 ]; then
   grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log /tmp/md.log >> "$LOG" 2>&1
   tail -30 "$OUT/pytest-gpu.log"
 elif [ "$stage" = recheck ]; then  # one call, no install: FlashInfer off the path (its tests skip)
+  export PYTHONPATH=$site:$PWD
   section "quiet: Gemma2-2B decode A/B (+ host profile)"
   CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/decode_ab.py --arch gemma2-2b --rounds "${DECODE_ROUNDS:-7}" --profile \
     --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/dab.log 2>&1; echo "decode_ab rc=$?" >> /tmp/dab.log
