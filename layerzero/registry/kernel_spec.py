@@ -14,6 +14,24 @@ if TYPE_CHECKING:
     from layerzero.context.call_context import SelectionContext
 
 
+class _ResolvedOnFirstUse:
+    """``KernelSpec.impl``: a non-data descriptor that resolves the kernel's function once and stores it in
+    the instance's ``__dict__``, where every later ``spec.impl`` finds it as a plain attribute. (A property
+    would run a Python function on every dispatch; this runs one only until the function is known.)"""
+
+    def __get__(self, spec: "KernelSpec | None", owner: type) -> Any:
+        if spec is None:
+            return self
+        with spec._lock:
+            fn = spec.__dict__.get("impl")
+            if fn is None:
+                if spec.impl_path is None:
+                    raise RuntimeError(f"kernel {spec.kernel_id!r} has no implementation")
+                module, _, attr = spec.impl_path.partition(":")
+                fn = spec.__dict__["impl"] = getattr(importlib.import_module(module), attr)
+        return fn
+
+
 class KernelSpec:
     """A kernel and the truth about it.
 
@@ -39,7 +57,8 @@ class KernelSpec:
         self.operations = (operations,) if isinstance(operations, str) else tuple(operations)
         self.backend = backend
         self.impl_path = impl if isinstance(impl, str) else None
-        self._impl = None if isinstance(impl, str) else impl
+        if impl is not None and not isinstance(impl, str):
+            self.impl = impl  # a plain instance attribute; a path is resolved on first use (_ResolvedOnFirstUse)
         self.constraints = constraints or KernelConstraints()
         self.priority = int(priority)
         self.aliases = tuple(aliases)
@@ -50,7 +69,9 @@ class KernelSpec:
         for op, c in CONTRACTS.items():
             if self.serves(op):
                 params |= c.parameters
-        self._parameters = frozenset(params)
+        #: The keyword arguments this kernel accepts: the union of its operations' contracts (a plain
+        #: attribute: the runner reads it on every call).
+        self.parameters: frozenset[str] = frozenset(params)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -61,34 +82,18 @@ class KernelSpec:
         return any(matches(p, operation) for p in self.operations)
 
     @property
-    def parameters(self) -> frozenset[str]:
-        """The keyword arguments this kernel accepts: the union of its operations' contracts."""
-        return self._parameters
-
-    @property
     def is_reference(self) -> bool:
         return "reference" in self.tags
 
     # ------------------------------------------------------------------ calling
-    @property
-    def impl(self) -> Callable[..., Any]:
-        fn = self._impl
-        if fn is None:
-            with self._lock:
-                if self._impl is None:
-                    if self.impl_path is None:
-                        raise RuntimeError(f"kernel {self.kernel_id!r} has no implementation")
-                    module, _, attr = self.impl_path.partition(":")
-                    self._impl = getattr(importlib.import_module(module), attr)
-                fn = self._impl
-        return fn
+    impl = _ResolvedOnFirstUse()  # the kernel's function (resolved from ``impl_path`` on first use)
 
     def map_arguments(self, inputs: Mapping[str, Any], kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Merge tensors and options into the keyword arguments of the operation's canonical contract.
 
         Options that the contract does not know (a caller's extra bookkeeping) are dropped so every
         kernel sees the same, documented signature."""
-        params = self._parameters
+        params = self.parameters
         out = {k: v for k, v in inputs.items() if k in params}
         if kwargs:
             for k, v in kwargs.items():

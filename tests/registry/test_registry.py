@@ -77,10 +77,15 @@ def test_map_arguments_keeps_only_the_contract():
 
 
 def test_lazy_impl_resolves_on_first_use():
+    """A "module:function" kernel imports its module on first use, then ``spec.impl`` is a plain attribute
+    (no Python call per dispatch)."""
     spec = KernelSpec("lazy", "swiglu", "torch", "layerzero.kernels.reference:swiglu")
-    assert spec._impl is None
+    assert "impl" not in vars(spec)
     g, u = torch.randn(3), torch.randn(3)
     torch.testing.assert_close(spec.impl(gate=g, up=u), torch.nn.functional.silu(g) * u)
+    assert vars(spec)["impl"] is spec.impl
+    with pytest.raises(RuntimeError, match="no implementation"):
+        KernelSpec("empty", "swiglu", "torch").impl
 
 
 def test_check_reports_backend_and_constraint_reasons():
