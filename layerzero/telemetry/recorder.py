@@ -5,8 +5,7 @@
 * Counts are per thread (a ``threading.local`` row per (operation, kernel)), so they are exact under any
   number of threads without a lock every call contends on; ``snapshot`` sums the rows. Counters of
   threads that have exited are folded into one "retired" table, so memory follows the live threads.
-* Latencies go into one fixed-size ring buffer per kernel and one for all calls (``max_samples`` each,
-  rounded up to a power of two):
+* Latencies go into one fixed-size ring buffer per kernel and one for all calls (``max_samples`` each):
   percentiles describe the most recent calls, and memory is bounded whatever the traffic. Two threads
   racing on a ring may overwrite one slot; that loses a *sample*, never a count.
 
@@ -81,25 +80,20 @@ class TelemetrySnapshot:
 
 
 class _Ring:
-    """Fixed-size sample buffer of a power-of-two size (at least the requested one). Written without a lock
-    (see module docstring): the writer stores at ``buf[count & mask]`` and then increments ``count`` (two
-    statements, inlined in ``record``; a mask, because an integer ``%`` costs a division every call)."""
+    """Fixed-size sample buffer. Written without a lock (see module docstring) by three statements inlined in
+    ``record``: store at ``pos``, then ``pos = 0 if pos == last else pos + 1`` (a compare and an add, which the
+    interpreter specializes for ints; ``%`` or ``&`` would take its generic, slower path every call). Slots
+    never written hold None."""
 
-    __slots__ = ("buf", "count", "n", "mask")
+    __slots__ = ("buf", "pos", "last")
 
     def __init__(self, n: int):
-        n = 1 << (n - 1).bit_length()
-        self.buf: list[int] = [0] * n
-        self.count = 0
-        self.n = n
-        self.mask = n - 1
+        self.buf: list[int | None] = [None] * n
+        self.pos = 0
+        self.last = n - 1
 
     def samples(self) -> list[int]:
-        # Read count once: a concurrent writer may move it, and slicing a consistent prefix is enough.
-        count = self.count
-        if count >= self.n:
-            return list(self.buf)
-        return self.buf[:count]
+        return [v for v in self.buf if v is not None]
 
 
 class _ThreadRows:
@@ -195,11 +189,13 @@ class DispatchTelemetry:
         ring = self._rings.get(kernel_id)
         if ring is None:
             ring = self._ring_for(kernel_id)
-        ring.buf[ring.count & ring.mask] = total_ns  # this kernel's samples (_Ring, inlined: hot path)
-        ring.count += 1
+        p = ring.pos  # this kernel's samples (_Ring, inlined: hot path)
+        ring.buf[p] = total_ns
+        ring.pos = 0 if p == ring.last else p + 1
         ring = self._all  # all calls' samples
-        ring.buf[ring.count & ring.mask] = total_ns
-        ring.count += 1
+        p = ring.pos
+        ring.buf[p] = total_ns
+        ring.pos = 0 if p == ring.last else p + 1
 
     def _register(self) -> dict[tuple[str, str], list[int]]:
         t = _ThreadRows(threading.current_thread())
