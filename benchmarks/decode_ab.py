@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import ARCHS, TINY, build_model, decode_ms, versions  # noqa: E402
+from e2e import ARCHS, TINY, build_model, decode_ms, profile_decode, profile_markdown, versions  # noqa: E402
 from result_files import write_result  # noqa: E402
 
 
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + "**; kernels (calls, last round): " + ", ".join(f"{k}: {c}" for k, (c, _) in
                                                          sorted(rounds[-1]["layerzero_kernels"].items())), ""])
     if profile:
-        md += "\n" + _profile_table(profile)
+        md += "\n".join(line for name, prof in profile.items()
+                        for line in profile_markdown(f"Host profile of one 8-step decode, {name}", prof, rows=12)) + "\n"
     write_result(result, md, args.json, args.md)
     print(md)
     return result
@@ -107,42 +108,13 @@ def _failures(kernels: dict[str, tuple[int, int]]) -> str:
 
 
 def _profile(model: Any, device: str, vocab: int, args: argparse.Namespace, layerzero_hf: Any) -> dict[str, Any]:
-    """Host-side cost of one decode run per variant (torch.profiler, CPU activity): the ops with the most
-    self CPU time and the total, so a gap between the variants can be read op by op."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """Host-side cost of one 8-step decode per variant (:func:`e2e.profile_decode`), so a gap between the
+    variants can be read op by op."""
     ids = torch.randint(3, vocab, (args.batch, args.prompt), device=device)
-
-    def run() -> None:
-        model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    out: dict[str, Any] = {}
-    for name in ("hf_sdpa", "layerzero"):
-        with layerzero_hf.patched(model, attention=True) if name == "layerzero" else _no_patch():
-            run()  # warm-up (selection, first-call checks)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                run()
-        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-        out[name] = {"self_cpu_total_ms": sum(e.self_cpu_time_total for e in events) / 1e3,
-                     "top": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3}
-                             for e in events[:25]]}
+    out = {"hf_sdpa": profile_decode(model, ids)}
+    with layerzero_hf.patched(model, attention=True):
+        out["layerzero"] = profile_decode(model, ids)
     return out
-
-
-def _no_patch() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
-def _profile_table(profile: dict[str, Any]) -> str:
-    lines = ["## Host profile of one 8-step decode (self CPU time)", ""]
-    for name, p in profile.items():
-        lines += [f"**{name}**: {p['self_cpu_total_ms']:.1f} ms in all", "", "| op | calls | self CPU ms |",
-                  "|---|---:|---:|", *[f"| `{e['name']}` | {e['calls']} | {e['self_cpu_ms']:.2f} |" for e in p["top"][:12]], ""]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -159,6 +159,36 @@ def decode_ms(model, device: str, vocab: int, prompt: int, steps: int, cache: st
     return statistics.median(per_step) * 1e3
 
 
+def profile_decode(model, prompt: torch.Tensor, steps: int = 8, top: int = 25) -> dict[str, Any]:
+    """torch.profiler over a short greedy decode (after one warm-up run): the ops with the most self CPU
+    time — where a host-bound decode step goes — with their call counts and device time, and the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = prompt.device.type
+
+    def run() -> None:
+        model.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0,
+                       eos_token_id=None)
+        _sync(device)
+
+    run()  # warm-up: selection, first-call checks, compiles
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        run()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {"self_cpu_total_ms": sum(e.self_cpu_time_total for e in events) / 1e3,
+            "top": [{"name": e.key[:80], "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                     "device_ms": (getattr(e, "self_device_time_total", 0.0) or 0.0) / 1e3} for e in events[:top]]}
+
+
+def profile_markdown(title: str, prof: dict[str, Any], rows: int = 25) -> list[str]:
+    """The lines of a markdown table of :func:`profile_decode`'s top ops under a heading."""
+    return ["", f"## {title} (top ops by self CPU time; {prof['self_cpu_total_ms']:.1f} ms in all)", "",
+            "| op | calls | self CPU ms | device ms |", "|---|---:|---:|---:|",
+            *[f"| `{r['name']}` | {r['calls']} | {r['self_cpu_ms']:.2f} | {r.get('device_ms', 0.0):.2f} |"
+              for r in prof["top"][:rows]]]
+
+
 def _recompiles() -> int:
     """torch.compile frames compiled so far (a recompile per decode step shows up as growth here)."""
     try:

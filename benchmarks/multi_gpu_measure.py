@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from e2e import StepClock, time_fn
+from e2e import StepClock, profile_decode, time_fn
 
 
 FP32_TOL = 1e-4
@@ -125,13 +125,13 @@ def run_variants(model, args: argparse.Namespace, input_device: Any, device_type
     model.set_attn_implementation("sdpa")
 
     if args.profile:
-        out["profile_unpatched"] = profile_decode(model, greedy_ids, device_type)
+        out["profile_unpatched"] = profile_decode(model, greedy_ids)
     report = layerzero_hf.patch(model, attention=True)
     try:
         patched_logits = _logits(model, parity_ids)
         tokens = _greedy(model, greedy_ids, args.greedy)
         if args.profile:
-            out["profile_patched"] = profile_decode(model, greedy_ids, device_type)
+            out["profile_patched"] = profile_decode(model, greedy_ids)
         snap = layerzero_hf.model_telemetry(model)["snapshot"]
         orch = layerzero_hf.orchestrator_of(model)
         circuits = getattr(orch, "circuits", None)
@@ -227,22 +227,6 @@ def fp32_check(model, parity_ids: torch.Tensor, greedy_ids: torch.Tensor, greedy
                   criterion=f"fp32, TF32 off: max abs diff <= {FP32_GPU_REL_TOL:g} x max |logit| and every "
                             "greedy token equal")
     return parity
-
-
-def profile_decode(model, prompt: torch.Tensor, device_type: str, steps: int = 8, top: int = 25) -> list[dict]:
-    """torch.profiler over a short greedy decode: the ops with the most self CPU time (where a host-bound
-    decode step goes) with their call counts and device time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    _greedy(model, prompt, 2)  # warm
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        _greedy(model, prompt, steps)
-    rows = []
-    for e in sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]:
-        rows.append({"name": e.key[:80], "calls": e.count, "self_cpu_us": round(e.self_cpu_time_total, 1),
-                     "device_us": round(getattr(e, "self_device_time_total", 0.0) or 0.0, 1)})
-    return rows
 
 
 def _skip_summary(report) -> dict[str, Any]:

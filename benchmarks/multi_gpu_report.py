@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from e2e import profile_markdown
+
 
 def headline(entry: dict[str, Any]) -> dict[str, Any]:
     if "error" in entry:
@@ -89,12 +91,9 @@ def markdown(result: dict[str, Any]) -> str:
                                          for r in e.get("ranks", [])))
     for name, e in ok.items() if ok else ():
         for variant in ("unpatched", "patched"):
-            rows = e.get(f"profile_{variant}")
-            if rows:
-                lines += ["", f"## Decode profile, {name}, {variant} (top ops by self CPU time)", "",
-                          "| op | calls | self CPU us | device us |", "|---|---|---|---|"]
-                lines += [f"| {r['name']} | {r['calls']} | {r['self_cpu_us']:.0f} | {r['device_us']:.0f} |"
-                          for r in rows]
+            prof = e.get(f"profile_{variant}")
+            if prof:
+                lines += profile_markdown(f"Decode profile, {name}, {variant}", prof)
     errors = [(n, e) for n, e in setups.items() if "error" in e]
     if errors:
         lines += ["", "## Errors", ""]
