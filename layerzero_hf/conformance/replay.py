@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -166,10 +166,13 @@ def replay(
     calls: Iterable[RecordedCall],
     orchestrator: Any = None,
     kernels: Iterable[str] | None = None,
+    eligible: Callable[[RecordedCall], Iterable[str]] | None = None,
 ) -> ConformanceReport:
     """Run every recorded call on every kernel eligible for it (or only on ``kernels``, by id) and compare
     with the reference. ``orchestrator``: whose policy and catalogue decide eligibility (an orchestrator,
-    a registered name, or None for the global one)."""
+    a registered name, or None for the global one). ``eligible``: decides it instead, ``call -> kernel
+    ids`` (the tests run GPU kernels' adapters on CPU against stand-in libraries with their constraints
+    checked as on a GPU, where the orchestrator would rule them out for want of the device)."""
     orch = _orchestrator(orchestrator)
     registry = getattr(orch, "kernel_registry", None)
     if registry is None:
@@ -180,11 +183,14 @@ def replay(
     report = ConformanceReport()
     for index, call in enumerate(calls):
         report.calls += 1
-        eligible, rejected = _eligible(orch, call)
-        ids = eligible if wanted is None else [k for k in eligible if k in wanted]
+        if eligible is None:
+            accepted, rejected = _eligible(orch, call)
+        else:
+            accepted, rejected = list(eligible(call)), {}
+        ids = accepted if wanted is None else [k for k in accepted if k in wanted]
         base = dict(operation=call.operation, call_index=index, call=call.describe(), label=call.label,
                     phase=call.phase, module=call.module, dtype=_dtype_of(call))
-        for kid in sorted((wanted or set()) - set(eligible)):
+        for kid in sorted((wanted or set()) - set(accepted)):
             if registry.find(kid) is not None and registry.get(kid).serves(call.operation):
                 why = "; ".join(rejected.get(kid, ("not eligible",)))
                 report.results.append(KernelResult(kid, status="skipped", error=why, **base))

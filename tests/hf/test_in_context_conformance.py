@@ -110,39 +110,26 @@ def test_gpu_backend_adapters_pass_recorded_calls_with_stand_ins(recorded_small,
     import sys
     from pathlib import Path
 
-    from layerzero import validation
-    from layerzero.registry import get_global_kernel_registry
     from layerzero.context import SelectionContext
+    from layerzero.registry import get_global_kernel_registry
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
     from lz_fake_backends import install
 
     install(monkeypatch, backend)
-    registry = get_global_kernel_registry()
-    specs = [s for s in registry.all() if s.backend == backend]
+    specs = [s for s in get_global_kernel_registry().all() if s.backend == backend]
     assert specs, f"no {backend} kernels registered"
+
+    def as_on_sm90(call):
+        ctx = SelectionContext.from_inputs(call.operation, call.inputs, **call.options).replace(
+            device="cuda:0", platform="cuda", compute_capability=(9, 0))
+        return [s.kernel_id for s in specs if s.serves(call.operation) and not s.constraints.check(ctx)]
+
     ran: set[str] = set()
-    failures: list[str] = []
     for arch in ARCHS:
-        for call in recorded_small(arch):
-            ctx = SelectionContext.from_inputs(call.operation, call.inputs, **call.options).replace(
-                device="cuda:0", platform="cuda", compute_capability=(9, 0))
-            candidates = [s for s in specs if s.serves(call.operation) and not s.constraints.check(ctx)]
-            if not candidates:
-                continue
-            ref = registry.reference_for(call.operation)
-            with torch.no_grad():
-                expected = ref.impl(**ref.map_arguments(call.inputs, call.options))
-                for spec in candidates:
-                    try:
-                        out = spec.impl(**spec.map_arguments(call.inputs, call.options))
-                        why = validation.compare_outputs(call.operation, out, expected, {**call.inputs, **call.options})
-                    except Exception as exc:  # noqa: BLE001 - a raising adapter is a failure, reported below
-                        why = f"raised {type(exc).__name__}: {exc}"
-                    ran.add(spec.kernel_id)
-                    if why:
-                        failures.append(f"{arch} {spec.kernel_id} {call.describe()}: {why}")
-    assert not failures, "\n".join(failures[:10])
+        report = replay(recorded_small(arch), eligible=as_on_sm90)
+        assert report.ok, f"{arch}: {report}"
+        ran |= {r.kernel_id for r in report.results if r.status == "pass"}
     if backend in ("flashinfer", "liger"):
         assert ran, f"no {backend} kernel was eligible for any recorded call"
     if backend == "flashinfer":
