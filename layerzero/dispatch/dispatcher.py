@@ -258,7 +258,8 @@ class Dispatcher(BaseDispatcher):
     def _execute_counted(self, operation: str, inputs: Mapping[str, Any], context: SelectionContext | None,
                          kwargs: dict[str, Any], want_result: bool, state: SelectionState | None = None) -> Any:
         """``execute`` with the call counted in flight under its state for the whole run (the instance's
-        ``execute`` when the dispatcher tracks calls in flight)."""
+        ``execute`` when the dispatcher tracks calls in flight). ``state`` is there for the signature only:
+        the call runs under the current state, the one it is registered under."""
         state = self._enter(self.state)
         try:
             return Dispatcher.execute(self, operation, inputs, context, kwargs, want_result, state)
