@@ -1,0 +1,189 @@
+"""Where a prefill's GPU time goes: HF sdpa vs the LayerZero-patched model vs the Liger-patched model.
+
+For each shape, one prefill per variant under ``torch.profiler`` (after warm-up): the device time of every
+GPU kernel, summed by kind (GEMM, attention, norm, RoPE, activation, elementwise, copy, reduction,
+communication, other) and the top kernels by name, beside the wall time of the same call. A speed-up that
+a wall-clock table reports without this breakdown says nothing about what to fix next; this says which
+kind of work each variant still spends its time on.
+
+    python benchmarks/prefill_profile.py --arch llama-8b --shapes 1x2048,8x512 --json p.json --md p.md
+    python benchmarks/prefill_profile.py --quick                       # CPU smoke test (tiny config)
+
+Liger is applied last on its own model (it rewrites the modeling module's globals for the process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from e2e import ARCHS, TINY, build_model, time_fn, versions  # noqa: E402
+from result_files import write_result  # noqa: E402
+
+LLAMA_8B_8L = dict(hidden_size=4096, num_hidden_layers=8, num_attention_heads=32, num_key_value_heads=8,
+                   intermediate_size=14336, vocab_size=128256, head_dim=128, max_position_embeddings=8192,
+                   rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+                   tie_word_embeddings=False)
+PROFILE_ARCHS = {**ARCHS, "llama-8b": ("LlamaConfig", LLAMA_8B_8L)}
+
+# Kernel kinds by substrings of the kernel's name, first match wins (names differ by library and version:
+# cuBLAS "nvjet"/"sm90_xmma", CUTLASS, flash "fmha"/"flash", cuDNN's generated SDPA kernels, Triton's
+# own function names).
+KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("communication", ("nccl", "allreduce", "all_reduce", "allgather")),
+    ("attention", ("flash", "fmha", "attention", "attn", "sdpa", "flex", "decode_partial", "decode_reduce")),
+    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul", "wgmma", "aten::mm", "addmm", "bmm")),
+    ("norm", ("rms", "norm")),
+    ("rope", ("rope", "rotary")),
+    ("activation", ("silu", "gelu", "swiglu", "geglu", "act_and_mul", "tanh")),
+    ("copy", ("copy", "memcpy", "memset", "cat", "transpose", "contiguous", "fill")),
+    ("reduction", ("reduce",)),
+    ("elementwise", ("elementwise", "vectorized", "unrolled")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    for kind, needles in KINDS:
+        if any(n in low for n in needles):
+            return kind
+    return "other"
+
+
+def profile_call(fn, device: str) -> dict[str, Any]:
+    """Device time per GPU kernel of one ``fn()`` (CUDA), or self CPU time per op (CPU), in ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    kernels: dict[str, dict[str, float]] = {}
+    for e in prof.key_averages():
+        on_device = getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+        if cuda != on_device:
+            continue
+        ms = ((e.self_device_time_total if cuda else e.self_cpu_time_total) or 0.0) / 1e3
+        if ms <= 0:
+            continue
+        row = kernels.setdefault(e.key, {"ms": 0.0, "calls": 0})
+        row["ms"] += ms
+        row["calls"] += e.count
+    by_kind: dict[str, float] = {}
+    for name, row in kernels.items():
+        by_kind[kernel_kind(name)] = by_kind.get(kernel_kind(name), 0.0) + row["ms"]
+    top = sorted(kernels.items(), key=lambda kv: -kv[1]["ms"])[:15]
+    return {"total_ms": sum(r["ms"] for r in kernels.values()),
+            "launches": int(sum(r["calls"] for r in kernels.values())),
+            "by_kind_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+            "top": [{"name": n[:90], "kind": kernel_kind(n), **r} for n, r in top]}
+
+
+def measure_variant(model, device: str, shapes: list[tuple[int, int]], vocab: int, warmup: int,
+                    repeats: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for b, s in shapes:
+        ids = torch.randint(3, vocab, (b, s), device=device, generator=None)
+
+        def run() -> None:
+            with torch.no_grad():
+                model(ids, use_cache=False, logits_to_keep=1)
+
+        wall = time_fn(run, device, warmup, repeats)
+        out[f"{b}x{s}"] = {"wall_ms": wall * 1e3, **profile_call(run, device)}
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import layerzero_hf
+
+    device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    config_class, cfg = PROFILE_ARCHS[args.arch]
+    if args.quick:
+        cfg = {**cfg, **TINY}
+    shapes = [(1, 32), (2, 16)] if args.quick else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    warmup, repeats = (1, 2) if args.quick else (3, 10)
+    vocab = cfg["vocab_size"]
+    model = build_model(cfg, dtype, device, "sdpa", config_class=config_class)
+    state = dict(model.state_dict())
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "arch": args.arch,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype).removeprefix("torch."),
+        "config": {k: v for k, v in cfg.items() if k != "rope_parameters"}, "versions": versions(), "variants": {},
+    }
+    variants = result["variants"]
+    variants["hf_sdpa"] = measure_variant(model, device, shapes, vocab, warmup, repeats)
+    layerzero_hf.patch(model, attention=True)
+    variants["layerzero"] = measure_variant(model, device, shapes, vocab, warmup, repeats)
+    snap = layerzero_hf.model_telemetry(model)["snapshot"]
+    result["layerzero_kernels"] = {k: v.calls for k, v in snap.per_kernel.items() if v.calls}
+    layerzero_hf.unpatch(model)
+    del model
+    gc.collect()
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError as exc:
+        result["liger"] = f"not measured: {exc}"
+    else:
+        liger = build_model(cfg, dtype, device, "sdpa", state, config_class=config_class)
+        _apply_liger_kernel_to_instance(model=liger, cross_entropy=False, fused_linear_cross_entropy=False)
+        variants["liger"] = measure_variant(liger, device, shapes, vocab, warmup, repeats)
+        result["liger"] = "measured"
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    v = result["versions"]
+    lines = [f"# Prefill profile, {result['arch']} ({result['date']})", "",
+             f"Device: {result['device']}; dtype {result['dtype']}; torch {v['torch']}, transformers "
+             f"{v['transformers']}, triton {v.get('triton')}, liger-kernel {v.get('liger_kernel') or 'not installed'}; "
+             f"commit {v['git']}. One profiled prefill per cell (`use_cache=False, logits_to_keep=1`), after "
+             "warm-up; wall = median of 10 unprofiled calls.", "",
+             f"LayerZero kernels: {result.get('layerzero_kernels')}", ""]
+    variants = result["variants"]
+    shapes = list(next(iter(variants.values())))
+    kinds = sorted({k for var in variants.values() for cell in var.values() for k in cell["by_kind_ms"]})
+    for shape in shapes:
+        lines += [f"## {shape}: GPU ms by kernel kind", "",
+                  "| variant | wall ms | GPU ms | launches | " + " | ".join(kinds) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(kinds)]
+        for name, var in variants.items():
+            c = var[shape]
+            lines.append(f"| {name} | {c['wall_ms']:.2f} | {c['total_ms']:.2f} | {c['launches']} | "
+                         + " | ".join(f"{c['by_kind_ms'].get(k, 0.0):.2f}" for k in kinds) + " |")
+        for name, var in variants.items():
+            lines += ["", f"Top kernels, {name} at {shape}:", "", "| kernel | kind | calls | ms |", "|---|---|---:|---:|"]
+            lines += [f"| `{t['name']}` | {t['kind']} | {t['calls']} | {t['ms']:.3f} |" for t in var[shape]["top"][:10]]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", choices=sorted(PROFILE_ARCHS), default="llama-8b")
+    ap.add_argument("--shapes", default="1x2048,8x512", help="batch x seq, comma-separated")
+    ap.add_argument("--quick", action="store_true", help="CPU smoke test on a tiny config")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--md", type=Path)
+    args = ap.parse_args(argv)
+    result = run(args)
+    md = markdown(result)
+    write_result(result, md, args.json, args.md)
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()
