@@ -219,6 +219,12 @@ def versions() -> dict[str, str | None]:
     except Exception:
         pass
     try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except Exception:
+        out["triton"] = None
+    try:
         # LAYERZERO_COMMIT: set by benchmarks/gpu_run.sh, whose machine has no usable git history
         out["git"] = os.environ.get("LAYERZERO_COMMIT") or subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
