@@ -44,7 +44,7 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul", "wgmma", "aten::mm", "addmm", "bmm")),
     ("norm", ("rms", "norm")),
     ("rope", ("rope", "rotary")),
-    ("activation", ("silu", "gelu", "swiglu", "geglu", "act_and_mul", "tanh")),
+    ("activation", ("silu", "gelu", "swiglu", "geglu", "glu", "act_and_mul", "tanh")),
     ("copy", ("copy", "memcpy", "memset", "cat", "transpose", "contiguous", "fill")),
     ("reduction", ("reduce",)),
     ("elementwise", ("elementwise", "vectorized", "unrolled")),
@@ -72,7 +72,8 @@ def profile_call(fn, device: str) -> dict[str, Any]:
     kernels: dict[str, dict[str, float]] = {}
     for e in prof.key_averages():
         on_device = getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
-        if cuda != on_device:
+        # a custom op (``layerzero::...``) shows up on the device as the range of the kernels it launched
+        if cuda != on_device or (cuda and e.key.startswith("layerzero::")):
             continue
         ms = ((e.self_device_time_total if cuda else e.self_cpu_time_total) or 0.0) / 1e3
         if ms <= 0:
@@ -84,10 +85,33 @@ def profile_call(fn, device: str) -> dict[str, Any]:
     for name, row in kernels.items():
         by_kind[kernel_kind(name)] = by_kind.get(kernel_kind(name), 0.0) + row["ms"]
     top = sorted(kernels.items(), key=lambda kv: -kv[1]["ms"])[:15]
-    return {"total_ms": sum(r["ms"] for r in kernels.values()),
+    return {**(_timeline(prof) if cuda else {}), "total_ms": sum(r["ms"] for r in kernels.values()),
             "launches": int(sum(r["calls"] for r in kernels.values())),
             "by_kind_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
             "top": [{"name": n[:90], "kind": kernel_kind(n), **r} for n, r in top]}
+
+
+def _timeline(prof) -> dict[str, float]:
+    """When the GPU was busy: the span from the first kernel's start to the last one's end, the part of it
+    with no kernel running (the device waiting on the host), and the lead from the first host op to the
+    first kernel (ms)."""
+    cuda = torch.autograd.DeviceType.CUDA
+    events = prof.events()
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events
+                   if e.device_type == cuda and not e.name.startswith("layerzero::"))
+    host_start = min((e.time_range.start for e in events if e.device_type != cuda), default=None)
+    if not spans:
+        return {}
+    busy, (cur_start, cur_end) = 0.0, spans[0]
+    for start, end in spans[1:]:
+        if start > cur_end:
+            busy += cur_end - cur_start
+            cur_start = start
+        cur_end = max(cur_end, end)
+    busy += cur_end - cur_start
+    span = cur_end - spans[0][0]
+    return {"gpu_span_ms": span / 1e3, "gpu_idle_ms": (span - busy) / 1e3,
+            "lead_ms": (spans[0][0] - host_start) / 1e3 if host_start is not None else None}
 
 
 def measure_variant(model, device: str, shapes: list[tuple[int, int]], vocab: int, warmup: int,
@@ -157,11 +181,14 @@ def markdown(result: dict[str, Any]) -> str:
     kinds = sorted({k for var in variants.values() for cell in var.values() for k in cell["by_kind_ms"]})
     for shape in shapes:
         lines += [f"## {shape}: GPU ms by kernel kind", "",
-                  "| variant | wall ms | GPU ms | launches | " + " | ".join(kinds) + " |",
-                  "|---|---:|---:|---:|" + "---:|" * len(kinds)]
+                  "| variant | wall ms | GPU ms | GPU idle ms | first-kernel lead ms | launches | "
+                  + " | ".join(kinds) + " |",
+                  "|---|---:|---:|---:|---:|---:|" + "---:|" * len(kinds)]
         for name, var in variants.items():
             c = var[shape]
-            lines.append(f"| {name} | {c['wall_ms']:.2f} | {c['total_ms']:.2f} | {c['launches']} | "
+            idle = f"{c['gpu_idle_ms']:.2f}" if c.get("gpu_idle_ms") is not None else "-"
+            lead = f"{c['lead_ms']:.2f}" if c.get("lead_ms") is not None else "-"
+            lines.append(f"| {name} | {c['wall_ms']:.2f} | {c['total_ms']:.2f} | {idle} | {lead} | {c['launches']} | "
                          + " | ".join(f"{c['by_kind_ms'].get(k, 0.0):.2f}" for k in kinds) + " |")
         for name, var in variants.items():
             lines += ["", f"Top kernels, {name} at {shape}:", "", "| kernel | kind | calls | ms |", "|---|---|---:|---:|"]

@@ -109,7 +109,7 @@ def tune(
         specs, ref = eligible_kernels(call.operation, ctx)
         expected = fp32_reference(ref, call.inputs, call.options)
         timings, notes = time_kernels(specs, call.inputs, call.options, expected, timer=timer, attempts=attempts)
-        times = {k: t.median_us for k, t in timings.items()}
+        times = {k: t.cost_us for k, t in timings.items()}  # device time, or issue time where host-bound
         tuned[bucket] = TunedCall(call.operation, bucket, times, notes, call.count)
         put_costs(store, cls, bucket.key(), times, scope=key, rejected=notes, save=False)
     store.save()

@@ -7,6 +7,8 @@ Each function keeps the exact casting convention of the contract, and every one 
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +21,48 @@ from layerzero.operations.rope import ROPE
 __all__ = ["torch_geglu", "torch_layer_norm", "torch_rms_norm", "torch_rope", "torch_swiglu"]
 
 
+class _DerivedWeights:
+    """The weight each RMSNorm call hands ``F.rms_norm`` (``offset + w`` in fp32 for Gemma, or cast to the
+    input dtype), kept per parameter while the parameter is unchanged.
+
+    Computing it costs two or three ATen calls per norm call — tens of microseconds of host time on a
+    host-bound decode step that makes a hundred norm calls — for a value that changes only when the weights
+    do. An entry is keyed by the parameter's identity and checked against its version counter (bumped by
+    every in-place write, ``load_state_dict`` included) and data pointer (``param.data = ...``); the
+    parameter is held weakly, so a dropped model frees its entries. Traced (``torch.compile``) and
+    inference-mode tensors (no version counter), and weights that need a gradient, are not cached: they
+    compute the value as before."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, tuple] = {}
+
+    def get(self, weight: torch.Tensor, offset: float, dtype: torch.dtype) -> torch.Tensor:
+        if torch.compiler.is_compiling() or weight.is_inference() or (
+                weight.requires_grad and torch.is_grad_enabled()):
+            return _derive(weight, offset, dtype)
+        key = (id(weight), offset, dtype)
+        hit = self._entries.get(key)
+        if hit is not None:
+            ref, version, ptr, value = hit
+            if ref() is weight and version == weight._version and ptr == weight.data_ptr():
+                return value
+        value = _derive(weight.detach(), offset, dtype)  # no autograd graph holding the parameter
+        if len(self._entries) > 4096:  # a process that builds models in a loop: start over, never grow
+            self._entries.clear()
+        self._entries[key] = (weakref.ref(weight), weight._version, weight.data_ptr(), value)
+        return value
+
+
+def _derive(weight: torch.Tensor, offset: float, dtype: torch.dtype) -> torch.Tensor:
+    w = offset + weight.float() if offset else weight
+    return w if w.dtype == dtype else w.to(dtype)
+
+
+_DERIVED = _DerivedWeights()
+
+
 @implements(RMS_NORM)
 def torch_rms_norm(x, weight, eps, offset, casting, residual):
     """RMSNorm on ``F.rms_norm``.
@@ -28,7 +72,8 @@ def torch_rms_norm(x, weight, eps, offset, casting, residual):
     apart, and the reason this kernel exists (the two-kernel exact form measured 845 GB/s on an H100 vs
     1.4-2 TB/s for fused kernels). Exact double rounding: ``liger_rms_norm`` / ``reference_rms_norm``.
     "gemma": fp32 ``F.rms_norm`` with ``offset + w`` as fp32 weight, rounded once (exact, slower: an fp32
-    copy of x). "none": the fused kernel with the weight in the input dtype."""
+    copy of x). "none": the fused kernel with the weight in the input dtype. A derived weight (offset
+    added, or cast) is computed once per parameter version (:class:`_DerivedWeights`)."""
     if residual is not None:
         x = x + residual
     shape = (x.shape[-1],)
@@ -36,24 +81,18 @@ def torch_rms_norm(x, weight, eps, offset, casting, residual):
     # ``.to`` is skipped when the dtype already matches: even a no-op cast is an ATen call (~1 us of host
     # time), and decode loops are host-bound.
     if casting == "llama":
-        w = None
-        if weight is not None:
-            w = (offset + weight.float()) if offset else weight
-            if w.dtype != dtype:
-                w = w.to(dtype)
+        w = weight
+        if weight is not None and (offset or weight.dtype != dtype):
+            w = _DERIVED.get(weight, offset, dtype)
         out = F.rms_norm(x, shape, w, eps)
     elif casting == "gemma":
-        w = None
-        if weight is not None:
-            w = offset + weight.float() if offset else weight.float()
+        w = _DERIVED.get(weight, offset, torch.float32) if weight is not None else None
         xf = x if dtype == torch.float32 else x.float()
         out = F.rms_norm(xf, shape, w, eps).to(dtype)
     elif casting == "none":
-        w = None
-        if weight is not None:
-            w = (offset + weight) if offset else weight
-            if w.dtype != dtype:
-                w = w.to(dtype)
+        w = _DERIVED.get(weight, offset, weight.dtype) if weight is not None and offset else weight
+        if w is not None and w.dtype != dtype:  # the offset is added in the weight's own dtype
+            w = w.to(dtype)
         out = F.rms_norm(x, shape, w, eps)
     else:
         raise ValueError(f"rms_norm casting={casting!r} is not one of 'llama', 'gemma', 'none'")

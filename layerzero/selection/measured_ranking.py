@@ -104,8 +104,8 @@ class MeasuredRanking:
             members = groups[group]
             timed = [c for c in members if not c.spec.is_reference]  # the fp32 references stay last resort
             if timed and all(c.spec.kernel_id in times for c in timed):
-                ordered = sorted(timed, key=lambda c: (times[c.spec.kernel_id].median_us, c.spec.kernel_id))
-                out.extend(RankedKernel(c.spec, "measured", times[c.spec.kernel_id].median_us) for c in ordered)
+                ordered = sorted(timed, key=lambda c: (times[c.spec.kernel_id].cost_us, c.spec.kernel_id))
+                out.extend(RankedKernel(c.spec, "measured", times[c.spec.kernel_id].cost_us) for c in ordered)
                 out.extend(RankedKernel(c.spec, "priority") for c in members if c.spec.is_reference)
                 continue
             # Some member has no usable measurement (not installed when the table was measured, or dropped as
@@ -115,7 +115,7 @@ class MeasuredRanking:
             for c in ordered:
                 found = times.get(c.spec.kernel_id)
                 source = "policy" if c.policy_rank and c.policy_rank[0] > 0 else "priority"
-                out.append(RankedKernel(c.spec, source, found.median_us if found is not None else None))
+                out.append(RankedKernel(c.spec, source, found.cost_us if found is not None else None))
         return out
 
     def clear(self) -> None:

@@ -61,7 +61,7 @@ def measure_bucket(call: SweepCall, device: torch.device, *, timer: Timer | None
     small = call.batch * call.dims.heads * call.seq_q * call.seq_k <= MAX_REFERENCE_SCORES
     expected = fp32_reference(ref, inputs, kwargs) if small else None
     timings, notes = time_kernels(specs, inputs, kwargs, expected, timer=timer, attempts=attempts, repeats=repeats)
-    times = {k: Measurement(t.median_us, t.spread, "shipped") for k, t in timings.items()}
+    times = {k: Measurement(t.median_us, t.spread, "shipped", t.host_us) for k, t in timings.items()}
     return times, [f"{k}: {v}" for k, v in sorted(notes.items())]
 
 
@@ -85,12 +85,14 @@ def run_sweep(
     dtype: str | None = None,
     quick: bool = False,
     max_seconds: float = 300.0,
+    max_tokens: int | None = None,
     into_cache: TuningCache | None = None,
     timer: Timer | None = None,
     on_bucket: Callable[[int, int, str], None] | None = None,
 ) -> SweepResult:
     """Measure, merge over any existing table at ``out_dir`` and write it (``out_dir=None``: no files).
-    ``into_cache`` also records the measurements as local ones in an autotune cache."""
+    ``max_tokens`` keeps only buckets of at most that many tokens (re-measuring the host-bound decode-sized
+    calls alone); ``into_cache`` also records the measurements as local ones in an autotune cache."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cls = device_class(dev)
     dt = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
@@ -105,7 +107,7 @@ def run_sweep(
     todo = []
     for call in calls:
         bucket = call.bucket(dev)
-        if bucket is not None and bucket not in seen:
+        if bucket is not None and bucket not in seen and (max_tokens is None or bucket.tokens <= max_tokens):
             seen.add(bucket)
             todo.append((call, bucket))
     if dev.type == "cuda":
@@ -121,7 +123,7 @@ def run_sweep(
             table.add(bucket, kid, m)
         table.notes.extend(f"{bucket.label()}: {n}" for n in notes)
         if into_cache is not None and times:
-            put_costs(into_cache, cls, bucket.key(), {k: m.median_us for k, m in times.items()}, save=False)
+            put_costs(into_cache, cls, bucket.key(), {k: m.cost_us for k, m in times.items()}, save=False)
         done += 1
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -170,6 +172,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--operations", action="append", help=f"operations (globs, repeatable): {', '.join(OPERATIONS)}")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--max-seconds", type=float, default=300.0, help="stop starting new buckets after this long")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="only buckets of at most this many tokens (e.g. 64: the host-bound decode-sized calls)")
     p.add_argument("--quick", action="store_true", help="one architecture, two token counts (CI, CPU)")
     p.add_argument("--into-cache", action="store_true", help="also record the times as local measurements")
     return p
@@ -178,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     result = run_sweep(args.out, device=args.device, archs=args.arch, operations=args.operations, dtype=args.dtype,
-                       quick=args.quick, max_seconds=args.max_seconds,
+                       quick=args.quick, max_seconds=args.max_seconds, max_tokens=args.max_tokens,
                        into_cache=TuningCache() if args.into_cache else None,
                        on_bucket=lambda i, n, label: print(f"[{i}/{n}] {label}", flush=True))
     print(f"{result.buckets_done} of {result.buckets_total} buckets, {len(result.table)} measurements -> "

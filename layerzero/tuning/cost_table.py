@@ -168,11 +168,19 @@ def bucket_for(operation: str, ctx: SelectionContext) -> CostBucket | None:
 
 @dataclass(frozen=True)
 class Measurement:
-    """A kernel's measured time in one bucket: median microseconds and spread (IQR / median)."""
+    """A kernel's measured time in one bucket: median microseconds of device time and spread (IQR / median),
+    and on CUDA, where it was measured, the host time to issue one call. Rankings use :attr:`cost_us`."""
 
     median_us: float
     spread: float = 0.0
     source: str = "shipped"  # "shipped", "user", "local" or "model"
+    host_us: float | None = None
+
+    @property
+    def cost_us(self) -> float:
+        """Device time, or the issue time where that is larger: a host-bound call (a decode step's tiny
+        kernels) costs what it takes to launch."""
+        return self.median_us if self.host_us is None else max(self.median_us, self.host_us)
 
 
 @dataclass
@@ -230,8 +238,11 @@ class CostTable:
         rows = []
         for bucket in sorted(self.entries, key=_sort_key):
             for kid, m in sorted(self.entries[bucket].items()):
-                rows.append({**bucket.as_json(), "kernel_id": kid, "median_us": round(m.median_us, 4),
-                             "spread": round(m.spread, 4)})
+                row = {**bucket.as_json(), "kernel_id": kid, "median_us": round(m.median_us, 4),
+                       "spread": round(m.spread, 4)}
+                if m.host_us is not None:
+                    row["host_us"] = round(m.host_us, 4)
+                rows.append(row)
         return {"schema": SCHEMA, "device_class": self.device_class, "device_name": self.device_name,
                 "versions": dict(sorted(self.versions.items())), "created": self.created, "timer": self.timer,
                 "notes": list(self.notes), "entries": rows}
@@ -268,7 +279,8 @@ def _entry(raw: Any, where: str, problems: list[ValidationProblem], source: str
                                           "kernel_id and median_us"))
         return None
     before = len(problems)
-    allowed = {"operation", "dtype", "dims", "tokens", "kv_len", "options", "kernel_id", "median_us", "spread"}
+    allowed = {"operation", "dtype", "dims", "tokens", "kv_len", "options", "kernel_id", "median_us", "spread",
+               "host_us"}
     for key in raw:
         if key not in allowed:
             problems.append(ValidationProblem(f"{where}.{key}", raw[key], f"unknown field; use {sorted(allowed)}"))
@@ -294,11 +306,16 @@ def _entry(raw: Any, where: str, problems: list[ValidationProblem], source: str
                                           "expected a positive finite number of microseconds"))
     if "spread" in raw and not _time(raw["spread"]):
         problems.append(ValidationProblem(f"{where}.spread", raw["spread"], "expected a finite number >= 0"))
+    if raw.get("host_us") is not None and not _time(raw["host_us"]):
+        problems.append(ValidationProblem(f"{where}.host_us", raw["host_us"],
+                                          "expected a finite number of microseconds >= 0, or null"))
     if len(problems) != before:
         return None
     bucket = CostBucket(raw["operation"], dtype_name(raw["dtype"]), tuple(sorted(dims.items())), tokens, kv,
                         tuple(sorted(options.items())))
-    return bucket, raw["kernel_id"], Measurement(float(raw["median_us"]), float(raw.get("spread", 0.0)), source)
+    host = raw.get("host_us")
+    return bucket, raw["kernel_id"], Measurement(float(raw["median_us"]), float(raw.get("spread", 0.0)), source,
+                                                 None if host is None else float(host))
 
 
 def table_from_json(data: Any, source: str = "shipped", origin: str | None = None) -> CostTable:
@@ -451,15 +468,22 @@ class CostTableSource:
 _MISSING: Any = object()
 
 def summary_markdown(table: CostTable) -> str:
-    """One row per bucket: the fastest kernel, its time, and every other kernel's time relative to it."""
+    """One row per bucket: the cheapest kernel, its cost, and every other kernel's cost relative to it. A
+    cost is the device time, or the host issue time where that is larger (marked "host")."""
     lines = [f"# Cost table `{table.device_class}`", "",
              f"Device: {table.device_name or '?'}; measured {table.created or '?'} with {table.timer or '?'}; "
              f"versions: {', '.join(f'{k} {v}' for k, v in sorted(table.versions.items())) or '?'}.", "",
-             "| bucket | fastest | µs | others (x slower) |", "| --- | --- | ---: | --- |"]
+             "Cost = device time, or the host time to issue the call where that is larger (\"host\": the call "
+             "is host-bound).", "",
+             "| bucket | cheapest | µs | others (x costlier) |", "| --- | --- | ---: | --- |"]
+
+    def host(m: Measurement) -> str:
+        return " host" if m.host_us is not None and m.host_us > m.median_us else ""
+
     for bucket in sorted(table.entries, key=_sort_key):
-        (best_id, best), *rest = sorted(table.entries[bucket].items(), key=lambda kv: (kv[1].median_us, kv[0]))
-        others = ", ".join(f"{k} {m.median_us / best.median_us:.2f}" for k, m in rest)
-        lines.append(f"| {bucket.label()} | {best_id} | {best.median_us:.1f} | {others or '-'} |")
+        (best_id, best), *rest = sorted(table.entries[bucket].items(), key=lambda kv: (kv[1].cost_us, kv[0]))
+        others = ", ".join(f"{k} {m.cost_us / best.cost_us:.2f}{host(m)}" for k, m in rest)
+        lines.append(f"| {bucket.label()} | {best_id}{host(best)} | {best.cost_us:.1f} | {others or '-'} |")
     return "\n".join(lines + (["", "## Notes", ""] + [f"- {n}" for n in table.notes] if table.notes else [])) + "\n"
 
 

@@ -11,7 +11,15 @@ same call seconds apart once read 78 us and 7,995 us) and must not be read as a 
 * CUDA without Triton: CUDA events on the current stream, one sample per call.
 
 Every :class:`Timing` carries its spread, ``IQR / median``; above :data:`NOISE_THRESHOLD` it is flagged
-``noisy`` (tables, plots and JSON show the flag). Conformance: a kernel's output is compared with the
+``noisy`` (tables, plots and JSON show the flag).
+
+On CUDA a kernel has two costs: its device time and the host time it takes to *issue* it (argument
+checks, allocations, Triton's launcher: tens of microseconds). A decode step of a small model issues
+hundreds of tiny kernels and is host-bound, so there the issue time is what a kernel costs; measured on an
+H200 host, Triton's GeGLU took 4 us of device time but 53 us to issue, ``F.gelu`` + ``mul`` 8 us and 23 us.
+:func:`time_kernels` therefore also measures ``host_us`` (:func:`issue_time`: calls issued back to back,
+no synchronisation) for calls short enough for it to matter, and :attr:`Timing.cost_us` — what rankings
+use — is the larger of the two: a call costs whichever of host and device is the bottleneck. Conformance: a kernel's output is compared with the
 fp32 reference under a per-dtype tolerance relative to the reference's magnitude, so a fast but wrong
 kernel can never be chosen.
 """
@@ -21,7 +29,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -29,6 +37,9 @@ import torch
 # A measurement whose interquartile range exceeds this fraction of its median is flagged noisy: on a
 # quiet machine the IQR of these harnesses is a few percent; 20% means something else was running.
 NOISE_THRESHOLD = 0.2
+# Issue time is measured only for calls whose device time is below this (microseconds): a longer kernel
+# keeps the GPU busy while the host issues the next ones, so its host cost never decides.
+HOST_RELEVANT_US = 500.0
 # CPU time budget per measurement (seconds): ``repeats`` calls' worth, within these bounds.
 MIN_CPU_RUN_S = 0.1
 MAX_CPU_RUN_S = 1.0
@@ -97,6 +108,13 @@ class Timing:
     p90_us: float
     timer: str
     samples: tuple[float, ...] = field(default=(), repr=False)  # per-call microseconds (block means on CPU)
+    host_us: float | None = None  # CUDA: host time to issue one call (:func:`issue_time`), when measured
+
+    @property
+    def cost_us(self) -> float:
+        """What one call costs in a sequence of calls: the device time, or the issue time where that is
+        larger (a host-bound call)."""
+        return self.median_us if self.host_us is None else max(self.median_us, self.host_us)
 
     @property
     def spread(self) -> float:
@@ -112,7 +130,7 @@ class Timing:
 
     def as_dict(self) -> dict[str, Any]:
         return {"median_us": self.median_us, "p10_us": self.p10_us, "p90_us": self.p90_us, "spread": self.spread,
-                "noisy": self.noisy, "timer": self.timer}
+                "noisy": self.noisy, "timer": self.timer, "host_us": self.host_us}
 
     @classmethod
     def from_samples(cls, samples_us: Sequence[float], timer: str) -> "Timing":
@@ -191,6 +209,27 @@ def _measure_cuda_events(fn: Callable[[], Any], device: torch.device, repeats: i
         end.synchronize()
         times.append(start.elapsed_time(end) * 1000.0)
     return Timing.from_samples(times, "cuda events")
+
+
+def issue_time(fn: Callable[[], Any], device: torch.device | str, calls: int = 50, trials: int = 5) -> float | None:
+    """Host microseconds to issue one ``fn()`` on CUDA: the median over ``trials`` of ``calls`` calls made
+    back to back without synchronising (the device catches up after each trial). ``calls`` stays far below
+    the launch queue's depth, so the host never waits for the device and this is pure host time. None
+    on a CPU, where :func:`measure` already times the host."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    per_call = []
+    with torch.cuda.device(dev):
+        fn()
+        torch.cuda.synchronize(dev)
+        for _ in range(max(1, trials)):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            per_call.append((time.perf_counter() - start) / calls * 1e6)
+            torch.cuda.synchronize(dev)
+    return statistics.median(per_call)
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
@@ -275,22 +314,45 @@ def fp32_reference(reference: Any, inputs: Mapping[str, Any], kwargs: Mapping[st
         return None
 
 
+def _with_issue_time(fn: Callable[[], Any], device: torch.device, timing: Timing | None, timer: Timer | None,
+                     host_timer: Callable[[Callable[[], Any], torch.device], float | None], repeats: int
+                     ) -> Timing | None:
+    """``timing`` with its issue time where the call is short enough for that to matter. A short call whose
+    device time never held still (``timing`` None) is kept when it is host-bound — its issue time exceeds
+    even the slow end (p90) of its device times, so that noise cannot change what it costs."""
+    if timing is None:
+        timing = (timer or measure)(fn, device, warmup=1, repeats=repeats)
+        host = host_timer(fn, device) if timing.median_us < HOST_RELEVANT_US else None
+        return replace(timing, host_us=host) if host is not None and host >= timing.p90_us else None
+    if timing.median_us >= HOST_RELEVANT_US:
+        return timing
+    host = host_timer(fn, device)
+    return timing if host is None else replace(timing, host_us=host)
+
+
 def time_kernels(specs: Sequence[Any], inputs: Mapping[str, Any], kwargs: Mapping[str, Any], expected: Any, *,
-                 timer: Timer | None = None, attempts: int = 3, repeats: int = 10
+                 timer: Timer | None = None, attempts: int = 3, repeats: int = 10,
+                 host_timer: Callable[[Callable[[], Any], torch.device], float | None] | None = None,
                  ) -> tuple[dict[str, Timing], dict[str, str]]:
     """Steady timings of each kernel on one call's arguments; a kernel that raises, disagrees with
-    ``expected`` (when given) or never measures steadily gets a note instead."""
+    ``expected`` (when given) or never measures steadily gets a note instead. On CUDA, a timing below
+    :data:`HOST_RELEVANT_US` also gets its issue time (``host_timer``, default :func:`issue_time`), so
+    :attr:`Timing.cost_us` ranks host-bound calls by what they really cost."""
+    host_timer = host_timer if host_timer is not None else issue_time
     tensors = [v for v in inputs.values() if isinstance(v, torch.Tensor)]
     dtype, device = tensors[0].dtype, tensors[0].device
     times: dict[str, Timing] = {}
     notes: dict[str, str] = {}
     for spec in specs:
         args, impl = spec.map_arguments(inputs, kwargs), spec.impl
+        fn = (lambda impl=impl, args=args: impl(**args))
         try:
-            out = impl(**args)
+            out = fn()
             problem = conformance_problem(out, expected, dtype) if expected is not None else None
             timing, note = (None, f"not recorded, {problem}") if problem else measure_stable(
-                lambda impl=impl, args=args: impl(**args), device, attempts=attempts, repeats=repeats, timer=timer)
+                fn, device, attempts=attempts, repeats=repeats, timer=timer)
+            if not problem and device.type == "cuda":
+                timing = _with_issue_time(fn, device, timing, timer, host_timer, repeats)
         except Exception as e:  # noqa: BLE001 - a kernel failing here (or out of memory while timed) is noted
             timing, note = None, f"raised {type(e).__name__}: {str(e)[:120]}"
         if timing is None:

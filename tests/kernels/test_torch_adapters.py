@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from layerzero.kernels import reference as ref
 from layerzero.kernels.torch_flex import _masked_mod, torch_flex_attention
@@ -103,3 +104,42 @@ def test_compiled_flex_gives_each_call_variant_its_own_entry_point(monkeypatch):
     codes = {fn.__code__ for fn, _ in compiled}
     assert len(compiled) == 7 and len(codes) == 7 and all(kw == {"dynamic": None} for _, kw in compiled)
     assert all(fn is not first for fn in others)
+
+
+def test_rms_norm_derived_weight_is_computed_once_per_parameter_version():
+    """Gemma's fp32 ``1 + w`` is two ATen calls per norm call; it is kept per parameter until the parameter
+    changes (in place, via ``.data``) and is never kept alive by the cache."""
+    import gc
+    import weakref
+
+    from layerzero.kernels import torch_ops
+
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    w = torch.nn.Parameter(torch.randn(16, dtype=torch.bfloat16) * 0.1, requires_grad=False)
+
+    def run():
+        return torch_ops.torch_rms_norm(x, w, 1e-6, 1.0, "gemma", None)
+
+    def expected():
+        return (F.rms_norm(x.float(), (16,), 1.0 + w.detach().float(), 1e-6)).to(torch.bfloat16)
+
+    first = run()
+    derived = torch_ops._DERIVED.get(w, 1.0, torch.float32)
+    assert torch_ops._DERIVED.get(w, 1.0, torch.float32) is derived  # cached
+    assert torch.equal(first, expected())
+    w.mul_(2)  # in-place update bumps the version: recomputed
+    assert torch_ops._DERIVED.get(w, 1.0, torch.float32) is not derived and torch.equal(run(), expected())
+    w.data = torch.randn(16, dtype=torch.bfloat16)  # new storage: recomputed
+    assert torch.equal(run(), expected())
+    ref = weakref.ref(w)
+    del w, run, expected
+    gc.collect()
+    assert ref() is None
+
+
+def test_rms_norm_derived_weight_is_not_cached_for_a_weight_that_needs_a_gradient():
+    from layerzero.kernels import torch_ops
+
+    w = torch.nn.Parameter(torch.randn(16))
+    first = torch_ops._DERIVED.get(w, 1.0, torch.float32)
+    assert first.requires_grad and torch_ops._DERIVED.get(w, 1.0, torch.float32) is not first

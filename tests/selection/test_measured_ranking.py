@@ -50,6 +50,16 @@ def test_a_fully_measured_group_is_ordered_by_time():
     assert got == [("flex", "measured", 5.0), ("sdpa", "measured", 7.5), ("fa3", "measured", 9.0)]
 
 
+def test_a_host_bound_call_is_ranked_by_issue_time():
+    """Decode-sized calls: the device times (4-8 us) are below what it takes to issue them; the kernel that
+    is cheaper to launch wins although its device time is longer."""
+    table = CostTable("sm90")
+    table.add(bucket_for(OP, CTX), "fa3", Measurement(4.4, host_us=53.0))
+    table.add(bucket_for(OP, CTX), "sdpa", Measurement(7.8, host_us=23.0))
+    got = _order(MeasuredRanking(table), [_cand("fa3", index=0), _cand("sdpa", index=1)])
+    assert got == [("sdpa", "measured", 23.0), ("fa3", "measured", 53.0)]
+
+
 def test_a_group_with_an_unmeasured_kernel_keeps_the_policy_order_and_shows_the_times():
     """Times measured without a candidate (not installed then, or dropped as noisy) cannot place it: the
     whole group keeps its priority order, so a faster kernel the table missed is never pushed down."""

@@ -68,8 +68,21 @@ def test_round_trip_through_json():
     assert again.lookup(_bucket(1024))[1]["b"].median_us == 20.0
 
 
+def test_host_time_round_trips_and_decides_the_cost_of_a_host_bound_call():
+    doc = _doc(_row("triton", 4.4), _row("torch", 7.8))
+    doc["entries"][0]["host_us"], doc["entries"][1]["host_us"] = 53.0, 23.0
+    table = table_from_json(json.loads(json.dumps(table_from_json(doc).as_json())))
+    times = table.lookup(_bucket(1024))[1]
+    assert (times["triton"].host_us, times["triton"].cost_us) == (53.0, 53.0)
+    assert (times["torch"].median_us, times["torch"].cost_us) == (7.8, 23.0)
+    assert Measurement(30.0, host_us=5.0).cost_us == 30.0 and Measurement(30.0).cost_us == 30.0
+    md = cost_table.summary_markdown(table)
+    assert "| torch host | 23.0 | triton 2.30 host |" in md
+
+
 @pytest.mark.parametrize("mutate, field", [
     (lambda d: d.update(schema=2), "schema"),
+    (lambda d: d["entries"][0].update(host_us=-3), "entries[0].host_us"),
     (lambda d: d.update(device_class=""), "device_class"),
     (lambda d: d.update(entries={}), "entries"),
     (lambda d: d["entries"][0].update(median_us=-1), "entries[0].median_us"),

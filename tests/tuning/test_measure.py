@@ -107,3 +107,30 @@ def test_kernel_compare_rows_carry_spread_and_noisy():
     assert {"spread", "noisy"} <= set(COLUMNS)
     for row in rows:
         assert isinstance(row["noisy"], bool) and not math.isnan(row["spread"])
+
+
+def _fixed(median: float, p90: float | None = None) -> m.Timing:
+    return m.Timing(median, median, median, median, p90 if p90 is not None else median, "fake")
+
+
+def test_issue_time_is_only_measured_on_cuda():
+    assert m.issue_time(lambda: None, "cpu") is None
+
+
+def test_short_cuda_calls_get_their_issue_time_and_long_ones_do_not():
+    cuda = torch.device("cuda")
+    short = m._with_issue_time(lambda: None, cuda, _fixed(4.4), None, lambda fn, dev: 53.0, 10)
+    assert (short.host_us, short.cost_us) == (53.0, 53.0)
+    long = m._with_issue_time(lambda: None, cuda, _fixed(m.HOST_RELEVANT_US * 2), None,
+                              lambda fn, dev: pytest.fail("a long call's issue time never decides"), 10)
+    assert long.host_us is None and long.cost_us == m.HOST_RELEVANT_US * 2
+
+
+def test_a_noisy_short_call_is_kept_only_when_host_bound():
+    """measure_stable dropped it (device time would not hold still): that noise cannot matter when even the
+    slow end of the device times is below the issue time."""
+    cuda = torch.device("cuda")
+    noisy = lambda fn, dev, warmup, repeats: _fixed(6.0, p90=12.0)  # noqa: E731
+    kept = m._with_issue_time(lambda: None, cuda, None, noisy, lambda fn, dev: 40.0, 10)
+    assert kept is not None and kept.cost_us == 40.0
+    assert m._with_issue_time(lambda: None, cuda, None, noisy, lambda fn, dev: 9.0, 10) is None
