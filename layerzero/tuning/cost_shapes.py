@@ -110,6 +110,22 @@ class SweepCall:
                     "cos": mk(self.batch, self.seq_q, rot), "sin": mk(self.batch, self.seq_q, rot)}, {"layout": "bhsd"}
         return {"gate": mk(self.rows, self.width), "up": mk(self.rows, self.width)}, {}
 
+    def sequence(self, device: torch.device | str, steps: int = 8) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(inputs, inputs of ``steps`` consecutive calls) as a model makes them. Decode attention: key and
+        value grow by one position per step, views of one cache like a model's (so a kernel that
+        specialises or recompiles per key length pays for it while timed); other operations repeat one
+        call. The first of the sequence is ``inputs``."""
+        if self.operation != "attention.decode":
+            inputs, kwargs = self.arguments(device)
+            return kwargs, [inputs]
+        grown = SweepCall(self.arch, self.operation, self.dtype, self.batch, self.seq_q, self.seq_k + steps - 1,
+                          self.dims, self.rows, self.width, self.full_attention)
+        big, kwargs = grown.arguments(device)
+        kwargs["sliding_window"] = self.window  # as at the first step's key length
+        seq = [{**big, "key": big["key"][:, :self.seq_k + i], "value": big["value"][:, :self.seq_k + i]}
+               for i in range(steps)]
+        return kwargs, seq
+
     def context(self, device: torch.device | str) -> SelectionContext:
         inputs, kwargs = self.arguments("meta")
         ctx = SelectionContext.from_inputs(self.operation, inputs, **kwargs)

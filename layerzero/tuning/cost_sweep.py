@@ -57,10 +57,12 @@ def measure_bucket(call: SweepCall, device: torch.device, *, timer: Timer | None
                    repeats: int = 10) -> tuple[dict[str, Measurement], list[str]]:
     """Steady, conforming times of every eligible kernel at one call; notes say what was left out."""
     specs, ref = eligible_kernels(call.operation, call.context(device))
-    inputs, kwargs = call.arguments(device)
+    kwargs, sequence = call.sequence(device)
+    inputs = sequence[0]
     small = call.batch * call.dims.heads * call.seq_q * call.seq_k <= MAX_REFERENCE_SCORES
     expected = fp32_reference(ref, inputs, kwargs) if small else None
-    timings, notes = time_kernels(specs, inputs, kwargs, expected, timer=timer, attempts=attempts, repeats=repeats)
+    timings, notes = time_kernels(specs, inputs, kwargs, expected, timer=timer, attempts=attempts, repeats=repeats,
+                                  sequence=sequence)
     times = {k: Measurement(t.median_us, t.spread, "shipped", t.host_us) for k, t in timings.items()}
     return times, [f"{k}: {v}" for k, v in sorted(notes.items())]
 

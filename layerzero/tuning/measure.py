@@ -26,6 +26,7 @@ kernel can never be chosen.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
@@ -211,11 +212,13 @@ def _measure_cuda_events(fn: Callable[[], Any], device: torch.device, repeats: i
     return Timing.from_samples(times, "cuda events")
 
 
-def issue_time(fn: Callable[[], Any], device: torch.device | str, calls: int = 50, trials: int = 5) -> float | None:
-    """Host microseconds to issue one ``fn()`` on CUDA: the median over ``trials`` of ``calls`` calls made
-    back to back without synchronising (the device catches up after each trial). ``calls`` stays far below
-    the launch queue's depth, so the host never waits for the device and this is pure host time. None
-    on a CPU, where :func:`measure` already times the host."""
+def issue_time(fn: Callable[[], Any], device: torch.device | str, calls: int = 50, trials: int = 7) -> float | None:
+    """Host microseconds to issue one ``fn()`` on CUDA: the fastest of ``trials`` runs of ``calls`` calls
+    made back to back without synchronising (the device catches up after each run). ``calls`` stays far
+    below the launch queue's depth, so the host never waits for the device and this is pure host time.
+    The fastest run, not the median: other processes on the host only ever add to it, and two kernels
+    are compared by what issuing them costs, not by what else ran. None on a CPU, where :func:`measure`
+    already times the host."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return None
@@ -229,7 +232,7 @@ def issue_time(fn: Callable[[], Any], device: torch.device | str, calls: int = 5
                 fn()
             per_call.append((time.perf_counter() - start) / calls * 1e6)
             torch.cuda.synchronize(dev)
-    return statistics.median(per_call)
+    return min(per_call)
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
@@ -333,21 +336,30 @@ def _with_issue_time(fn: Callable[[], Any], device: torch.device, timing: Timing
 def time_kernels(specs: Sequence[Any], inputs: Mapping[str, Any], kwargs: Mapping[str, Any], expected: Any, *,
                  timer: Timer | None = None, attempts: int = 3, repeats: int = 10,
                  host_timer: Callable[[Callable[[], Any], torch.device], float | None] | None = None,
+                 sequence: Sequence[Mapping[str, Any]] | None = None,
                  ) -> tuple[dict[str, Timing], dict[str, str]]:
     """Steady timings of each kernel on one call's arguments; a kernel that raises, disagrees with
     ``expected`` (when given) or never measures steadily gets a note instead. On CUDA, a timing below
     :data:`HOST_RELEVANT_US` also gets its issue time (``host_timer``, default :func:`issue_time`), so
-    :attr:`Timing.cost_us` ranks host-bound calls by what they really cost."""
+    :attr:`Timing.cost_us` ranks host-bound calls by what they really cost.
+
+    ``sequence``: the inputs of consecutive calls as a model makes them (decode: the key length grows by
+    one per step), timed in turn, so a kernel that pays per new shape (a recompile, a rebuilt plan) pays
+    it here too; ``expected`` is the output for ``inputs``, which the check uses."""
     host_timer = host_timer if host_timer is not None else issue_time
     tensors = [v for v in inputs.values() if isinstance(v, torch.Tensor)]
     dtype, device = tensors[0].dtype, tensors[0].device
     times: dict[str, Timing] = {}
     notes: dict[str, str] = {}
     for spec in specs:
-        args, impl = spec.map_arguments(inputs, kwargs), spec.impl
-        fn = (lambda impl=impl, args=args: impl(**args))
+        impl = spec.impl
+        arg_sets = [spec.map_arguments(i, kwargs) for i in (sequence or (inputs,))]
+        if len(arg_sets) == 1:
+            fn = (lambda impl=impl, args=arg_sets[0]: impl(**args))
+        else:
+            fn = (lambda impl=impl, step=itertools.cycle(arg_sets).__next__: impl(**step()))
         try:
-            out = fn()
+            out = impl(**spec.map_arguments(inputs, kwargs))
             problem = conformance_problem(out, expected, dtype) if expected is not None else None
             timing, note = (None, f"not recorded, {problem}") if problem else measure_stable(
                 fn, device, attempts=attempts, repeats=repeats, timer=timer)

@@ -129,3 +129,39 @@ def test_cli_tune_costs(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["device_class"] == "cpu" and out["buckets"] == out["buckets_planned"] == 2
     assert run(["tune", "costs", "--out", str(tmp_path), "--operations", "nope"]) == 2
+
+
+def test_decode_attention_is_timed_over_growing_key_lengths():
+    """A decode step's key is one position longer than the last one's: the sweep times a kernel over such a
+    sequence (views of one cache), so per-shape costs (recompiles, rebuilt plans) are part of its time."""
+    from layerzero.tuning.measure import time_kernels
+
+    call = next(c for c in sweep_calls(["gemma2"], ["attention.decode"], "float32", decode_batches=(1,),
+                                       decode_kv=(64,)) if c.operation == "attention.decode")
+    kwargs, seq = call.sequence("cpu", steps=4)
+    assert [s["key"].shape[1] for s in seq] == [64, 65, 66, 67]
+    assert len({s["key"].untyped_storage().data_ptr() for s in seq}) == 1
+    assert kwargs["softcap"] == ARCH_DIMS["gemma2"].softcap
+
+    seen: list[int] = []
+
+    class Spec:
+        kernel_id = "probe"
+
+        @staticmethod
+        def map_arguments(inputs, kw):
+            return {"key": inputs["key"]}
+
+        @staticmethod
+        def impl(key):
+            seen.append(key.shape[1])
+            return key
+
+    def timer(fn, device, warmup, repeats):
+        for _ in range(6):
+            fn()
+        return _timing(10.0, 0.01)
+
+    times, notes = time_kernels([Spec], seq[0], kwargs, None, timer=timer, sequence=seq)
+    assert "probe" in times and not notes
+    assert seen[0] == 64 and set(seen[1:]) == {64, 65, 66, 67}  # checked on the first, timed over all

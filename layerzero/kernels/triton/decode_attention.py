@@ -301,9 +301,14 @@ def decode_attention(query, key, value, attn_mask, is_causal, scale, dropout_p, 
         return out
     splits, block_n, num_warps, num_stages = _config if _config is not None else launch_config(b, hkv, d)
     group = h // hkv
-    m_part = torch.empty((b * h, splits), dtype=torch.float32, device=query.device)
-    l_part = torch.empty((b * h, splits), dtype=torch.float32, device=query.device)
-    acc_part = torch.empty((b * h, splits, dv), dtype=torch.float32, device=query.device)
+    # The split partials (row max, row sum, unnormalised output; fp32, indexed flat by both kernels) share
+    # one allocation: a decode step is host-bound and each allocation is a few microseconds of host time.
+    # Each part starts at a multiple of 4 floats, so its pointer keeps the 16-byte alignment Triton
+    # specialises on (one compiled variant whatever the batch).
+    parts = b * h * splits
+    stride = (parts + 3) // 4 * 4
+    work = torch.empty(2 * stride + parts * dv, dtype=torch.float32, device=query.device)
+    m_part, l_part, acc_part = work[:parts], work[stride:stride + parts], work[2 * stride:]
     if attn_mask is not None:
         mask = _mask_view(attn_mask, b, h, sk)
         sm = (mask.stride(0), mask.stride(1), mask.stride(3))
