@@ -16,13 +16,14 @@ markdown summary ``<device_class>.md`` beside it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import fnmatch
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -114,6 +115,37 @@ def run_sweep(
             todo.append((call, bucket))
     if dev.type == "cuda":
         _warm_up(dev)
+    with _many_shapes():
+        done = _measure_all(todo, dev, table, timer, quick, max_seconds, into_cache, cls, on_bucket)
+    if into_cache is not None:
+        into_cache.save()
+    result = SweepResult(table, None, None, len(todo), done)
+    if out_dir is not None:
+        _write(result, Path(out_dir))
+    return result
+
+
+@contextlib.contextmanager
+def _many_shapes() -> Iterator[None]:
+    """torch._dynamo's recompile limit raised for the sweep. A model calls a compiled kernel (Flex) with a
+    few shapes, and the limit (8 per entry point) guards against a model that recompiles every step; a
+    sweep calls it with every architecture's shapes in one process and would hit the limit, after which
+    Flex runs uncompiled and would be timed at a speed no model sees."""
+    try:
+        from torch._dynamo import config
+    except ImportError:  # pragma: no cover - torch without dynamo
+        yield
+        return
+    names = [k for k in ("recompile_limit", "accumulated_recompile_limit") if hasattr(config, k)]
+    limits = {k: 1024 for k in names or [k for k in ("cache_size_limit",) if hasattr(config, k)]}
+    with config.patch(**limits):
+        yield
+
+
+def _measure_all(todo: list, dev: torch.device, table: CostTable, timer: Timer | None, quick: bool,
+                 max_seconds: float, into_cache: TuningCache | None, cls: str,
+                 on_bucket: Callable[[int, int, str], None] | None) -> int:
+    """Measure the buckets in order until the time budget is spent; returns how many were measured."""
     start = time.monotonic()
     done = 0
     for i, (call, bucket) in enumerate(todo):
@@ -131,12 +163,7 @@ def run_sweep(
             torch.cuda.empty_cache()
         if on_bucket is not None:
             on_bucket(i + 1, len(todo), bucket.label())
-    if into_cache is not None:
-        into_cache.save()
-    result = SweepResult(table, None, None, len(todo), done)
-    if out_dir is not None:
-        _write(result, Path(out_dir))
-    return result
+    return done
 
 
 def _warm_up(device: torch.device, seconds: float = 1.0) -> None:
