@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import ARCHS, TINY, build_model, decode_ms, profile_decode, profile_markdown, versions  # noqa: E402
+from e2e import ARCHS, bench_setup, build_model, decode_ms, profile_decode, profile_markdown, versions  # noqa: E402
 from result_files import write_result  # noqa: E402
 
 
@@ -42,11 +42,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     import layerzero_hf
 
-    device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    config_class, cfg = ARCHS[args.arch]
+    device, dtype, config_class, cfg = bench_setup(args.arch, args.quick)
     if args.quick:
-        cfg = {**cfg, **TINY}
         args.prompt, args.steps, args.batch, args.rounds = 8, 4, 2, min(args.rounds, 2)
     model = build_model(cfg, dtype, device, "sdpa", config_class=config_class)
     vocab = cfg["vocab_size"]

@@ -104,6 +104,25 @@ def build_model(cfg: dict, dtype: torch.dtype, device: str, attn: str, state: di
     return model.eval()
 
 
+def bench_setup(arch: str, quick: bool) -> tuple[str, torch.dtype, str, dict]:
+    """(device, dtype, config class, config) of a benchmark run: bf16 on CUDA; a ``--quick`` smoke test
+    (or no GPU) runs fp32 on the CPU with the architecture's features at the tiny sizes."""
+    device = "cpu" if quick or not torch.cuda.is_available() else "cuda"
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    config_class, cfg = ARCHS[arch]
+    return device, dtype, config_class, ({**cfg, **TINY} if quick else cfg)
+
+
+def liger_model(cfg: dict, dtype: torch.dtype, device: str, state: dict, config_class: str):
+    """A fresh model with ``state`` and Liger's kernels applied (raises ImportError without liger-kernel).
+    Build it last: Liger rewrites the modeling module's globals for the whole process."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    model = build_model(cfg, dtype, device, "sdpa", state, config_class=config_class)
+    _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
+    return model
+
+
 def prefill_tps(model, device: str, batch: int, seq: int, vocab: int, warmup: int, repeats: int) -> float:
     ids = torch.randint(3, vocab, (batch, seq), device=device, generator=None)
 
@@ -238,10 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import layerzero_hf  # registers the "layerzero" attention implementation
 
     quick = args.quick
-    device = "cpu" if quick else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float32 if quick else torch.bfloat16
-    config_class, full = ARCHS[args.arch]
-    cfg = {**full, **TINY} if quick else full
+    device, dtype, config_class, cfg = bench_setup(args.arch, quick)
     shapes = CPU_PREFILL if quick else GPU_PREFILL
     warmup, repeats = (1, 2) if quick else (args.warmup, args.repeats)
     prompt, steps = (8, 6) if quick else (args.prompt, args.steps)
@@ -347,12 +363,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.empty_cache()
 
     try:
-        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        liger = liger_model(cfg, dtype, device, state, config_class)
     except ImportError as exc:
         result["liger"] = f"not measured: {exc}"
     else:
-        liger = build_model(cfg, dtype, device, "sdpa", state, config_class=config_class)
-        _apply_liger_kernel_to_instance(model=liger, cross_entropy=False, fused_linear_cross_entropy=False)
         variants["liger"] = measure("liger", liger)
         result["liger"] = "measured (applied last: it rewrites the modeling module's globals for the process)"
 

@@ -18,7 +18,8 @@
 #             FLASHINFER_DISABLE_JIT: it restricts FlashInfer to its ahead-of-time package and ignores that
 #             workspace (measured: every module run1 had built was reported missing).
 #   recheck - (carry .whl, no install) after a change that FlashInfer does not touch, in one call: the
-#             decode A/B, then pytest -m gpu beside the replay and the parity matrix, FlashInfer off the path.
+#             decode A/B (skipped with DECODE_ROUNDS=0), then pytest -m gpu beside the replay and the parity
+#             matrix, FlashInfer off the path.
 #   bench   - (carry .whl, optional, after run1 with --shapes all) the end-to-end models of
 #             benchmarks/e2e.py.
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
@@ -114,10 +115,12 @@ if [ "$stage" = run2 ]; then
   tail -30 "$OUT/pytest-gpu.log"
 elif [ "$stage" = recheck ]; then  # one call, no install: FlashInfer off the path (its tests skip)
   export PYTHONPATH=$site:$PWD
-  section "quiet: Gemma2-2B decode A/B (+ host profile)"
-  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/decode_ab.py --arch gemma2-2b --rounds "${DECODE_ROUNDS:-7}" --profile \
-    --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/dab.log 2>&1; echo "decode_ab rc=$?" >> /tmp/dab.log
-  tail -3 /tmp/dab.log >> "$LOG"
+  if [ "${DECODE_ROUNDS:-7}" -gt 0 ]; then  # DECODE_ROUNDS=0: the tests alone (the A/B measured in a call of its own)
+    section "quiet: Gemma2-2B decode A/B (+ host profile)"
+    CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/decode_ab.py --arch gemma2-2b --rounds "${DECODE_ROUNDS:-7}" --profile \
+      --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/dab.log 2>&1; echo "decode_ab rc=$?" >> /tmp/dab.log
+    tail -3 /tmp/dab.log >> "$LOG"
+  fi
   tests_replay_parity
   for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -6 "$f" >> "$LOG"; done
   section "recompile-limit warnings"

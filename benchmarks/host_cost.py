@@ -36,13 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import ARCHS, TINY, build_model, versions  # noqa: E402
+from e2e import ARCHS, _sync, bench_setup, build_model, versions  # noqa: E402
 from result_files import write_result  # noqa: E402
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def back_to_back(fn: Callable[[], Any], device: str, calls: int = 200, trials: int = 5) -> tuple[float, float]:
@@ -122,11 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     import layerzero_hf
 
-    device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    config_class, cfg = ARCHS[args.arch]
+    device, dtype, config_class, cfg = bench_setup(args.arch, args.quick)
     if args.quick:
-        cfg = {**cfg, **TINY}
         args.batch, args.prompt = 2, 8
     vocab = cfg["vocab_size"]
     ids = torch.randint(3, vocab, (args.batch, args.prompt), device=device)

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import ARCHS, TINY, build_model, time_fn, versions  # noqa: E402
+from e2e import ARCHS, TINY, build_model, liger_model, time_fn, versions  # noqa: E402
 from result_files import write_result  # noqa: E402
 
 LLAMA_8B_8L = dict(hidden_size=4096, num_hidden_layers=8, num_attention_heads=32, num_key_value_heads=8,
@@ -157,12 +157,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     del model
     gc.collect()
     try:
-        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        liger = liger_model(cfg, dtype, device, state, config_class)
     except ImportError as exc:
         result["liger"] = f"not measured: {exc}"
     else:
-        liger = build_model(cfg, dtype, device, "sdpa", state, config_class=config_class)
-        _apply_liger_kernel_to_instance(model=liger, cross_entropy=False, fused_linear_cross_entropy=False)
         variants["liger"] = measure_variant(liger, device, shapes, vocab, warmup, repeats)
         result["liger"] = "measured"
     return result

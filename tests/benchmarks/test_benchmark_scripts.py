@@ -77,3 +77,30 @@ def test_decode_ab_quick(tmp_path):
     assert {e["name"] for e in out["profile"]["layerzero"]["top"]} and out["profile"]["hf_sdpa"]["self_cpu_total_ms"] > 0
     assert "sampled checks off" in (tmp_path / "d.md").read_text()
     assert json.loads((tmp_path / "d.json").read_text())["arch"] == "llama-1b"
+
+
+@pytest.mark.slow
+def test_prefill_profile_quick(tmp_path):
+    """Every variant's profile sums time by kernel kind; LayerZero's custom-op ranges are not counted twice."""
+    pytest.importorskip("transformers")
+    out = _load("prefill_profile").main(["--quick", "--arch", "llama-8b", "--json", str(tmp_path / "p.json"),
+                                         "--md", str(tmp_path / "p.md")])
+    for name in ("hf_sdpa", "layerzero"):
+        for cell in out["variants"][name].values():
+            assert cell["wall_ms"] > 0 and cell["launches"] > 0
+            assert abs(sum(cell["by_kind_ms"].values()) - cell["total_ms"]) < 1e-6
+    assert out["layerzero_kernels"] and "GPU ms by kernel kind" in (tmp_path / "p.md").read_text()
+    assert _load("prefill_profile").kernel_kind("nvjet_sm90_tst_256x128") == "gemm"
+    assert _load("prefill_profile").kernel_kind("_rms_norm_rows") == "norm"
+
+
+@pytest.mark.slow
+def test_host_cost_quick(tmp_path):
+    """Each decode call of the model is listed with every eligible kernel's issue time (GPU time on CUDA)."""
+    pytest.importorskip("transformers")
+    out = _load("host_cost").main(["--quick", "--arch", "gemma2-2b", "--json", str(tmp_path / "h.json")])
+    ops = {c["call"].split(" ")[0] for c in out["calls"]}
+    assert {"rms_norm", "rope", "attention.decode"} <= ops
+    for c in out["calls"]:
+        for t in c["kernels"].values():
+            assert "error" in t or (t["issue_us"] > 0 and t["pipelined_us"] > 0)
