@@ -52,6 +52,8 @@ def costs(
                                                                                  "repeatable).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="Default: bfloat16 on CUDA, float32 on CPU.")] = None,
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="Stop starting buckets after this.")] = 300.0,
+    max_tokens: Annotated[Optional[int], typer.Option(
+        "--max-tokens", min=1, help="Only buckets of at most this many tokens (64: the host-bound decode-sized calls).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="One architecture, two token counts (CI, CPU).")] = False,
     into_cache: Annotated[bool, typer.Option("--into-cache", help="Also record as local measurements.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -66,7 +68,8 @@ def costs(
         usage(f"--out {out} is a file; pass a directory (the table is written as <device_class>.json in it)")
     try:
         result = run_sweep(out, device=dev, archs=arch, operations=operations, dtype=dt, quick=quick,
-                           max_seconds=max_seconds, into_cache=TuningCache() if into_cache else None)
+                           max_seconds=max_seconds, max_tokens=max_tokens,
+                           into_cache=TuningCache() if into_cache else None)
     except ValueError as e:
         usage(str(e))
     summary = {"device_class": result.table.device_class, "json": str(result.json_path),

@@ -128,6 +128,9 @@ def test_cli_tune_costs(tmp_path, capsys):
                 "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["device_class"] == "cpu" and out["buckets"] == out["buckets_planned"] == 2
+    assert run(["tune", "costs", "--out", str(tmp_path), "--quick", "--device", "cpu", "--operations", "swiglu",
+                "--max-tokens", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["buckets_planned"] == 1  # the quick plan's 1- and 16-token calls
     assert run(["tune", "costs", "--out", str(tmp_path), "--operations", "nope"]) == 2
 
 
