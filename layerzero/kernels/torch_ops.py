@@ -30,8 +30,10 @@ class _DerivedWeights:
     do. An entry is keyed by the parameter's identity and checked against its version counter (bumped by
     every in-place write, ``load_state_dict`` included) and data pointer (``param.data = ...``); the
     parameter is held weakly, so a dropped model frees its entries. Traced (``torch.compile``) and
-    inference-mode tensors (no version counter), and weights that need a gradient, are not cached: they
-    compute the value as before."""
+    inference-mode tensors (no version counter), weights that need a gradient, and calls captured into a
+    CUDA graph are not cached: they compute the value as before. (A graph that read a cached tensor would
+    keep reading its memory after an update had replaced it; computed inside the graph, it is recomputed
+    from the parameter at every replay.)"""
 
     __slots__ = ("_entries",)
 
@@ -40,7 +42,8 @@ class _DerivedWeights:
 
     def get(self, weight: torch.Tensor, offset: float, dtype: torch.dtype) -> torch.Tensor:
         if torch.compiler.is_compiling() or weight.is_inference() or (
-                weight.requires_grad and torch.is_grad_enabled()):
+                weight.requires_grad and torch.is_grad_enabled()) or (
+                weight.is_cuda and torch.cuda.is_current_stream_capturing()):
             return _derive(weight, offset, dtype)
         key = (id(weight), offset, dtype)
         hit = self._entries.get(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -143,3 +144,27 @@ def test_rms_norm_derived_weight_is_not_cached_for_a_weight_that_needs_a_gradien
     w = torch.nn.Parameter(torch.randn(16))
     first = torch_ops._DERIVED.get(w, 1.0, torch.float32)
     assert first.requires_grad and torch_ops._DERIVED.get(w, 1.0, torch.float32) is not first
+
+
+@pytest.mark.gpu
+def test_rms_norm_in_a_cuda_graph_follows_weight_updates():
+    """A CUDA graph replays what it captured: a derived weight captured from the cache would keep the old
+    values after an in-place update; computed inside the graph, it follows the parameter."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (run on the device machine with -m gpu)")
+    from layerzero.kernels import torch_ops
+
+    x = torch.randn(8, 2304, device="cuda", dtype=torch.bfloat16)
+    w = torch.nn.Parameter(torch.randn(2304, device="cuda", dtype=torch.bfloat16) * 0.1, requires_grad=False)
+    torch_ops.torch_rms_norm(x, w, 1e-6, 1.0, "gemma", None)  # fills the cache outside the graph
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        torch_ops.torch_rms_norm(x, w, 1e-6, 1.0, "gemma", None)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = torch_ops.torch_rms_norm(x, w, 1e-6, 1.0, "gemma", None)
+    w.mul_(3)
+    graph.replay()
+    expected = F.rms_norm(x.float(), (2304,), 1.0 + w.float(), 1e-6).to(torch.bfloat16)
+    assert torch.equal(out, expected)
