@@ -111,10 +111,10 @@ class SweepCall:
         return {"gate": mk(self.rows, self.width), "up": mk(self.rows, self.width)}, {}
 
     def sequence(self, device: torch.device | str, steps: int = 8) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """(inputs, inputs of ``steps`` consecutive calls) as a model makes them. Decode attention: key and
-        value grow by one position per step, views of one cache like a model's (so a kernel that
-        specialises or recompiles per key length pays for it while timed); other operations repeat one
-        call. The first of the sequence is ``inputs``."""
+        """(options, the inputs of ``steps`` consecutive calls) as a model makes them. Decode attention: key
+        and value grow by one position per step, views of one cache like a model's (so a kernel that
+        specialises or recompiles per key length pays for it while timed); other operations make one call.
+        The first inputs are the call's own (:meth:`arguments`' shapes)."""
         if self.operation != "attention.decode":
             inputs, kwargs = self.arguments(device)
             return kwargs, [inputs]
