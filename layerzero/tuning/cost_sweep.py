@@ -19,11 +19,10 @@ import argparse
 import contextlib
 import datetime as _dt
 import fnmatch
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
