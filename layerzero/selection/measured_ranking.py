@@ -37,6 +37,15 @@ TableSource = Callable[[str], "CostTable | None"]
 MEMO_LIMIT = 4096
 
 
+def _decisive(ordered: Sequence[Measurement]) -> bool:
+    """Whether an order by cost holds whatever the noise: next to a noisy measurement, the cheaper one's
+    highest plausible cost stays below the costlier one's lowest."""
+    for a, b in zip(ordered, ordered[1:]):
+        if (a.noisy or b.noisy) and not a.cost_range_us[1] < b.cost_range_us[0]:
+            return False
+    return True
+
+
 def _group(policy_rank: tuple) -> tuple:
     """The part of a policy rank that measurement may not override: (tier, rule priority)."""
     return tuple(policy_rank[:2]) if len(policy_rank) > 2 else ()
@@ -103,14 +112,15 @@ class MeasuredRanking:
         for group in sorted(groups, reverse=True):
             members = groups[group]
             timed = [c for c in members if not c.spec.is_reference]  # the fp32 references stay last resort
-            if timed and all(c.spec.kernel_id in times for c in timed):
-                ordered = sorted(timed, key=lambda c: (times[c.spec.kernel_id].cost_us, c.spec.kernel_id))
+            ordered = sorted(timed, key=lambda c: (times[c.spec.kernel_id].cost_us, c.spec.kernel_id)) \
+                if timed and all(c.spec.kernel_id in times for c in timed) else None
+            if ordered and _decisive([times[c.spec.kernel_id] for c in ordered]):
                 out.extend(RankedKernel(c.spec, "measured", times[c.spec.kernel_id].cost_us) for c in ordered)
                 out.extend(RankedKernel(c.spec, "priority") for c in members if c.spec.is_reference)
                 continue
             # Some member has no usable measurement (not installed when the table was measured, or dropped as
-            # noisy): times measured without it cannot say where it belongs, so the group keeps the policy's
-            # order; the times that exist are still shown.
+            # noisy), or a noisy one whose place depends on its noise: the times cannot say where it belongs,
+            # so the group keeps the policy's order; the times that exist are still shown.
             ordered = sorted(members, key=lambda c: (_neg(c.policy_rank), c.registration_index, c.spec.kernel_id))
             for c in ordered:
                 found = times.get(c.spec.kernel_id)

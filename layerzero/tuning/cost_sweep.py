@@ -6,8 +6,9 @@
 (also ``layerzero tune costs``). Buckets come from :mod:`layerzero.tuning.cost_shapes` in an order whose
 every prefix spans all architectures and token counts, so ``--max-seconds`` cuts resolution, not coverage.
 Each kernel is timed with the maintained harness (``triton.testing.do_bench`` on CUDA, with L2 flushes and
-quantiles; ``torch.utils.benchmark`` on CPU) and only steady measurements are kept
-(:func:`~layerzero.tuning.measure.measure_stable`: a noisy one is re-measured, then dropped with a note).
+quantiles; ``torch.utils.benchmark`` on CPU) until it measures steadily
+(:func:`~layerzero.tuning.measure.measure_stable`: a noisy one is re-measured; one that never holds still is
+recorded flagged ``noisy`` with a note, and a ranking uses it only where the order does not depend on the noise).
 A kernel whose output disagrees with the fp32 reference is not recorded. The result is merged over an
 existing table of the same device class at ``--out`` and written as ``<device_class>.json`` with a
 markdown summary ``<device_class>.md`` beside it.
@@ -62,8 +63,8 @@ def measure_bucket(call: SweepCall, device: torch.device, *, timer: Timer | None
     small = call.batch * call.dims.heads * call.seq_q * call.seq_k <= MAX_REFERENCE_SCORES
     expected = fp32_reference(ref, inputs, kwargs) if small else None
     timings, notes = time_kernels(specs, inputs, kwargs, expected, timer=timer, attempts=attempts, repeats=repeats,
-                                  sequence=sequence)
-    times = {k: Measurement(t.median_us, t.spread, "shipped", t.host_us) for k, t in timings.items()}
+                                  sequence=sequence, keep_noisy=True)
+    times = {k: Measurement(t.median_us, t.spread, "shipped", t.host_us, t.uncertain) for k, t in timings.items()}
     return times, [f"{k}: {v}" for k, v in sorted(notes.items())]
 
 
@@ -155,8 +156,10 @@ def _measure_all(todo: list, dev: torch.device, table: CostTable, timer: Timer |
         for kid, m in times.items():
             table.add(bucket, kid, m)
         table.notes.extend(f"{bucket.label()}: {n}" for n in notes)
-        if into_cache is not None and times:
-            put_costs(into_cache, cls, bucket.key(), {k: m.cost_us for k, m in times.items()}, save=False)
+        if into_cache is not None:
+            steady = {k: m.cost_us for k, m in times.items() if not m.noisy}  # the cache keeps no noise flag
+            if steady:
+                put_costs(into_cache, cls, bucket.key(), steady, save=False)
         done += 1
         if dev.type == "cuda":
             torch.cuda.empty_cache()

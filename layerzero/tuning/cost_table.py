@@ -175,12 +175,23 @@ class Measurement:
     spread: float = 0.0
     source: str = "shipped"  # "shipped", "user", "local" or "model"
     host_us: float | None = None
+    noisy: bool = False  # the device time never held still and decides the cost: trusted only where decisive
 
     @property
     def cost_us(self) -> float:
         """Device time, or the issue time where that is larger: a host-bound call (a decode step's tiny
         kernels) costs what it takes to launch."""
         return self.median_us if self.host_us is None else max(self.median_us, self.host_us)
+
+    @property
+    def cost_range_us(self) -> tuple[float, float]:
+        """Where the cost may lie: the cost itself, or for a noisy measurement its median give or take half
+        the interquartile range (never below the issue time)."""
+        if not self.noisy:
+            return self.cost_us, self.cost_us
+        half = self.median_us * self.spread / 2
+        host = self.host_us or 0.0
+        return max(self.median_us - half, host), max(self.median_us + half, host)
 
 
 @dataclass
@@ -242,6 +253,8 @@ class CostTable:
                        "spread": round(m.spread, 4)}
                 if m.host_us is not None:
                     row["host_us"] = round(m.host_us, 4)
+                if m.noisy:
+                    row["noisy"] = True
                 rows.append(row)
         return {"schema": SCHEMA, "device_class": self.device_class, "device_name": self.device_name,
                 "versions": dict(sorted(self.versions.items())), "created": self.created, "timer": self.timer,
@@ -280,7 +293,7 @@ def _entry(raw: Any, where: str, problems: list[ValidationProblem], source: str
         return None
     before = len(problems)
     allowed = {"operation", "dtype", "dims", "tokens", "kv_len", "options", "kernel_id", "median_us", "spread",
-               "host_us"}
+               "host_us", "noisy"}
     for key in raw:
         if key not in allowed:
             problems.append(ValidationProblem(f"{where}.{key}", raw[key], f"unknown field; use {sorted(allowed)}"))
@@ -306,6 +319,8 @@ def _entry(raw: Any, where: str, problems: list[ValidationProblem], source: str
                                           "expected a positive finite number of microseconds"))
     if "spread" in raw and not _time(raw["spread"]):
         problems.append(ValidationProblem(f"{where}.spread", raw["spread"], "expected a finite number >= 0"))
+    if "noisy" in raw and not isinstance(raw["noisy"], bool):
+        problems.append(ValidationProblem(f"{where}.noisy", raw["noisy"], "expected true or false"))
     if raw.get("host_us") is not None and not _time(raw["host_us"]):
         problems.append(ValidationProblem(f"{where}.host_us", raw["host_us"],
                                           "expected a finite number of microseconds >= 0, or null"))
@@ -315,7 +330,7 @@ def _entry(raw: Any, where: str, problems: list[ValidationProblem], source: str
                         tuple(sorted(options.items())))
     host = raw.get("host_us")
     return bucket, raw["kernel_id"], Measurement(float(raw["median_us"]), float(raw.get("spread", 0.0)), source,
-                                                 None if host is None else float(host))
+                                                 None if host is None else float(host), bool(raw.get("noisy", False)))
 
 
 def table_from_json(data: Any, source: str = "shipped", origin: str | None = None) -> CostTable:
@@ -474,11 +489,11 @@ def summary_markdown(table: CostTable) -> str:
              f"Device: {table.device_name or '?'}; measured {table.created or '?'} with {table.timer or '?'}; "
              f"versions: {', '.join(f'{k} {v}' for k, v in sorted(table.versions.items())) or '?'}.", "",
              "Cost = device time, or the host time to issue the call where that is larger (\"host\": the call "
-             "is host-bound).", "",
+             "is host-bound); \"noisy\": a device time that never held still, ranked only where decisive.", "",
              "| bucket | cheapest | µs | others (x costlier) |", "| --- | --- | ---: | --- |"]
 
     def host(m: Measurement) -> str:
-        return " host" if m.host_us is not None and m.host_us > m.median_us else ""
+        return (" host" if m.host_us is not None and m.host_us > m.median_us else "") + (" noisy" if m.noisy else "")
 
     for bucket in sorted(table.entries, key=_sort_key):
         (best_id, best), *rest = sorted(table.entries[bucket].items(), key=lambda kv: (kv[1].cost_us, kv[0]))

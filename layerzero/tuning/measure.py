@@ -120,6 +120,12 @@ class Timing:
         return self.median_us if self.host_us is None else max(self.median_us, self.host_us)
 
     @property
+    def uncertain(self) -> bool:
+        """Noisy where it matters: the device time is noisy and decides the cost (no issue time at or
+        above the slow end, p90, of the device times)."""
+        return self.noisy and not (self.host_us is not None and self.host_us >= self.p90_us)
+
+    @property
     def spread(self) -> float:
         if not self.median_us or math.isnan(self.median_us):
             return math.nan
@@ -320,16 +326,22 @@ def fp32_reference(reference: Any, inputs: Mapping[str, Any], kwargs: Mapping[st
 
 
 def _with_issue_time(fn: Callable[[], Any], device: torch.device, timing: Timing | None, timer: Timer | None,
-                     host_timer: Callable[[Callable[[], Any], torch.device], float | None], repeats: int
-                     ) -> Timing | None:
-    """``timing`` with its issue time where the call is short enough for that to matter. A short call whose
-    device time never held still (``timing`` None) is kept when it is host-bound — its issue time exceeds
-    even the slow end (p90) of its device times, so that noise cannot change what it costs."""
+                     host_timer: Callable[[Callable[[], Any], torch.device], float | None], repeats: int,
+                     keep_noisy: bool = False) -> Timing | None:
+    """``timing`` with its issue time where the call is short enough for that to matter (CUDA).
+
+    A call whose device time never held still (``timing`` None) is measured once more and kept when that
+    noise cannot matter — it is host-bound: its issue time exceeds even the slow end (p90) of its device
+    times — or, with ``keep_noisy``, kept anyway, flagged :attr:`Timing.uncertain` (a ranking then uses it
+    only where the order does not depend on the noise)."""
+    cuda = device.type == "cuda"
     if timing is None:
         timing = (timer or measure)(fn, device, warmup=1, repeats=repeats)
-        host = host_timer(fn, device) if timing.median_us < HOST_RELEVANT_US else None
-        return replace(timing, host_us=host) if host is not None and host >= timing.p90_us else None
-    if timing.median_us >= HOST_RELEVANT_US:
+        host = host_timer(fn, device) if cuda and timing.median_us < HOST_RELEVANT_US else None
+        if host is not None:
+            timing = replace(timing, host_us=host)
+        return timing if keep_noisy or not timing.uncertain else None
+    if not cuda or timing.median_us >= HOST_RELEVANT_US:
         return timing
     host = host_timer(fn, device)
     return timing if host is None else replace(timing, host_us=host)
@@ -338,7 +350,7 @@ def _with_issue_time(fn: Callable[[], Any], device: torch.device, timing: Timing
 def time_kernels(specs: Sequence[Any], inputs: Mapping[str, Any], kwargs: Mapping[str, Any], expected: Any, *,
                  timer: Timer | None = None, attempts: int = 3, repeats: int = 10,
                  host_timer: Callable[[Callable[[], Any], torch.device], float | None] | None = None,
-                 sequence: Sequence[Mapping[str, Any]] | None = None,
+                 sequence: Sequence[Mapping[str, Any]] | None = None, keep_noisy: bool = False,
                  ) -> tuple[dict[str, Timing], dict[str, str]]:
     """Steady timings of each kernel on one call's arguments; a kernel that raises, disagrees with
     ``expected`` (when given) or never measures steadily gets a note instead. On CUDA, a timing below
@@ -347,7 +359,10 @@ def time_kernels(specs: Sequence[Any], inputs: Mapping[str, Any], kwargs: Mappin
 
     ``sequence``: the inputs of consecutive calls as a model makes them (decode: the key length grows by
     one per step), timed in turn, so a kernel that pays per new shape (a recompile, a rebuilt plan) pays
-    it here too; ``expected`` is the output for ``inputs``, which the check uses."""
+    it here too; ``expected`` is the output for ``inputs``, which the check uses.
+
+    ``keep_noisy``: a timing that never held still is kept, flagged :attr:`Timing.uncertain`, instead of
+    dropped (a cost table records the flag; a ranking uses it only where it is decisive)."""
     host_timer = host_timer if host_timer is not None else issue_time
     tensors = [v for v in inputs.values() if isinstance(v, torch.Tensor)]
     dtype, device = tensors[0].dtype, tensors[0].device
@@ -365,8 +380,10 @@ def time_kernels(specs: Sequence[Any], inputs: Mapping[str, Any], kwargs: Mappin
             problem = conformance_problem(out, expected, dtype) if expected is not None else None
             timing, note = (None, f"not recorded, {problem}") if problem else measure_stable(
                 fn, device, attempts=attempts, repeats=repeats, timer=timer)
-            if not problem and device.type == "cuda":
-                timing = _with_issue_time(fn, device, timing, timer, host_timer, repeats)
+            if not problem:
+                timing = _with_issue_time(fn, device, timing, timer, host_timer, repeats, keep_noisy)
+                if timing is not None and timing.uncertain:
+                    notes[spec.kernel_id] = f"{note}; kept, flagged noisy (ranked only where decisive)"
         except Exception as e:  # noqa: BLE001 - a kernel failing here (or out of memory while timed) is noted
             timing, note = None, f"raised {type(e).__name__}: {str(e)[:120]}"
         if timing is None:

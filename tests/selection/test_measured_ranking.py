@@ -60,6 +60,20 @@ def test_a_host_bound_call_is_ranked_by_issue_time():
     assert got == [("sdpa", "measured", 23.0), ("fa3", "measured", 53.0)]
 
 
+def test_a_noisy_measurement_ranks_only_where_its_noise_cannot_change_the_order():
+    """A timing that never held still is kept, flagged: 25 us +- 40% still beats 85 us, but not 30 us."""
+    cands = [_cand("sdpa", index=0), _cand("flex", index=1)]
+    decisive = CostTable("sm90")
+    decisive.add(bucket_for(OP, CTX), "flex", Measurement(25.0, spread=0.8, noisy=True))
+    decisive.add(bucket_for(OP, CTX), "sdpa", Measurement(85.0))
+    assert [k for k, *_ in _order(MeasuredRanking(decisive), cands)] == ["flex", "sdpa"]
+    close = CostTable("sm90")
+    close.add(bucket_for(OP, CTX), "flex", Measurement(25.0, spread=0.8, noisy=True))
+    close.add(bucket_for(OP, CTX), "sdpa", Measurement(30.0))
+    got = _order(MeasuredRanking(close), cands)
+    assert [k for k, *_ in got] == ["sdpa", "flex"] and {src for _, src, _ in got} == {"priority"}
+
+
 def test_a_group_with_an_unmeasured_kernel_keeps_the_policy_order_and_shows_the_times():
     """Times measured without a candidate (not installed then, or dropped as noisy) cannot place it: the
     whole group keeps its priority order, so a faster kernel the table missed is never pushed down."""

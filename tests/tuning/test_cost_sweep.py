@@ -97,6 +97,18 @@ def test_quick_sweep_with_fake_timer_records_every_eligible_kernel(tmp_path, mon
     assert "| rms_norm float32 hidden=2048 tokens=16" in summary
 
 
+def test_a_never_steady_timing_is_recorded_flagged_and_kept_out_of_the_local_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(cost_table, "shipped_table", lambda cls: None)
+    cache = TuningCache(tmp_path / "cache.json", versions={"torch": "x"})
+    result = run_sweep(tmp_path / "out", device="cpu", quick=True, operations=["swiglu"],
+                       timer=FakeTimer(_timing(7.0, 0.9)), into_cache=cache)
+    table = table_from_json(json.loads((tmp_path / "out" / "cpu.json").read_text()))
+    assert result.buckets_done == 2 and table.entries
+    assert all(m.noisy for ks in table.entries.values() for m in ks.values())
+    assert any("flagged noisy" in n for n in table.notes)
+    assert not cost_entries(TuningCache(tmp_path / "cache.json", versions={"torch": "x"}), "cpu")
+
+
 def test_sweep_merges_into_an_existing_table_and_honours_the_budget(tmp_path):
     run_sweep(tmp_path, device="cpu", quick=True, operations=["rms_norm"], timer=FakeTimer(_timing(5.0, 0.0)))
     cut = run_sweep(tmp_path, device="cpu", quick=True, operations=["swiglu"], max_seconds=-1,

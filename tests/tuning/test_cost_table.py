@@ -78,11 +78,17 @@ def test_host_time_round_trips_and_decides_the_cost_of_a_host_bound_call():
     assert Measurement(30.0, host_us=5.0).cost_us == 30.0 and Measurement(30.0).cost_us == 30.0
     md = cost_table.summary_markdown(table)
     assert "| torch host | 23.0 | triton 2.30 host |" in md
+    doc["entries"][1]["noisy"] = True
+    again = table_from_json(json.loads(json.dumps(table_from_json(doc).as_json())))
+    torch_m = again.lookup(_bucket(1024))[1]["torch"]
+    assert torch_m.noisy and not again.lookup(_bucket(1024))[1]["triton"].noisy
+    assert "noisy" in cost_table.summary_markdown(again)
 
 
 @pytest.mark.parametrize("mutate, field", [
     (lambda d: d.update(schema=2), "schema"),
     (lambda d: d["entries"][0].update(host_us=-3), "entries[0].host_us"),
+    (lambda d: d["entries"][0].update(noisy="yes"), "entries[0].noisy"),
     (lambda d: d.update(device_class=""), "device_class"),
     (lambda d: d.update(entries={}), "entries"),
     (lambda d: d["entries"][0].update(median_us=-1), "entries[0].median_us"),

@@ -126,11 +126,30 @@ def test_short_cuda_calls_get_their_issue_time_and_long_ones_do_not():
     assert long.host_us is None and long.cost_us == m.HOST_RELEVANT_US * 2
 
 
-def test_a_noisy_short_call_is_kept_only_when_host_bound():
+def test_a_noisy_short_call_is_kept_when_host_bound_or_flagged_when_asked():
     """measure_stable dropped it (device time would not hold still): that noise cannot matter when even the
-    slow end of the device times is below the issue time."""
+    slow end of the device times is below the issue time; otherwise the sweep keeps it flagged uncertain."""
     cuda = torch.device("cuda")
-    noisy = lambda fn, dev, warmup, repeats: _fixed(6.0, p90=12.0)  # noqa: E731
+    noisy = lambda fn, dev, warmup, repeats: m.Timing(6.0, 2.0, 3.0, 9.0, 12.0, "fake")  # noqa: E731
     kept = m._with_issue_time(lambda: None, cuda, None, noisy, lambda fn, dev: 40.0, 10)
-    assert kept is not None and kept.cost_us == 40.0
+    assert kept is not None and kept.cost_us == 40.0 and kept.noisy and not kept.uncertain
     assert m._with_issue_time(lambda: None, cuda, None, noisy, lambda fn, dev: 9.0, 10) is None
+    flagged = m._with_issue_time(lambda: None, cuda, None, noisy, lambda fn, dev: 9.0, 10, keep_noisy=True)
+    assert flagged is not None and flagged.uncertain and flagged.cost_us == 9.0
+
+
+def test_time_kernels_keeps_a_never_steady_timing_only_when_asked():
+    class Spec:
+        kernel_id = "k"
+        impl = staticmethod(lambda x: x)
+
+        @staticmethod
+        def map_arguments(inputs, kw):
+            return dict(inputs)
+
+    noisy = lambda fn, dev, warmup, repeats: m.Timing(6.0, 2.0, 3.0, 9.0, 12.0, "fake")  # noqa: E731
+    x = {"x": torch.zeros(2)}
+    times, notes = m.time_kernels([Spec], x, {}, None, timer=noisy)
+    assert not times and "dropped" in notes["k"]
+    times, notes = m.time_kernels([Spec], x, {}, None, timer=noisy, keep_noisy=True)
+    assert times["k"].uncertain and "flagged noisy" in notes["k"]
