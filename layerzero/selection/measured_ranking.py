@@ -3,10 +3,11 @@
 The policy still decides what may run and what must win: locks (tier 2) and applying rules (tier 1) keep
 their places, and so do rule priorities. Only *within* one policy tier and rule priority does measurement
 replace the hand-set priority, and only where it covers the whole group: when every kernel of the group
-has a measured time for the call's cost bucket they are ordered fastest first; when any has none (its
-backend was not installed when the table was measured, or its timing was dropped as noisy) the group keeps
-the policy's order (built-in priority), since times that leave a candidate out cannot place it. A call
-with no measurement at all is ranked exactly as :class:`~layerzero.selection.ranking.PriorityRanking`
+has a measured cost for the call's cost bucket they are ordered cheapest first (a cost is the device time,
+or the host issue time where larger); when any has none (its backend was not installed when the table was
+measured) or a noisy one could sit on either side of a neighbour, the group keeps the policy's order
+(built-in priority), since times that leave a candidate out, or cannot place it, say nothing about it. A
+call with no measurement at all is ranked exactly as :class:`~layerzero.selection.ranking.PriorityRanking`
 ranks it.
 
 Times come from merged cost tables (:mod:`layerzero.tuning.cost_table`: shipped < user < local), loaded
