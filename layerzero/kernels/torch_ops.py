@@ -30,8 +30,8 @@ class _DerivedWeights:
     do. An entry is keyed by the parameter's identity and checked against its version counter (bumped by
     every in-place write, ``load_state_dict`` included) and data pointer (``param.data = ...``); the
     parameter is held weakly, so a dropped model frees its entries. Traced (``torch.compile``) and
-    inference-mode tensors (no version counter), weights that need a gradient, and calls captured into a
-    CUDA graph are not cached: they compute the value as before. (A graph that read a cached tensor would
+    inference-mode tensors (no version counter), tensor subclasses (a DTensor shard has no plain data
+    pointer to key on), weights that need a gradient, and calls captured into a CUDA graph are not cached: they compute the value as before. (A graph that read a cached tensor would
     keep reading its memory after an update had replaced it; computed inside the graph, it is recomputed
     from the parameter at every replay.)"""
 
@@ -41,7 +41,7 @@ class _DerivedWeights:
         self._entries: dict[tuple, tuple] = {}
 
     def get(self, weight: torch.Tensor, offset: float, dtype: torch.dtype) -> torch.Tensor:
-        if torch.compiler.is_compiling() or weight.is_inference() or (
+        if type(weight) not in _PLAIN or torch.compiler.is_compiling() or weight.is_inference() or (
                 weight.requires_grad and torch.is_grad_enabled()) or (
                 weight.is_cuda and torch.cuda.is_current_stream_capturing()):
             return _derive(weight, offset, dtype)
@@ -63,6 +63,7 @@ def _derive(weight: torch.Tensor, offset: float, dtype: torch.dtype) -> torch.Te
     return w if w.dtype == dtype else w.to(dtype)
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 _DERIVED = _DerivedWeights()
 
 

@@ -168,3 +168,14 @@ def test_rms_norm_in_a_cuda_graph_follows_weight_updates():
     graph.replay()
     expected = F.rms_norm(x.float(), (2304,), 1.0 + w.float(), 1e-6).to(torch.bfloat16)
     assert torch.equal(out, expected)
+
+
+def test_rms_norm_derived_weight_is_not_cached_for_a_tensor_subclass():
+    from layerzero.kernels import torch_ops
+
+    class Wrapped(torch.Tensor):
+        pass
+
+    w = torch.randn(16).as_subclass(Wrapped)
+    with torch.no_grad():
+        assert torch_ops._DERIVED.get(w, 1.0, torch.float32) is not torch_ops._DERIVED.get(w, 1.0, torch.float32)
