@@ -36,26 +36,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import ARCHS, _sync, bench_setup, build_model, versions  # noqa: E402
+from e2e import ARCHS, bench_setup, build_model, versions  # noqa: E402
 from result_files import write_result  # noqa: E402
+
+from layerzero.tuning.measure import back_to_back_us  # noqa: E402
 
 
 def back_to_back(fn: Callable[[], Any], device: str, calls: int = 200, trials: int = 5) -> tuple[float, float]:
-    """(issue_us, pipelined_us) per call: median over ``trials`` runs of ``calls`` unsynchronised calls."""
-    for _ in range(10):
+    """(issue_us, pipelined_us) per call: medians over ``trials`` runs of ``calls`` unsynchronised calls."""
+    for _ in range(9):  # with back_to_back_us's own warm-up call: ten
         fn()
-    _sync(device)
-    issue, total = [], []
-    for _ in range(trials):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        t1 = time.perf_counter()
-        _sync(device)
-        t2 = time.perf_counter()
-        issue.append((t1 - t0) / calls * 1e6)
-        total.append((t2 - t0) / calls * 1e6)
-    return statistics.median(issue), statistics.median(total)
+    runs = back_to_back_us(fn, device, calls, trials)
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
 def kernel_costs(model, ids: torch.Tensor, device: str) -> list[dict[str, Any]]:

@@ -59,6 +59,7 @@ FLOORS: dict[str, int] = {
     "layerzero.policy": 3,
     "layerzero.tuning.cache": 3,
     "layerzero.tuning.measure": 3,
+    "layerzero.tuning.cost_bucket": 3,
     "layerzero.tuning.cost_table": 3,
     "layerzero.tuning.progress": 3,
     "layerzero.selection": 4,

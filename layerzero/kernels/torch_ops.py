@@ -29,11 +29,13 @@ class _DerivedWeights:
     host-bound decode step that makes a hundred norm calls — for a value that changes only when the weights
     do. An entry is keyed by the parameter's identity and checked against its version counter (bumped by
     every in-place write, ``load_state_dict`` included) and data pointer (``param.data = ...``); the
-    parameter is held weakly, so a dropped model frees its entries. Traced (``torch.compile``) and
-    inference-mode tensors (no version counter), tensor subclasses (a DTensor shard has no plain data
-    pointer to key on), weights that need a gradient, and calls captured into a CUDA graph are not cached: they compute the value as before. (A graph that read a cached tensor would
-    keep reading its memory after an update had replaced it; computed inside the graph, it is recomputed
-    from the parameter at every replay.)"""
+    parameter is held weakly, so a dropped model frees its entries.
+
+    Not cached, computed as before: traced calls (``torch.compile``), inference-mode tensors (no version
+    counter), tensor subclasses (a DTensor shard has no plain data pointer to key on), weights that need a
+    gradient, and calls captured into a CUDA graph (a graph that read a cached tensor would keep reading its
+    memory after an update had replaced it; computed inside the graph, it follows the parameter at every
+    replay)."""
 
     __slots__ = ("_entries",)
 

@@ -4,7 +4,7 @@ Dimensions are those of one public checkpoint per architecture of ``patches/*.ya
 ``benchmarks/e2e.py`` and the conformance archs already use where they overlap). Attention is swept as
 the operations models dispatch (``layerzero.ops.attention_operation``): ``attention.prefill`` for a prompt
 of several tokens, ``attention.decode`` for one query token per sequence. A bucket is built from
-the same facts a live call's context gives (:func:`layerzero.tuning.cost_table.bucket_for`), so a
+the same facts a live call's context gives (:func:`layerzero.tuning.cost_bucket.bucket_for`), so a
 sweep's measurements land exactly where the measured ranking looks them up.
 """
 

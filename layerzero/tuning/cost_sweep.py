@@ -115,8 +115,26 @@ def run_sweep(
             todo.append((call, bucket))
     if dev.type == "cuda":
         _warm_up(dev)
+    start = time.monotonic()
+    done = 0
     with _many_shapes():
-        done = _measure_all(todo, dev, table, timer, quick, max_seconds, into_cache, cls, on_bucket)
+        for i, (call, bucket) in enumerate(todo):
+            if time.monotonic() - start > max_seconds:
+                table.notes.append(f"time budget {max_seconds:.0f}s spent: {done} of {len(todo)} buckets measured")
+                break
+            times, notes = measure_bucket(call, dev, timer=timer, attempts=2 if quick else 3)
+            for kid, m in times.items():
+                table.add(bucket, kid, m)
+            table.notes.extend(f"{bucket.label()}: {n}" for n in notes)
+            if into_cache is not None:
+                steady = {k: m.cost_us for k, m in times.items() if not m.noisy}  # the cache keeps no noise flag
+                if steady:
+                    put_costs(into_cache, cls, bucket.key(), steady, save=False)
+            done += 1
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            if on_bucket is not None:
+                on_bucket(i + 1, len(todo), bucket.label())
     if into_cache is not None:
         into_cache.save()
     result = SweepResult(table, None, None, len(todo), done)
@@ -140,32 +158,6 @@ def _many_shapes() -> Iterator[None]:
     limits = {k: 1024 for k in names or [k for k in ("cache_size_limit",) if hasattr(config, k)]}
     with config.patch(**limits):
         yield
-
-
-def _measure_all(todo: list, dev: torch.device, table: CostTable, timer: Timer | None, quick: bool,
-                 max_seconds: float, into_cache: TuningCache | None, cls: str,
-                 on_bucket: Callable[[int, int, str], None] | None) -> int:
-    """Measure the buckets in order until the time budget is spent; returns how many were measured."""
-    start = time.monotonic()
-    done = 0
-    for i, (call, bucket) in enumerate(todo):
-        if time.monotonic() - start > max_seconds:
-            table.notes.append(f"time budget {max_seconds:.0f}s spent: {done} of {len(todo)} buckets measured")
-            break
-        times, notes = measure_bucket(call, dev, timer=timer, attempts=2 if quick else 3)
-        for kid, m in times.items():
-            table.add(bucket, kid, m)
-        table.notes.extend(f"{bucket.label()}: {n}" for n in notes)
-        if into_cache is not None:
-            steady = {k: m.cost_us for k, m in times.items() if not m.noisy}  # the cache keeps no noise flag
-            if steady:
-                put_costs(into_cache, cls, bucket.key(), steady, save=False)
-        done += 1
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-        if on_bucket is not None:
-            on_bucket(i + 1, len(todo), bucket.label())
-    return done
 
 
 def _warm_up(device: torch.device, seconds: float = 1.0) -> None:

@@ -37,6 +37,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from layerzero.tuning.cost_bucket import call_cost
+
 # A measurement whose interquartile range exceeds this fraction of its median is flagged noisy: on a
 # quiet machine the IQR of these harnesses is a few percent; 20% means something else was running.
 NOISE_THRESHOLD = 0.2
@@ -115,9 +117,8 @@ class Timing:
 
     @property
     def cost_us(self) -> float:
-        """What one call costs in a sequence of calls: the device time, or the issue time where that is
-        larger (a host-bound call)."""
-        return self.median_us if self.host_us is None else max(self.median_us, self.host_us)
+        """What one call costs in a sequence of calls (:func:`~layerzero.tuning.cost_bucket.call_cost`)."""
+        return call_cost(self.median_us, self.host_us)
 
     @property
     def uncertain(self) -> bool:
@@ -220,27 +221,43 @@ def _measure_cuda_events(fn: Callable[[], Any], device: torch.device, repeats: i
     return Timing.from_samples(times, "cuda events")
 
 
+def back_to_back_us(fn: Callable[[], Any], device: torch.device | str, calls: int, trials: int
+                    ) -> list[tuple[float, float]]:
+    """Per trial, ``(issue_us, total_us)`` per call of ``calls`` calls of ``fn()`` made back to back without
+    synchronising: the host time to issue them, and the time until the device has also finished them (about
+    ``max(issue, device)`` per call). One warm-up call first; the device catches up between trials."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    out = []
+    fn()
+    sync()
+    for _ in range(max(1, trials)):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        issued = time.perf_counter()
+        sync()
+        done = time.perf_counter()
+        out.append(((issued - start) / calls * 1e6, (done - start) / calls * 1e6))
+    return out
+
+
 def issue_time(fn: Callable[[], Any], device: torch.device | str, calls: int = 50, trials: int = 7) -> float | None:
     """Host microseconds to issue one ``fn()`` on CUDA: the fastest of ``trials`` runs of ``calls`` calls
-    made back to back without synchronising (the device catches up after each run). ``calls`` stays far
-    below the launch queue's depth, so the host never waits for the device and this is pure host time.
-    The fastest run, not the median: other processes on the host only ever add to it, and two kernels
-    are compared by what issuing them costs, not by what else ran. None on a CPU, where :func:`measure`
-    already times the host."""
+    made back to back without synchronising (:func:`back_to_back_us`). ``calls`` stays far below the launch
+    queue's depth, so the host never waits for the device and this is pure host time. The fastest run, not
+    the median: other processes on the host only ever add to it, and two kernels are compared by what
+    issuing them costs, not by what else ran. None on a CPU, where :func:`measure` already times the host."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return None
-    per_call = []
     with torch.cuda.device(dev):
-        fn()
-        torch.cuda.synchronize(dev)
-        for _ in range(max(1, trials)):
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            per_call.append((time.perf_counter() - start) / calls * 1e6)
-            torch.cuda.synchronize(dev)
-    return min(per_call)
+        return min(issue for issue, _ in back_to_back_us(fn, dev, calls, trials))
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
