@@ -83,7 +83,8 @@ def profile_call(fn, device: str) -> dict[str, Any]:
         row["calls"] += e.count
     by_kind: dict[str, float] = {}
     for name, row in kernels.items():
-        by_kind[kernel_kind(name)] = by_kind.get(kernel_kind(name), 0.0) + row["ms"]
+        kind = kernel_kind(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + row["ms"]
     top = sorted(kernels.items(), key=lambda kv: -kv[1]["ms"])[:15]
     return {**(_timeline(prof) if cuda else {}), "total_ms": sum(r["ms"] for r in kernels.values()),
             "launches": int(sum(r["calls"] for r in kernels.values())),
