@@ -20,8 +20,8 @@
 #   recheck - (carry .whl, no install) after a change that FlashInfer does not touch, in one call: the
 #             decode A/B (skipped with DECODE_ROUNDS=0), then pytest -m gpu beside the replay and the parity
 #             matrix, FlashInfer off the path.
-#   bench   - (carry .whl, optional, after run1 with --shapes all) the end-to-end models of
-#             benchmarks/e2e.py.
+#   bench   - (carry .whl, optional) the end-to-end models of benchmarks/e2e.py, FlashInfer off the path
+#             (BENCH_FLASHINFER=1 keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes).
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
 set -uo pipefail
 stage=${1:?stage: install|run1|run2|recheck|bench}
@@ -127,6 +127,9 @@ elif [ "$stage" = recheck ]; then  # one call, no install: FlashInfer off the pa
   grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log >> "$LOG" 2>&1
   tail -4 "$OUT/pytest-gpu.log" >> "$LOG"
 elif [ "$stage" = bench ]; then
+  # FlashInfer off the path unless its JIT covered these shapes (run1 with WARMUP_SHAPES=...; BENCH_FLASHINFER=1):
+  # an uncompiled configuration costs minutes of JIT inside a timed benchmark
+  [ "${BENCH_FLASHINFER:-0}" = 1 ] || export PYTHONPATH=$site:$PWD
   section "e2e (GPU 0: llama-1b + compiled prefill, qwen3-1.7b; GPU 1: gemma2-2b)"
   e2e() {  # arch, time limit, extra options
     timeout "$2" python3 benchmarks/e2e.py --arch "$1" --skip-eager --repeats 3 "${@:3}" --json "$OUT/e2e-$1.json" \
