@@ -4,9 +4,10 @@
 # warm and /tmp (FlashInfer, Triton and Inductor caches) carries over. Procedure, reasons and what each
 # call returns: docs/gpu_verification.md. With one GPU, "GPU 1" below is GPU 0 and the 2-GPU parts skip.
 #
-#   install - (carry .whl-big: FlashInfer's wheel fills the transfer limit alone) pip-installs it into
-#             /tmp/site-fi, a directory of its own, so the first run's benchmarks can leave it off the path.
-#   run1    - (carry .whl: apache-tvm-ffi, liger-kernel) on a quiet machine, FlashInfer off the path: the
+#   install - (carry .whl-big holding FlashInfer's wheel, which fills the transfer limit alone) pip-installs it
+#             into /tmp/site-fi, a directory of its own, so the first run's benchmarks can leave it off the path.
+#             Not needed when .whl-big holds the wheel's files as .tar.xz (16 MB): run1 unpacks that itself.
+#   run1    - (carry .whl: apache-tvm-ffi, liger-kernel; and .whl-big as .tar.xz) on a quiet machine, FlashInfer off the path: the
 #             multi-GPU parity and speed (2 GPUs), the Gemma2-2B decode A/B with a host profile (GPU 0)
 #             beside the kernel sweep and the nine architectures' prefill vs Liger (GPU 1, 2 GPUs only);
 #             then, with the rest of the 10 minutes and every core, the JIT of every FlashInfer
@@ -63,8 +64,15 @@ tests_replay_parity() {  # pytest -m gpu on GPU 0 beside the in-context replay a
   wait
 }
 
-if [ "$stage" = install ]; then  # FlashInfer's wheel fills the transfer limit on its own: nothing else here
-  pipi --target "$fi_site" .whl-big/*.whl && echo "flashinfer installed" >> "$LOG"; tail -3 "$LOG"; exit
+install_flashinfer() {  # .whl-big holds FlashInfer's wheel, or its files as a .tar.xz (16 MB instead of 62: fits beside .whl)
+  if ls .whl-big/*.tar.xz >/dev/null 2>&1; then
+    mkdir -p "$fi_site" && tar xJf .whl-big/*.tar.xz -C "$fi_site" && echo "flashinfer unpacked" >> "$LOG"
+  elif ls .whl-big/*.whl >/dev/null 2>&1; then
+    pipi --target "$fi_site" .whl-big/*.whl && echo "flashinfer installed" >> "$LOG"
+  fi
+}
+if [ "$stage" = install ]; then  # the wheel form fills the transfer limit on its own: nothing else here
+  install_flashinfer; tail -3 "$LOG"; exit
 fi
 
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
@@ -73,6 +81,7 @@ G1=1; G1_NOTE=""  # the second GPU's jobs; on a one-GPU machine they share GPU 0
 [ -d .whl ] && pipi --upgrade --target "$site" .whl/*.whl >/dev/null 2>&1
 with_fi versions
 if [ "$stage" = run1 ]; then  # results in one archive: a call returns at most 8 files
+  [ -d .whl-big ] && install_flashinfer
   R=/tmp/run1; rm -rf $R; mkdir -p $R
   if [ "$NGPU" -ge 2 ]; then
     section "multi_gpu (both GPUs, quiet, FlashInfer off the path)"
