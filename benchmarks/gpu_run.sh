@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
 # The GPU verification on the lent GPU machine (one or two H200s: `nvidia-h200` or `nvidia-h200-x2`):
-# `install` (a 5-second copy) then two calls of at most 10 minutes, made back to back so the machine stays
-# warm and /tmp (FlashInfer, Triton and Inductor caches) carries over. Procedure, reasons and what each
-# call returns: docs/gpu_verification.md. With one GPU, "GPU 1" below is GPU 0 and the 2-GPU parts skip.
+# two calls of at most 10 minutes, run1 and run2, made back to back (within ~30 s) so the machine stays
+# warm and /tmp (FlashInfer, Triton and Inductor caches) carries over; timing benchmarks in a call of their
+# own. Procedure, reasons and what each call returns: docs/gpu_verification.md. With one GPU, "GPU 1" below
+# is GPU 0 and the 2-GPU parts skip.
 #
-#   install - (carry .whl-big holding FlashInfer's wheel, which fills the transfer limit alone) pip-installs it
-#             into /tmp/site-fi, a directory of its own, so the first run's benchmarks can leave it off the path.
-#             Not needed when .whl-big holds the wheel's files as .tar.xz (16 MB): run1 unpacks that itself.
-#   run1    - (carry .whl: apache-tvm-ffi, liger-kernel; and .whl-big as .tar.xz) on a quiet machine, FlashInfer off the path: the
-#             multi-GPU parity and speed (2 GPUs), the Gemma2-2B decode A/B with a host profile (GPU 0)
-#             beside the kernel sweep and the nine architectures' prefill vs Liger (GPU 1, 2 GPUs only);
-#             then, with the rest of the 10 minutes and every core, the JIT of every FlashInfer
-#             configuration run2 loads (benchmarks/flashinfer_warmup.py --shapes small).
+#   install - only when .whl-big holds FlashInfer's wheel (62 MB: it fills the transfer limit alone):
+#             pip-installs it into /tmp/site-fi, a directory of its own. With the wheel's files as .tar.xz
+#             (16 MB) in .whl-big, run1 unpacks them itself and this call is not needed.
+#   run1    - (carry .whl: apache-tvm-ffi, liger-kernel, platformdirs, filelock; and .whl-big) FlashInfer's
+#             JIT of every configuration run2 loads (benchmarks/flashinfer_warmup.py) from the first second
+#             on every core, beside the kernel sweep (GPU 0) and the cross-device tests (2 GPUs), both with
+#             FlashInfer off the path.
 #   run2    - (carry .whl) finishes that JIT if run1 could not; then pytest -m gpu on GPU 0 while GPU 1
-#             replays the calls real models make on every eligible kernel and runs the parity matrix; then
-#             the cross-device tests (2 GPUs). FlashInfer
-#             loads what run1 compiled from its workspace (FLASHINFER_WORKSPACE_BASE). Do not set
+#             replays the calls real models make on every eligible kernel and runs the parity matrix.
+#             FlashInfer loads what run1 compiled from its workspace (FLASHINFER_WORKSPACE_BASE). Do not set
 #             FLASHINFER_DISABLE_JIT: it restricts FlashInfer to its ahead-of-time package and ignores that
 #             workspace (measured: every module run1 had built was reported missing).
 #   recheck - (carry .whl, no install) after a change that FlashInfer does not touch, in one call: the
 #             decode A/B (skipped with DECODE_ROUNDS=0), then pytest -m gpu beside the replay and the parity
 #             matrix, FlashInfer off the path.
-#   bench   - (carry .whl, optional) the end-to-end models of benchmarks/e2e.py, FlashInfer off the path
-#             (BENCH_FLASHINFER=1 keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes).
+#   bench   - (carry .whl) the timing benchmarks, one after another on an otherwise idle machine (host-bound
+#             decode measured beside other jobs lost up to 35%): BENCHES="multi_gpu decode_ab prefill_archs"
+#             by default, e2e-<arch> for benchmarks/e2e.py; FlashInfer off the path (BENCH_FLASHINFER=1
+#             keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes).
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
 set -uo pipefail
 stage=${1:?stage: install|run1|run2|recheck|bench}
@@ -83,30 +84,26 @@ with_fi versions
 if [ "$stage" = run1 ]; then  # results in one archive: a call returns at most 8 files
   [ -d .whl-big ] && install_flashinfer
   R=/tmp/run1; rm -rf $R; mkdir -p $R
+  # FlashInfer's JIT is the long pole (a batch-prefill module alone took ~575 s on one H200 host): it starts
+  # in the first second, on every core, and is never interrupted before the call's end. Killed part-way, a
+  # module restarts from nothing in run2 (measured 2026-12-01: run1 left it 234 s after 350 s of benchmarks,
+  # run2 gave it 200 s more, and pytest still found modules missing).
+  section "FlashInfer JIT of what run2 loads (every core, from the start)"
+  (with_fi env CUDA_VISIBLE_DEVICES=$G1 MAX_JOBS=${JIT_MAX_JOBS:-4} timeout 575 python3 benchmarks/flashinfer_warmup.py \
+     --jobs 24 --shapes "${WARMUP_SHAPES:-small}" --out "$R/warmup.json" > /tmp/warmup.log 2>&1; echo "warmup rc=$?" >> /tmp/warmup.log) &
+  # beside it, the parts of the tier that need no FlashInfer and no quiet host: device-time kernel sweep
+  # (GPU 0) and the cross-device tests (2 GPUs)
+  section "kernel sweep (GPU 0), cross-device tests (2 GPUs), FlashInfer off the path"
+  CUDA_VISIBLE_DEVICES=0 timeout 120 python3 benchmarks/kernel_sweep.py --out "$R/kernels" > /tmp/sweep.log 2>&1; echo "sweep rc=$?" >> /tmp/sweep.log
   if [ "$NGPU" -ge 2 ]; then
-    section "multi_gpu (both GPUs, quiet, FlashInfer off the path)"
-    timeout 200 python3 benchmarks/multi_gpu.py --shape 8b --layers 8 --json "$R/multi-gpu.json" --md "$R/multi-gpu.md" \
-      > /tmp/mg.log 2>&1; echo "multi_gpu rc=$?" >> /tmp/mg.log; tail -25 /tmp/mg.log >> "$LOG"
-  fi
-  section "quiet: Gemma2-2B decode A/B on GPU 0 (+ host profile)${G1_NOTE}"
-  (export CUDA_VISIBLE_DEVICES=0
-   timeout 200 python3 benchmarks/decode_ab.py --arch gemma2-2b --rounds "${DECODE_ROUNDS:-7}" --profile \
-     --json "$R/decode-ab.json" --md "$R/decode-ab.md" > /tmp/dab.log 2>&1; echo "decode_ab rc=$?" >> /tmp/dab.log) &
-  if [ "$NGPU" -ge 2 ]; then
-    (export CUDA_VISIBLE_DEVICES=1
-     timeout 60 python3 benchmarks/kernel_sweep.py --out "$R/kernels" > /tmp/sweep.log 2>&1; echo "sweep rc=$?" >> /tmp/sweep.log
-     timeout 200 python3 benchmarks/prefill_archs.py --json "$R/prefill-archs.json" --md "$R/prefill-archs.md" > /tmp/archs.log 2>&1
-     echo "prefill_archs rc=$?" >> /tmp/archs.log) &
+    timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider -rs tests/multidevice > "$R/cross-device.log" 2>&1
+    echo "cross-device rc=$?" >> "$R/cross-device.log"; tail -3 "$R/cross-device.log" >> "$LOG"
   fi
   wait
-  left=$((580 - SECONDS))
-  section "FlashInfer JIT of what run2 loads (all cores, ${left} s left)"
-  with_fi env CUDA_VISIBLE_DEVICES=$G1 MAX_JOBS=2 timeout $left python3 benchmarks/flashinfer_warmup.py --jobs 24 \
-    --shapes "${WARMUP_SHAPES:-small}" --out "$R/warmup.json" > /tmp/warmup.log 2>&1; echo "warmup rc=$?" >> /tmp/warmup.log
-  for f in /tmp/warmup.log /tmp/dab.log /tmp/sweep.log /tmp/archs.log; do [ -f $f ] && { echo "--- $f" >> "$LOG"; tail -12 "$f" >> "$LOG"; }; done
+  for f in /tmp/warmup.log /tmp/sweep.log; do [ -f $f ] && { echo "--- $f" >> "$LOG"; tail -12 "$f" >> "$LOG"; }; done
   du -sh $CACHE/* >> "$LOG" 2>&1
   cp "$LOG" $R/; tar czf "$OUT/run1.tgz" -C $R .
-  tail -60 "$LOG"; exit
+  tail -40 "$LOG"; exit
 fi
 export PYTHONPATH=$fi_site:$PYTHONPATH  # FlashInfer loads the modules run1 compiled into its workspace
 if [ "$stage" = run2 ]; then
@@ -117,10 +114,8 @@ if [ "$stage" = run2 ]; then
   fi
   tests_replay_parity
   for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -15 "$f" >> "$LOG"; done
-  section cross-device
-  [ "$NGPU" -ge 2 ] && timeout 100 python3 -m pytest -m gpu -q -p no:cacheprovider -rs tests/multidevice > /tmp/md.log 2>&1; tail -8 /tmp/md.log >> "$LOG"
   section "recompile-limit warnings"
-  grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log /tmp/md.log >> "$LOG" 2>&1
+  grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log >> "$LOG" 2>&1
   tail -30 "$OUT/pytest-gpu.log"
 elif [ "$stage" = recheck ]; then  # one call, no install: FlashInfer off the path (its tests skip)
   export PYTHONPATH=$site:$PWD
@@ -135,18 +130,23 @@ elif [ "$stage" = recheck ]; then  # one call, no install: FlashInfer off the pa
   section "recompile-limit warnings"
   grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log >> "$LOG" 2>&1
   tail -4 "$OUT/pytest-gpu.log" >> "$LOG"
-elif [ "$stage" = bench ]; then
+elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound measurement does
   # FlashInfer off the path unless its JIT covered these shapes (run1 with WARMUP_SHAPES=...; BENCH_FLASHINFER=1):
   # an uncompiled configuration costs minutes of JIT inside a timed benchmark
   [ "${BENCH_FLASHINFER:-0}" = 1 ] || export PYTHONPATH=$site:$PWD
-  section "e2e (GPU 0: llama-1b + compiled prefill, qwen3-1.7b; GPU 1: gemma2-2b)"
-  e2e() {  # arch, time limit, extra options
-    timeout "$2" python3 benchmarks/e2e.py --arch "$1" --skip-eager --repeats 3 "${@:3}" --json "$OUT/e2e-$1.json" \
-      --md "$OUT/e2e-$1.md" > "/tmp/e2e-$1.log" 2>&1; echo "e2e $1 rc=$?" >> "/tmp/e2e-$1.log"
-  }
-  (export CUDA_VISIBLE_DEVICES=0; e2e llama-1b 250 --compile-shapes 8x1024; e2e qwen3-1.7b 150 --no-static) &
-  (export CUDA_VISIBLE_DEVICES=$G1; e2e gemma2-2b 250 --no-static) &
-  wait
-  for f in /tmp/e2e-*.log; do echo "--- $f" >> "$LOG"; tail -12 "$f" >> "$LOG"; done
+  for b in ${BENCHES:-multi_gpu decode_ab prefill_archs}; do
+    section "$b (alone on the machine)"
+    case $b in
+      multi_gpu) [ "$NGPU" -ge 2 ] && timeout 200 python3 benchmarks/multi_gpu.py --shape 8b --layers 8 \
+                   --json "$OUT/multi-gpu.json" --md "$OUT/multi-gpu.md" > /tmp/$b.log 2>&1 ;;
+      decode_ab) CUDA_VISIBLE_DEVICES=0 timeout 170 python3 benchmarks/decode_ab.py --arch gemma2-2b \
+                   --rounds "${DECODE_ROUNDS:-7}" --profile --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/$b.log 2>&1 ;;
+      prefill_archs) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/prefill_archs.py \
+                   --json "$OUT/prefill-archs.json" --md "$OUT/prefill-archs.md" > /tmp/$b.log 2>&1 ;;
+      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 250 python3 benchmarks/e2e.py --arch "$a" --skip-eager \
+                   --repeats 3 --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
+    esac
+    echo "$b rc=$?" >> /tmp/$b.log; tail -12 /tmp/$b.log >> "$LOG"
+  done
 fi
 tail -40 "$LOG"
