@@ -79,7 +79,13 @@ fi
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 G1=1; G1_NOTE=""  # the second GPU's jobs; on a one-GPU machine they share GPU 0 (run2) or wait (run1)
 [ "$NGPU" -ge 2 ] || { G1=0; G1_NOTE=" (one GPU: the multi-GPU parts are skipped)"; }
-[ -d .whl ] && pipi --upgrade --target "$site" .whl/*.whl >/dev/null 2>&1
+# Install the carried wheels once per machine: reinstalled, apache-tvm-ffi's headers get new mtimes, and
+# ninja then rebuilds every FlashInfer module that includes them (seen 2026-12-01: the RoPE, RMSNorm and
+# decode modules compiled again in each of three calls, 55-150 s each).
+want=$(ls .whl 2>/dev/null | sort | md5sum | cut -c1-32)
+if [ -d .whl ] && [ "$(cat "$site/.carried-wheels" 2>/dev/null)" != "$want" ]; then
+  pipi --upgrade --target "$site" .whl/*.whl >/dev/null 2>&1 && echo "$want" > "$site/.carried-wheels"
+fi
 with_fi versions
 if [ "$stage" = run1 ]; then  # results in one archive: a call returns at most 8 files
   [ -d .whl-big ] && install_flashinfer
