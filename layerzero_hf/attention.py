@@ -36,7 +36,7 @@ from torch import nn
 from transformers.integrations.sdpa_attention import create_position_bias_mask
 
 from layerzero import ops
-from layerzero_hf.model_orchestrators import ORCHESTRATOR_ATTR, call_site_for, orchestrator_for
+from layerzero_hf.model_orchestrators import ORCHESTRATOR_ATTR, call_site_for
 
 ATTN_IMPLEMENTATION = "layerzero"
 

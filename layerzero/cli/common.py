@@ -85,7 +85,7 @@ def check_device(option: str, value: str | None, *, need_present: bool) -> str |
         if kind in DEVICE_HINTS:
             hint = f" (did you mean {DEVICE_HINTS[kind]!r}?)"
         elif kind in ("mps", "xpu", "hip", "rocm", "npu", "tpu", "xla", "meta"):
-            hint = f" (LayerZero's kernels run on CPU and CUDA devices only; ROCm devices are cuda in torch)"
+            hint = " (LayerZero's kernels run on CPU and CUDA devices only; ROCm devices are cuda in torch)"
         else:
             hint = did_you_mean(kind, DEVICE_KINDS)
         usage(f"{option} {value!r} is not a device LayerZero can use{hint}; use cpu, cuda or cuda:N")

@@ -13,8 +13,6 @@ Decode (``Sq == 1``) goes through ``flash_attn_with_kvcache``, whose split-KV sc
 
 from __future__ import annotations
 
-import torch
-
 from layerzero.kernels.checks import gqa_ratio_ok
 from layerzero.operations.attention import ATTENTION
 from layerzero.operations.base import implements

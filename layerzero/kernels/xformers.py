@@ -11,8 +11,6 @@ so arbitrary masks are left to SDPA/Flex (constraints reject them).
 
 from __future__ import annotations
 
-import torch
-
 from layerzero.kernels.checks import gqa_ratio_ok
 from layerzero.operations.attention import ATTENTION
 from layerzero.operations.base import implements

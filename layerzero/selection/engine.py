@@ -18,7 +18,7 @@ from layerzero.errors import LayerZeroError, NoKernelAvailableError
 from layerzero.context.buckets import Bucketer
 from layerzero.context.call_context import SelectionContext
 from layerzero.selection.measured_ranking import default_ranking
-from layerzero.selection.plan import CUDA_TENSOR_DEVICE, Plan
+from layerzero.selection.plan import Plan
 from layerzero.selection.ranking import Candidate, RankedKernel, Ranking
 
 if TYPE_CHECKING:

@@ -6,7 +6,6 @@ from typing import Any, Iterable
 
 import torch
 
-from layerzero.context.call_context import dtype_name
 from layerzero.tuning.shapes import TuneShape
 
 
