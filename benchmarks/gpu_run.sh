@@ -143,7 +143,7 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
   for b in ${BENCHES:-multi_gpu decode_ab prefill_archs}; do
     section "$b (alone on the machine)"
     case $b in
-      multi_gpu) [ "$NGPU" -ge 2 ] && timeout 200 python3 benchmarks/multi_gpu.py --shape 8b --layers 8 \
+      multi_gpu) [ "$NGPU" -ge 2 ] && timeout 260 python3 benchmarks/multi_gpu.py --shape 8b --layers 8 \
                    --json "$OUT/multi-gpu.json" --md "$OUT/multi-gpu.md" > /tmp/$b.log 2>&1 ;;
       decode_ab) CUDA_VISIBLE_DEVICES=0 timeout 170 python3 benchmarks/decode_ab.py --arch gemma2-2b \
                    --rounds "${DECODE_ROUNDS:-7}" --profile --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/$b.log 2>&1 ;;
