@@ -62,6 +62,10 @@ class KindContext(Protocol):
         """Run a self-check once per key (per class); raises SkipModule with the cached failure."""
         ...
 
+    def planned_spec(self, path: str, module: Any) -> tuple[str, dict] | None:
+        """``(kind, params)`` this patch will apply to the module at ``path`` from the spec, or None."""
+        ...
+
 
 @dataclass(frozen=True)
 class Param:
@@ -95,6 +99,7 @@ class PatchKind:
     name: str
     params: Mapping[str, Param]
     build: Builder
+    by_default: bool = True  # applied when the caller names no kinds; False: only when named (opt-in)
 
     def validate(self, raw: Any, where: str, bad: Callable[[str, Any, str], None]) -> dict[str, Any]:
         """``raw`` checked against the schema: every problem reported through ``bad(field, value, message)``,
@@ -135,9 +140,11 @@ _lock = threading.Lock()
 _kinds: dict[str, PatchKind] = {}
 
 
-def register_patch_kind(name: str, *, params: Mapping[str, Param]) -> Callable[[Builder], Builder]:
+def register_patch_kind(name: str, *, params: Mapping[str, Param],
+                        by_default: bool = True) -> Callable[[Builder], Builder]:
     """Decorator: register ``fn(ctx, path, module, params, *, verify, detected) -> Replacement`` as the
-    builder of kind ``name`` with its parameter schema. Registering a name twice raises ValueError."""
+    builder of kind ``name`` with its parameter schema. ``by_default=False`` makes the kind opt-in: a
+    ``patch()`` that names no kinds leaves it out. Registering a name twice raises ValueError."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_patch_kind: the kind name must be a non-empty string, got {name!r}")
     for key, param in params.items():
@@ -150,7 +157,7 @@ def register_patch_kind(name: str, *, params: Mapping[str, Param]) -> Callable[[
             if name in _kinds:
                 raise ValueError(f"register_patch_kind: kind {name!r} is already registered "
                                  f"(by {_kinds[name].build.__qualname__}); unregister it first")
-            _kinds[name] = PatchKind(name, dict(params), fn)
+            _kinds[name] = PatchKind(name, dict(params), fn, by_default)
         return fn
 
     return decorate
@@ -165,6 +172,11 @@ def unregister_patch_kind(name: str) -> None:
 def patch_kinds() -> tuple[str, ...]:
     """Every registered kind, shipped ones first, in registration order."""
     return tuple(_kinds)
+
+
+def default_patch_kinds() -> tuple[str, ...]:
+    """The kinds a ``patch()`` that names none applies: every registered kind but the opt-in ones."""
+    return tuple(name for name, kind in _kinds.items() if kind.by_default)
 
 
 def get_patch_kind(name: str) -> PatchKind | None:

@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 from layerzero_hf.kinds import SkipModule
 
-__all__ = ["code_label", "drop_overlays", "with_global", "with_global_through", "wrapper_chain"]
+__all__ = ["code_label", "decorators_of", "drop_overlays", "rebuild_around", "with_global", "with_global_through",
+           "wrapper_chain"]
 
 
 def with_global(fn: Callable, name: str, value: Any, overlays: dict[int, types.ModuleType]) -> Callable:
@@ -63,26 +64,16 @@ def wrapper_chain(fn: Any, name: str, owner: str) -> tuple[list[types.FunctionTy
     when no function on the chain looks the name up or a wrapper is not a plain Python function (a
     C-level wrapper or a callable class cannot be rebuilt around a copy, and dropping it would drop the
     decorator's behaviour)."""
-    wrappers: list[types.FunctionType] = []
-    current = fn
-    while True:
-        code = getattr(current, "__code__", None)
-        if code is not None and name in code.co_names and isinstance(current, types.FunctionType):
-            return wrappers, current
-        inner = getattr(current, "__wrapped__", None)
-        label = code_label(current)
-        if inner is None:
-            via = f" (reached through {len(wrappers)} decorator(s))" if wrappers else ""
-            raise SkipModule(f"{owner}.forward{via}: {label} does not call the global {name!r} directly and "
-                             "wraps nothing (a different RoPE path); left alone")
-        if not isinstance(current, types.FunctionType):
-            raise SkipModule(f"{owner}.forward is wrapped by {label} ({type(current).__name__}), not a Python "
-                             f"function: it cannot be rebuilt around a per-instance copy calling {name!r}; left alone")
-        if len(wrappers) >= _MAX_WRAPPERS or any(w is inner for w in wrappers):
-            raise SkipModule(f"{owner}.forward: the __wrapped__ chain is cyclic or deeper than {_MAX_WRAPPERS}; "
-                             "left alone")
-        wrappers.append(current)
-        current = inner
+    def calls_name(f: Any) -> bool:
+        code = getattr(f, "__code__", None)
+        return code is not None and name in code.co_names and isinstance(f, types.FunctionType)
+
+    wrappers, target = decorators_of(fn, owner, stop=calls_name)
+    if not calls_name(target):
+        via = f" (reached through {len(wrappers)} decorator(s))" if wrappers else ""
+        raise SkipModule(f"{owner}.forward{via}: {code_label(target)} does not call the global {name!r} directly "
+                         "and wraps nothing (a different RoPE path); left alone")
+    return wrappers, target
 
 
 def code_label(fn: Any) -> str:
@@ -138,11 +129,39 @@ def with_global_through(fn: Callable, name: str, value: Any, overlays: dict[int,
     outermost function and the decorators' qualnames (for the report). Raises SkipModule, before any overlay is
     built, when the chain cannot be rebuilt (see :func:`wrapper_chain` and :func:`cells_holding`)."""
     wrappers, target = wrapper_chain(fn, name, owner)
+    return rebuild_around(wrappers, target, lambda: with_global(target, name, value, overlays)), [
+        code_label(w) for w in wrappers]
+
+
+def rebuild_around(wrappers: list[types.FunctionType], target: Callable, make: Callable[[], Callable]) -> Callable:
+    """``make()`` (a stand-in for ``target``) with the decorators ``wrappers`` (outermost first, each
+    wrapping the next, the last wrapping ``target``) rebuilt around it. Checks every decorator first and
+    raises SkipModule, before calling ``make``, when one cannot be rebuilt (:func:`cells_holding`)."""
     cells = [cells_holding(w, inner) for w, inner in zip(wrappers, [*wrappers[1:], target])]
-    copy = with_global(target, name, value, overlays)
+    copy = make()
     for wrapper, held in zip(reversed(wrappers), reversed(cells)):
         copy = rewrap(wrapper, held, copy)
-    return copy, [code_label(w) for w in wrappers]
+    return copy
+
+
+def decorators_of(fn: Any, owner: str, stop: Callable[[Any], bool] | None = None,
+                  ) -> tuple[list[types.FunctionType], Any]:
+    """``(wrappers, innermost)``: the ``functools.wraps`` decorators above ``fn`` (outermost first) and the
+    function they end in (or the first one ``stop`` accepts). Raises SkipModule when a wrapper is not a
+    plain Python function (a C-level wrapper or a callable class cannot be rebuilt around a replacement, and
+    dropping it would drop the decorator's behaviour) or the chain is cyclic or deeper than 16."""
+    wrappers: list[types.FunctionType] = []
+    current = fn
+    while not (stop is not None and stop(current)) and (inner := getattr(current, "__wrapped__", None)) is not None:
+        if not isinstance(current, types.FunctionType):
+            raise SkipModule(f"{owner}.forward is wrapped by {code_label(current)} ({type(current).__name__}), "
+                             "not a Python function: it cannot be rebuilt around a replacement; left alone")
+        if len(wrappers) >= _MAX_WRAPPERS or any(w is inner for w in wrappers):
+            raise SkipModule(f"{owner}.forward: the __wrapped__ chain is cyclic or deeper than {_MAX_WRAPPERS}; "
+                             "left alone")
+        wrappers.append(current)
+        current = inner
+    return wrappers, current
 
 
 def drop_overlays(overlays: dict[int, types.ModuleType] | list[str]) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from layerzero.errors import ConfigValidationError, PatchError, ValidationProblem
-from layerzero_hf.kinds import patch_kinds
+from layerzero_hf.kinds import default_patch_kinds, patch_kinds
 from layerzero_hf.specs import ArchSpec
 
 __all__ = ["HOOK_MODES", "SELF_CHECK_MODES", "KernelChoice", "PatchConfigError", "PatchTargets",
@@ -75,8 +75,8 @@ class _Problems:
 class PatchTargets:
     """What to patch.
 
-    ``kinds``: the patch kinds to apply (None = every registered kind: rms_norm, layer_norm, rope, mlp, and
-    any registered with ``register_patch_kind``). ``include``/``exclude``: module-path globs
+    ``kinds``: the patch kinds to apply (None = every registered kind but the opt-in ones: rms_norm,
+    layer_norm, rope, mlp, and any registered with ``register_patch_kind``; ``residual_norm`` is opt-in). ``include``/``exclude``: module-path globs
     (``"model.layers.0.*"``) limiting which modules are considered (empty include = all). ``spec``: an
     ArchSpec, a YAML path or a mapping replacing the shipped architecture spec. ``detect``: None = structural
     detection only when no spec covers the model type; True = also for modules the spec does not cover;
@@ -120,8 +120,8 @@ class PatchTargets:
 
     @property
     def selected_kinds(self) -> tuple[str, ...]:
-        """The kinds this patch applies (every registered one when ``kinds`` is None)."""
-        return patch_kinds() if self.kinds is None else self.kinds
+        """The kinds this patch applies (every registered one but the opt-in ones when ``kinds`` is None)."""
+        return default_patch_kinds() if self.kinds is None else self.kinds
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ kinds and their parameter schemas), :mod:`layerzero_hf.replacements` (the replac
 
 from __future__ import annotations
 
-from layerzero_hf.kinds import Param, Replacement, SkipModule, patch_kinds, register_patch_kind
+from layerzero_hf.kinds import Param, Replacement, SkipModule, default_patch_kinds, patch_kinds, register_patch_kind
 from layerzero_hf.lifecycle import (  # noqa: F401 - _unpatched_on_load: what models pickled by earlier versions load
     _unpatched_on_load,
     is_patched,
@@ -35,6 +35,7 @@ __all__ = [
     "model_telemetry",
     "orchestrator_of",
     "patch",
+    "default_patch_kinds",
     "patch_kinds",
     "patch_report",
     "patched",

@@ -132,6 +132,17 @@ class Planner:
         self.planned.append(Planned(path, module, built.fn, PatchedModule(path, kind, built.op, cls, detail, source),
                                     slot))
 
+    def planned_spec(self, path: str, module: nn.Module) -> tuple[str, dict] | None:
+        """``(kind, params)`` of the spec entry this patch applies to ``module`` at ``path``, or None when
+        no entry matches, the path is not selected, its kind is not applied, or the module already has an
+        instance forward (it will be left alone). For builders whose replacement stands in for a child's."""
+        if not self._selected(path) or "forward" in module.__dict__:
+            return None
+        spec = self._spec_for(path, module)
+        if spec is None or spec.kind not in self.kinds:
+            return None
+        return spec.kind, dict(spec.params)
+
     def verdict(self, key: tuple, compute: Callable[[], tuple[dict, str]]) -> tuple[dict, str]:
         """Self-check results per class (same code, same verdict), so a 32-layer model probes once."""
         if key not in self._class_verdict:
