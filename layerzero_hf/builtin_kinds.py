@@ -17,8 +17,9 @@ from torch import nn
 
 from layerzero_hf import detect
 from layerzero_hf.kinds import KindContext, Param, Replacement, SkipModule, register_patch_kind
-from layerzero_hf.overlay import with_global_through, wrapper_chain
+from layerzero_hf.overlay import code_label, decorators_of, rebuild_around, with_global_through, wrapper_chain
 from layerzero_hf.replacements import layer_norm_forward, mlp_forward, rms_forward, rope_function
+from layerzero_hf.residual_norm import ROLES, residual_norm_forward, structure_mismatch
 
 __all__ = ["ACTIVATIONS", "CASTINGS", "LAYOUTS", "MLP_LAYOUTS", "ROPE_TABLES"]
 
@@ -185,3 +186,47 @@ def build_mlp(ctx: KindContext, path: str, module: nn.Module, params: Mapping[st
             {}, detect.check_mlp(module, types.MethodType(fn, module), hidden)))
     detail = f"{params['layout']} {act_name} -> {op}" + (f"; {why}" if why else "")
     return Replacement(fn, op, detail)
+
+
+@register_patch_kind("residual_norm", by_default=False, params={
+    "pre_norm": Param(str, "input_layernorm"),
+    "attention": Param(str, "self_attn"),
+    "norm": Param(str, "post_attention_layernorm"),
+    "mlp": Param(str, "mlp"),
+})
+def build_residual_norm(ctx: KindContext, path: str, module: nn.Module, params: Mapping[str, Any], *,
+                        verify: bool, detected: bool) -> Replacement:
+    """A pre-norm decoder layer whose attention residual add runs inside the post-attention RMSNorm
+    (``rms_norm(..., residual=)``, see :mod:`layerzero_hf.residual_norm`). Opt-in (``only=[...,
+    "residual_norm"]``): a cost table without fused-residual measurements ranks the add-then-norm kernel
+    first, and that ranking is not yet measured on a GPU. Needs the norm to be patched as ``rms_norm`` by
+    the same call (its epsilon, offset and casting come from that entry)."""
+    attrs = {role: params[role] for role in ROLES}
+    for role, attr in attrs.items():
+        if not isinstance(getattr(module, attr, None), nn.Module):
+            raise SkipModule(f"no submodule {attr!r} ({role})")
+    owner = type(module).__name__
+    wrappers, target = decorators_of(type(module).forward, owner)
+    why = structure_mismatch(target, attrs)
+    if why is not None:
+        raise SkipModule(f"{owner}.forward: {why}; left alone")
+    norm_path, norm = f"{path}.{attrs['norm']}", getattr(module, attrs["norm"])
+    planned = ctx.planned_spec(norm_path, norm)
+    if planned is None or planned[0] != "rms_norm":
+        raise SkipModule(f"{norm_path} is not patched as rms_norm by this call (kind off, excluded, no spec entry or "
+                         "an instance forward): nothing to fuse the residual add into")
+    if getattr(norm, "_hf_hook", None) is not None:
+        raise SkipModule(f"{norm_path} has an accelerate hook (device map / offload), which the fused call "
+                         "would bypass; left alone")
+    norm_params = planned[1]
+    eps_attr = _eps(norm, norm_params)[0]
+    weight_attr = norm_params.get("weight_attr", "weight")
+    if getattr(norm, weight_attr, None) is None:
+        raise SkipModule(f"{norm_path} has no {weight_attr!r}")
+    offset, casting = float(norm_params["offset"]), norm_params["casting"]
+    fn = rebuild_around(wrappers, target, lambda: residual_norm_forward(
+        ctx.ops, ctx.orch, target, attrs, eps_attr, weight_attr, offset, casting))
+    detail = f"{attrs['norm']} takes the attention residual add (casting={casting}, offset={offset:g})"
+    if wrappers:
+        detail += f"; through decorator(s) {', '.join(code_label(w) for w in wrappers)}"
+    return Replacement(fn, "rms_norm", detail)

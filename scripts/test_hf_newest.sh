@@ -60,7 +60,7 @@ PYTEST=("$VENV/bin/python" -m pytest -q -p no:cacheprovider "${deselect[@]}")
 budget="${LAYERZERO_HF_NEWEST_TIMEOUT:-1800}"
 # test_transformers_versions.py holds the explicit check: every shipped spec (patches/*.yaml) gets its
 # RoPE, norms and MLPs patched on this release, with logits matching the unpatched model.
-timeout "$budget" "${PYTEST[@]}" tests/hf/test_transformers_versions.py tests/hf/test_patch_mechanism.py \
+timeout "$budget" "${PYTEST[@]}" tests/hf/test_transformers_versions.py tests/hf/test_patch_mechanism.py tests/hf/test_residual_norm.py \
     tests/hf/test_patch_models.py tests/hf/test_attention.py "$@"
 left=$(( budget - SECONDS ))
 [ "$left" -gt 0 ] || { echo "[test-hf-newest] out of time (LAYERZERO_HF_NEWEST_TIMEOUT=$budget) after the HF tests"; exit 124; }

@@ -190,8 +190,9 @@ SHIPPED = sorted(builtin_specs())
 
 @pytest.mark.parametrize("stem", SHIPPED)
 def test_every_shipped_spec_patches_everything_it_declares(stem):
-    """On the installed Transformers: every patch entry of the spec (RoPE, norms, MLPs) binds on the tiny
-    model, nothing is skipped, and the logits match the unpatched model."""
+    """On the installed Transformers: every patch entry of the spec (RoPE, norms, MLPs and the opt-in
+    fused residual norm, so every kind is asked for) binds on the tiny model, nothing is skipped, and the
+    logits match the unpatched model."""
     spec = builtin_specs()[stem]
     archs = [mt for mt in spec.model_types if mt in TINY_CONFIGS]
     assert archs, f"patches/{stem}.yaml serves {list(spec.model_types)}; add a tiny config to tests/hf/conftest.py"
@@ -199,7 +200,7 @@ def test_every_shipped_spec_patches_everything_it_declares(stem):
     ids = _ids()
     with torch.no_grad():
         ref = model(ids).logits
-    report = layerzero_hf.patch(model)
+    report = layerzero_hf.patch(model, only=list(layerzero_hf.patch_kinds()))
     assert not report.skipped, report
     sources = {p.source for p in report.patched}
     assert {p.name for p in spec.patches} <= sources, report
