@@ -36,16 +36,20 @@ class ArchDims:
     rotary_dim: int | None = None
     casting: str = "llama"
     norm_offset: float = 0.0
+    # pre-norm decoder layers whose attention residual add can run inside the next RMSNorm (the
+    # ``residual_norm`` patch kind): their norms are also swept with ``residual``
+    fused_residual: bool = False
 
 
 ARCH_DIMS: dict[str, ArchDims] = {
-    "llama": ArchDims(2048, 32, 8, 64, 8192),  # Llama-3.2-1B
-    "qwen3": ArchDims(2048, 16, 8, 128, 6144, qk_norm=True),  # Qwen3-1.7B
+    "llama": ArchDims(2048, 32, 8, 64, 8192, fused_residual=True),  # Llama-3.2-1B
+    "qwen3": ArchDims(2048, 16, 8, 128, 6144, qk_norm=True, fused_residual=True),  # Qwen3-1.7B
     "gemma2": ArchDims(2304, 8, 4, 256, 9216, "geglu", window=4096, softcap=50.0, casting="gemma",
                        norm_offset=1.0),  # Gemma-2-2B
-    "mistral": ArchDims(4096, 32, 8, 128, 14336),  # Mistral-7B-v0.3 (no sliding window)
-    "qwen2": ArchDims(1536, 12, 2, 128, 8960),  # Qwen2.5-1.5B
-    "gemma": ArchDims(2048, 8, 1, 256, 16384, "geglu", casting="gemma", norm_offset=1.0),  # Gemma-2B
+    "mistral": ArchDims(4096, 32, 8, 128, 14336, fused_residual=True),  # Mistral-7B-v0.3 (no sliding window)
+    "qwen2": ArchDims(1536, 12, 2, 128, 8960, fused_residual=True),  # Qwen2.5-1.5B
+    "gemma": ArchDims(2048, 8, 1, 256, 16384, "geglu", casting="gemma", norm_offset=1.0,
+                      fused_residual=True),  # Gemma-2B
     "gemma3_text": ArchDims(1152, 4, 1, 256, 6912, "geglu", window=512, qk_norm=True, casting="gemma",
                             norm_offset=1.0),  # Gemma-3-1B
     "phi3": ArchDims(3072, 32, 32, 96, 8192),  # Phi-3-mini
@@ -72,6 +76,7 @@ class SweepCall:
     rows: int = 0  # norms / activations: token rows
     width: int = 0  # norms / activations: feature size
     full_attention: bool = False  # a full-attention layer of an architecture that also has sliding ones
+    residual: bool = False  # rms_norm with the residual add fused in
 
     @property
     def window(self) -> int | None:
@@ -101,8 +106,10 @@ class SweepCall:
                 kw["sinks"] = mk(d.heads)
             return {"query": q, "key": k, "value": v}, kw
         if op == "rms_norm":
-            return {"x": mk(self.rows, self.width), "weight": mk(self.width)}, {
-                "eps": 1e-6, "offset": d.norm_offset, "casting": d.casting}
+            kw = {"eps": 1e-6, "offset": d.norm_offset, "casting": d.casting}
+            if self.residual:
+                kw["residual"] = mk(self.rows, self.width)
+            return {"x": mk(self.rows, self.width), "weight": mk(self.width)}, kw
         if op == "rope":
             rot = d.rotary_dim or d.head_dim
             return {"q": mk(self.batch, d.heads, self.seq_q, d.head_dim),
@@ -119,7 +126,7 @@ class SweepCall:
             inputs, kwargs = self.arguments(device)
             return kwargs, [inputs]
         grown = SweepCall(self.arch, self.operation, self.dtype, self.batch, self.seq_q, self.seq_k + steps - 1,
-                          self.dims, self.rows, self.width, self.full_attention)
+                          self.dims, self.rows, self.width, self.full_attention, self.residual)
         big, kwargs = grown.arguments(device)
         kwargs["sliding_window"] = self.window  # as at the first step's key length
         seq = [{**big, "key": big["key"][:, :self.seq_k + i], "value": big["value"][:, :self.seq_k + i]}
@@ -166,6 +173,8 @@ def arch_calls(arch: str, dims: ArchDims, operations: Iterable[str], dtype: str,
                 yield SweepCall(arch, "attention.prefill", dtype, 1, t, t, dims, full_attention=full)
         if "rms_norm" in ops:
             yield SweepCall(arch, "rms_norm", dtype, 1, t, t, dims, rows=t, width=dims.hidden)
+            if dims.fused_residual:
+                yield SweepCall(arch, "rms_norm", dtype, 1, t, t, dims, rows=t, width=dims.hidden, residual=True)
             if dims.qk_norm:
                 for heads in sorted({dims.heads, dims.kv_heads}):
                     yield SweepCall(arch, "rms_norm", dtype, 1, t, t, dims, rows=t * heads, width=dims.head_dim)

@@ -85,14 +85,17 @@ def test_quick_sweep_with_fake_timer_records_every_eligible_kernel(tmp_path, mon
     timer = FakeTimer(_timing(7.0, 0.01))
     result = run_sweep(tmp_path / "out", device="cpu", quick=True, operations=["rms_norm,swiglu"], timer=timer,
                        into_cache=cache)
-    assert result.buckets_done == result.buckets_total == 4  # 2 token counts x 2 operations
+    # 2 token counts x (rms_norm, rms_norm with the residual add fused in, swiglu)
+    assert result.buckets_done == result.buckets_total == 6
     doc = json.loads((tmp_path / "out" / "cpu.json").read_text())
     table = table_from_json(doc)
     kernels = {k for ks in table.entries.values() for k in ks}
     assert {"torch_rms_norm", "torch_swiglu"} <= kernels
     assert not any(k.startswith("reference_") for k in kernels)  # the oracle is not a candidate to rank
     assert all(m.median_us == 7.0 for ks in table.entries.values() for m in ks.values())
-    assert len(cost_entries(TuningCache(tmp_path / "cache.json", versions={"torch": "x"}), "cpu")) == 4
+    assert len(cost_entries(TuningCache(tmp_path / "cache.json", versions={"torch": "x"}), "cpu")) == 6
+    fused = [b for b in table.entries if b.operation == "rms_norm" and dict(b.options)["residual"]]
+    assert len(fused) == 2 and all("torch_rms_norm" in table.entries[b] for b in fused)
     summary = (tmp_path / "out" / "cpu.md").read_text()
     assert "| rms_norm float32 hidden=2048 tokens=16" in summary
 
