@@ -126,7 +126,13 @@ def residual_norm_forward(ops: Any, orch: str, forward: Callable, attrs: Mapping
     pre, attention, post, mlp = (attrs[r] for r in ROLES)
 
     def forward_fused(self, hidden_states, *args, **kwargs):
-        if args:
+        if args:  # as the original's signature would bind them, or its TypeError
+            if len(args) > len(names):
+                raise TypeError(f"{type(self).__name__}.forward() takes at most {len(names) + 2} positional "
+                                f"arguments ({len(args) + 2} given)")
+            twice = [n for n in names[:len(args)] if n in kwargs]
+            if twice:
+                raise TypeError(f"{type(self).__name__}.forward() got multiple values for argument {twice[0]!r}")
             kwargs = {**dict(zip(names, args)), **kwargs}
         options = {**defaults, **kwargs}
         residual = hidden_states

@@ -111,6 +111,10 @@ def test_positional_options_reach_attention_as_the_original_passes_them(tiny_mod
         layerzero_hf.patch(model, only=WITH_FUSION)
         positional = layer(x, None, pos, None, False, emb)
         named = layer(x, position_ids=pos, position_embeddings=emb)
+        with pytest.raises(TypeError, match="multiple values for argument 'attention_mask'"):
+            layer(x, None, attention_mask=None)
+        with pytest.raises(TypeError, match="positional"):
+            layer(x, None, pos, None, False, emb, None)
     layerzero_hf.unpatch(model)
     torch.testing.assert_close(positional, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(named, expected, rtol=1e-5, atol=1e-5)
