@@ -190,7 +190,7 @@ def run_arch(arch: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             continue
         floor = _compare(floor_run, base, mask)
         try:
-            with layerzero_hf.patched(model, attention=True, kernels=args.kernels):
+            with layerzero_hf.patched(model, attention=True, kernels=args.kernels, only=args.kinds):
                 patched = _variant(model, ids, mask, args.steps, case, base["tokens"])
         except Exception as exc:  # noqa: BLE001 - a LayerZero failure is a FAIL, with its text
             rows.append({**row, "verdict": "FAIL", "floor_max_abs_diff": floor["max_abs_diff"],
@@ -259,7 +259,8 @@ def markdown(result: dict[str, Any]) -> str:
     head = [f"# Parity matrix: {m['device_name']} ({m['device']}, {m['dtype']})", "",
             f"{m['date']}; torch {m['torch']}, transformers {m['transformers']}, triton {m['triton']}, "
             f"flashinfer {m['flashinfer']}, liger-kernel {m['liger_kernel']}, commit {m['git']}. Model size "
-            f"{m['size']}, prompt {m['prompt_len']} tokens, {m['steps']} generated steps.", "",
+            f"{m['size']}, prompt {m['prompt_len']} tokens, {m['steps']} generated steps; patch kinds "
+            f"{m.get('kinds', 'default')}, kernels {m.get('kernels', 'ranked')}.", "",
             "PASS: max |patched - baseline| <= 2 x noise floor + eps (= bound; eager-baseline rows with an fp32 "
             "floor: max |patched - fp32| <= bound), top-1 agreement >= floor - 0.02 "
             "or no top-1 disagreement outside near-ties (baseline top-2 margin <= bound), greedy tokens equal "
@@ -282,9 +283,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=16, help="generated tokens per case")
     p.add_argument("--kernels", default=None, help="pin kernels in the patched model: op=kernel_id,... "
                    "(e.g. rope=torch_rope for a quick CPU run without the Triton interpreter)")
+    p.add_argument("--kinds", default=None, help="patch kinds, comma-separated (default: the default kinds; "
+                   "e.g. rms_norm,rope,mlp,residual_norm for the opt-in fused residual norm)")
     p.add_argument("--json", type=Path)
     p.add_argument("--md", type=Path)
     args = p.parse_args(argv)
+    args.kinds = args.kinds.split(",") if args.kinds else None
     try:
         args.kernels = dict(kv.split("=", 1) for kv in args.kernels.split(",")) if args.kernels else None
     except ValueError:
@@ -315,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows += arch_rows
     result = {"meta": {"device": args.device, "device_name": device_name(args.device), "dtype": args.dtype,
                        "size": args.size, "prompt_len": args.prompt_len, "steps": args.steps,
+                       "kinds": args.kinds or "default", "kernels": args.kernels or "ranked",
                        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                        "seconds": round(time.perf_counter() - t0, 1), **versions()},
               "rows": rows}
