@@ -357,6 +357,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants["layerzero"]["kernels"] = {k: v.calls for k, v in snap.per_kernel.items() if v.calls}
     variants["layerzero"]["patched"] = report.counts()
     layerzero_hf.unpatch(base)
+    if args.fused_residual:  # the opt-in kind on top of the default ones
+        fused = layerzero_hf.patch(base, attention=True, only=[*layerzero_hf.default_patch_kinds(), "residual_norm"])
+        variants["layerzero_residual_norm"] = measure("layerzero + residual_norm", base)
+        variants["layerzero_residual_norm"]["patched"] = fused.counts()
+        layerzero_hf.unpatch(base)
     del base
     gc.collect()
     if device == "cuda":
@@ -453,6 +458,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=32, help="decode: new tokens per measurement")
     ap.add_argument("--no-static", action="store_true", help="skip the static-cache decode (compile time)")
     ap.add_argument("--skip-eager", action="store_true", help="skip HF eager (slow at 1x4096)")
+    ap.add_argument("--fused-residual", action="store_true", help="also measure LayerZero with the opt-in "
+                    "residual_norm kind (attention residual add inside the post-attention RMSNorm)")
     ap.add_argument("--compile-shapes", default="", help="also measure torch.compile(model) prefill of HF sdpa and "
                     "LayerZero at these BATCHxSEQ shapes, e.g. 8x1024 (each compiles once per shape)")
     args = ap.parse_args(argv)

@@ -149,7 +149,7 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
                    --rounds "${DECODE_ROUNDS:-7}" --profile --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/$b.log 2>&1 ;;
       prefill_archs) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/prefill_archs.py \
                    --json "$OUT/prefill-archs.json" --md "$OUT/prefill-archs.md" > /tmp/$b.log 2>&1 ;;
-      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 250 python3 benchmarks/e2e.py --arch "$a" --skip-eager \
+      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 250 python3 benchmarks/e2e.py --arch "$a" --skip-eager --fused-residual \
                    --repeats 3 --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
     esac
     echo "$b rc=$?" >> /tmp/$b.log; tail -12 /tmp/$b.log >> "$LOG"
