@@ -77,8 +77,8 @@ if [ "$stage" = install ]; then  # the wheel form fills the transfer limit on it
 fi
 
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-G1=1; G1_NOTE=""  # the second GPU's jobs; on a one-GPU machine they share GPU 0 (run2) or wait (run1)
-[ "$NGPU" -ge 2 ] || { G1=0; G1_NOTE=" (one GPU: the multi-GPU parts are skipped)"; }
+G1=1  # the second GPU's jobs; on a one-GPU machine they share GPU 0
+[ "$NGPU" -ge 2 ] || G1=0
 # Install the carried wheels once per machine: reinstalled, apache-tvm-ffi's headers get new mtimes, and
 # ninja then rebuilds every FlashInfer module that includes them (seen 2026-12-01: the RoPE, RMSNorm and
 # decode modules compiled again in each of three calls, 55-150 s each).

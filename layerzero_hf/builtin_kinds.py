@@ -213,11 +213,9 @@ def build_residual_norm(ctx: KindContext, path: str, module: nn.Module, params: 
     norm_path, norm = f"{path}.{attrs['norm']}", getattr(module, attrs["norm"])
     planned = ctx.planned_spec(norm_path, norm)
     if planned is None or planned[0] != "rms_norm":
+        # an accelerate hook (device map, offload) is an instance forward: the fused call would bypass it
         raise SkipModule(f"{norm_path} is not patched as rms_norm by this call (kind off, excluded, no spec entry or "
-                         "an instance forward): nothing to fuse the residual add into")
-    if getattr(norm, "_hf_hook", None) is not None:
-        raise SkipModule(f"{norm_path} has an accelerate hook (device map / offload), which the fused call "
-                         "would bypass; left alone")
+                         "an instance forward such as an accelerate hook): nothing to fuse the residual add into")
     norm_params = planned[1]
     eps_attr = _eps(norm, norm_params)[0]
     weight_attr = norm_params.get("weight_attr", "weight")

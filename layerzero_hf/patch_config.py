@@ -76,9 +76,10 @@ class PatchTargets:
     """What to patch.
 
     ``kinds``: the patch kinds to apply (None = every registered kind but the opt-in ones: rms_norm,
-    layer_norm, rope, mlp, and any registered with ``register_patch_kind``; ``residual_norm`` is opt-in). ``include``/``exclude``: module-path globs
-    (``"model.layers.0.*"``) limiting which modules are considered (empty include = all). ``spec``: an
-    ArchSpec, a YAML path or a mapping replacing the shipped architecture spec. ``detect``: None = structural
+    layer_norm, rope, mlp, and any registered with ``register_patch_kind``; ``residual_norm`` is opt-in).
+    ``include``/``exclude``: module-path globs (``"model.layers.0.*"``) limiting which modules are
+    considered (empty include = all). ``spec``: an ArchSpec, a YAML path or a mapping replacing the shipped
+    architecture spec. ``detect``: None = structural
     detection only when no spec covers the model type; True = also for modules the spec does not cover;
     False = never. ``verify``: numerical self-checks, "unknown" (detected replacements only), "all" (spec'd
     ones too, once per class) or "none" (detected ones are still checked). ``hooks``: "compose" (bind under

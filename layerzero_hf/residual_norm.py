@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.nn.modules import module as _nn_module
 
-__all__ = ["residual_norm_forward", "structure_mismatch"]
+__all__ = ["ROLES", "residual_norm_forward", "structure_mismatch"]
 
 # The roles of a pre-norm layer's four submodules, in the order the forward uses them.
 ROLES = ("pre_norm", "attention", "norm", "mlp")
@@ -53,6 +53,11 @@ def _pre_norm_layer(self, hidden_states, attention_mask=None, position_ids=None,
     hidden_states = self.mlp(hidden_states)
     hidden_states = residual + hidden_states
     return hidden_states
+
+
+def _signature(code: Any) -> tuple[int, int, int]:
+    """Positional and keyword-only parameter counts, and whether there are ``*args`` / ``**kwargs``."""
+    return code.co_argcount, code.co_kwonlyargcount, code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
 
 
 def _parameters(code: Any) -> tuple[str, ...]:
@@ -94,10 +99,7 @@ def structure_mismatch(forward: Callable, attrs: Mapping[str, str]) -> str | Non
     code = getattr(forward, "__code__", None)
     if code is None:
         return f"{forward!r} has no Python code to check"
-    template = _pre_norm_layer.__code__
-    if (code.co_argcount, code.co_kwonlyargcount, code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)) != (
-            template.co_argcount, template.co_kwonlyargcount,
-            template.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)):
+    if _signature(code) != _signature(_pre_norm_layer.__code__):
         return "its parameters differ from a pre-norm layer's (hidden_states, five options, **kwargs)"
     if getattr(forward, "__defaults__", None) != _pre_norm_layer.__defaults__:
         return f"its parameter defaults {forward.__defaults__} differ from a pre-norm layer's"

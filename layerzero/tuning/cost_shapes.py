@@ -10,6 +10,7 @@ sweep's measurements land exactly where the measured ranking looks them up.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -125,8 +126,7 @@ class SweepCall:
         if self.operation != "attention.decode":
             inputs, kwargs = self.arguments(device)
             return kwargs, [inputs]
-        grown = SweepCall(self.arch, self.operation, self.dtype, self.batch, self.seq_q, self.seq_k + steps - 1,
-                          self.dims, self.rows, self.width, self.full_attention, self.residual)
+        grown = dataclasses.replace(self, seq_k=self.seq_k + steps - 1)
         big, kwargs = grown.arguments(device)
         kwargs["sliding_window"] = self.window  # as at the first step's key length
         seq = [{**big, "key": big["key"][:, :self.seq_k + i], "value": big["value"][:, :self.seq_k + i]}
