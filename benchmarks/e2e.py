@@ -123,8 +123,27 @@ def liger_model(cfg: dict, dtype: torch.dtype, device: str, state: dict, config_
     return model
 
 
+def token_ids(vocab: int, shape: tuple[int, ...], device: str, seed: int = 0) -> torch.Tensor:
+    """Random token ids drawn on the CPU and moved: the timing does not depend on the CUDA generator, which
+    a variant can leave unusable (see :func:`cuda_generator_problem`)."""
+    return torch.randint(3, vocab, shape, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def cuda_generator_problem() -> str | None:
+    """None when the default CUDA generator still works, else its error. A CUDA-graph capture that raises
+    part-way can leave the generator in capture state; every later CUDA ``randint`` (sampling in
+    ``generate`` included) then fails with "Offset increment outside graph capture"."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        torch.randint(0, 2, (1,), device="cuda")
+        return None
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0]
+
+
 def prefill_tps(model, device: str, batch: int, seq: int, vocab: int, warmup: int, repeats: int) -> float:
-    ids = torch.randint(3, vocab, (batch, seq), device=device, generator=None)
+    ids = token_ids(vocab, (batch, seq), device)
 
     def run():
         with torch.no_grad():
@@ -167,7 +186,7 @@ def decode_ms(model, device: str, vocab: int, prompt: int, steps: int, cache: st
     """Median ms per decode step of greedy ``generate`` (steps 2..N; step 1 follows the prefill)."""
     from transformers import LogitsProcessorList
 
-    ids = torch.randint(3, vocab, (batch, prompt), device=device)
+    ids = token_ids(vocab, (batch, prompt), device, seed=1)
     per_step: list[float] = []
     for i in range(repeats + 1):  # the first run warms up (and compiles, for the static cache on CUDA)
         clock = StepClock(device)
@@ -260,6 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device, dtype, config_class, cfg = bench_setup(args.arch, quick)
     shapes = CPU_PREFILL if quick else GPU_PREFILL
     warmup, repeats = (1, 2) if quick else (args.warmup, args.repeats)
+    prefill_repeats = 2 if quick else args.prefill_repeats
     prompt, steps = (8, 6) if quick else (args.prompt, args.steps)
     if quick:
         args.decode_batch = min(args.decode_batch, 2)
@@ -268,8 +288,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     base = build_model(cfg, dtype, device, "sdpa", config_class=config_class)
     state = {k: v for k, v in base.state_dict().items()}
-    parity_ids = torch.randint(3, vocab, (1, 64 if quick else 512), device=device,
-                               generator=torch.Generator(device=device).manual_seed(7))
+    parity_ids = token_ids(vocab, (1, 64 if quick else 512), device, seed=7)
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "arch": args.arch,
@@ -294,7 +313,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         entry: dict[str, Any] = {"prefill_tokens_per_s": {}, "decode_ms_per_step": {}}
         for b, s in shapes:
             try:
-                entry["prefill_tokens_per_s"][f"{b}x{s}"] = prefill_tps(model, device, b, s, vocab, warmup, repeats)
+                entry["prefill_tokens_per_s"][f"{b}x{s}"] = prefill_tps(model, device, b, s, vocab, warmup,
+                                                                        prefill_repeats)
             except torch.OutOfMemoryError as exc:
                 entry["prefill_tokens_per_s"][f"{b}x{s}"] = None
                 entry.setdefault("errors", []).append(f"prefill {b}x{s}: out of memory: {exc}".splitlines()[0])
@@ -320,6 +340,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         entry["recompile_limit_hits"] = counter.limit_hits
         entry["recompile_limit_messages"] = counter.messages[:3]
         entry["parity_vs_fp32_eager"] = parity(model, reference, parity_ids)
+        problem = cuda_generator_problem()
+        if problem:  # recorded against the variant that left it so; later variants draw no CUDA random numbers
+            entry.setdefault("errors", []).append(f"CUDA generator unusable after this variant: {problem}")
         print(f"[{name}] {json.dumps(entry)}", flush=True)
         torch._dynamo.reset()
         return entry
@@ -330,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         entry: dict[str, Any] = {"prefill_tokens_per_s": {}}
         for b, s in compile_shapes:
             entry["prefill_tokens_per_s"][f"{b}x{s}"] = prefill_tps(compiled, device, b, s, vocab, warmup + 1,
-                                                                   repeats)
+                                                                   prefill_repeats)
         entry["parity_vs_fp32_eager"] = parity(compiled, reference, parity_ids)
         print(f"[{name}] {json.dumps(entry)}", flush=True)
         torch._dynamo.reset()
@@ -453,7 +476,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     ap.add_argument("--md", type=Path, help="write a markdown summary here")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="decode: timed generate calls per cache")
+    ap.add_argument("--prefill-repeats", type=int, default=9, help="prefill: timed forward passes per shape "
+                    "(cheap; a median of 3 moved by up to 30%% on a busy host)")
     ap.add_argument("--prompt", type=int, default=512, help="decode: prompt length")
     ap.add_argument("--steps", type=int, default=32, help="decode: new tokens per measurement")
     ap.add_argument("--no-static", action="store_true", help="skip the static-cache decode (compile time)")

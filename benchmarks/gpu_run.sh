@@ -105,7 +105,7 @@ if [ "$stage" = run1 ]; then  # results in one archive: a call returns at most 8
   # beside it, the parts of the tier that need no FlashInfer and no quiet host: device-time kernel sweep
   # (GPU 0) and the cross-device tests (2 GPUs)
   section "kernel sweep (GPU 0), cross-device tests (2 GPUs), FlashInfer off the path"
-  CUDA_VISIBLE_DEVICES=0 timeout 120 python3 benchmarks/kernel_sweep.py --out "$R/kernels" > /tmp/sweep.log 2>&1; echo "sweep rc=$?" >> /tmp/sweep.log
+  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/kernel_sweep.py --out "$R/kernels" > /tmp/sweep.log 2>&1; echo "sweep rc=$?" >> /tmp/sweep.log
   if [ "$NGPU" -ge 2 ]; then
     timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider -rs tests/multidevice > "$R/cross-device.log" 2>&1
     echo "cross-device rc=$?" >> "$R/cross-device.log"; tail -3 "$R/cross-device.log" >> "$LOG"

@@ -405,14 +405,19 @@ def test_static_cache_generation_compiled_fullgraph(tiny_model_dir, recorder):
 
 # ------------------------------------------------------------------------------------------ CUDA
 @pytest.mark.gpu
-@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt_oss"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2", "gpt_oss"])
 def test_gpu_static_cache_generation_autocompiles(tiny_model_dir, arch):
     """On CUDA, generate(cache_implementation="static") compiles the decode step with Inductor and
-    CUDA graphs ("reduce-overhead"): the custom op must trace, capture and replay correctly, gpt-oss
-    (bool mask + attention sinks) included."""
+    CUDA graphs ("reduce-overhead"): the custom ops must trace, capture and replay correctly, for the
+    attention and for every patched norm, RoPE and MLP (Qwen3's per-head q/k norms, gpt-oss's bool mask
+    and attention sinks included), and leave the CUDA generator usable: a capture that raised part-way
+    leaves it in capture state, and every later CUDA random draw (sampling in ``generate``) fails."""
+    import layerzero_hf
+
     path = tiny_model_dir(arch)
     eager = _load(path, "eager").cuda()
     lz = _load(path, NAME).cuda()
+    layerzero_hf.patch(lz)
     ids = _ids(2, 6, seed=6).cuda()
     expected = _greedy(eager, ids)
     got = _greedy(lz, ids, cache_implementation="static")
@@ -420,6 +425,7 @@ def test_gpu_static_cache_generation_autocompiles(tiny_model_dir, arch):
     assert torch.equal(got, expected)
     again = _greedy(lz, ids, cache_implementation="static")  # replay of the captured graphs
     assert torch.equal(again, expected)
+    torch.randint(0, 2, (4,), device="cuda")  # raises if a capture left the generator in capture state
 
 
 @pytest.mark.gpu
