@@ -166,19 +166,46 @@ class StepClock:
         return scores
 
 
+# Inductor says why it runs a compiled graph without CUDA graphs ("skipping cudagraphs due to ...") on this
+# logger, an artifact that is off unless TORCH_LOGS names it: RecompileCounter switches it on while attached.
+CUDAGRAPH_LOG = "torch._inductor.cudagraph_utils.__cudagraphs"
+
+
 class RecompileCounter(logging.Handler):
-    """Counts torch.compile's recompilation and recompile-limit messages while attached."""
+    """While attached: torch.compile's recompile-limit messages, and Inductor's reasons for running a
+    graph without CUDA graphs (a static-cache decode that loses its CUDA graphs is host-bound again)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.limit_hits = 0
         self.messages: list[str] = []
+        self.cudagraph_skips: list[str] = []
+        self._attached: list[tuple[logging.Logger, int, bool]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
         if "recompile_limit" in msg or "cache_size_limit" in msg:
             self.limit_hits += 1
             self.messages.append(msg.splitlines()[0][:300])
+        elif "skipping cudagraphs" in msg:
+            self.cudagraph_skips.append(msg.splitlines()[0][:300])
+
+    def __enter__(self) -> "RecompileCounter":
+        for name in ("torch._dynamo", CUDAGRAPH_LOG):
+            log = logging.getLogger(name)
+            self._attached.append((log, log.level, log.disabled))
+            log.addHandler(self)
+            if name == CUDAGRAPH_LOG:
+                log.setLevel(logging.DEBUG)
+                log.disabled = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for log, level, disabled in self._attached:
+            log.removeHandler(self)
+            log.setLevel(level)
+            log.disabled = disabled
+        self._attached.clear()
 
 
 def decode_ms(model, device: str, vocab: int, prompt: int, steps: int, cache: str | None, repeats: int,
@@ -320,11 +347,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 entry.setdefault("errors", []).append(f"prefill {b}x{s}: out of memory: {exc}".splitlines()[0])
                 gc.collect()
                 torch.cuda.empty_cache()
-        counter = RecompileCounter()
-        dynamo_log = logging.getLogger("torch._dynamo")
-        dynamo_log.addHandler(counter)
         recompiles_before = _recompiles()
-        try:
+        with RecompileCounter() as counter:
             for cache in caches:
                 key = cache or "dynamic"
                 try:
@@ -334,11 +358,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     entry["decode_ms_per_step"][key] = None
                     entry.setdefault("errors", []).append(
                         f"decode {key}: {type(exc).__name__}: {exc}".splitlines()[0])
-        finally:
-            dynamo_log.removeHandler(counter)
         entry["decode_recompiles"] = _recompiles() - recompiles_before
         entry["recompile_limit_hits"] = counter.limit_hits
         entry["recompile_limit_messages"] = counter.messages[:3]
+        entry["cudagraph_skips"] = sorted(set(counter.cudagraph_skips))[:5]
         entry["parity_vs_fp32_eager"] = parity(model, reference, parity_ids)
         problem = cuda_generator_problem()
         if problem:  # recorded against the variant that left it so; later variants draw no CUDA random numbers
@@ -452,12 +475,13 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{e['prefill_speedup_vs_eager_layerzero'].get(s, float('nan')):.2f}x)" for s in cshapes]
             lines.append(f"| {name} compiled | " + " | ".join(cells) + " |")
     lines += ["", "## Logits vs HF eager in fp32 (same weights, 1x512) and torch.compile recompiles during decode", "",
-              "| variant | max abs diff | top-1 agreement | decode recompiles | recompile-limit hits |",
-              "|---|---|---|---|---|"]
+              "| variant | max abs diff | top-1 agreement | decode recompiles | recompile-limit hits | "
+              "CUDA graphs skipped because |", "|---|---|---|---|---|---|"]
     for name, e in variants.items():
         p = e["parity_vs_fp32_eager"]
         lines.append(f"| {name} | {p['max_abs_diff']:.4g} | {p['top1_agreement']:.4f} | "
-                     f"{e.get('decode_recompiles', 'n/a')} | {e.get('recompile_limit_hits', 'n/a')} |")
+                     f"{e.get('decode_recompiles', 'n/a')} | {e.get('recompile_limit_hits', 'n/a')} | "
+                     f"{'; '.join(e.get('cudagraph_skips', [])) or '-'} |")
     lz = variants.get("layerzero", {})
     if lz.get("kernels"):
         lines += ["", "## Kernels LayerZero ran (calls)", "", ", ".join(f"{k}: {n}" for k, n in
