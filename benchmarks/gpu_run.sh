@@ -23,7 +23,9 @@
 #   bench   - (carry .whl) the timing benchmarks, one after another on an otherwise idle machine (host-bound
 #             decode measured beside other jobs lost up to 35%): BENCHES="multi_gpu decode_ab prefill_archs"
 #             by default, e2e-<arch> for benchmarks/e2e.py; FlashInfer off the path (BENCH_FLASHINFER=1
-#             keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes).
+#             keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes). Also: parity-residual (the
+#             parity matrix with the opt-in residual_norm kind), costs-rms_norm (re-sweeps rms_norm, fused-residual
+#             buckets included, over a copy of the shipped sm90 table, returned under costs/).
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
 set -uo pipefail
 stage=${1:?stage: install|run1|run2|recheck|bench}
@@ -154,6 +156,11 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
                    --rounds "${DECODE_ROUNDS:-7}" --profile --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/$b.log 2>&1 ;;
       prefill_archs) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/prefill_archs.py \
                    --json "$OUT/prefill-archs.json" --md "$OUT/prefill-archs.md" > /tmp/$b.log 2>&1 ;;
+      parity-residual) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/parity_matrix.py \
+                   --kinds rms_norm,rope,mlp,residual_norm --json "$OUT/parity-residual.json" --md "$OUT/parity-residual.md" > /tmp/$b.log 2>&1 ;;
+      costs-rms_norm) mkdir -p "$OUT/costs" && cp layerzero/data/costs/sm90.* "$OUT/costs/" \
+                   && CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
+                   --operations rms_norm --max-seconds 240 > /tmp/$b.log 2>&1 ;;
       e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 250 python3 benchmarks/e2e.py --arch "$a" --skip-eager --fused-residual \
                    --repeats 3 --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
     esac
