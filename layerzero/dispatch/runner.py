@@ -10,7 +10,12 @@ forced plan. Keeping one runner keeps one set of rules:
   that breaks the operation's contract never counts against a kernel's breaker;
 * the first call of a kernel in a shape bucket is checked against the fp32 reference before it is served,
   and later calls are sampled (:mod:`layerzero.dispatch.verify`); a failed check demotes the kernel;
-* a torch profiler that records sees a ``layerzero::<kernel>`` range.
+* a torch profiler that records sees a ``layerzero::<kernel>`` range;
+* a kernel that raises while a CUDA graph is being captured fails the call at once: the capture is broken
+  (most CUDA errors invalidate it), so neither the reference (the caller-fault check) nor a fallback kernel
+  may run on that stream, and the failure belongs to the capture, not to the kernel's breaker. A CUDA-graph
+  capture that raised part-way also leaves the default CUDA generator unusable for the rest of the process
+  ("Offset increment outside graph capture"), so failing loudly and early is the kind outcome.
 """
 
 from __future__ import annotations
@@ -132,6 +137,8 @@ class Runner:
             if self._check_outputs:
                 _check_output(spec, operation, inputs, out)
         except Exception as exc:  # noqa: BLE001 - any kernel failure goes to the fallback path
+            if _capture_underway():
+                raise _capture_failure(spec.kernel_id, operation, exc) from exc
             result = self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [(spec.kernel_id, exc)])
             return result if want_result else result.output
         if self._verifier is not None:
@@ -276,6 +283,21 @@ class Runner:
             self.circuits.get_circuit(circuit_key).record_failure(exc)
         if self.telemetry is not None:
             self.telemetry.record_failure(operation, kernel_id, exc)
+
+
+def _capture_underway() -> bool:
+    """A CUDA graph is being captured on the current stream (or a capture there was invalidated)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _capture_failure(kernel_id: str, operation: str, exc: BaseException) -> KernelExecutionError:
+    return KernelExecutionError(
+        kernel_id,
+        f"raised during CUDA-graph capture of {operation} ({type(exc).__name__}: {exc}). The capture cannot "
+        "continue, so no fallback kernel ran and nothing was counted against the kernel. Capture after an "
+        "eager warm-up call with the same shapes (it compiles and selects outside the capture), or pin a "
+        "kernel that captures with patch(kernels=...) / use_kernels(...)",
+    )
 
 
 def _check_output(spec: "KernelSpec", operation: str, inputs: Mapping[str, Any], out: Any) -> None:

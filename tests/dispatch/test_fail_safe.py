@@ -191,3 +191,38 @@ def test_fully_masked_attention_rows_do_not_fail_a_kernel(caplog):
     with caplog.at_level("WARNING", logger="layerzero.verify"):
         got = _orch(reg).dispatch("attention.cross", {**qkv, "attn_mask": mask})
     assert got.kernel_id == "lz_masked_attention" and "wrong result" not in caplog.text
+
+
+def test_a_kernel_failing_inside_cuda_graph_capture_fails_the_call_without_blame(monkeypatch):
+    """Inside a capture the stream is broken once a kernel raises: no reference check, no fallback, no
+    breaker count against the kernel; the error says why and what to do."""
+    from layerzero.dispatch import runner as runner_module
+    from layerzero.errors import KernelExecutionError
+
+    ran = []
+
+    def capture_breaking_norm(x, weight=None, eps=1e-6, offset=0.0, casting="llama", residual=None):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    def fallback_norm(x, weight=None, eps=1e-6, offset=0.0, casting="llama", residual=None):
+        ran.append("fallback")
+        return _ref_norm(x, weight, eps, offset, casting, residual)
+
+    registry = KernelRegistry([
+        KernelSpec("capture_breaking_norm", "rms_norm", "torch", capture_breaking_norm, priority=90),
+        KernelSpec("fallback_norm", "rms_norm", "torch", fallback_norm, priority=50),
+        KernelSpec("reference_rms_norm", "rms_norm", "torch", "layerzero.kernels.reference:rms_norm", priority=0,
+                   tags={"reference"}),
+    ])
+    orch = _orch(registry, verify_kernels=False)
+    x, w = torch.randn(4, 64), torch.randn(64)
+    monkeypatch.setattr(runner_module, "_capture_underway", lambda: True)
+    with pytest.raises(KernelExecutionError, match="during CUDA-graph capture of rms_norm") as info:
+        orch.dispatch("rms_norm", {"x": x, "weight": w})
+    assert "capture_breaking_norm" in str(info.value) and "warm-up" in str(info.value)
+    assert ran == []  # no fallback ran on the broken stream
+    assert all(s.total_failures == 0 for s in orch.circuits.get_all_stats().values())
+    assert orch.get_telemetry().failure_count == 0
+    monkeypatch.setattr(runner_module, "_capture_underway", lambda: False)
+    out = orch.dispatch("rms_norm", {"x": x, "weight": w})  # outside capture: the fallback path as ever
+    assert out.was_fallback and out.kernel_id == "fallback_norm" and ran == ["fallback"]
