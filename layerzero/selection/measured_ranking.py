@@ -4,11 +4,14 @@ The policy still decides what may run and what must win: locks (tier 2) and appl
 their places, and so do rule priorities. Only *within* one policy tier and rule priority does measurement
 replace the hand-set priority, and only where it covers the whole group: when every kernel of the group
 has a measured cost for the call's cost bucket they are ordered cheapest first (a cost is the device time,
-or the host issue time where larger); when any has none (its backend was not installed when the table was
-measured) or a noisy one could sit on either side of a neighbour, the group keeps the policy's order
-(built-in priority), since times that leave a candidate out, or cannot place it, say nothing about it. A
-call with no measurement at all is ranked exactly as :class:`~layerzero.selection.ranking.PriorityRanking`
-ranks it.
+or the host issue time where larger). When some have none (a backend that was not installed when the table
+was measured: the shipped tables were swept without FlashInfer, whose every configuration costs minutes of
+JIT), the unmeasured kernels keep their places in the policy's order (built-in priority), since times that
+leave a candidate out say nothing about it, and the measured ones are ordered cheapest first among the
+places they hold: installing one more backend neither loses the measurements of the others nor lets them
+push the newcomer down. Where a noisy measurement could sit on either side of a neighbour, the group keeps
+the policy's order. A call with no measurement at all is ranked exactly as
+:class:`~layerzero.selection.ranking.PriorityRanking` ranks it.
 
 Times come from merged cost tables (:mod:`layerzero.tuning.cost_table`: shipped < user < local), loaded
 once per device class and kept; a ranking call does no file I/O. Answers are memoised per (operation,
@@ -120,12 +123,24 @@ class MeasuredRanking:
                 out.extend(RankedKernel(c.spec, "priority") for c in members if c.spec.is_reference)
                 continue
             # Some member has no usable measurement (not installed when the table was measured, or dropped as
-            # noisy), or a noisy one whose place depends on its noise: the times cannot say where it belongs,
-            # so the group keeps the policy's order; the times that exist are still shown.
+            # noisy): it keeps its place in the policy's order, and the measured members are ordered by cost
+            # among the places they hold, if their order does not depend on noise. Otherwise the whole group
+            # keeps the policy's order; the times that exist are still shown.
             ordered = sorted(members, key=lambda c: (_neg(c.policy_rank), c.registration_index, c.spec.kernel_id))
+            measured = [c for c in ordered if not c.spec.is_reference and c.spec.kernel_id in times]
+            by_cost = sorted(measured, key=lambda c: (times[c.spec.kernel_id].cost_us, c.spec.kernel_id))
+            if len(by_cost) >= 2 and _decisive([times[c.spec.kernel_id] for c in by_cost]):
+                places = iter(by_cost)
+                ids = {c.spec.kernel_id for c in measured}
+                ordered = [next(places) if c.spec.kernel_id in ids else c for c in ordered]
+            else:
+                ids = set()
             for c in ordered:
                 found = times.get(c.spec.kernel_id)
-                source = "policy" if c.policy_rank and c.policy_rank[0] > 0 else "priority"
+                if c.spec.kernel_id in ids:
+                    source = "measured"
+                else:
+                    source = "policy" if c.policy_rank and c.policy_rank[0] > 0 else "priority"
                 out.append(RankedKernel(c.spec, source, found.cost_us if found is not None else None))
         return out
 

@@ -1,5 +1,6 @@
-"""MeasuredRanking: measured kernels first by time within one policy tier and rule priority; locks and rules
-still win; unmeasured kernels follow by priority; no measurement at all ranks exactly like priorities."""
+"""MeasuredRanking: measured kernels ordered by time within one policy tier and rule priority; locks and
+rules still win; unmeasured kernels keep their priority places; no measurement at all ranks exactly like
+priorities."""
 
 from __future__ import annotations
 
@@ -74,15 +75,36 @@ def test_a_noisy_measurement_ranks_only_where_its_noise_cannot_change_the_order(
     assert [k for k, *_ in got] == ["sdpa", "flex"] and {src for _, src, _ in got} == {"priority"}
 
 
-def test_a_group_with_an_unmeasured_kernel_keeps_the_policy_order_and_shows_the_times():
-    """Times measured without a candidate (not installed then, or dropped as noisy) cannot place it: the
-    whole group keeps its priority order, so a faster kernel the table missed is never pushed down."""
+def test_unmeasured_kernels_keep_their_places_and_measured_ones_are_ordered_among_theirs():
+    """Times measured without a candidate (not installed then, or dropped as noisy) cannot place it: it keeps
+    its place in the priority order, so a faster kernel the table missed is never pushed down; the measured
+    kernels are ordered by time among the places they hold (installing a backend the table lacks must not
+    throw away the measurements of the others)."""
     cands = [_cand("fa3", index=0), _cand("sdpa", index=1), _cand("flex", index=2), _cand("math", index=3),
              _cand("xf", index=4)]
+    priority = [g[0] for g in _order(PriorityRanking(), cands)]
+    assert priority == ["fa3", "sdpa", "flex", "xf", "math"]
     got = _order(MeasuredRanking(_table(flex=5.0, sdpa=7.5)), cands)
-    assert [g[0] for g in got] == [g[0] for g in _order(PriorityRanking(), cands)] and got[0][0] == "fa3"
-    assert dict((k, us) for k, _, us in got) == {"fa3": None, "sdpa": 7.5, "flex": 5.0, "math": None, "xf": None}
-    assert {src for _, src, _ in got} == {"priority"}
+    assert got == [("fa3", "priority", None), ("flex", "measured", 5.0), ("sdpa", "measured", 7.5),
+                   ("xf", "priority", None), ("math", "priority", None)]
+    # the measured kernels hold the first and the last place: the cheaper takes the first
+    got = _order(MeasuredRanking(_table(fa3=9.0, math=2.0)), cands)
+    assert [k for k, *_ in got] == ["math", "sdpa", "flex", "xf", "fa3"]
+    assert [src for _, src, _ in got] == ["measured", "priority", "priority", "priority", "measured"]
+
+
+def test_one_measured_kernel_among_unmeasured_ones_changes_nothing():
+    cands = [_cand("fa3", index=0), _cand("sdpa", index=1), _cand("flex", index=2)]
+    got = _order(MeasuredRanking(_table(flex=1.0)), cands)
+    assert got == [("fa3", "priority", None), ("sdpa", "priority", None), ("flex", "priority", 1.0)]
+
+
+def test_a_noisy_order_among_the_measured_keeps_the_whole_group_in_policy_order():
+    table = CostTable("sm90")
+    table.add(bucket_for(OP, CTX), "flex", Measurement(25.0, spread=0.8, noisy=True))
+    table.add(bucket_for(OP, CTX), "sdpa", Measurement(30.0))
+    got = _order(MeasuredRanking(table), [_cand("fa3", index=0), _cand("sdpa", index=1), _cand("flex", index=2)])
+    assert [k for k, *_ in got] == ["fa3", "sdpa", "flex"] and {src for _, src, _ in got} == {"priority"}
 
 
 def test_locks_and_rule_tiers_still_win():
