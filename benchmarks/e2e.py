@@ -408,10 +408,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         variants["layerzero_residual_norm"] = measure("layerzero + residual_norm", base)
         variants["layerzero_residual_norm"]["patched"] = fused.counts()
         layerzero_hf.unpatch(base)
-    del base
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    if not args.liger_rounds:
+        del base
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
 
     try:
         liger = liger_model(cfg, dtype, device, state, config_class)
@@ -420,6 +421,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         variants["liger"] = measure("liger", liger)
         result["liger"] = "measured (applied last: it rewrites the modeling module's globals for the process)"
+        if args.liger_rounds:
+            lz_variants = {"layerzero": None}
+            if args.fused_residual:
+                lz_variants["layerzero_residual_norm"] = [*layerzero_hf.default_patch_kinds(), "residual_norm"]
+            result["vs_liger_alternating"] = prefill_vs_liger(
+                base, liger, lz_variants, shapes, device, vocab, warmup, 2 if quick else args.liger_rounds,
+                {"layerzero": variants["layerzero"]["patched"],
+                 "layerzero_residual_norm": variants.get("layerzero_residual_norm", {}).get("patched")})
 
     sdpa = variants["hf_sdpa"]
     for name, entry in variants.items():
@@ -437,6 +446,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             k: v / variants["layerzero"]["prefill_tokens_per_s"][k]
             for k, v in entry["prefill_tokens_per_s"].items() if variants["layerzero"]["prefill_tokens_per_s"].get(k)}
     return result
+
+
+def prefill_vs_liger(base, liger, lz_variants: dict[str, list[str] | None], shapes, device: str, vocab: int,
+                     warmup: int, rounds: int, expected_patched: dict[str, Any]) -> dict[str, Any]:
+    """LayerZero vs Liger prefill, alternating within each round on two live models (the per-variant tables
+    measure one variant after another, so a noisy minute lands on one of them; here both see it). Liger is
+    already applied, so the LayerZero model is re-patched now: its patch must cover what it covered before
+    Liger rewrote the modeling module's globals (``patched`` is compared), or the round would time Liger's
+    RoPE inside "LayerZero" and the result says so. Per shape: the median of per-round ratios and the
+    medians of the tokens/s."""
+    import layerzero_hf
+
+    out: dict[str, Any] = {"rounds": rounds}
+    for name, kinds in lz_variants.items():
+        report = layerzero_hf.patch(base, attention=True, only=kinds) if kinds else layerzero_hf.patch(
+            base, attention=True)
+        patched = report.counts()
+        entry: dict[str, Any] = {"patched": patched, "same_patch_as_before_liger": patched == expected_patched.get(name),
+                                 "shapes": {}}
+        for b, s in shapes:
+            ratios, lz_tps, liger_tps = [], [], []
+            for _ in range(rounds):
+                lz = prefill_tps(base, device, b, s, vocab, warmup, 3)
+                lg = prefill_tps(liger, device, b, s, vocab, warmup, 3)
+                ratios.append(lz / lg)
+                lz_tps.append(lz)
+                liger_tps.append(lg)
+            entry["shapes"][f"{b}x{s}"] = {
+                "speedup_vs_liger": statistics.median(ratios), "round_ratios": ratios,
+                "layerzero_tokens_per_s": statistics.median(lz_tps), "liger_tokens_per_s": statistics.median(liger_tps)}
+        layerzero_hf.unpatch(base)
+        out[name] = entry
+        print(f"[{name} vs liger, alternating] {json.dumps(entry)}", flush=True)
+    return out
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -486,6 +529,19 @@ def markdown(result: dict[str, Any]) -> str:
     if lz.get("kernels"):
         lines += ["", "## Kernels LayerZero ran (calls)", "", ", ".join(f"{k}: {n}" for k, n in
                                                                        sorted(lz["kernels"].items()))]
+    alt = result.get("vs_liger_alternating")
+    if alt:
+        names = [n for n in alt if n != "rounds"]
+        ashapes = list(alt[names[0]]["shapes"]) if names else []
+        lines += ["", f"## Prefill vs Liger, alternating on two live models ({alt['rounds']} rounds; median of "
+                  "per-round ratios, the range beside it)", "", "| variant | " + " | ".join(ashapes) + " | same patch as before Liger |",
+                  "|---|" + "---|" * (len(ashapes) + 1)]
+        for n in names:
+            cells = []
+            for sh in ashapes:
+                e = alt[n]["shapes"][sh]
+                cells.append(f"{e['speedup_vs_liger']:.2f}x ({min(e['round_ratios']):.2f}-{max(e['round_ratios']):.2f})")
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {'yes' if alt[n]['same_patch_as_before_liger'] else 'NO: ' + json.dumps(alt[n]['patched'])} |")
     errors = [(n, e) for n, entry in variants.items() for e in entry.get("errors", [])]
     if errors:
         lines += ["", "## Errors", ""] + [f"- {n}: {e}" for n, e in errors]
@@ -501,6 +557,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--md", type=Path, help="write a markdown summary here")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5, help="decode: timed generate calls per cache")
+    ap.add_argument("--liger-rounds", type=int, default=5, help="prefill rounds alternating LayerZero and Liger "
+                    "on two live models after Liger is applied (0: skip; keeps a second model in memory)")
     ap.add_argument("--prefill-repeats", type=int, default=9, help="prefill: timed forward passes per shape "
                     "(cheap; a median of 3 moved by up to 30%% on a busy host)")
     ap.add_argument("--prompt", type=int, default=512, help="decode: prompt length")

@@ -31,3 +31,26 @@ def test_e2e_benchmark_quick(tmp_path, arch):
     assert lz["decode_ms_per_step"]["dynamic"] > 0
     assert lz["recompile_limit_hits"] == 0
     assert "Prefill tokens/s" in md.read_text()
+
+
+@pytest.mark.slow
+def test_e2e_alternates_layerzero_and_liger_prefill_on_two_live_models(tmp_path, monkeypatch):
+    """The LayerZero-vs-Liger prefill rounds re-patch the first model after "Liger" is applied and alternate
+    the two within each round (Liger stood in by an unpatched model: its kernels need a GPU)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
+    spec = importlib.util.spec_from_file_location("e2e_bench_alt", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "liger_model", lambda cfg, dtype, device, state, config_class: bench.build_model(
+        cfg, dtype, device, "sdpa", state, config_class=config_class))
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
+    bench.main(["--quick", "--arch", "llama-1b", "--no-static", "--skip-eager", "--fused-residual",
+                "--liger-rounds", "2", "--json", str(out), "--md", str(md)])
+    alt = json.loads(out.read_text())["vs_liger_alternating"]
+    assert set(alt) == {"rounds", "layerzero", "layerzero_residual_norm"}
+    for name in ("layerzero", "layerzero_residual_norm"):
+        assert alt[name]["same_patch_as_before_liger"] is True
+        for shape in alt[name]["shapes"].values():
+            assert len(shape["round_ratios"]) == 2 and shape["speedup_vs_liger"] > 0
+    assert alt["layerzero_residual_norm"]["patched"].get("residual_norm") == 2
+    assert "Prefill vs Liger, alternating" in md.read_text()
