@@ -161,7 +161,7 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
       costs-rms_norm) mkdir -p "$OUT/costs" && cp layerzero/data/costs/sm90.* "$OUT/costs/" \
                    && CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
                    --operations rms_norm --max-seconds 240 > /tmp/$b.log 2>&1 ;;
-      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 250 python3 benchmarks/e2e.py --arch "$a" --skip-eager --fused-residual \
+      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/e2e.py --arch "$a" --skip-eager --fused-residual \
                    --repeats 3 --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
     esac
     echo "$b rc=$?" >> /tmp/$b.log; tail -12 /tmp/$b.log >> "$LOG"
