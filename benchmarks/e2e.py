@@ -399,6 +399,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants["layerzero"] = measure("layerzero", base)
     if compile_shapes:
         compiled_variants["layerzero"] = measure_compiled("layerzero compiled", base)
+    if args.compile_inline:  # the same patch, its norms, RoPE and MLP traced as plain torch under compile
+        result["inline"] = measure_inline(base, compile_shapes, "static" in caches, measure_compiled,
+                                          lambda: decode_ms(base, device, vocab, prompt, steps, "static", repeats,
+                                                            args.decode_batch))
+        if "compiled" in result["inline"]:
+            compiled_variants["layerzero_inline"] = result["inline"].pop("compiled")
     snap = layerzero_hf.model_telemetry(base)["snapshot"]
     variants["layerzero"]["kernels"] = {k: v.calls for k, v in snap.per_kernel.items() if v.calls}
     variants["layerzero"]["patched"] = report.counts()
@@ -446,6 +452,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             k: v / variants["layerzero"]["prefill_tokens_per_s"][k]
             for k, v in entry["prefill_tokens_per_s"].items() if variants["layerzero"]["prefill_tokens_per_s"].get(k)}
     return result
+
+
+def measure_inline(model, compile_shapes, static: bool, measure_compiled, static_decode) -> dict[str, Any]:
+    """With :func:`layerzero.ops.set_compile_strategy` "inline": compiled prefill and the static-cache decode
+    (which Transformers compiles) of the patched ``model``, whose eager path is unchanged. Restores "opaque"."""
+    from layerzero import ops
+
+    out: dict[str, Any] = {}
+    ops.set_compile_strategy("inline")
+    torch._dynamo.reset()
+    try:
+        if compile_shapes:
+            out["compiled"] = measure_compiled("layerzero compiled, inline norms/RoPE/MLP", model)
+        if static:
+            with RecompileCounter() as counter:
+                try:
+                    out["static_decode_ms"] = static_decode()
+                except Exception as exc:  # noqa: BLE001 - a result, not a crash
+                    out["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            out["cudagraph_skips"] = sorted(set(counter.cudagraph_skips))[:5]
+    finally:
+        ops.set_compile_strategy("opaque")
+        torch._dynamo.reset()
+    print(f"[layerzero inline] {json.dumps(out)}", flush=True)
+    return out
 
 
 def prefill_vs_liger(base, liger, lz_variants: dict[str, list[str] | None], shapes, device: str, vocab: int,
@@ -529,6 +560,15 @@ def markdown(result: dict[str, Any]) -> str:
     if lz.get("kernels"):
         lines += ["", "## Kernels LayerZero ran (calls)", "", ", ".join(f"{k}: {n}" for k, n in
                                                                        sorted(lz["kernels"].items()))]
+    inline = result.get("inline") or {}
+    if inline.get("static_decode_ms"):
+        sdpa_static = variants["hf_sdpa"]["decode_ms_per_step"].get("static")
+        ratio = f" ({sdpa_static / inline['static_decode_ms']:.2f}x HF sdpa)" if sdpa_static else ""
+        lines += ["", f"Static-cache decode with norms, RoPE and MLP inlined under compile "
+                  f"(`set_compile_strategy(\"inline\")`): {inline['static_decode_ms']:.2f} ms/step{ratio}; "
+                  f"CUDA graphs skipped because: {'; '.join(inline.get('cudagraph_skips', [])) or '-'}"]
+    elif inline.get("error"):
+        lines += ["", f"Static-cache decode with inline norms/RoPE/MLP failed: {inline['error']}"]
     alt = result.get("vs_liger_alternating")
     if alt:
         names = [n for n in alt if n != "rounds"]
@@ -557,6 +597,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--md", type=Path, help="write a markdown summary here")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5, help="decode: timed generate calls per cache")
+    ap.add_argument("--no-compile-inline", dest="compile_inline", action="store_false",
+                    help="skip LayerZero with set_compile_strategy('inline') (compiled prefill, static decode)")
     ap.add_argument("--liger-rounds", type=int, default=5, help="prefill rounds alternating LayerZero and Liger "
                     "on two live models after Liger is applied (0: skip; keeps a second model in memory)")
     ap.add_argument("--prefill-repeats", type=int, default=9, help="prefill: timed forward passes per shape "

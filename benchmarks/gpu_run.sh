@@ -161,8 +161,10 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
       costs-rms_norm) mkdir -p "$OUT/costs" && cp layerzero/data/costs/sm90.* "$OUT/costs/" \
                    && CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
                    --operations rms_norm --max-seconds 240 > /tmp/$b.log 2>&1 ;;
-      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/e2e.py --arch "$a" --skip-eager --fused-residual \
-                   --repeats 3 --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
+      # one e2e per call: with the compiled variants (HF sdpa, LayerZero opaque and inline) and the alternating
+      # Liger rounds a Gemma2 run is estimated at ~500 s
+      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 560 python3 benchmarks/e2e.py --arch "$a" --skip-eager --fused-residual \
+                   --compile-shapes "${E2E_COMPILE_SHAPES:-8x1024}" --repeats 3 --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
     esac
     echo "$b rc=$?" >> /tmp/$b.log; tail -12 /tmp/$b.log >> "$LOG"
   done

@@ -187,6 +187,55 @@ def test_fullgraph_compile_matches_eager_without_graph_breaks(rec, case):
         torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-6)
 
 
+@pytest.fixture
+def inline_strategy():
+    ops.set_compile_strategy("inline")
+    yield
+    ops.set_compile_strategy("opaque")
+
+
+@pytest.mark.parametrize("case", [c for c in _op_cases() if not c[0].startswith("attention")], ids=lambda c: c[0])
+def test_inline_strategy_traces_the_torch_kernel_into_the_graph(rec, inline_strategy, case):
+    """"inline": Inductor sees ATen ops instead of the custom op (no dispatch inside the graph), fullgraph
+    stays clean and the result equals eager dispatch."""
+    _name, make, args = case
+    fn = make("test_rec")
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = _as_tuple(torch.compile(fn, fullgraph=True, backend=backend)(*args))
+    assert rec.calls == [], "an inlined op must not dispatch"
+    targets = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert not any("layerzero" in t for t in targets), targets
+    expected = _as_tuple(make(None)(*args))  # eager, through the global dispatcher
+    assert len(compiled) == len(expected)
+    for c, e in zip(compiled, expected):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_stays_a_custom_op_under_inline(rec, inline_strategy):
+    q, k, v = _qkv()
+    torch.compile(lambda q, k, v: ops.attention(q, k, v, is_causal=True, orchestrator="test_rec"),
+                  fullgraph=True, backend="aot_eager")(q, k, v)
+    assert [c[0] for c in rec.calls] == ["attention.prefill"]
+
+
+def test_compile_strategy_names_bad_values_and_restores():
+    with pytest.raises(ValueError, match="'fused' is not one of 'opaque', 'inline'"):
+        ops.set_compile_strategy("fused")
+    with pytest.raises(ValueError, match=r"\['attention'\] cannot be inlined.*attention always stays"):
+        ops.set_compile_strategy("inline", ["attention"])
+    ops.set_compile_strategy("inline", ["rms_norm"])
+    try:
+        assert ops.compile_strategy()["rms_norm"] == "inline" and ops.compile_strategy()["rope"] == "opaque"
+    finally:
+        ops.set_compile_strategy("opaque")
+    assert set(ops.compile_strategy().values()) == {"opaque"}
+
+
 @pytest.mark.parametrize("case", _op_cases(), ids=lambda c: c[0])
 def test_global_dispatcher_eager_and_compiled_match_the_reference(rec, case):
     """orchestrator=None: the process-wide dispatcher picks real kernels; both paths agree with the

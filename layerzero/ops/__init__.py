@@ -24,6 +24,10 @@ Two execution paths, chosen per call:
   inside the opaque ``layerzero::recompute_backward`` op, so compiled training works too, at reference
   speed for the backward.
 
+  Norms, RoPE and the gated activations can instead be traced as their plain-torch kernels, so that
+  Inductor fuses them with their neighbours (:func:`set_compile_strategy`: ``"opaque"`` by default,
+  ``"inline"``); attention is always the custom op.
+
 Outputs follow the contracts: attention returns ``(B, Sq, H, Dv)`` in the query dtype, norms return the
 input dtype, rope returns ``(q_embed, k_embed)`` shaped and typed like ``q``/``k``, the gated
 activations return the gate's dtype.
@@ -36,6 +40,7 @@ each operation) and :mod:`~layerzero.ops.functional` (the functions below).
 from __future__ import annotations
 
 from layerzero.ops import compiled as _compiled  # noqa: F401 - binds the custom ops' implementations
+from layerzero.ops.compile_strategy import compile_strategy, set_compile_strategy
 from layerzero.ops.functional import attention, attention_operation, geglu, layer_norm, rms_norm, rope, swiglu
 from layerzero.ops.orchestrators import (
     OrchestratorLike,
@@ -54,6 +59,7 @@ __all__ = [
     "attention",
     "attention_operation",
     "call_site",
+    "compile_strategy",
     "geglu",
     "get_orchestrator",
     "has_orchestrator",
@@ -62,6 +68,7 @@ __all__ = [
     "register_orchestrator",
     "rms_norm",
     "rope",
+    "set_compile_strategy",
     "swiglu",
     "unregister_orchestrator",
 ]

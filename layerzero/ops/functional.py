@@ -2,7 +2,8 @@
 
 Each function checks its own arguments' spelling (layouts, casting), then either calls the orchestrator
 (eager) or, under ``torch.compile``, the operation's ``layerzero::*`` custom op with the orchestrator's
-name as a graph constant.
+name as a graph constant, or, for norms, RoPE and the gated activations set to ``"inline"``
+(:mod:`layerzero.ops.compile_strategy`), the plain-torch kernel traced into the graph.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 from layerzero.operations.attention import attention_options, default_is_causal
 from layerzero.operations.norm import CASTINGS, rms_options
+from layerzero.ops.compile_strategy import inlined
 from layerzero.ops.orchestrators import OrchestratorLike, name_for_graph, resolve, run
 
 __all__ = ["attention", "attention_operation", "geglu", "layer_norm", "rms_norm", "rope", "swiglu"]
@@ -92,6 +94,9 @@ def rms_norm(
     if casting not in CASTINGS:
         raise ValueError(f"rms_norm casting={casting!r} is not one of 'llama', 'gemma', 'none'")
     if _compiling():
+        kernel = inlined("rms_norm")
+        if kernel is not None:
+            return kernel(x, weight, eps, offset, casting, residual)
         name = name_for_graph(orchestrator)
         if residual is not None:
             return torch.ops.layerzero.rms_norm_residual(x, weight, residual, float(eps), float(offset), casting, name)
@@ -109,6 +114,9 @@ def layer_norm(
 ) -> torch.Tensor:
     """LayerNorm over the last dimension."""
     if _compiling():
+        kernel = inlined("layer_norm")
+        if kernel is not None:
+            return kernel(x, weight, bias, eps)
         return torch.ops.layerzero.layer_norm(x, weight, bias, float(eps), name_for_graph(orchestrator))
     return run(resolve(orchestrator), "layer_norm", {"x": x, "weight": weight, "bias": bias}, {"eps": eps})
 
@@ -128,6 +136,9 @@ def rope(
     if layout not in ("bhsd", "bshd"):
         raise ValueError(f"rope layout={layout!r} is not one of 'bhsd' (Transformers), 'bshd'")
     if _compiling():
+        kernel = inlined("rope")
+        if kernel is not None:
+            return kernel(q, k, cos, sin, layout, interleaved, None)
         return torch.ops.layerzero.rope(q, k, cos, sin, layout, bool(interleaved), name_for_graph(orchestrator))
     return run(resolve(orchestrator), "rope", {"q": q, "k": k, "cos": cos, "sin": sin},
                {"layout": layout, "interleaved": interleaved})
@@ -136,6 +147,9 @@ def rope(
 def swiglu(gate: torch.Tensor, up: torch.Tensor, *, orchestrator: OrchestratorLike = None) -> torch.Tensor:
     """``silu(gate) * up``."""
     if _compiling():
+        kernel = inlined("swiglu")
+        if kernel is not None:
+            return kernel(gate, up)
         return torch.ops.layerzero.swiglu(gate, up, name_for_graph(orchestrator))
     return run(resolve(orchestrator), "swiglu", {"gate": gate, "up": up}, {})
 
@@ -147,5 +161,8 @@ def geglu(
     if approximate not in ("tanh", "none"):
         raise ValueError(f"geglu approximate={approximate!r} is not one of 'tanh', 'none'")
     if _compiling():
+        kernel = inlined("geglu")
+        if kernel is not None:
+            return kernel(gate, up, approximate)
         return torch.ops.layerzero.geglu(gate, up, approximate, name_for_graph(orchestrator))
     return run(resolve(orchestrator), "geglu", {"gate": gate, "up": up}, {"approximate": approximate})
