@@ -190,6 +190,10 @@ class RecompileCounter(logging.Handler):
         elif "skipping cudagraphs" in msg:
             self.cudagraph_skips.append(msg.splitlines()[0][:300])
 
+    def skip_reasons(self) -> list[str]:
+        """The distinct reasons Inductor gave for skipping CUDA graphs (at most five)."""
+        return sorted(set(self.cudagraph_skips))[:5]
+
     def __enter__(self) -> "RecompileCounter":
         for name in ("torch._dynamo", CUDAGRAPH_LOG):
             log = logging.getLogger(name)
@@ -361,7 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         entry["decode_recompiles"] = _recompiles() - recompiles_before
         entry["recompile_limit_hits"] = counter.limit_hits
         entry["recompile_limit_messages"] = counter.messages[:3]
-        entry["cudagraph_skips"] = sorted(set(counter.cudagraph_skips))[:5]
+        entry["cudagraph_skips"] = counter.skip_reasons()
         entry["parity_vs_fp32_eager"] = parity(model, reference, parity_ids)
         problem = cuda_generator_problem()
         if problem:  # recorded against the variant that left it so; later variants draw no CUDA random numbers
@@ -409,8 +413,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants["layerzero"]["kernels"] = {k: v.calls for k, v in snap.per_kernel.items() if v.calls}
     variants["layerzero"]["patched"] = report.counts()
     layerzero_hf.unpatch(base)
-    if args.fused_residual:  # the opt-in kind on top of the default ones
-        fused = layerzero_hf.patch(base, attention=True, only=[*layerzero_hf.default_patch_kinds(), "residual_norm"])
+    fused_kinds = [*layerzero_hf.default_patch_kinds(), "residual_norm"]  # the opt-in kind on top of the defaults
+    if args.fused_residual:
+        fused = layerzero_hf.patch(base, attention=True, only=fused_kinds)
         variants["layerzero_residual_norm"] = measure("layerzero + residual_norm", base)
         variants["layerzero_residual_norm"]["patched"] = fused.counts()
         layerzero_hf.unpatch(base)
@@ -430,7 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.liger_rounds:
             lz_variants = {"layerzero": None}
             if args.fused_residual:
-                lz_variants["layerzero_residual_norm"] = [*layerzero_hf.default_patch_kinds(), "residual_norm"]
+                lz_variants["layerzero_residual_norm"] = fused_kinds
             result["vs_liger_alternating"] = prefill_vs_liger(
                 base, liger, lz_variants, shapes, device, vocab, warmup, 2 if quick else args.liger_rounds,
                 {"layerzero": variants["layerzero"]["patched"],
@@ -471,7 +476,7 @@ def measure_inline(model, compile_shapes, static: bool, measure_compiled, static
                     out["static_decode_ms"] = static_decode()
                 except Exception as exc:  # noqa: BLE001 - a result, not a crash
                     out["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            out["cudagraph_skips"] = sorted(set(counter.cudagraph_skips))[:5]
+            out["cudagraph_skips"] = counter.skip_reasons()
     finally:
         ops.set_compile_strategy("opaque")
         torch._dynamo.reset()
@@ -491,8 +496,7 @@ def prefill_vs_liger(base, liger, lz_variants: dict[str, list[str] | None], shap
 
     out: dict[str, Any] = {"rounds": rounds}
     for name, kinds in lz_variants.items():
-        report = layerzero_hf.patch(base, attention=True, only=kinds) if kinds else layerzero_hf.patch(
-            base, attention=True)
+        report = layerzero_hf.patch(base, attention=True, only=kinds)  # only=None: the default kinds
         patched = report.counts()
         entry: dict[str, Any] = {"patched": patched, "same_patch_as_before_liger": patched == expected_patched.get(name),
                                  "shapes": {}}

@@ -28,6 +28,7 @@ import torch
 
 from layerzero.operations import check_outputs
 from layerzero.dispatch.types import _NO_TIMING, DispatchConfig, DispatchResult, DispatchTiming
+from layerzero.dispatch.verify import capture_underway
 from layerzero.errors import (
     CircuitOpenError,
     FallbackChainExhaustedError,
@@ -137,7 +138,7 @@ class Runner:
             if self._check_outputs:
                 _check_output(spec, operation, inputs, out)
         except Exception as exc:  # noqa: BLE001 - any kernel failure goes to the fallback path
-            if _capture_underway():
+            if capture_underway():
                 raise _capture_failure(spec.kernel_id, operation, exc) from exc
             result = self._recover(plan, operation, inputs, kwargs, t0, t1, hit, [(spec.kernel_id, exc)])
             return result if want_result else result.output
@@ -283,11 +284,6 @@ class Runner:
             self.circuits.get_circuit(circuit_key).record_failure(exc)
         if self.telemetry is not None:
             self.telemetry.record_failure(operation, kernel_id, exc)
-
-
-def _capture_underway() -> bool:
-    """A CUDA graph is being captured on the current stream (or a capture there was invalidated)."""
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def _capture_failure(kernel_id: str, operation: str, exc: BaseException) -> KernelExecutionError:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("layerzero.verify")
 
-__all__ = ["KernelVerifier"]
+__all__ = ["KernelVerifier", "capture_underway"]
 
 
 class KernelVerifier:
@@ -125,10 +125,13 @@ class KernelVerifier:
         return failed
 
 
-def _capturing_or_tracing() -> bool:
-    if torch.compiler.is_compiling():
-        return True
+def capture_underway() -> bool:
+    """A CUDA graph is being captured on the current stream (or a capture there was invalidated)."""
     try:
         return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
     except Exception:  # noqa: BLE001
         return False
+
+
+def _capturing_or_tracing() -> bool:
+    return torch.compiler.is_compiling() or capture_underway()

@@ -216,13 +216,13 @@ def test_a_kernel_failing_inside_cuda_graph_capture_fails_the_call_without_blame
     ])
     orch = _orch(registry, verify_kernels=False)
     x, w = torch.randn(4, 64), torch.randn(64)
-    monkeypatch.setattr(runner_module, "_capture_underway", lambda: True)
+    monkeypatch.setattr(runner_module, "capture_underway", lambda: True)
     with pytest.raises(KernelExecutionError, match="during CUDA-graph capture of rms_norm") as info:
         orch.dispatch("rms_norm", {"x": x, "weight": w})
     assert "capture_breaking_norm" in str(info.value) and "warm-up" in str(info.value)
     assert ran == []  # no fallback ran on the broken stream
     assert all(s.total_failures == 0 for s in orch.circuits.get_all_stats().values())
     assert orch.get_telemetry().failure_count == 0
-    monkeypatch.setattr(runner_module, "_capture_underway", lambda: False)
+    monkeypatch.setattr(runner_module, "capture_underway", lambda: False)
     out = orch.dispatch("rms_norm", {"x": x, "weight": w})  # outside capture: the fallback path as ever
     assert out.was_fallback and out.kernel_id == "fallback_norm" and ran == ["fallback"]
