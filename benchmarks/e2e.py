@@ -30,10 +30,8 @@ import datetime as dt
 import gc
 import json
 import logging
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +40,9 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from result_files import git_commit  # noqa: E402
 
 LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                 intermediate_size=8192, vocab_size=128256, head_dim=64, max_position_embeddings=8192,
@@ -293,13 +294,7 @@ def versions() -> dict[str, str | None]:
         out["triton"] = triton.__version__
     except Exception:
         out["triton"] = None
-    try:
-        # LAYERZERO_COMMIT: set by benchmarks/gpu_run.sh, whose machine has no usable git history
-        out["git"] = os.environ.get("LAYERZERO_COMMIT") or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
-    except OSError:
-        pass
+    out["git"] = git_commit()
     return out
 
 

@@ -34,7 +34,7 @@ if not torch.cuda.is_available():  # Triton kernels run on CPU through the inter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from result_files import write_result  # noqa: E402
+from result_files import git_commit, write_result  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,12 +51,7 @@ def versions() -> dict[str, Any]:
             out[key] = version(dist)
         except PackageNotFoundError:
             out[key] = None
-    try:
-        # LAYERZERO_COMMIT: set by benchmarks/gpu_run.sh, whose machine has no usable git history
-        out["git"] = os.environ.get("LAYERZERO_COMMIT") or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
-    except OSError:
-        out["git"] = None
+    out["git"] = git_commit()
     return out
 
 

@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from multi_gpu_measure import run_variants  # noqa: E402
 from multi_gpu_report import headline, markdown  # noqa: E402
+from result_files import git_commit  # noqa: E402
 
 SHAPES: dict[str, dict[str, Any]] = {
     # Llama-3.1-8B
@@ -270,13 +271,7 @@ def versions() -> dict[str, Any]:
         out["accelerate"] = accelerate.__version__
     except ImportError:
         pass
-    try:
-        # LAYERZERO_COMMIT: set by benchmarks/gpu_run.sh, whose machine has no usable git history
-        out["git"] = os.environ.get("LAYERZERO_COMMIT") or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=ROOT).stdout.strip() or None
-    except OSError:
-        pass
+    out["git"] = git_commit()
     return out
 
 

@@ -26,7 +26,17 @@ from __future__ import annotations
 import os
 
 from layerzero.context.call_context import SelectionContext
-from layerzero.kernels import flash_attn, flashinfer, liger, reference, torch_flex, torch_ops, torch_sdpa, xformers
+from layerzero.kernels import (
+    flash_attn,
+    flashinfer,
+    liger,
+    reference,
+    torch_eager,
+    torch_flex,
+    torch_ops,
+    torch_sdpa,
+    xformers,
+)
 from layerzero.kernels.checks import gqa_ratio_ok
 from layerzero.kernels.triton.specs import triton_kernels
 from layerzero.registry.backends import BackendSpec
@@ -157,6 +167,20 @@ def _efficient_alignment(ctx: SelectionContext) -> str | None:
     return None
 
 
+# Longest query the eager kernel takes on CUDA: decode and speculative verification. Longer queries are
+# prefill, where it would materialise an fp32 (B, H, Sq, Sk) score matrix that Flex and FlashInfer never
+# build, and its launches-per-call saving no longer matters next to the device time.
+EAGER_ATTENTION_MAX_QUERY_ON_CUDA = 16
+
+
+def _short_query_on_cuda(ctx: SelectionContext) -> str | None:
+    """on CUDA: queries of at most 16 tokens (decode)"""
+    if ctx.platform == "cuda" and ctx.seq_len_q is not None and ctx.seq_len_q > EAGER_ATTENTION_MAX_QUERY_ON_CUDA:
+        return (f"seq_len_q {ctx.seq_len_q} > {EAGER_ATTENTION_MAX_QUERY_ON_CUDA} on CUDA (torch_eager_attention "
+                "materialises the fp32 score matrix: a decode kernel there)")
+    return None
+
+
 def _even_rotary_dim(ctx: SelectionContext) -> str | None:
     """rotary dim must be even"""
     if ctx.rotary_dim is not None and ctx.rotary_dim % 2:
@@ -222,6 +246,10 @@ def _torch_kernels() -> list[KernelSpec]:
         custom=(gqa_ratio_ok, _cudnn_shapes_ok),
     )
     math = KernelConstraints(dtypes=ANY_FLOAT, supports_sliding_window=True, custom=(gqa_ratio_ok,))
+    eager = KernelConstraints(
+        dtypes=ANY_FLOAT, supports_dropout=False, supports_softcap=True, supports_sliding_window=True,
+        supports_sinks=True, custom=(gqa_ratio_ok, _short_query_on_cuda),
+    )
     return [
         KernelSpec("torch_sdpa_attention", ATTN, "torch", sdpa.torch_sdpa_attention, generic, 90,
                    aliases=("torch_sdpa",), tags={"sdpa"},
@@ -235,6 +263,10 @@ def _torch_kernels() -> list[KernelSpec]:
                    description="SDPA pinned to mem-efficient (xFormers-derived); masks and fp32, no GQA"),
         KernelSpec("torch_sdpa_math_attention", ATTN, "torch", sdpa.torch_sdpa_math_attention, math, 10,
                    tags={"sdpa"}, description="SDPA pinned to math: runs everything, ~30x slower"),
+        KernelSpec("torch_eager_attention", ATTN, "torch", torch_eager.torch_eager_attention, eager, 65,
+                   description="eager math attention in a few ATen calls (softcap, window, sinks, masks; GQA "
+                               "without repeating K/V); the CPU choice where SDPA cannot run (Flex uncompiled "
+                               "is 10-25x slower there), a decode candidate on CUDA"),
         KernelSpec("torch_rms_norm", "rms_norm", "torch", ops.torch_rms_norm,
                    KernelConstraints(dtypes=ANY_FLOAT), 80,
                    description="F.rms_norm (fused on CUDA, 1.5–2.6 TB/s) with every casting mode"),

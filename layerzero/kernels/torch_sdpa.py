@@ -27,6 +27,7 @@ from layerzero.operations.base import implements
 
 __all__ = [
     "sdpa_inputs",
+    "structural_mask",
     "torch_sdpa_attention",
     "torch_sdpa_cudnn_attention",
     "torch_sdpa_efficient_attention",
@@ -36,7 +37,7 @@ __all__ = [
 
 
 @lru_cache(maxsize=128)
-def _structural_mask(sq: int, sk: int, is_causal: bool, window: int | None, device: str) -> torch.Tensor | None:
+def structural_mask(sq: int, sk: int, is_causal: bool, window: int | None, device: str) -> torch.Tensor | None:
     """Cached bool (Sq, Sk) mask: building it per call would allocate on every decode step."""
     return attention_allowed_mask(sq, sk, is_causal, window, device)
 
@@ -57,7 +58,7 @@ def sdpa_inputs(
     if mask is not None and mask.dtype != torch.bool and mask.dtype != query.dtype:
         mask = mask.to(query.dtype)
     if sliding_window is not None or (causal and (sq != sk or mask is not None)):
-        allowed = _structural_mask(sq, sk, causal, sliding_window, str(query.device))
+        allowed = structural_mask(sq, sk, causal, sliding_window, str(query.device))
         if allowed is not None:
             if mask is None:
                 mask = allowed

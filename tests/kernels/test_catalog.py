@@ -152,6 +152,8 @@ def test_cpu_device_rejected_by_cuda_kernels(registries):
         ("flashinfer_rms_norm", dict(operation="rms_norm", casting="llama"), "casting mode llama not supported"),
         ("flashinfer_rms_norm", dict(operation="rms_norm", norm_offset=0.5), "norm weight offset 0.5 not supported"),
         ("xformers_attention", dict(softcap=30.0), "softcap 30.0 not supported"),
+        ("torch_eager_attention", dict(seq_len_q=17, seq_len_k=64), "seq_len_q 17 > 16 on CUDA"),
+        ("torch_eager_attention", dict(dropout_p=0.1), "dropout_p 0.1 not supported"),
         ("liger_rope", dict(operation="rope", interleaved=True), "interleaved rotary not supported"),
     ],
 )
@@ -174,6 +176,8 @@ def test_constraint_reasons(registries, kernel_id, ctx_changes, expected):
         ("flash_attn_v2_attention", dict(num_kv_heads=2, softcap=30.0, sliding_window=256, seq_len_q=16, seq_len_k=64)),
         ("flashinfer_decode_attention", dict(num_kv_heads=2, seq_len_q=1, seq_len_k=4096)),
         ("torch_flex_attention", dict(softcap=30.0, has_sinks=True, sliding_window=64, attn_mask="bool")),
+        ("torch_eager_attention", dict(num_kv_heads=2, softcap=50.0, has_sinks=True, sliding_window=64,
+                                       attn_mask="bool", seq_len_q=1, seq_len_k=4096)),
     ],
 )
 def test_supported_calls_pass_constraints(registries, kernel_id, ctx_changes):

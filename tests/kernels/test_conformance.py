@@ -16,6 +16,7 @@ MUST_COVER = {
     "torch_sdpa_attention": 0.7,
     "torch_sdpa_math_attention": 0.7,
     "torch_flex_attention": 0.9,
+    "torch_eager_attention": 1.0,
     "reference_rms_norm": 1.0,
     "torch_rms_norm": 1.0,
     "reference_layer_norm": 1.0,
