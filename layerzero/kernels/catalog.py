@@ -265,8 +265,8 @@ def _torch_kernels() -> list[KernelSpec]:
                    tags={"sdpa"}, description="SDPA pinned to math: runs everything, ~30x slower"),
         KernelSpec("torch_eager_attention", ATTN, "torch", torch_eager.torch_eager_attention, eager, 65,
                    description="eager math attention in a few ATen calls (softcap, window, sinks, masks; GQA "
-                               "without repeating K/V); the CPU choice where SDPA cannot run (Flex uncompiled "
-                               "is 10-25x slower there), a decode candidate on CUDA"),
+                               "without repeating K/V); the CPU choice where SDPA cannot run (uncompiled Flex "
+                               "measured 3x slower there), a decode candidate on CUDA"),
         KernelSpec("torch_rms_norm", "rms_norm", "torch", ops.torch_rms_norm,
                    KernelConstraints(dtypes=ANY_FLOAT), 80,
                    description="F.rms_norm (fused on CUDA, 1.5–2.6 TB/s) with every casting mode"),

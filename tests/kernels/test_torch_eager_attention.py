@@ -80,7 +80,7 @@ def test_rejects_dropout():
 
 
 def test_on_the_cpu_it_ranks_ahead_of_uncompiled_flex():
-    # SDPA cannot softcap or take sinks; uncompiled Flex is 10-25x slower than this kernel on the CPU
+    # SDPA cannot softcap or take sinks; uncompiled Flex is ~3x slower than this kernel on the CPU (benchmarks/decode_softcap.py --device cpu)
     from layerzero.dispatch import get_global_orchestrator
 
     orch = get_global_orchestrator()
