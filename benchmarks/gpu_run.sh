@@ -24,8 +24,8 @@
 #             decode measured beside other jobs lost up to 35%): BENCHES="multi_gpu decode_ab prefill_archs"
 #             by default, e2e-<arch> for benchmarks/e2e.py; FlashInfer off the path (BENCH_FLASHINFER=1
 #             keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes). Also: parity-residual (the
-#             parity matrix with the opt-in residual_norm kind), costs-rms_norm (re-sweeps rms_norm, fused-residual
-#             buckets included, over a copy of the shipped sm90 table, returned under costs/).
+#             parity matrix with the opt-in residual_norm kind), costs-<operation> (re-sweeps one operation, e.g.
+#             costs-rms_norm or costs-attention.decode, over a copy of the shipped sm90 table, returned under costs/).
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
 set -uo pipefail
 stage=${1:?stage: install|run1|run2|recheck|bench}
@@ -158,9 +158,11 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
                    --json "$OUT/prefill-archs.json" --md "$OUT/prefill-archs.md" > /tmp/$b.log 2>&1 ;;
       parity-residual) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/parity_matrix.py \
                    --kinds rms_norm,rope,mlp,residual_norm --json "$OUT/parity-residual.json" --md "$OUT/parity-residual.md" > /tmp/$b.log 2>&1 ;;
-      costs-rms_norm) mkdir -p "$OUT/costs" && cp layerzero/data/costs/sm90.* "$OUT/costs/" \
+      # costs-<operation>: re-sweep one operation over a copy of the shipped sm90 table (a new kernel's rows,
+      # e.g. costs-attention.decode for torch_eager_attention); COST_ARCH limits it to some architectures
+      costs-*) mkdir -p "$OUT/costs" && cp layerzero/data/costs/sm90.* "$OUT/costs/" \
                    && CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
-                   --operations rms_norm --max-seconds 240 > /tmp/$b.log 2>&1 ;;
+                   --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} --max-seconds 240 > /tmp/$b.log 2>&1 ;;
       # one e2e per call: with the compiled variants (HF sdpa, LayerZero opaque and inline) and the alternating
       # Liger rounds a Gemma2 run is estimated at ~500 s
       e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 560 python3 benchmarks/e2e.py --arch "$a" --skip-eager --fused-residual \
