@@ -31,6 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "tests_vllm" / "run_variant.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from result_files import git_commit  # noqa: E402
+
 VARIANTS = {"off": {}, "on": {"LAYERZERO_VLLM": "1"}}
 
 
@@ -43,11 +47,7 @@ def _versions() -> dict[str, str]:
             out[dist] = version(dist)
         except PackageNotFoundError:
             continue
-    try:
-        out["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        out["commit"] = "unknown"
+    out["commit"] = git_commit() or "unknown"
     return out
 
 
