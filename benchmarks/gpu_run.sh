@@ -162,7 +162,7 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
       # e.g. costs-attention.decode for torch_eager_attention); COST_ARCH limits it to some architectures
       costs-*) mkdir -p "$OUT/costs" && cp layerzero/data/costs/sm90.* "$OUT/costs/" \
                    && CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
-                   --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} --max-seconds 240 > /tmp/$b.log 2>&1 ;;
+                   --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} ${COST_MAX_TOKENS:+--max-tokens "$COST_MAX_TOKENS"} --max-seconds "${COST_SECONDS:-240}" > /tmp/$b.log 2>&1 ;;
       # one e2e per call: with the compiled variants (HF sdpa, LayerZero opaque and inline) and the alternating
       # Liger rounds a Gemma2 run is estimated at ~500 s
       e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 560 python3 benchmarks/e2e.py --arch "$a" --skip-eager --fused-residual \

@@ -76,7 +76,7 @@ def kernel_costs(model, ids: torch.Tensor, device: str) -> list[dict[str, Any]]:
     return rows
 
 
-def cprofile_decode(model, ids: torch.Tensor, steps: int, top: int = 30) -> dict[str, Any]:
+def cprofile_decode(model, ids: torch.Tensor, steps: int, top: int = 60) -> dict[str, Any]:
     def run() -> None:
         model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0,
                        eos_token_id=None)
