@@ -159,8 +159,9 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
       parity-residual) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/parity_matrix.py \
                    --kinds rms_norm,rope,mlp,residual_norm --json "$OUT/parity-residual.json" --md "$OUT/parity-residual.md" > /tmp/$b.log 2>&1 ;;
       # costs-<operation>: re-sweep one operation over a copy of the shipped sm90 table (a new kernel's rows,
-      # e.g. costs-attention.decode for torch_eager_attention); COST_ARCH limits it to some architectures
-      costs-*) mkdir -p "$OUT/costs" && cp layerzero/data/costs/sm90.* "$OUT/costs/" \
+      # e.g. costs-attention.decode for torch_eager_attention; several costs-* in one call add to one table);
+      # COST_ARCH limits it to some architectures, COST_MAX_TOKENS to decode-sized buckets
+      costs-*) mkdir -p "$OUT/costs" && { [ -f "$OUT/costs/sm90.json" ] || cp layerzero/data/costs/sm90.* "$OUT/costs/"; } \
                    && CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
                    --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} ${COST_MAX_TOKENS:+--max-tokens "$COST_MAX_TOKENS"} --max-seconds "${COST_SECONDS:-240}" > /tmp/$b.log 2>&1 ;;
       # one e2e per call: with the compiled variants (HF sdpa, LayerZero opaque and inline) and the alternating

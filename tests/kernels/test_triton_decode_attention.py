@@ -116,10 +116,11 @@ def test_several_splits_with_empty_ones(window):
     _check(q, k, v, _config=(3, 16, 4, 1), attn_mask=mask, sliding_window=window, softcap=6.0, sinks=torch.randn(4))
 
 
-def test_row_that_sees_no_key_returns_zeros():
+@pytest.mark.parametrize("config", [None, (2, 16, 4, 1)], ids=["single-pass", "two-splits"])
+def test_row_that_sees_no_key_returns_zeros(config):
     q, k, v = _qkv(2, 4, 2, 32, 12, torch.float32)
     mask = _left_padding(2, 12, [0, 12])  # sequence 1 may attend to nothing
-    got = decode_attention(q, k, v, attn_mask=mask, _config=(2, 16, 4, 1))
+    got = decode_attention(q, k, v, attn_mask=mask, _config=config)
     assert torch.equal(got[1], torch.zeros_like(got[1]))
     _close(got, reference.attention(q, k, v, attn_mask=mask))
 
@@ -234,12 +235,13 @@ def build(kernel, types, constexprs, **options):
                           target=GPUTarget("cuda", 90, 32), options=options)
 
 ptrs = dict(M_OUT="*fp32", L_OUT="*fp32", ACC_OUT="*fp32", scale="fp32", softcap="fp32")
-for dt, mask, d, g in (("bf16", "*u8", 256, 2), ("fp32", "*fp32", 80, 4)):
+for (dt, mask, d, g), final in ((c, f) for c in (("bf16", "*u8", 256, 2), ("fp32", "*fp32", 80, 4)) for f in (False, True)):
     ce = dict(HKV=4, GROUP=g, BLOCK_G=16, D=d, DV=d, BLOCK_D=triton.next_power_of_2(d),
               BLOCK_DV=triton.next_power_of_2(d), BLOCK_N=32, HAS_MASK=True, MASK_BOOL=mask == "*u8",
-              HAS_SOFTCAP=True, HAS_WINDOW=True, PRECISION="ieee" if dt == "fp32" else "tf32",
+              HAS_SOFTCAP=True, HAS_WINDOW=True, HAS_SINKS=True, FINAL=final, PRECISION="ieee" if dt == "fp32" else "tf32",
               DOT_F32=dt == "fp32", LOOP_WHILE=False)
-    build(da._decode_partial, dict(Q="*" + dt, K="*" + dt, V="*" + dt, MASK=mask, **ptrs), ce, num_warps=4, num_stages=2)
+    build(da._decode_partial, dict(Q="*" + dt, K="*" + dt, V="*" + dt, MASK=mask, SINKS="*fp32", O="*" + dt, **ptrs),
+          ce, num_warps=4, num_stages=2)
 ce = dict(H=8, DV=256, BLOCK_R=1, BLOCK_DV=256, BLOCK_S=64, CHUNK_S=8, HAS_SINKS=True)
 build(da._decode_reduce, dict(M_IN="*fp32", L_IN="*fp32", ACC_IN="*fp32", SINKS="*fp32", O="*bf16"), ce, num_warps=4)
 print("compiled")
@@ -314,6 +316,22 @@ def test_gpu_gemma2_options_fp32_and_sinks():
     g = GEMMA2
     q, k, v = _qkv(g["b"], g["h"], g["hkv"], g["d"], 700, torch.float32, "cuda")
     _check(q, k, v, softcap=50.0, sliding_window=300, sinks=torch.randn(g["h"], device="cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sk", [900, 1500])
+def test_gpu_single_pass_and_splits_agree(sk):
+    """Up to _SINGLE_PASS_MAX_KEYS visible keys an eager call is one launch; the split path (forced here
+    through ``_config``) and the reference give the same answer, with sinks, a padding mask and softcap."""
+    import layerzero.kernels.triton.decode_attention as mod
+
+    g = GEMMA2
+    q, k, v = _qkv(g["b"], g["h"], g["hkv"], g["d"], sk, torch.bfloat16, "cuda")
+    mask = _left_padding(g["b"], sk, [0, 3, 0, 9, 0, 0, 1, 40], "cuda")
+    opts = dict(attn_mask=mask, softcap=50.0, sinks=torch.randn(g["h"], device="cuda"))
+    assert (sk <= mod._SINGLE_PASS_MAX_KEYS) == (sk == 900)
+    _check(q, k, v, **opts)
+    _check(q, k, v, _config=mod.launch_config(g["b"], g["hkv"], g["d"]), **opts)
 
 
 @pytest.mark.gpu

@@ -9,7 +9,7 @@ the split bookkeeping) is passed with ``do_not_specialize``, so Triton neither s
 or a multiple of 16 nor builds a variant per value. The feature-axis strides stay specialised (they are
 1 and let loads vectorise), as do the per-model constants (head counts, head dims: ``constexpr``).
 
-Two launches per call, no host synchronisation:
+Two launches per call (one for short key ranges, below), no host synchronisation:
 
 1. ``_decode_partial``, grid ``(batch * kv_heads, splits)``: each program takes one kv head of one
    sequence and one contiguous chunk of the visible keys, and computes, for every query head of that
@@ -17,6 +17,10 @@ Two launches per call, no host synchronisation:
    unnormalised output) over its chunk.
 2. ``_decode_reduce``, one program per (sequence, query head): combines the partials of every split, adds the sink's
    softmax mass, normalises and writes the output in the query dtype.
+
+An eager call that sees few keys (``_SINGLE_PASS_MAX_KEYS``) is one launch instead: a single split per
+(sequence, kv head) that finishes the softmax itself (``FINAL``), since such a call costs host time, not
+device time.
 
 The number of splits depends only on ``batch * kv_heads`` (enough programs to fill an H100/H200-class
 GPU), not on the key length: the chunk size is derived inside the kernel from the key length, so nothing
@@ -46,6 +50,13 @@ _MAX_SPLITS = 64
 _MAX_HEAD_DIM = 256
 # Splits combined per step of the reduction (a CHUNK x Dv fp32 tile).
 _REDUCE_CHUNK = 8
+# Eager calls that see at most this many keys (after the window) run as one launch: one split per (sequence,
+# kv head) that also normalises and writes the output, with no partials and no reduce kernel. Such a call
+# is host-bound (its device time, ~1 us per BLOCK_N keys per program, stays below the host time of issuing
+# it), so the second launch and the workspace allocation were pure host cost. Under torch.compile the split
+# count never depends on the key length (no guard on it), so compiled calls keep the two launches. A cache
+# that grows past this length compiles the split variant once, at that step (Triton caches it on disk).
+_SINGLE_PASS_MAX_KEYS = 1024
 # Query heads of one kv group are padded to at least 16 rows: tl.dot needs M >= 16.
 _MIN_GROUP_ROWS = 16
 # The CPU interpreter pays per program and per operation: one split, long key blocks, every reduce row in
@@ -60,7 +71,10 @@ _PARTIAL_DYNAMIC = (
     "sk_b", "sk_h", "sv_b", "sv_h", "sm_b", "sm_h",
 )
 from layerzero.operations.attention import ATTENTION
+from layerzero.kernels.triton.launch import cdiv, launch, next_power_of_2
 from layerzero.operations.base import implements
+
+_compiling = torch.compiler.is_compiling
 
 
 @triton.jit
@@ -107,16 +121,18 @@ def _attend_block(
 
 @triton.jit(do_not_specialize=_PARTIAL_DYNAMIC, do_not_specialize_on_alignment=("MASK",))
 def _decode_partial(
-    Q, K, V, MASK, M_OUT, L_OUT, ACC_OUT,
+    Q, K, V, MASK, M_OUT, L_OUT, ACC_OUT, SINKS, O,
     Sk, num_splits, window,
     sq_b, sq_h, sq_d,
     sk_b, sk_s, sk_h, sk_d,
     sv_b, sv_s, sv_h, sv_d,
     sm_b, sm_h, sm_s,
+    s_sink, so_b, so_h,
     scale, softcap,
     HKV: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    HAS_SINKS: tl.constexpr, FINAL: tl.constexpr,
     PRECISION: tl.constexpr, DOT_F32: tl.constexpr, LOOP_WHILE: tl.constexpr,
 ):
     # Scalars pinned to fp32: under torch.compile Inductor passes them as fp64.
@@ -167,11 +183,26 @@ def _decode_partial(
                 scale, softcap, D, DV, BLOCK_N, HAS_MASK, MASK_BOOL, HAS_SOFTCAP, PRECISION, DOT_F32,
             )
 
-    # Partials are laid out (batch * heads, splits[, DV]), row = b * H + head.
-    part = (b * (HKV * GROUP) + heads) * num_splits + split
-    tl.store(M_OUT + part, m_i, mask=row_ok)
-    tl.store(L_OUT + part, l_i, mask=row_ok)
-    tl.store(ACC_OUT + part[:, None] * DV + dv[None, :], acc, mask=row_ok[:, None] & (dv < DV)[None, :])
+    if FINAL:
+        # One split saw every visible key: finish here (the reduce kernel's math for a single partial).
+        m_max = m_i
+        if HAS_SINKS:
+            sink = tl.load(SINKS + heads * s_sink, mask=row_ok, other=0.0).to(tl.float32)
+            m_max = tl.maximum(m_max, sink)
+        m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
+        kept = tl.exp(m_i - m_safe)
+        denom = l_i * kept
+        if HAS_SINKS:
+            denom += tl.exp(sink - m_safe)
+        out = tl.where(denom[:, None] > 0, acc * (kept / tl.where(denom > 0, denom, 1.0))[:, None], 0.0)
+        tl.store(O + b * so_b + heads[:, None] * so_h + dv[None, :], out.to(O.dtype.element_ty),
+                 mask=row_ok[:, None] & (dv < DV)[None, :])
+    else:
+        # Partials are laid out (batch * heads, splits[, DV]), row = b * H + head.
+        part = (b * (HKV * GROUP) + heads) * num_splits + split
+        tl.store(M_OUT + part, m_i, mask=row_ok)
+        tl.store(L_OUT + part, l_i, mask=row_ok)
+        tl.store(ACC_OUT + part[:, None] * DV + dv[None, :], acc, mask=row_ok[:, None] & (dv < DV)[None, :])
 
 
 @triton.jit(do_not_specialize=("rows", "num_splits"))
@@ -228,7 +259,7 @@ def launch_config(batch: int, kv_heads: int, head_dim: int) -> tuple[int, int, i
     if _INTERPRETED:
         return _INTERPRETER_SPLITS, _INTERPRETER_BLOCK_N, 4, 1
     pairs = max(1, batch * kv_heads)
-    splits = max(1, min(_MAX_SPLITS, triton.cdiv(_TARGET_PROGRAMS, pairs)))
+    splits = max(1, min(_MAX_SPLITS, cdiv(_TARGET_PROGRAMS, pairs)))
     block_n = 64 if head_dim <= 128 else 32
     return splits, block_n, 4, 2
 
@@ -300,49 +331,61 @@ def decode_attention(query, key, value, attn_mask, is_causal, scale, dropout_p, 
     if out.numel() == 0:
         return out
     splits, block_n, num_warps, num_stages = _config if _config is not None else launch_config(b, hkv, d)
+    visible = min(sk, sliding_window) if sliding_window is not None else sk
+    if _config is None and not _compiling() and visible <= _SINGLE_PASS_MAX_KEYS:
+        splits = 1  # eager: few keys, so one launch (see _SINGLE_PASS_MAX_KEYS)
+    single = splits == 1
     group = h // hkv
-    # The split partials (row max, row sum, unnormalised output; fp32, indexed flat by both kernels) share
-    # one allocation: a decode step is host-bound and each allocation is a few microseconds of host time.
-    # Each part starts at a multiple of 4 floats, so its pointer keeps the 16-byte alignment Triton
-    # specialises on (one compiled variant whatever the batch).
-    parts = b * h * splits
-    stride = (parts + 3) // 4 * 4
-    work = torch.empty(2 * stride + parts * dv, dtype=torch.float32, device=query.device)
-    m_part, l_part, acc_part = work[:parts], work[stride:stride + parts], work[2 * stride:]
+    if single:  # the kernel writes the output itself: no partials, no reduce launch
+        m_part = l_part = acc_part = out  # dummy pointers, never written when FINAL is set
+    else:
+        # The split partials (row max, row sum, unnormalised output; fp32, indexed flat by both kernels)
+        # share one allocation: a decode step is host-bound and each allocation is a few microseconds of
+        # host time. Each part starts at a multiple of 4 floats, so its pointer keeps the 16-byte alignment
+        # Triton specialises on (one compiled variant whatever the batch).
+        parts = b * h * splits
+        stride = (parts + 3) // 4 * 4
+        work = torch.empty(2 * stride + parts * dv, dtype=torch.float32, device=query.device)
+        m_part, l_part, acc_part = work[:parts], work[stride:stride + parts], work[2 * stride:]
     if attn_mask is not None:
         mask = _mask_view(attn_mask, b, h, sk)
         sm = (mask.stride(0), mask.stride(1), mask.stride(3))
     else:
         mask, sm = query, (0, 0, 0)  # dummy pointer, never read when HAS_MASK is False
     window = sliding_window if sliding_window is not None else 0
+    sink_arg = sinks if sinks is not None else query  # dummy pointer when HAS_SINKS is False
+    s_sink = sinks.stride(0) if sinks is not None else 0
     # fp32 inputs use exact fp32 dots; so does the interpreter for every dtype (its bf16 tl.dot returns
     # garbage in triton 3.6), so on CPU half inputs see fp32 P.V where a GPU rounds P to the value dtype.
     dot_f32 = query.dtype == torch.float32 or _INTERPRETED
-    _decode_partial[(b * hkv, splits)](
-        query, key, value, mask, m_part, l_part, acc_part,
+    launch(_decode_partial, (b * hkv, splits),
+        query, key, value, mask, m_part, l_part, acc_part, sink_arg, out,
         sk, splits, window,
         query.stride(0), query.stride(2), query.stride(3),
         key.stride(0), key.stride(1), key.stride(2), key.stride(3),
         value.stride(0), value.stride(1), value.stride(2), value.stride(3),
         *sm,
+        s_sink, out.stride(0), out.stride(2),
         1.0 / math.sqrt(d) if scale is None else float(scale), float(softcap) if softcap else 1.0,
-        HKV=hkv, GROUP=group, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(group)),
-        D=d, DV=dv, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_DV=max(16, triton.next_power_of_2(dv)),
+        HKV=hkv, GROUP=group, BLOCK_G=max(_MIN_GROUP_ROWS, next_power_of_2(group)),
+        D=d, DV=dv, BLOCK_D=max(16, next_power_of_2(d)), BLOCK_DV=max(16, next_power_of_2(dv)),
         BLOCK_N=block_n,
         HAS_MASK=attn_mask is not None, MASK_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
         HAS_SOFTCAP=bool(softcap), HAS_WINDOW=sliding_window is not None,
+        HAS_SINKS=sinks is not None, FINAL=single,
         PRECISION="ieee" if dot_f32 else "tf32", DOT_F32=dot_f32, LOOP_WHILE=_INTERPRETED,
         num_warps=num_warps, num_stages=num_stages,
     )
-    block_s = triton.next_power_of_2(max(splits, _MAX_SPLITS))
+    if single:
+        return out
+    block_s = next_power_of_2(max(splits, _MAX_SPLITS))
     rows = b * h
     # The interpreter's cost is per program: one program for every row, all splits in one chunk.
-    block_r = min(triton.next_power_of_2(rows), _INTERPRETER_ROWS) if _INTERPRETED else 1
-    sink_arg = sinks if sinks is not None else m_part  # dummy pointer when HAS_SINKS is False
-    _decode_reduce[(triton.cdiv(rows, block_r),)](
+    block_r = min(next_power_of_2(rows), _INTERPRETER_ROWS) if _INTERPRETED else 1
+    launch(_decode_reduce, (cdiv(rows, block_r),),
         m_part, l_part, acc_part, sink_arg, out,
-        rows, splits, sinks.stride(0) if sinks is not None else 0, out.stride(0), out.stride(2),
-        H=h, DV=dv, BLOCK_R=block_r, BLOCK_DV=triton.next_power_of_2(dv), BLOCK_S=block_s,
+        rows, splits, s_sink, out.stride(0), out.stride(2),
+        H=h, DV=dv, BLOCK_R=block_r, BLOCK_DV=next_power_of_2(dv), BLOCK_S=block_s,
         CHUNK_S=block_s if _INTERPRETED else _REDUCE_CHUNK, HAS_SINKS=sinks is not None,
         num_warps=4 if dv >= 128 else 1,
     )

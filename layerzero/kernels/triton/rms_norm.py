@@ -43,6 +43,7 @@ _INTERPRETER_ELEMS = 1 << 16
 # evict_first with default stores).
 EVICT = "evict_first"
 STORE = ".cs"
+from layerzero.kernels.triton.launch import cdiv, launch, next_power_of_2
 from layerzero.operations.base import implements
 from layerzero.operations.norm import RMS_NORM
 
@@ -197,15 +198,15 @@ def launch_config(m: int, n: int) -> tuple[int, int, int, int]:
     Measured on an H100 (benchmarks/results/triton_bandwidth_h100.md, tuning sweep): rows of 2048 and more
     run best one per program (8 warps up to 4096, 16 from 8192: 2.80-3.01 TB/s); shorter rows are packed
     so a program still sees ~4096 elements (128-wide rows: 2.90 TB/s)."""
-    block_n = triton.next_power_of_2(n)
+    block_n = next_power_of_2(n)
     if block_n > _MAX_FUSED_BLOCK:
         return 0, _CHUNK, 8, 1
     # the CPU interpreter pays per program and per operation, not per byte: give it big tiles
     block_m = 1
     if _INTERPRETED:
-        block_m = min(max(1, _INTERPRETER_ELEMS // block_n), triton.next_power_of_2(max(m, 1)))
+        block_m = min(max(1, _INTERPRETER_ELEMS // block_n), next_power_of_2(max(m, 1)))
     elif block_n < 2048:
-        block_m = min(_TARGET_ELEMS // block_n, triton.next_power_of_2(max(m, 1)))
+        block_m = min(_TARGET_ELEMS // block_n, next_power_of_2(max(m, 1)))
     elems = block_m * block_n
     num_warps = 16 if elems >= 8192 else 8 if elems >= 2048 else 4
     return block_m, block_n, num_warps, 1
@@ -248,14 +249,14 @@ def rms_norm(x, weight, eps, offset, casting, residual, *, _config: tuple[int, i
     block_m, block_n, num_warps, row_tiles = cfg
     hh = h if h is not None else y
     if block_m == 0:
-        _rms_norm_long_rows[(m,)](
+        launch(_rms_norm_long_rows, (m,),
             x2, r2, w, y, hh,
             x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), stride_w,
             float(eps), float(offset),
             N=n, BLOCK_N=block_n, num_warps=num_warps, **flags,
         )
     else:
-        _rms_norm_rows[(triton.cdiv(m, block_m * row_tiles),)](
+        launch(_rms_norm_rows, (cdiv(m, block_m * row_tiles),),
             x2, r2, w, y, hh, m, n,
             x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), stride_w,
             float(eps), float(offset),

@@ -36,6 +36,7 @@ _TILE_ELEMS = 2048
 # H100 sweep: default cache policies beat evict_first by 1.5-3% (head_dim 96/128), tie at head_dim 64.
 EVICT = ""
 STORE = ""
+from layerzero.kernels.triton.launch import cdiv, launch, next_power_of_2
 from layerzero.operations.base import implements
 from layerzero.operations.rope import ROPE
 
@@ -157,12 +158,12 @@ def launch_config(tokens: int, hq: int, hk: int, half: int) -> tuple[int, int, i
     On a GPU one program per token (cos/sin loaded once, reused by every head) with head tiles of at most
     ~_TILE_ELEMS rotated pairs. Under the CPU interpreter, whose cost is per program and per operation,
     one program takes many tokens and all heads."""
-    block_half = triton.next_power_of_2(max(half, 1))
+    block_half = next_power_of_2(max(half, 1))
     if _INTERPRETED:
-        return min(triton.next_power_of_2(max(tokens, 1)), 64), triton.next_power_of_2(hq), triton.next_power_of_2(hk), 4
+        return min(next_power_of_2(max(tokens, 1)), 64), next_power_of_2(hq), next_power_of_2(hk), 4
     cap = max(1, _TILE_ELEMS // block_half)
-    block_hq = min(triton.next_power_of_2(hq), cap)
-    block_hk = min(triton.next_power_of_2(hk), cap)
+    block_hq = min(next_power_of_2(hq), cap)
+    block_hk = min(next_power_of_2(hk), cap)
     # H100 sweep: ~512 rotated pairs per warp was best (head_dim 128 and 96: 4 warps, 64: 2 warps).
     num_warps = max(1, min(8, block_hq * block_half // 512))
     return 1, block_hq, block_hk, num_warps
@@ -212,15 +213,15 @@ def rope(q, k, cos, sin, layout, interleaved, unsqueeze_dim, *, _config: tuple[i
     tokens = bsz * seq
     cfg = _config if _config is not None else launch_config(tokens, hq, hk, half)
     block_t, block_hq, block_hk, num_warps = cfg
-    block_pass = triton.next_power_of_2(d - rot) if d > rot else 0
-    _rope_kernel[(triton.cdiv(tokens, block_t),)](
+    block_pass = next_power_of_2(d - rot) if d > rot else 0
+    launch(_rope_kernel, (cdiv(tokens, block_t),),
         q, k, cos, sin, q_out, k_out,
         seq, tokens,
         *_bhsd_strides(q, layout), *_bhsd_strides(k, layout),
         *_bhsd_strides(q_out, layout), *_bhsd_strides(k_out, layout),
         *sc, *ss,
         HQ=hq, HK=hk, D=d, ROT=rot,
-        BLOCK_T=block_t, BLOCK_HALF=triton.next_power_of_2(half), BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_PASS=block_pass,
+        BLOCK_T=block_t, BLOCK_HALF=next_power_of_2(half), BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_PASS=block_pass,
         INTERLEAVED=bool(interleaved), EVICT=EVICT, STORE=STORE, num_warps=num_warps,
     )
     return q_out, k_out

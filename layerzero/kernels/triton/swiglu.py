@@ -29,6 +29,7 @@ _FLAT_BLOCK = 1024
 EVICT = ""
 STORE = ""
 from layerzero.operations.activation import GEGLU, SWIGLU
+from layerzero.kernels.triton.launch import cdiv, launch, next_power_of_2
 from layerzero.operations.base import implements
 
 
@@ -100,10 +101,10 @@ def _gated(
         if config is not None:
             blk, warps = config
         elif _INTERPRETED:  # CPU interpreter: cost is per program
-            blk, warps = min(1 << 16, triton.next_power_of_2(numel)), 4
+            blk, warps = min(1 << 16, next_power_of_2(numel)), 4
         else:
             blk, warps = _FLAT_BLOCK, _num_warps(_FLAT_BLOCK)
-        _glu_flat[(triton.cdiv(numel, blk),)](
+        launch(_glu_flat, (cdiv(numel, blk),),
             gate, up, out, numel, BLOCK=blk, ACT=act, I64=numel + blk >= 2**31, EVICT=EVICT, STORE=STORE, num_warps=warps
         )
         return out
@@ -112,10 +113,10 @@ def _gated(
     if config is not None:
         blk, warps = config
     else:
-        blk = min(_FLAT_BLOCK, triton.next_power_of_2(n))
+        blk = min(_FLAT_BLOCK, next_power_of_2(n))
         warps = _num_warps(blk)
-    grid = (g2.shape[0], triton.cdiv(n, blk))
-    _glu_rows[grid](g2, u2, out, n, g2.stride(0), u2.stride(0), BLOCK=blk, ACT=act, EVICT=EVICT, STORE=STORE, num_warps=warps)
+    grid = (g2.shape[0], cdiv(n, blk))
+    launch(_glu_rows, grid, g2, u2, out, n, g2.stride(0), u2.stride(0), BLOCK=blk, ACT=act, EVICT=EVICT, STORE=STORE, num_warps=warps)
     return out
 
 
