@@ -15,7 +15,7 @@ from layerzero.context.buckets import Bucketer
 from layerzero.operations import all_operations
 from layerzero.operations.base import KeyBuckets, Keyer, SizeBucket
 
-__all__ = ["Keyer", "make_keyer"]
+__all__ = ["KEY_ERRORS", "Keyer", "make_keyer"]
 
 
 def _memo(bucket: Bucketer, limit: int = 8192) -> tuple[dict[int, int], Callable[[int], int]]:
@@ -64,13 +64,21 @@ def make_keyer(bucketers: Mapping[str, Bucketer]) -> Keyer:
         fn = by_op.get(op, generic_key)
         try:
             return fn(op, inputs, kw)
-        except (KeyError, IndexError, AttributeError, TypeError):
+        except KEY_ERRORS:
             try:
                 return generic_key(op, inputs, kw)
             except Exception:  # noqa: BLE001 - not even a generic key: a key that never hits, so the
                 return object()  # miss path validates the call and names what is wrong
 
+    # Each operation's own key function, for callers that key one operation many times (a bound call):
+    # calling it directly saves this wrapper's frame; on KEY_ERRORS they fall back to ``keyer``.
+    keyer.by_operation = by_op  # type: ignore[attr-defined]
     return keyer
+
+
+#: What an operation's own key function raises on arguments that do not fit it (then the generic key
+#: applies): the exceptions ``keyer`` catches.
+KEY_ERRORS = (KeyError, IndexError, AttributeError, TypeError)
 
 
 def _hashable(v: Any) -> Hashable:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from time import perf_counter_ns
 from typing import Any, Mapping, Protocol
 
+from layerzero.context.keys import KEY_ERRORS
 from layerzero.dispatch.overrides import active_overrides as _active_overrides
 from layerzero.operations import ATTENTION_OPS
 
@@ -49,7 +50,8 @@ class BoundCall:
         self.dispatcher = dispatcher
         self.operation = operation
         self.binds = 0
-        self._memo: tuple = (None, None, None)  # (selection state, key, plan)
+        # (selection state, key, plan, the operation's own key function under that state or None)
+        self._memo: tuple = (None, None, None, None)
         self._run = dispatcher.runner.run
         self._attention = operation in _ATTENTION_OPS
 
@@ -60,8 +62,20 @@ class BoundCall:
         state = d.state
         if state.inflight is not None or _active_overrides() or (self._attention and "is_causal" not in kwargs):
             return d.call(operation, inputs, kwargs)
-        key = state.keyer(operation, inputs, kwargs)
         m = self._memo
+        if m[0] is state:
+            own_key = m[3]
+        else:  # a new selection state (or the first call): its keyer may bucket differently
+            own_key = getattr(state.keyer, "by_operation", {}).get(operation)
+        # The operation's own key function called directly (the state's keyer would add a frame); the
+        # generic key when it does not fit the arguments, exactly as the keyer itself does.
+        if own_key is None:
+            key = state.keyer(operation, inputs, kwargs)
+        else:
+            try:
+                key = own_key(operation, inputs, kwargs)
+            except KEY_ERRORS:
+                key = state.keyer(operation, inputs, kwargs)
         if m[0] is state and m[1] == key and not m[2].superseded:
             plan = m[2]
         else:
@@ -71,10 +85,10 @@ class BoundCall:
                 plan = state.engine.lookup(key) if d.state is state else None
                 if plan is not None:
                     self.binds += 1
-                    self._memo = (state, key, plan)
+                    self._memo = (state, key, plan, own_key)
                 return out
             self.binds += 1
-            self._memo = (state, key, plan)
+            self._memo = (state, key, plan, own_key)
         return self._run(plan, True, operation, inputs, kwargs, t0, False, key)
 
     # The same function under a method name: ``bound.call(inputs, kwargs)`` is a plain method call, which the
@@ -84,7 +98,7 @@ class BoundCall:
 
     def reset(self) -> None:
         """Forget the bound plan (the next call selects through the dispatcher's cache)."""
-        self._memo = (None, None, None)
+        self._memo = (None, None, None, None)
 
     @property
     def bound_kernel(self) -> str | None:

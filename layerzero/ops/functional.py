@@ -13,7 +13,7 @@ import torch
 from layerzero.operations.attention import attention_options, default_is_causal
 from layerzero.operations.norm import CASTINGS, rms_options
 from layerzero.ops.compile_strategy import inlined
-from layerzero.ops.orchestrators import OrchestratorLike, name_for_graph, resolve, run
+from layerzero.ops.orchestrators import OrchestratorLike, name_for_graph, run
 
 __all__ = ["attention", "attention_operation", "geglu", "layer_norm", "rms_norm", "rope", "swiglu"]
 
@@ -76,7 +76,7 @@ def attention(
             operation, name_for_graph(orchestrator),
         )
     options = attention_options(query, key, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap, sinks)
-    return run(resolve(orchestrator), operation, {"query": query, "key": key, "value": value}, options)
+    return run(orchestrator, operation, {"query": query, "key": key, "value": value}, options)
 
 
 def rms_norm(
@@ -101,7 +101,7 @@ def rms_norm(
         if residual is not None:
             return torch.ops.layerzero.rms_norm_residual(x, weight, residual, float(eps), float(offset), casting, name)
         return torch.ops.layerzero.rms_norm(x, weight, float(eps), float(offset), casting, name)
-    return run(resolve(orchestrator), "rms_norm", {"x": x, "weight": weight}, rms_options(eps, offset, casting, residual))
+    return run(orchestrator, "rms_norm", {"x": x, "weight": weight}, rms_options(eps, offset, casting, residual))
 
 
 def layer_norm(
@@ -118,7 +118,7 @@ def layer_norm(
         if kernel is not None:
             return kernel(x, weight, bias, eps)
         return torch.ops.layerzero.layer_norm(x, weight, bias, float(eps), name_for_graph(orchestrator))
-    return run(resolve(orchestrator), "layer_norm", {"x": x, "weight": weight, "bias": bias}, {"eps": eps})
+    return run(orchestrator, "layer_norm", {"x": x, "weight": weight, "bias": bias}, {"eps": eps})
 
 
 def rope(
@@ -140,7 +140,7 @@ def rope(
         if kernel is not None:
             return kernel(q, k, cos, sin, layout, interleaved, None)
         return torch.ops.layerzero.rope(q, k, cos, sin, layout, bool(interleaved), name_for_graph(orchestrator))
-    return run(resolve(orchestrator), "rope", {"q": q, "k": k, "cos": cos, "sin": sin},
+    return run(orchestrator, "rope", {"q": q, "k": k, "cos": cos, "sin": sin},
                {"layout": layout, "interleaved": interleaved})
 
 
@@ -151,7 +151,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, *, orchestrator: OrchestratorLi
         if kernel is not None:
             return kernel(gate, up)
         return torch.ops.layerzero.swiglu(gate, up, name_for_graph(orchestrator))
-    return run(resolve(orchestrator), "swiglu", {"gate": gate, "up": up}, {})
+    return run(orchestrator, "swiglu", {"gate": gate, "up": up}, {})
 
 
 def geglu(
@@ -165,4 +165,4 @@ def geglu(
         if kernel is not None:
             return kernel(gate, up, approximate)
         return torch.ops.layerzero.geglu(gate, up, approximate, name_for_graph(orchestrator))
-    return run(resolve(orchestrator), "geglu", {"gate": gate, "up": up}, {"approximate": approximate})
+    return run(orchestrator, "geglu", {"gate": gate, "up": up}, {"approximate": approximate})

@@ -144,7 +144,14 @@ def name_for_graph(orchestrator: OrchestratorLike) -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------------------ running a call
-def run(orchestrator: Any, operation: str, inputs: dict[str, Any], options: dict[str, Any]) -> Any:
+def run(orchestrator: OrchestratorLike, operation: str, inputs: dict[str, Any], options: dict[str, Any]) -> Any:
+    """Run one eager call through ``orchestrator`` (a name, None, an orchestrator or a CallSite) and return
+    the output. A patched module's CallSite goes first and straight to its bound call: in a decode loop
+    every Python frame on this path is paid per operation per layer."""
+    if type(orchestrator) is CallSite:
+        return orchestrator.call(operation, inputs, options)
+    if orchestrator is None or isinstance(orchestrator, str):
+        orchestrator = get_orchestrator(orchestrator)
     call = getattr(orchestrator, "call", None)  # output-only fast path of DispatchOrchestrator
     if call is not None:
         return call(operation, inputs, options)
