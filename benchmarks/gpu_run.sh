@@ -23,8 +23,8 @@
 #   bench   - (carry .whl) the timing benchmarks, one after another on an otherwise idle machine (host-bound
 #             decode measured beside other jobs lost up to 35%): BENCHES="multi_gpu decode_ab prefill_archs"
 #             by default, e2e-<arch> for benchmarks/e2e.py; FlashInfer off the path (BENCH_FLASHINFER=1
-#             keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes). Also: parity-residual (the
-#             parity matrix with the opt-in residual_norm kind), costs-<operation> (re-sweeps one operation, e.g.
+#             keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes). Also: parity-unfused (the
+#             parity matrix without the residual_norm kind), costs-<operation> (re-sweeps one operation, e.g.
 #             costs-rms_norm or costs-attention.decode, over a copy of the shipped sm90 table, returned under costs/).
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
 set -uo pipefail
@@ -156,8 +156,8 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
                    --rounds "${DECODE_ROUNDS:-11}" --profile --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/$b.log 2>&1 ;;
       prefill_archs) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/prefill_archs.py \
                    --json "$OUT/prefill-archs.json" --md "$OUT/prefill-archs.md" > /tmp/$b.log 2>&1 ;;
-      parity-residual) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/parity_matrix.py \
-                   --kinds rms_norm,rope,mlp,residual_norm --json "$OUT/parity-residual.json" --md "$OUT/parity-residual.md" > /tmp/$b.log 2>&1 ;;
+      parity-unfused) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/parity_matrix.py \
+                   --kinds rms_norm,rope,mlp --json "$OUT/parity-unfused.json" --md "$OUT/parity-unfused.md" > /tmp/$b.log 2>&1 ;;
       # costs-<operation>: re-sweep one operation over a copy of the shipped sm90 table (a new kernel's rows,
       # e.g. costs-attention.decode for torch_eager_attention; several costs-* in one call add to one table);
       # COST_ARCH limits it to some architectures, COST_MAX_TOKENS to decode-sized buckets
@@ -166,7 +166,7 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
                    --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} ${COST_MAX_TOKENS:+--max-tokens "$COST_MAX_TOKENS"} --max-seconds "${COST_SECONDS:-240}" > /tmp/$b.log 2>&1 ;;
       # one e2e per call: with the compiled variants (HF sdpa, LayerZero opaque and inline) and the alternating
       # Liger rounds a Gemma2 run is estimated at ~500 s
-      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 560 python3 benchmarks/e2e.py --arch "$a" --skip-eager --fused-residual \
+      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 560 python3 benchmarks/e2e.py --arch "$a" --skip-eager --without-residual-norm \
                    --compile-shapes "${E2E_COMPILE_SHAPES:-8x1024}" --repeats 3 --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
     esac
     echo "$b rc=$?" >> /tmp/$b.log; tail -12 /tmp/$b.log >> "$LOG"

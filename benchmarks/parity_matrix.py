@@ -284,7 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kernels", default=None, help="pin kernels in the patched model: op=kernel_id,... "
                    "(e.g. rope=torch_rope for a quick CPU run without the Triton interpreter)")
     p.add_argument("--kinds", default=None, help="patch kinds, comma-separated (default: the default kinds; "
-                   "e.g. rms_norm,rope,mlp,residual_norm for the opt-in fused residual norm)")
+                   "e.g. rms_norm,rope,mlp to leave the fused residual norm out)")
     p.add_argument("--json", type=Path)
     p.add_argument("--md", type=Path)
     args = p.parse_args(argv)

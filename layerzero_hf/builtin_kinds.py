@@ -188,7 +188,7 @@ def build_mlp(ctx: KindContext, path: str, module: nn.Module, params: Mapping[st
     return Replacement(fn, op, detail)
 
 
-@register_patch_kind("residual_norm", by_default=False, params={
+@register_patch_kind("residual_norm", by_default=True, params={
     "pre_norm": Param(str, "input_layernorm"),
     "attention": Param(str, "self_attn"),
     "norm": Param(str, "post_attention_layernorm"),
@@ -197,10 +197,10 @@ def build_mlp(ctx: KindContext, path: str, module: nn.Module, params: Mapping[st
 def build_residual_norm(ctx: KindContext, path: str, module: nn.Module, params: Mapping[str, Any], *,
                         verify: bool, detected: bool) -> Replacement:
     """A pre-norm decoder layer whose attention residual add runs inside the post-attention RMSNorm
-    (``rms_norm(..., residual=)``, see :mod:`layerzero_hf.residual_norm`). Opt-in (``only=[...,
-    "residual_norm"]``): a cost table without fused-residual measurements ranks the add-then-norm kernel
-    first, and that ranking is not yet measured on a GPU. Needs the norm to be patched as ``rms_norm`` by
-    the same call (its epsilon, offset and casting come from that entry)."""
+    (``rms_norm(..., residual=)``, see :mod:`layerzero_hf.residual_norm`). On by default where a spec has a
+    ``residual_norm`` entry (the pre-norm architectures): one dispatch and one pass instead of an add and a
+    norm. Needs the norm to be patched as ``rms_norm`` by the same call (its epsilon, offset and casting
+    come from that entry); a norm under an accelerate hook is left alone with the reason."""
     attrs = {role: params[role] for role in ROLES}
     for role, attr in attrs.items():
         if not isinstance(getattr(module, attr, None), nn.Module):
@@ -211,11 +211,14 @@ def build_residual_norm(ctx: KindContext, path: str, module: nn.Module, params: 
     if why is not None:
         raise SkipModule(f"{owner}.forward: {why}; left alone")
     norm_path, norm = f"{path}.{attrs['norm']}", getattr(module, attrs["norm"])
+    if "forward" in norm.__dict__:
+        # an accelerate hook (device map, offload) is an instance forward: the fused call would bypass it
+        raise SkipModule(f"{norm_path} runs under an instance forward (an accelerate hook: device map or "
+                         "offload), which the fused call would bypass; the norm and the add run as they were")
     planned = ctx.planned_spec(norm_path, norm)
     if planned is None or planned[0] != "rms_norm":
-        # an accelerate hook (device map, offload) is an instance forward: the fused call would bypass it
-        raise SkipModule(f"{norm_path} is not patched as rms_norm by this call (kind off, excluded, no spec entry or "
-                         "an instance forward such as an accelerate hook): nothing to fuse the residual add into")
+        raise SkipModule(f"{norm_path} is not patched as rms_norm by this call (kind off, excluded or no spec "
+                         "entry): nothing to fuse the residual add into")
     norm_params = planned[1]
     eps_attr = _eps(norm, norm_params)[0]
     weight_attr = norm_params.get("weight_attr", "weight")

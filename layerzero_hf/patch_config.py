@@ -76,7 +76,7 @@ class PatchTargets:
     """What to patch.
 
     ``kinds``: the patch kinds to apply (None = every registered kind but the opt-in ones: rms_norm,
-    layer_norm, rope, mlp, and any registered with ``register_patch_kind``; ``residual_norm`` is opt-in).
+    layer_norm, rope, mlp, residual_norm, and any registered with ``register_patch_kind``).
     ``include``/``exclude``: module-path globs (``"model.layers.0.*"``) limiting which modules are
     considered (empty include = all). ``spec``: an ArchSpec, a YAML path or a mapping replacing the shipped
     architecture spec. ``detect``: None = structural

@@ -127,7 +127,9 @@ def residual_norm_forward(ops: Any, orch: str, forward: Callable, attrs: Mapping
     defaults = dict(zip(names, forward.__defaults__))
     pre, attention, post, mlp = (attrs[r] for r in ROLES)
 
-    def forward_fused(self, hidden_states, *args, **kwargs):
+    # named ``forward``: a bound method pickles as getattr(module, its __name__), which must find the class's
+    # own forward when a pickled patched model loads unpatched
+    def forward(self, hidden_states, *args, **kwargs):
         if args:  # as the original's signature would bind them, or its TypeError
             if len(args) > len(names):
                 raise TypeError(f"{type(self).__name__}.forward() takes at most {len(names) + 2} positional "
@@ -152,4 +154,4 @@ def residual_norm_forward(ops: Any, orch: str, forward: Callable, attrs: Mapping
         hidden_states = getattr(self, mlp)(hidden_states)
         return residual + hidden_states
 
-    return forward_fused
+    return forward

@@ -24,7 +24,7 @@ def test_e2e_benchmark_quick(tmp_path, arch):
     lz = result["variants"]["layerzero"]
     assert lz["parity_vs_fp32_eager"]["max_abs_diff"] <= 1e-4
     # Gemma2 layers have four norms; its logit softcap runs exactly (parity with HF eager in fp32)
-    assert lz["patched"] == ({"rms_norm": 5, "rope": 2, "mlp": 2} if arch == "llama-1b"
+    assert lz["patched"] == ({"rms_norm": 5, "rope": 2, "mlp": 2, "residual_norm": 2} if arch == "llama-1b"
                              else {"rms_norm": 9, "rope": 2, "mlp": 2})
     assert any(k.endswith("attention") for k in lz["kernels"]) and "torch_rms_norm" in lz["kernels"]
     assert all(v > 0 for v in lz["prefill_tokens_per_s"].values())
@@ -44,13 +44,14 @@ def test_e2e_alternates_layerzero_and_liger_prefill_on_two_live_models(tmp_path,
     monkeypatch.setattr(bench, "liger_model", lambda cfg, dtype, device, state, config_class: bench.build_model(
         cfg, dtype, device, "sdpa", state, config_class=config_class))
     out, md = tmp_path / "r.json", tmp_path / "r.md"
-    bench.main(["--quick", "--arch", "llama-1b", "--no-static", "--skip-eager", "--fused-residual",
+    bench.main(["--quick", "--arch", "llama-1b", "--no-static", "--skip-eager", "--without-residual-norm",
                 "--liger-rounds", "2", "--json", str(out), "--md", str(md)])
     alt = json.loads(out.read_text())["vs_liger_alternating"]
-    assert set(alt) == {"rounds", "layerzero", "layerzero_residual_norm"}
-    for name in ("layerzero", "layerzero_residual_norm"):
+    assert set(alt) == {"rounds", "layerzero", "layerzero_no_residual_norm"}
+    for name in ("layerzero", "layerzero_no_residual_norm"):
         assert alt[name]["same_patch_as_before_liger"] is True
         for shape in alt[name]["shapes"].values():
             assert len(shape["round_ratios"]) == 2 and shape["speedup_vs_liger"] > 0
-    assert alt["layerzero_residual_norm"]["patched"].get("residual_norm") == 2
+    assert alt["layerzero"]["patched"].get("residual_norm") == 2  # on by default
+    assert "residual_norm" not in alt["layerzero_no_residual_norm"]["patched"]
     assert "Prefill vs Liger, alternating" in md.read_text()

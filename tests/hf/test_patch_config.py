@@ -50,7 +50,7 @@ def test_objects_are_frozen_and_normalised():
     targets = PatchTargets(kinds=["rope", "rms_norm", "rope"], include="model.layers.*")
     assert targets.kinds == ("rms_norm", "rope") and targets.include == ("model.layers.*",)
     assert PatchTargets().selected_kinds == layerzero_hf.default_patch_kinds()
-    assert "residual_norm" in layerzero_hf.patch_kinds() and "residual_norm" not in layerzero_hf.default_patch_kinds()
+    assert "residual_norm" in layerzero_hf.patch_kinds() and "residual_norm" in layerzero_hf.default_patch_kinds()
     with pytest.raises(dataclasses.FrozenInstanceError):
         targets.verify = "all"  # type: ignore[misc]
     kernels = {"rms_norm": "torch_rms_norm"}

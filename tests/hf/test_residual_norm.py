@@ -1,4 +1,4 @@
-"""The opt-in ``residual_norm`` kind: a pre-norm decoder layer's attention residual add fused into the
+"""The ``residual_norm`` kind: a pre-norm decoder layer's attention residual add fused into the
 post-attention RMSNorm (``layerzero_hf.residual_norm``)."""
 
 from __future__ import annotations
@@ -49,10 +49,14 @@ def test_fused_layers_match_the_unfused_patch_and_generate_the_same_tokens(tiny_
     assert "forward" not in model.model.layers[0].__dict__  # unpatch restored the class forward
 
 
-def test_opt_in_only(tiny_model_dir):
+def test_on_by_default_and_off_when_not_selected(tiny_model_dir):
     model = _load(tiny_model_dir, "llama")
     report = layerzero_hf.patch(model)
+    assert report.counts()["residual_norm"] == model.config.num_hidden_layers
+    layerzero_hf.unpatch(model)
+    report = layerzero_hf.patch(model, only=["rms_norm", "rope", "mlp"])
     assert "residual_norm" not in report.counts()
+    assert not [s for s in report.skipped if s.kind == "residual_norm"]
     layerzero_hf.unpatch(model)
 
 

@@ -124,7 +124,7 @@ def test_rope_is_patched_through_a_wraps_decorator():
     gc.collect()  # models dropped by earlier tests release their overlays now, not in the middle of this one
     overlays_before = _overlays()
     report = layerzero_hf.patch(model, spec=spec, self_check="all")
-    assert report.counts() == {"rms_norm": 5, "rope": 2, "mlp": 2} and not report.skipped, report
+    assert report.counts() == {"rms_norm": 5, "rope": 2, "mlp": 2, "residual_norm": 2} and not report.skipped, report
     rope = [p for p in report.patched if p.kind == "rope"]
     assert all("through decorator(s)" in p.detail and "wrapped" in p.detail for p in rope), rope
 
@@ -175,7 +175,7 @@ def test_unrebuildable_wrappers_are_skipped_with_the_reason(cls, reason):
     gc.collect()  # models dropped by earlier tests release their overlays now, not in the middle of this one
     overlays_before = _overlays()
     report = layerzero_hf.patch(model, spec=spec)
-    assert report.counts() == {"rms_norm": 5, "mlp": 2}, report
+    assert report.counts() == {"rms_norm": 5, "mlp": 2, "residual_norm": 2}, report
     skipped = [s for s in report.skipped if s.kind == "rope"]
     assert len(skipped) == 2 and all(reason in s.reason for s in skipped), skipped
     assert not any("forward" in layer.self_attn.__dict__ for layer in model.model.layers)
@@ -190,8 +190,8 @@ SHIPPED = sorted(builtin_specs())
 
 @pytest.mark.parametrize("stem", SHIPPED)
 def test_every_shipped_spec_patches_everything_it_declares(stem):
-    """On the installed Transformers: every patch entry of the spec (RoPE, norms, MLPs and the opt-in
-    fused residual norm, so every kind is asked for) binds on the tiny model, nothing is skipped, and the
+    """On the installed Transformers: every patch entry of the spec (RoPE, norms, MLPs and the fused
+    residual norm; every kind is asked for) binds on the tiny model, nothing is skipped, and the
     logits match the unpatched model."""
     spec = builtin_specs()[stem]
     archs = [mt for mt in spec.model_types if mt in TINY_CONFIGS]
