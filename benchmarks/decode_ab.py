@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--profile", action="store_true", help="also profile one decode run per variant (host side)")
     ap.add_argument("--quick", action="store_true", help="CPU smoke test on a tiny config")
+    ap.add_argument("--without-residual-norm", action="store_true",
+                    help="also measure LayerZero without the residual_norm kind, alternating with the rest")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
     args = ap.parse_args(argv)
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "layerzero": {},
         "layerzero_unsampled": {"dispatch_config": DispatchConfig(verify_sample_every=0)},
     }
+    if args.without_residual_norm:  # the default kinds but the fused residual norm
+        variants["layerzero_no_residual_norm"] = {
+            "only": [k for k in layerzero_hf.default_patch_kinds() if k != "residual_norm"]}
     rounds: list[dict[str, Any]] = []
     for _ in range(args.rounds):
         row: dict[str, Any] = {"hf_sdpa": decode_ms(model, device, vocab, args.prompt, args.steps, None, 1, args.batch)}
@@ -77,11 +82,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"# Decode A/B, {args.arch}: LayerZero vs HF sdpa, alternating ({result['date']})", "",
         f"{result['device']}; {result['dtype']}; torch {v['torch']}, transformers {v['transformers']}; commit {v['git']}. "
         f"Dynamic cache, batch {args.batch}, prompt {args.prompt}, {args.steps} new tokens; ms/step = median of steps 2..N.", "",
-        "| round | HF sdpa ms/step | LayerZero ms/step | speed-up | LayerZero, sampled checks off | speed-up | "
-        "kernel failures (sampled on / off) |", "|---|---|---|---|---|---|---|",
-        *[f"| {i + 1} | {r['hf_sdpa']:.2f} | {r['layerzero']:.2f} | {r['layerzero_speedup']:.2f}x | "
-          f"{r['layerzero_unsampled']:.2f} | {r['layerzero_unsampled_speedup']:.2f}x | "
-          f"{_failures(r['layerzero_kernels'])} / {_failures(r['layerzero_unsampled_kernels'])} |"
+        "| round | HF sdpa ms/step | " + " | ".join(f"{_LABELS.get(n, n)} ms/step | speed-up" for n in variants)
+        + " | kernel failures (" + " / ".join(_LABELS.get(n, n) for n in variants) + ") |",
+        "|---|---|" + "---|---|" * len(variants) + "---|",
+        *[f"| {i + 1} | {r['hf_sdpa']:.2f} | "
+          + " | ".join(f"{r[n]:.2f} | {r[f'{n}_speedup']:.2f}x" for n in variants)
+          + " | " + " / ".join(_failures(r[f"{n}_kernels"]) for n in variants) + " |"
           for i, r in enumerate(rounds)],
         "", "Median speed-up over rounds: **" + ", ".join(f"{v} {x:.2f}x" for v, x in result["median_speedup"].items())
         + "**; kernels (calls, last round): " + ", ".join(f"{k}: {c}" for k, (c, _) in
@@ -92,6 +98,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_result(result, md, args.json, args.md)
     print(md)
     return result
+
+
+_LABELS = {"layerzero": "LayerZero", "layerzero_unsampled": "LayerZero, sampled checks off",
+           "layerzero_no_residual_norm": "LayerZero without residual_norm"}
 
 
 def _kernel_counts(snapshot: Any) -> dict[str, tuple[int, int]]:
