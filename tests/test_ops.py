@@ -367,6 +367,38 @@ def test_gpu_reduce_overhead_captures_and_replays_dispatch():
         torch.testing.assert_close(g, e, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.gpu
+def test_gpu_sampled_checks_keep_nothing_in_a_cuda_graph_pool():
+    """A sampled verification (here: every cached call) that runs inside the warm-up of a CUDA-graph tree
+    keeps its verdict in host memory. A device tensor kept past the call would be a live allocation in the
+    graph's private pool, and the tree refuses that ("tensor(s) in the cudagraph pool not tracked as
+    outputs"): measured in the Qwen3-1.7B static-cache decode before the verdict moved to pinned memory."""
+    from layerzero.dispatch import create_orchestrator
+    from layerzero.dispatch.types import DispatchConfig
+
+    ops.register_orchestrator("test_sampled", create_orchestrator(DispatchConfig(verify_sample_every=1)))
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(4, 1, 128, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(128, device="cuda", dtype=torch.bfloat16)
+
+        def block(x, w):
+            n = ops.rms_norm(x, w, orchestrator="test_sampled")
+            return ops.swiglu(n, n * 2, orchestrator="test_sampled")
+
+        eager = block(x, w)
+        block(x, w)  # the buckets are cached: every later call is a sampled one
+        compiled = torch.compile(block, fullgraph=True, mode="reduce-overhead")
+        for _ in range(3):  # warm-up, record, replay
+            got = compiled(x, w).clone()
+        torch.testing.assert_close(got, eager, rtol=2e-2, atol=2e-2)
+        verifier = ops.get_orchestrator("test_sampled").default.runner._verifier
+        assert verifier.checked > 0 and verifier.failed == 0
+    finally:
+        ops.unregister_orchestrator("test_sampled")
+        torch._dynamo.reset()
+
+
 def test_torch_export_keeps_the_custom_ops(rec):
     """torch.export also traces through the custom ops: the exported program calls layerzero::* by name
     and dispatches when run."""

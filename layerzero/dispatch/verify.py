@@ -97,7 +97,14 @@ class KernelVerifier:
         try:
             with torch.no_grad():
                 expected = ref.impl(**ref.map_arguments(inputs, kwargs))
-                ok = outputs_match(operation, out, expected, {**inputs, **kwargs})
+                verdict = outputs_match(operation, out, expected, {**inputs, **kwargs})
+                # The verdict waits in pinned host memory, not on the device: a device tensor kept past this
+                # call would outlive it in whatever memory pool it was allocated from, and inside the warm-up
+                # run of a CUDA-graph tree (torch.compile mode="reduce-overhead", static-cache generate) that
+                # is the graph's private pool, which then fails ("tensor(s) in the cudagraph pool not
+                # tracked as outputs"). The copy is queued on the stream; the event below says when it landed.
+                ok = torch.empty((), dtype=torch.bool, pin_memory=True)
+                ok.copy_(verdict, non_blocking=True)
         except Exception:  # noqa: BLE001
             return None
         event = torch.cuda.Event()

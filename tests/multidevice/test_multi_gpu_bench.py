@@ -45,7 +45,7 @@ def test_cpu_mode_runs_device_map_and_tp_with_parity(bench, tmp_path: Path):
         assert all(v > 0 for v in entry["patched"]["prefill_tokens_per_s"].values())
         assert entry["patched"]["decode_ms_per_step"] > 0 and entry["unpatched"]["decode_ms_per_step"] > 0
     assert dm["placement"]["decoder_layers_per_device"] == {"cpu": 1, "disk": 1} and dm["accelerate_hooks"] > 0
-    assert tp["patch"]["patched"] == {"rms_norm": 5, "rope": 2, "mlp": 2}
+    assert tp["patch"]["patched"] == {"rms_norm": 5, "rope": 2, "mlp": 2, "residual_norm": 2}
     assert tp["backend"] == "gloo" and tp["sharding"]["local_shape"][0] * 2 == tp["sharding"]["global_shape"][0]
     assert [r["rank"] for r in tp["ranks"]] == [0, 1] and all(r["parity"]["passed"] for r in tp["ranks"])
     text = md.read_text()

@@ -57,7 +57,7 @@ def test_model_is_really_sharded_over_two_gloo_ranks(ranks):
 
 def test_every_rank_patches_the_whole_spec_and_dispatches_attention(ranks):
     for r in ranks:
-        assert r["patched"] == {"rms_norm": 5, "rope": 2, "mlp": 2}, r["skipped"]
+        assert r["patched"] == {"rms_norm": 5, "rope": 2, "mlp": 2, "residual_norm": 2}, r["skipped"]
         assert r["skipped"] == [] and r["attn_implementation"] == "layerzero"
         assert {"rms_norm", "rope", "swiglu"} <= set(r["per_operation"])
         assert any(op.startswith("attention") for op in r["per_operation"])
