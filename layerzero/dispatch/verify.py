@@ -115,8 +115,10 @@ class KernelVerifier:
         return None
 
     def poll(self) -> list[tuple[Hashable, Any, str, str]]:
-        """Sampled checks that finished and failed: (key, plan, operation, reason). Never waits."""
-        if not self._pending:
+        """Sampled checks that finished and failed: (key, plan, operation, reason). Never waits. Nothing
+        while a CUDA graph is being captured: querying an event there is not permitted and would
+        invalidate the capture (the checks are read on a later call outside the capture)."""
+        if not self._pending or capture_underway():
             return []
         failed: list[tuple[Hashable, Any, str, str]] = []
         with self._lock:
