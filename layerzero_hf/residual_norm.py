@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.nn.modules import module as _nn_module
 
-__all__ = ["ROLES", "residual_norm_forward", "structure_mismatch"]
+__all__ = ["OBSERVER_HOOK", "ROLES", "residual_norm_forward", "structure_mismatch"]
 
 # The roles of a pre-norm layer's four submodules, in the order the forward uses them.
 ROLES = ("pre_norm", "attention", "norm", "mlp")
@@ -110,9 +110,19 @@ def structure_mismatch(forward: Callable, attrs: Mapping[str, str]) -> str | Non
     return None
 
 
+#: The attribute that marks a forward (pre-)hook as an observer: it neither reads nor changes the norm's
+#: arguments or output (the call recorder's module-path tracking), so the fused call may skip it.
+OBSERVER_HOOK = "__layerzero_observer__"
+
+
 def _hooked(module: torch.nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or _nn_module._global_forward_hooks
-                or _nn_module._global_forward_pre_hooks)
+    """Whether calling the norm module would run a hook that the fused call would skip: any forward or
+    pre-forward hook, on the module or global, except observers (:data:`OBSERVER_HOOK`)."""
+    tables = (module._forward_hooks, module._forward_pre_hooks, _nn_module._global_forward_hooks,
+              _nn_module._global_forward_pre_hooks)
+    if not any(tables):
+        return False
+    return any(not getattr(hook, OBSERVER_HOOK, False) for table in tables for hook in table.values())
 
 
 def residual_norm_forward(ops: Any, orch: str, forward: Callable, attrs: Mapping[str, str], eps_attr: str,

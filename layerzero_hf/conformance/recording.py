@@ -187,6 +187,7 @@ def _recording(model: torch.nn.Module, recorder_args: dict[str, Any], patch_kwar
     paths with hooks, and undo all of it afterwards."""
     from layerzero_hf.capture import stand_in
     from layerzero_hf.lifecycle import is_patched, patch_report, patched
+    from layerzero_hf.residual_norm import OBSERVER_HOOK
 
     ctx: Any
     if is_patched(model):
@@ -206,11 +207,16 @@ def _recording(model: torch.nn.Module, recorder_args: dict[str, Any], patch_kwar
         def enter(path: str) -> Any:
             def hook(_module: Any, _args: Any) -> None:
                 stack.append(path)
+            setattr(hook, OBSERVER_HOOK, True)
             return hook
 
         def leave(_module: Any, _args: Any, _out: Any) -> None:  # returns None: the output is unchanged
             if stack:
                 stack.pop()
+
+        # Observers: a fused residual norm still calls its norm past them, so its calls are recorded as the
+        # model makes them unobserved (under the decoder layer's path).
+        setattr(leave, OBSERVER_HOOK, True)
 
         handles = []
         for path, module in model.named_modules():

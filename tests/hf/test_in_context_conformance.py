@@ -153,6 +153,13 @@ def test_recorded_calls_carry_the_models_layouts_and_features(recorded):
     assert sinks and all(c.options.get("sinks") is not None for c in sinks)
     rope = [c for c in recorded("phi3", torch.float32) if c.operation == "rope"]
     assert rope and all(c.inputs["cos"].shape[-1] < c.inputs["q"].shape[-1] for c in rope)  # partial rotary
+    # the fused residual norm's calls are recorded as the model makes them (the recorder's path hooks are
+    # observers, which the fused call skips), in prefill and decode, under the decoder layer's path
+    for arch in ("llama", "qwen3", "gemma"):
+        fused = [c for c in recorded(arch, torch.float32)
+                 if c.operation == "rms_norm" and c.options.get("residual") is not None]
+        assert {c.phase for c in fused} >= {"prefill", "decode"}, arch
+        assert all(c.module and c.module.split(".")[-1].isdigit() for c in fused), [c.module for c in fused]
 
 
 def test_clone_exact_keeps_strides_offsets_and_broadcasts():
