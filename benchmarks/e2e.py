@@ -12,7 +12,8 @@ weights in every variant. Measures:
   path where our ops must be compile-safe), and how many times torch.compile recompiled or hit its limit;
 * logits of every variant vs HF eager in fp32 on the same weights (max abs diff, top-1 agreement) on a
   1x512 input;
-* with ``--compile-shapes``, ``torch.compile(model)`` prefill of HF sdpa and of the patched model;
+* with ``--compile-shapes``, ``torch.compile(model)`` prefill of HF sdpa and of the patched model, the latter
+  with both compile strategies (:mod:`layerzero.ops.compile_strategy`; the static-cache decode too);
 * which kernels LayerZero chose (the patched model's telemetry).
 
 Liger is applied LAST and on its own model instance: Liger's ``apply_liger_kernel_to_*`` functions rewrite
@@ -42,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from layerzero.ops.compile_strategy import DEFAULT_STRATEGY  # noqa: E402
 from result_files import git_commit  # noqa: E402
 
 LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
@@ -323,6 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": str(dtype).removeprefix("torch."),
         "config": {k: v for k, v in cfg.items() if k != "rope_parameters"},
         "versions": versions(),
+        "compile_strategy": DEFAULT_STRATEGY,
         "variants": {},
     }
 
@@ -398,12 +401,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants["layerzero"] = measure("layerzero", base)
     if compile_shapes:
         compiled_variants["layerzero"] = measure_compiled("layerzero compiled", base)
-    if args.compile_inline:  # the same patch, its norms, RoPE and MLP traced as plain torch under compile
-        result["inline"] = measure_inline(base, compile_shapes, "static" in caches, measure_compiled,
-                                          lambda: decode_ms(base, device, vocab, prompt, steps, "static", repeats,
-                                                            args.decode_batch))
-        if "compiled" in result["inline"]:
-            compiled_variants["layerzero_inline"] = result["inline"].pop("compiled")
+    if args.other_compile_strategy:  # the same patch with the other compile strategy for norms, RoPE and MLP
+        other = measure_other_strategy(base, compile_shapes, "static" in caches, measure_compiled,
+                                       lambda: decode_ms(base, device, vocab, prompt, steps, "static", repeats,
+                                                         args.decode_batch))
+        result["other_compile_strategy"] = other
+        if "compiled" in other:
+            compiled_variants[f"layerzero_{other['strategy']}"] = other.pop("compiled")
     snap = layerzero_hf.model_telemetry(base)["snapshot"]
     variants["layerzero"]["kernels"] = {k: v.calls for k, v in snap.per_kernel.items() if v.calls}
     variants["layerzero"]["patched"] = report.counts()
@@ -455,28 +459,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def measure_inline(model, compile_shapes, static: bool, measure_compiled, static_decode) -> dict[str, Any]:
-    """With :func:`layerzero.ops.set_compile_strategy` "inline": compiled prefill and the static-cache decode
-    (which Transformers compiles) of the patched ``model``, whose eager path is unchanged. Restores "opaque"."""
+def measure_other_strategy(model, compile_shapes, static: bool, measure_compiled, static_decode) -> dict[str, Any]:
+    """With the compile strategy that is not the default (:func:`layerzero.ops.set_compile_strategy`):
+    compiled prefill and the static-cache decode (which Transformers compiles) of the patched ``model``,
+    whose eager path is the same either way. The default comes back afterwards."""
     from layerzero import ops
+    from layerzero.ops.compile_strategy import DEFAULT_STRATEGY, STRATEGIES
 
-    out: dict[str, Any] = {}
-    ops.set_compile_strategy("inline")
+    strategy = next(s for s in STRATEGIES if s != DEFAULT_STRATEGY)
+    out: dict[str, Any] = {"strategy": strategy}
     torch._dynamo.reset()
     try:
-        if compile_shapes:
-            out["compiled"] = measure_compiled("layerzero compiled, inline norms/RoPE/MLP", model)
-        if static:
-            with RecompileCounter() as counter:
-                try:
-                    out["static_decode_ms"] = static_decode()
-                except Exception as exc:  # noqa: BLE001 - a result, not a crash
-                    out["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            out["cudagraph_skips"] = counter.skip_reasons()
+        with ops.compile_strategy_set_to(strategy):
+            if compile_shapes:
+                out["compiled"] = measure_compiled(f"layerzero compiled, {strategy} norms/RoPE/MLP", model)
+            if static:
+                with RecompileCounter() as counter:
+                    try:
+                        out["static_decode_ms"] = static_decode()
+                    except Exception as exc:  # noqa: BLE001 - a result, not a crash
+                        out["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                out["cudagraph_skips"] = counter.skip_reasons()
     finally:
-        ops.set_compile_strategy("opaque")
         torch._dynamo.reset()
-    print(f"[layerzero inline] {json.dumps(out)}", flush=True)
+    print(f"[layerzero {strategy}] {json.dumps({k: v for k, v in out.items() if k != 'compiled'})}", flush=True)
     return out
 
 
@@ -560,15 +566,16 @@ def markdown(result: dict[str, Any]) -> str:
     if lz.get("kernels"):
         lines += ["", "## Kernels LayerZero ran (calls)", "", ", ".join(f"{k}: {n}" for k, n in
                                                                        sorted(lz["kernels"].items()))]
-    inline = result.get("inline") or {}
-    if inline.get("static_decode_ms"):
+    other = result.get("other_compile_strategy") or {}
+    default = result.get("compile_strategy", "opaque")
+    if other.get("static_decode_ms"):
         sdpa_static = variants["hf_sdpa"]["decode_ms_per_step"].get("static")
-        ratio = f" ({sdpa_static / inline['static_decode_ms']:.2f}x HF sdpa)" if sdpa_static else ""
-        lines += ["", f"Static-cache decode with norms, RoPE and MLP inlined under compile "
-                  f"(`set_compile_strategy(\"inline\")`): {inline['static_decode_ms']:.2f} ms/step{ratio}; "
-                  f"CUDA graphs skipped because: {'; '.join(inline.get('cudagraph_skips', [])) or '-'}"]
-    elif inline.get("error"):
-        lines += ["", f"Static-cache decode with inline norms/RoPE/MLP failed: {inline['error']}"]
+        ratio = f" ({sdpa_static / other['static_decode_ms']:.2f}x HF sdpa)" if sdpa_static else ""
+        lines += ["", f"The variants above compile with strategy \"{default}\" (the default). Static-cache decode with "
+                  f"`set_compile_strategy(\"{other['strategy']}\")`: {other['static_decode_ms']:.2f} ms/step{ratio}; "
+                  f"CUDA graphs skipped because: {'; '.join(other.get('cudagraph_skips', [])) or '-'}"]
+    elif other.get("error"):
+        lines += ["", f"Static-cache decode with `set_compile_strategy(\"{other['strategy']}\")` failed: {other['error']}"]
     alt = result.get("vs_liger_alternating")
     if alt:
         names = [n for n in alt if n != "rounds"]
@@ -597,8 +604,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--md", type=Path, help="write a markdown summary here")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5, help="decode: timed generate calls per cache")
-    ap.add_argument("--no-compile-inline", dest="compile_inline", action="store_false",
-                    help="skip LayerZero with set_compile_strategy('inline') (compiled prefill, static decode)")
+    ap.add_argument("--no-other-compile-strategy", dest="other_compile_strategy", action="store_false",
+                    help="skip LayerZero with the compile strategy that is not the default (compiled prefill, "
+                    "static-cache decode)")
     ap.add_argument("--liger-rounds", type=int, default=5, help="prefill rounds alternating LayerZero and Liger "
                     "on two live models after Liger is applied (0: skip; keeps a second model in memory)")
     ap.add_argument("--prefill-repeats", type=int, default=9, help="prefill: timed forward passes per shape "

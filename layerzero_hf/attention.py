@@ -3,8 +3,11 @@
 Importing this module registers, at class level (so every model file sees it):
 
 * ``AttentionInterface.register("layerzero", layerzero_attention_forward)``: the attention function;
-* ``AttentionMaskInterface.register("layerzero", sdpa_mask)``: the mask builder. Without it Transformers
-  treats the name as a mask-less backend and passes ``attention_mask=None`` even with padding.
+* ``AttentionMaskInterface.register("layerzero", layerzero_mask)``: the mask builder, Transformers'
+  ``sdpa_mask`` with one difference (:func:`layerzero_mask`): under ``torch.compile`` a call without padding
+  still gets ``None`` (plain causal) rather than a materialized ``(B, 1, S, S)`` mask. Without a registered
+  builder Transformers treats the name as a mask-less backend and passes ``attention_mask=None`` even with
+  padding.
 
 The name avoids ``flash``, ``sdpa`` and ``flex_attention`` (Transformers special-cases those substrings).
 
@@ -46,6 +49,7 @@ __all__ = [
     "eager_attention_with_weights",
     "is_registered",
     "layerzero_attention_forward",
+    "layerzero_mask",
     "register",
 ]
 
@@ -182,14 +186,59 @@ def _implicit_allowed(
     return allowed
 
 
+# ------------------------------------------------------------------------------------------ mask builder
+def layerzero_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """Transformers' ``sdpa_mask``, except that under ``torch.compile`` a call with no padding mask returns
+    ``None`` where eager Transformers would: one query token, as many keys as queries, or an empty cache,
+    with no sliding window or chunk that can bite.
+
+    Why: ``sdpa_mask`` never returns ``None`` while tracing (its guard against ``torch.export`` baking
+    ``is_causal=True`` into a graph later called with a cache), so a compiled model without padding hands
+    every attention call a materialized ``(B, 1, Sq, Sk)`` mask. With a mask, the kernels cannot skip the
+    masked half of a causal prefill and flash-style kernels are not eligible at all. The decision here
+    reads only sizes and offsets, never tensor data: under ``torch.compile`` it becomes a guard (a call
+    with other sizes recompiles), not a graph break. ``torch.export`` and ``torch.jit`` tracing keep
+    ``sdpa_mask``'s materialized mask, and so does any call with a padding mask, a packed sequence or a
+    custom mask function (Transformers turns ``allow_is_causal_skip`` off for those)."""
+    from transformers.masking_utils import sdpa_mask
+
+    if not args and _causal_skip_under_compile(**kwargs):
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
+def _causal_skip_under_compile(
+    q_length: Any = None,
+    kv_length: Any = None,
+    q_offset: Any = 0,
+    kv_offset: Any = 0,
+    attention_mask: torch.Tensor | None = None,
+    local_size: int | None = None,
+    allow_is_causal_skip: bool = True,
+    **_: Any,
+) -> bool:
+    """Eager Transformers' rule for returning ``None`` (no padding mask case), for a compiling trace."""
+    if not (allow_is_causal_skip and attention_mask is None and q_length is not None and kv_length is not None):
+        return False
+    if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False  # eager: sdpa_mask decides itself; export: keep the mask (see the docstring)
+    if isinstance(q_offset, torch.Tensor) or isinstance(kv_offset, torch.Tensor) or kv_offset != 0:
+        return False  # a StaticCache's offset is a tensor: its value is data, not a size
+    if local_size is not None and kv_length >= local_size:
+        return False  # the window (or chunk) removes keys: only a mask says which
+    # one query, or as many keys as queries: is_causal suffices; an empty cache (offset 0) whose extra keys
+    # are unused StaticCache slots: upper-left causal (the attention function slices them off)
+    return q_length == 1 or q_length == kv_length or q_offset == 0
+
+
 # ------------------------------------------------------------------------------------------ registration
 def register() -> None:
     """Register the attention function and its mask builder under ``"layerzero"`` (idempotent)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, layerzero_attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, layerzero_mask)
 
 
 def is_registered() -> bool:
@@ -198,7 +247,7 @@ def is_registered() -> bool:
 
     return (
         AttentionInterface._global_mapping.get(ATTN_IMPLEMENTATION) is layerzero_attention_forward
-        and ATTN_IMPLEMENTATION in AttentionMaskInterface._global_mapping
+        and AttentionMaskInterface._global_mapping.get(ATTN_IMPLEMENTATION) is layerzero_mask
     )
 
 

@@ -55,8 +55,14 @@ def instances() -> dict[str, int]:
 
 
 def set_native_layerzero(enabled: bool) -> None:
-    """Whether ``forward_native`` dispatches through LayerZero (see the module docstring)."""
+    """Whether ``forward_native`` dispatches through LayerZero (see the module docstring).
+
+    On, it also sets LayerZero's compile strategy to ``"opaque"`` for this process: the mode exists to keep
+    LayerZero's dispatch inside vLLM's compiled graphs, which the default ``"inline"`` strategy would trace
+    away into the same plain-torch code as vLLM's own ``forward_native``."""
     _STATE["native_layerzero"] = bool(enabled)
+    if enabled:
+        _lz_ops().set_compile_strategy("opaque")
 
 
 def native_layerzero() -> bool:

@@ -27,6 +27,16 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.fixture
+def opaque_compile():
+    """Compile strategy "opaque" for the test: norms, RoPE and activations stay ``layerzero::*`` custom ops
+    that dispatch inside a compiled graph (the default, "inline", traces them as plain torch)."""
+    from layerzero import ops
+
+    with ops.compile_strategy_set_to("opaque"):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -85,11 +85,11 @@ def _greedy(model, ids, **kwargs):
 # ------------------------------------------------------------------------------------------ registration
 def test_registered_with_attention_and_mask_interfaces():
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     assert lz_attention.is_registered()
     assert AttentionInterface()[NAME] is lz_attention.layerzero_attention_forward
-    assert AttentionMaskInterface()[NAME] is sdpa_mask
+    assert AttentionMaskInterface()[NAME] is lz_attention.layerzero_mask
     assert not any(s in NAME for s in ("flash", "sdpa", "flex_attention", "/"))
 
 
@@ -377,6 +377,88 @@ def test_model_forward_compiles_fullgraph_without_breaks(tiny_model_dir):
         got = compiled(ids).logits
         expected = eager(ids).logits
     assert (got - expected).abs().max().item() <= ATOL
+    torch._dynamo.reset()
+
+
+_MASK_CASES = [  # (q_length, kv_length, q_offset, local_size, padded)
+    (6, 6, 0, None, False), (1, 9, 8, None, False), (6, 6, 0, 4, False), (6, 6, 0, 8, False),
+    (6, 6, 0, None, True), (5, 12, 0, None, False), (1, 12, 3, 8, False),
+]
+
+
+def _mask_kwargs(q_length, kv_length, q_offset, local_size, padded):
+    from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
+
+    attention_mask = None
+    if padded:
+        attention_mask = torch.ones(2, kv_length, dtype=torch.bool)
+        attention_mask[0, :2] = False
+    return dict(batch_size=2, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=0,
+                attention_mask=attention_mask, local_size=local_size,
+                mask_function=causal_mask_function if local_size is None
+                else sliding_window_causal_mask_function(local_size))
+
+
+@pytest.mark.parametrize("case", _MASK_CASES)
+def test_mask_builder_is_sdpa_mask_outside_compile(case):
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs = _mask_kwargs(*case)
+    got, expected = lz_attention.layerzero_mask(**kwargs), sdpa_mask(**kwargs)
+    assert (got is None) == (expected is None)
+    if expected is not None:
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("case", _MASK_CASES)
+def test_mask_builder_under_compile_skips_where_eager_transformers_does(case):
+    """Under torch.compile, sdpa_mask always materializes a mask; ours returns None exactly where eager
+    Transformers returns None for a call without padding (and keeps the mask wherever padding is given),
+    with no graph break."""
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs = _mask_kwargs(*case)
+    eager_none = sdpa_mask(**kwargs) is None and kwargs["attention_mask"] is None
+
+    def probe(x):
+        mask = lz_attention.layerzero_mask(**kwargs)
+        return x if mask is None else x + mask.sum()
+
+    torch._dynamo.reset()
+    x = torch.zeros(())
+    skipped = torch.compile(probe, fullgraph=True, backend="eager")(x).item() == 0
+    assert skipped == eager_none
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_compiled_prefill_without_padding_runs_causal_without_a_mask(tiny_model_dir, recorder, arch):
+    """A compiled forward without padding reaches the kernel as is_causal=True with no mask (the flash-style
+    kernels stay eligible), with padding as a mask; both match eager logits. Mistral's window (8) bites at
+    12 tokens, so its layers keep the mask there."""
+    torch._dynamo.reset()
+    eager, lz = _pair(tiny_model_dir, arch)
+    for m in lz.modules():
+        if hasattr(m, "num_key_value_groups"):
+            setattr(m, lz_attention.ORCHESTRATOR_ATTR, "hf_test_recorder")
+    compiled = torch.compile(lz, fullgraph=True, backend="eager")
+    for seq, window_bites in ((6, False), (12, arch == "mistral")):
+        ids = _ids(2, seq)
+        recorder.calls.clear()
+        with torch.no_grad():
+            got, expected = compiled(ids).logits, eager(ids).logits
+        assert (got - expected).abs().max().item() <= ATOL
+        causal = [options["is_causal"] for _, options in recorder.calls]
+        assert causal == [not window_bites] * lz.config.num_hidden_layers
+    padding = torch.ones(2, 6, dtype=torch.long)
+    padding[0, :2] = 0
+    recorder.calls.clear()
+    with torch.no_grad():
+        got = compiled(_ids(2, 6), attention_mask=padding).logits
+        expected = eager(_ids(2, 6), attention_mask=padding).logits
+    assert (got - expected)[1].abs().max().item() <= ATOL and (got - expected)[0, 2:].abs().max().item() <= ATOL
+    assert [options["is_causal"] for _, options in recorder.calls] == [False] * lz.config.num_hidden_layers
     torch._dynamo.reset()
 
 
