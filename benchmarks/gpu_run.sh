@@ -165,6 +165,9 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
       costs-*) mkdir -p "$OUT/costs" && { [ -f "$OUT/costs/sm90.json" ] || cp layerzero/data/costs/sm90.* "$OUT/costs/"; } \
                    && CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
                    --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} ${COST_MAX_TOKENS:+--max-tokens "$COST_MAX_TOKENS"} --max-seconds "${COST_SECONDS:-240}" > /tmp/$b.log 2>&1 ;;
+      # profile-<arch>: where the prefill's GPU time goes, eager and torch.compile'd (HF sdpa, LayerZero)
+      profile-*) CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/prefill_profile.py --arch "${b#profile-}" --compiled \
+                   --no-liger --shapes "${PROFILE_SHAPES:-1x4096,8x1024}" --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
       # one e2e per call: with the compiled variants (HF sdpa, LayerZero opaque and inline) and the alternating
       # Liger rounds a Gemma2 run is estimated at ~500 s
       e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 560 python3 benchmarks/e2e.py --arch "$a" --skip-eager --without-residual-norm \

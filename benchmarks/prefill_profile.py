@@ -37,8 +37,9 @@ PROFILE_ARCHS = {**ARCHS, "llama-8b": ("LlamaConfig", LLAMA_8B_8L)}
 
 # Kernel kinds by substrings of the kernel's name, first match wins (names differ by library and version:
 # cuBLAS "nvjet"/"sm90_xmma", CUTLASS, flash "fmha"/"flash", cuDNN's generated SDPA kernels, Triton's
-# own function names).
+# own function names; Inductor's generated kernels, whatever they fuse, are "inductor").
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("inductor", ("triton_poi_fused", "triton_red_fused", "triton_per_fused", "triton_tem_fused")),
     ("communication", ("nccl", "allreduce", "all_reduce", "allgather")),
     ("attention", ("flash", "fmha", "attention", "attn", "sdpa", "flex", "decode_partial", "decode_reduce")),
     ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul", "wgmma", "aten::mm", "addmm", "bmm")),
@@ -150,13 +151,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     variants = result["variants"]
     variants["hf_sdpa"] = measure_variant(model, device, shapes, vocab, warmup, repeats)
+    if args.compiled:
+        variants["hf_sdpa_compiled"] = measure_variant(torch.compile(model), device, shapes, vocab, warmup + 1, repeats)
+        torch._dynamo.reset()
     layerzero_hf.patch(model, attention=True)
     variants["layerzero"] = measure_variant(model, device, shapes, vocab, warmup, repeats)
     snap = layerzero_hf.model_telemetry(model)["snapshot"]
     result["layerzero_kernels"] = {k: v.calls for k, v in snap.per_kernel.items() if v.calls}
+    if args.compiled:
+        variants["layerzero_compiled"] = measure_variant(torch.compile(model), device, shapes, vocab, warmup + 1,
+                                                         repeats)
+        torch._dynamo.reset()
     layerzero_hf.unpatch(model)
     del model
     gc.collect()
+    if args.no_liger:
+        return result
     try:
         liger = liger_model(cfg, dtype, device, state, config_class)
     except ImportError as exc:
@@ -201,6 +211,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--arch", choices=sorted(PROFILE_ARCHS), default="llama-8b")
     ap.add_argument("--shapes", default="1x2048,8x512", help="batch x seq, comma-separated")
     ap.add_argument("--quick", action="store_true", help="CPU smoke test on a tiny config")
+    ap.add_argument("--compiled", action="store_true", help="also profile torch.compile(model) of HF sdpa and of "
+                    "the patched model (default mode; Inductor's kernels are named triton_*_fused_*)")
+    ap.add_argument("--no-liger", action="store_true", help="skip the Liger-patched model")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
     args = ap.parse_args(argv)
