@@ -199,7 +199,15 @@ def layerzero_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
     reads only sizes and offsets, never tensor data: under ``torch.compile`` it becomes a guard (a call
     with other sizes recompiles), not a graph break. ``torch.export`` and ``torch.jit`` tracing keep
     ``sdpa_mask``'s materialized mask, and so does any call with a padding mask, a packed sequence or a
-    custom mask function (Transformers turns ``allow_is_causal_skip`` off for those)."""
+    custom mask function (Transformers turns ``allow_is_causal_skip`` off for those).
+
+    One case this cannot reach: a compiled forward with ``use_cache=False`` and no ``attention_mask``.
+    Transformers then derives a packed-sequence mask from the position ids, and whether they are packed is
+    data it can only read eagerly; while tracing it keeps the packed-sequence mask function and turns the
+    skip off, so the mask is materialized for every variant (HF sdpa too). Measured on an H200 at the
+    Llama-3.2-1B shape, 1x4096: the same cuDNN kernel takes 8.6 ms with that mask and 2.9 ms causal
+    (``benchmarks/results/2026-12-02-prefill-profile-compiled-h200-1f0a941.md``). Compiled forwards with a
+    cache (``generate``, a compiled prefill into a ``DynamicCache``) get the skip."""
     from transformers.masking_utils import sdpa_mask
 
     if not args and _causal_skip_under_compile(**kwargs):

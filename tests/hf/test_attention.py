@@ -434,8 +434,8 @@ def test_mask_builder_under_compile_skips_where_eager_transformers_does(case):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
 def test_compiled_prefill_without_padding_runs_causal_without_a_mask(tiny_model_dir, recorder, arch):
-    """A compiled forward without padding reaches the kernel as is_causal=True with no mask (the flash-style
-    kernels stay eligible), with padding as a mask; both match eager logits. Mistral's window (8) bites at
+    """A compiled forward with a cache and without padding reaches the kernel as is_causal=True with no mask
+    (the flash-style kernels stay eligible), with padding as a mask; both match eager logits. Mistral's window (8) bites at
     12 tokens, so its layers keep the mask there."""
     torch._dynamo.reset()
     eager, lz = _pair(tiny_model_dir, arch)
@@ -451,6 +451,12 @@ def test_compiled_prefill_without_padding_runs_causal_without_a_mask(tiny_model_
         assert (got - expected).abs().max().item() <= ATOL
         causal = [options["is_causal"] for _, options in recorder.calls]
         assert causal == [not window_bites] * lz.config.num_hidden_layers
+    # without a cache Transformers adds a packed-sequence mask function it cannot rule out while tracing
+    recorder.calls.clear()
+    with torch.no_grad():
+        got, expected = compiled(_ids(2, 6), use_cache=False).logits, eager(_ids(2, 6), use_cache=False).logits
+    assert (got - expected).abs().max().item() <= ATOL
+    assert [options["is_causal"] for _, options in recorder.calls] == [False] * lz.config.num_hidden_layers
     padding = torch.ones(2, 6, dtype=torch.long)
     padding[0, :2] = 0
     recorder.calls.clear()
