@@ -161,6 +161,7 @@ def register() -> None:
     _validate(settings)
     _check_policy_leaves_kernels(settings)
     custom_ops.set_native_layerzero(settings.native_layerzero)
+    custom_ops.keep_dispatch_in_compiled_graphs()
     ops = custom_ops.register_custom_ops()
     attention = None
     if settings.attention:

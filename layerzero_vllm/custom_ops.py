@@ -55,14 +55,16 @@ def instances() -> dict[str, int]:
 
 
 def set_native_layerzero(enabled: bool) -> None:
-    """Whether ``forward_native`` dispatches through LayerZero (see the module docstring).
-
-    On, it also sets LayerZero's compile strategy to ``"opaque"`` for this process: the mode exists to keep
-    LayerZero's dispatch inside vLLM's compiled graphs, which the default ``"inline"`` strategy would trace
-    away into the same plain-torch code as vLLM's own ``forward_native``."""
+    """Whether ``forward_native`` dispatches through LayerZero (see the module docstring)."""
     _STATE["native_layerzero"] = bool(enabled)
-    if enabled:
-        _lz_ops().set_compile_strategy("opaque")
+
+
+def keep_dispatch_in_compiled_graphs() -> None:
+    """Set LayerZero's compile strategy to ``"opaque"`` for this process. A vLLM layer runs LayerZero only
+    when its policy chose a LayerZero kernel; in vLLM's compiled graphs that choice must still dispatch,
+    which the default ``"inline"`` strategy would trace away into plain torch (vLLM's own fusion passes
+    already see vLLM's ``forward_native`` wherever the plugin is not chosen)."""
+    _lz_ops().set_compile_strategy("opaque")
 
 
 def native_layerzero() -> bool:

@@ -66,6 +66,15 @@ def test_register_is_idempotent(plugin_registered):
     assert layerzero_vllm.registration()["ops"] == plugin_registered["ops"]
 
 
+def test_active_plugin_keeps_layerzero_ops_dispatching_under_compile(plugin_registered):
+    """LayerZero's default compile strategy inlines norms, RoPE and activations as plain torch; in a vLLM
+    process with the plugin active, a layer whose policy chose a LayerZero kernel must still dispatch inside
+    vLLM's compiled graph, so the plugin sets every operation to "opaque"."""
+    from layerzero import ops
+
+    assert set(ops.compile_strategy().values()) == {"opaque"}
+
+
 def _layers(dtype=torch.float32, theta: float = 9999.0):
     """One layer of each replaced kind. get_rope caches instances by their parameters: a test that needs
     a rope built under its own policy passes its own ``theta``."""
