@@ -25,7 +25,8 @@
 #             by default, e2e-<arch> for benchmarks/e2e.py; FlashInfer off the path (BENCH_FLASHINFER=1
 #             keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes). Also: parity-unfused (the
 #             parity matrix without the residual_norm kind), costs-<operation> (re-sweeps one operation, e.g.
-#             costs-rms_norm or costs-attention.decode, over a copy of the shipped sm90 table, returned under costs/).
+#             costs-rms_norm or costs-attention.decode, over a copy of the shipped sm90 table, returned under costs/),
+#             profile-<arch> (prefill_profile.py --compiled: eager and compiled HF sdpa and LayerZero, PROFILE_SHAPES).
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
 set -uo pipefail
 stage=${1:?stage: install|run1|run2|recheck|bench}
@@ -171,7 +172,7 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
       # one e2e per call: with the compiled variants (HF sdpa, LayerZero opaque and inline) and the alternating
       # Liger rounds a Gemma2 run is estimated at ~500 s
       e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 560 python3 benchmarks/e2e.py --arch "$a" --skip-eager --without-residual-norm \
-                   --compile-shapes "${E2E_COMPILE_SHAPES:-8x1024}" --repeats 3 --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
+                   --compile-shapes "${E2E_COMPILE_SHAPES:-8x1024}" --compile-with-cache --repeats 3 --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
     esac
     echo "$b rc=$?" >> /tmp/$b.log; tail -12 /tmp/$b.log >> "$LOG"
   done

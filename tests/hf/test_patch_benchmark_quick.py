@@ -55,3 +55,27 @@ def test_e2e_alternates_layerzero_and_liger_prefill_on_two_live_models(tmp_path,
     assert alt["layerzero"]["patched"].get("residual_norm") == 2  # on by default
     assert "residual_norm" not in alt["layerzero_no_residual_norm"]["patched"]
     assert "Prefill vs Liger, alternating" in md.read_text()
+
+
+@pytest.mark.slow
+def test_e2e_compiled_prefill_both_strategies_with_and_without_cache(tmp_path):
+    """--compile-shapes measures compiled HF sdpa and LayerZero under the default and the other compile
+    strategy (Inductor on CPU), and --compile-with-cache adds the prefill into a fresh cache."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
+    spec = importlib.util.spec_from_file_location("e2e_bench_compiled", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
+    bench.main(["--quick", "--arch", "llama-1b", "--no-static", "--skip-eager", "--liger-rounds", "0",
+                "--compile-shapes", "1x32", "--compile-with-cache", "--json", str(out), "--md", str(md)])
+    result = json.loads(out.read_text())
+    from layerzero.ops.compile_strategy import DEFAULT_STRATEGY
+
+    assert result["compile_strategy"] == DEFAULT_STRATEGY == "inline"
+    assert set(result["compiled"]) == {"hf_sdpa", "layerzero", "layerzero_opaque"}
+    for entry in result["compiled"].values():
+        assert set(entry["prefill_tokens_per_s"]) == set(entry["prefill_with_cache_tokens_per_s"]) == {"1x64"}
+        assert all(v > 0 for v in entry["prefill_with_cache_tokens_per_s"].values())
+        assert entry["parity_vs_fp32_eager"]["max_abs_diff"] <= 1e-4
+    assert result["other_compile_strategy"]["strategy"] == "opaque"
+    assert "Compiled prefill into a fresh cache" in md.read_text()
