@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from layerzero.ops.compile_strategy import DEFAULT_STRATEGY  # noqa: E402
+from layerzero.ops.compile_strategy import DEFAULT_STRATEGY, STRATEGIES  # noqa: E402
 from result_files import git_commit  # noqa: E402
 
 LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
@@ -470,7 +470,6 @@ def measure_other_strategy(model, compile_shapes, static: bool, measure_compiled
     compiled prefill and the static-cache decode (which Transformers compiles) of the patched ``model``,
     whose eager path is the same either way. The default comes back afterwards."""
     from layerzero import ops
-    from layerzero.ops.compile_strategy import DEFAULT_STRATEGY, STRATEGIES
 
     strategy = next(s for s in STRATEGIES if s != DEFAULT_STRATEGY)
     out: dict[str, Any] = {"strategy": strategy}

@@ -13,8 +13,8 @@ measurement, not a rule: ``benchmarks/e2e.py --compile-shapes`` measures compile
 compiled static-cache decode both ways. "inline" is the default because it was faster in every case
 measured on an H200 (Llama-3.2-1B and Qwen3-1.7B shapes: compiled prefill and the CUDA-graph static-cache
 decode; README, "Performance"). "opaque" remains for what only dispatch gives inside a graph: a policy's
-kernel choice, fallbacks and telemetry per call (the vLLM plugin's ``LAYERZERO_VLLM_NATIVE=layerzero``
-mode selects it, since that is its point). Attention is always a custom op (the kernel choice there is the
+kernel choice, fallbacks and telemetry per call (the vLLM plugin selects it in its process: a layer runs
+LayerZero there only when its policy chose a LayerZero kernel, and that choice must still dispatch). Attention is always a custom op (the kernel choice there is the
 point, and SDPA traced by Inductor has no softcap, sinks or sliding window).
 
 The strategy is read while ``torch.compile`` traces: set it before compiling (a change recompiles on the
@@ -42,7 +42,7 @@ INLINABLE: dict[str, Callable] = {
 STRATEGIES = ("opaque", "inline")
 DEFAULT_STRATEGY = "inline"
 
-_inlined: dict[str, Callable] = dict(INLINABLE) if DEFAULT_STRATEGY == "inline" else {}
+_inlined: dict[str, Callable] = {}  # filled by set_compile_strategy(DEFAULT_STRATEGY) below
 
 
 def set_compile_strategy(strategy: str = DEFAULT_STRATEGY, operations: Iterable[str] | None = None) -> None:
@@ -72,6 +72,9 @@ def compile_strategy() -> dict[str, str]:
 def inlined(operation: str) -> Callable | None:
     """The kernel to trace for ``operation`` under compile, or None for the custom op."""
     return _inlined.get(operation)
+
+
+set_compile_strategy(DEFAULT_STRATEGY)
 
 
 @contextmanager
