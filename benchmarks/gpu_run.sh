@@ -164,7 +164,7 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
       # e.g. costs-attention.decode for torch_eager_attention; several costs-* in one call add to one table);
       # COST_ARCH limits it to some architectures, COST_MAX_TOKENS to decode-sized buckets
       costs-*) mkdir -p "$OUT/costs" && { [ -f "$OUT/costs/sm90.json" ] || cp layerzero/data/costs/sm90.* "$OUT/costs/"; } \
-                   && CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
+                   && CUDA_VISIBLE_DEVICES=0 timeout $(( ${COST_SECONDS:-240} + 60 )) python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
                    --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} ${COST_MAX_TOKENS:+--max-tokens "$COST_MAX_TOKENS"} --max-seconds "${COST_SECONDS:-240}" > /tmp/$b.log 2>&1 ;;
       # profile-<arch>: where the prefill's GPU time goes, eager and torch.compile'd (HF sdpa, LayerZero)
       profile-*) CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/prefill_profile.py --arch "${b#profile-}" --compiled \
