@@ -32,6 +32,7 @@ from layerzero.operations.base import (
     positive,
     randn,
 )
+from layerzero.operations.causal_mask import is_plain_causal
 from layerzero.operations.custom_ops import define, unbound
 
 ATTENTION_OPS = ("attention.causal", "attention.prefill", "attention.cross", "attention.decode")
@@ -362,9 +363,19 @@ def _fake(query, key, value, attn_mask, is_causal, scale, dropout_p, sliding_win
 
 
 def _to_call(a: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    options = attention_options(a["query"], a["key"], a["attn_mask"], a["is_causal"], a["scale"], a["dropout_p"],
-                                a["sliding_window"], a["softcap"], a["sinks"])
-    return a["operation"], {"query": a["query"], "key": a["key"], "value": a["value"]}, options
+    """The dispatcher call of the custom op. A dense mask that is exactly causal (what a traced graph builds
+    where eager code would have passed none; :mod:`layerzero.operations.causal_mask`) becomes
+    ``is_causal=True`` without the mask, dispatched as the ``attention.prefill`` an eager run would make."""
+    query, key, mask, causal, operation = a["query"], a["key"], a["attn_mask"], a["is_causal"], a["operation"]
+    if (mask is not None and not causal and a["sliding_window"] is None and operation in _MASKED_CAUSAL_OPS
+            and is_plain_causal(mask, query.shape[1], key.shape[1])):
+        mask, causal, operation = None, True, "attention.prefill"
+    options = attention_options(query, key, mask, causal, a["scale"], a["dropout_p"], a["sliding_window"],
+                                a["softcap"], a["sinks"])
+    return operation, {"query": query, "key": key, "value": a["value"]}, options
+
+
+_MASKED_CAUSAL_OPS = ("attention.cross", "attention.prefill")
 
 
 def _reference(tensors: dict[str, Any], options: dict[str, Any]) -> Any:

@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 import layerzero_hf.attention as lz_attention  # noqa: E402  (registers "layerzero")
 from layerzero import ops  # noqa: E402
 from layerzero.kernels import reference as ref  # noqa: E402
+from layerzero.operations import causal_mask  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
 
@@ -433,7 +434,7 @@ def test_mask_builder_under_compile_skips_where_eager_transformers_does(case):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
-def test_compiled_prefill_without_padding_runs_causal_without_a_mask(tiny_model_dir, recorder, arch):
+def test_compiled_prefill_without_padding_runs_causal_without_a_mask(tiny_model_dir, recorder, arch, monkeypatch):
     """A compiled forward with a cache and without padding reaches the kernel as is_causal=True with no mask
     (the flash-style kernels stay eligible), with padding as a mask; both match eager logits. Mistral's window (8) bites at
     12 tokens, so its layers keep the mask there."""
@@ -451,12 +452,18 @@ def test_compiled_prefill_without_padding_runs_causal_without_a_mask(tiny_model_
         assert (got - expected).abs().max().item() <= ATOL
         causal = [options["is_causal"] for _, options in recorder.calls]
         assert causal == [not window_bites] * lz.config.num_hidden_layers
-    # without a cache Transformers adds a packed-sequence mask function it cannot rule out while tracing
-    recorder.calls.clear()
-    with torch.no_grad():
-        got, expected = compiled(_ids(2, 6), use_cache=False).logits, eager(_ids(2, 6), use_cache=False).logits
-    assert (got - expected).abs().max().item() <= ATOL
-    assert [options["is_causal"] for _, options in recorder.calls] == [False] * lz.config.num_hidden_layers
+    # without a cache Transformers adds a packed-sequence mask function it cannot rule out while tracing, so
+    # the graph materializes a mask; the custom op recognizes it as plain causal at run time (from
+    # MIN_CHECKED_SEQ queries on; below that the mask is passed as it is)
+    for min_checked, seq in ((causal_mask.MIN_CHECKED_SEQ, 6), (4, 6), (4, 12)):
+        monkeypatch.setattr(causal_mask, "MIN_CHECKED_SEQ", min_checked)
+        recorder.calls.clear()
+        with torch.no_grad():
+            got = compiled(_ids(2, seq), use_cache=False).logits
+            expected = eager(_ids(2, seq), use_cache=False).logits
+        assert (got - expected).abs().max().item() <= ATOL
+        recognized = min_checked <= seq and not (arch == "mistral" and seq == 12)
+        assert [options["is_causal"] for _, options in recorder.calls] == [recognized] * lz.config.num_hidden_layers
     padding = torch.ones(2, 6, dtype=torch.long)
     padding[0, :2] = 0
     recorder.calls.clear()
