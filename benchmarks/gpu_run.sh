@@ -171,7 +171,7 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
                    --no-liger --shapes "${PROFILE_SHAPES:-1x4096,8x1024}" --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
       # one e2e per call (E2E_EXTRA adds flags, e.g. --no-other-compile-strategy): with the compiled variants (HF sdpa, LayerZero opaque and inline) and the alternating
       # Liger rounds a Gemma2 run is estimated at ~500 s
-      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout 560 python3 benchmarks/e2e.py --arch "$a" --skip-eager --without-residual-norm \
+      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout ${E2E_TIMEOUT:-560} python3 benchmarks/e2e.py --arch "$a" --skip-eager --without-residual-norm \
                    --compile-shapes "${E2E_COMPILE_SHAPES:-8x1024}" --compile-with-cache --repeats 3 ${E2E_EXTRA:-} --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
     esac
     echo "$b rc=$?" >> /tmp/$b.log; tail -12 /tmp/$b.log >> "$LOG"

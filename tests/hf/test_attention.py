@@ -543,3 +543,33 @@ def test_gpu_half_precision_logits_close_to_eager(tiny_model_dir, arch, dtype):
     err_lz = (got[real] - fp32[real]).abs().max().item()
     err_eager = (expected[real] - fp32[real]).abs().max().item()
     assert err_lz <= max(2 * err_eager, 2e-2), (err_lz, err_eager)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_gpu_compiled_prefill_without_cache_runs_the_materialized_causal_mask_as_causal(tiny_model_dir, monkeypatch,
+                                                                                        mode):
+    """Inductor-compiled forward without a cache on CUDA (Transformers materializes a packed-sequence mask
+    while tracing): the attention custom op recognizes it as plain causal, once per forward, and the logits
+    match eager. Under CUDA graphs ("reduce-overhead") the capture keeps the mask (no sync while
+    capturing) and the replays are still right."""
+    verdicts: list[bool] = []
+    real = causal_mask._compare
+    monkeypatch.setattr(causal_mask, "_compare", lambda mask, seq: verdicts.append(real(mask, seq)) or verdicts[-1])
+    monkeypatch.setattr(causal_mask, "MIN_CHECKED_SEQ", 64)
+    path = tiny_model_dir("llama")
+    eager = _load(path, "eager").cuda()
+    lz = _load(path, NAME).cuda()
+    torch._dynamo.reset()
+    compiled = torch.compile(lz, fullgraph=True, mode=mode)
+    for seed in (1, 2, 3):
+        ids = _ids(2, 96, seed=seed).cuda()
+        with torch.no_grad():
+            got = compiled(ids, use_cache=False).logits
+            expected = eager(ids, use_cache=False).logits
+        assert (got - expected).abs().max().item() <= 1e-3
+    if mode is None:
+        assert verdicts == [True] * 3  # one comparison per forward, not one per layer
+    else:
+        assert verdicts and all(verdicts)  # the warm-up run outside the capture checks; the capture does not
+    torch._dynamo.reset()
