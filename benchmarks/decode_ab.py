@@ -6,7 +6,13 @@ time held. Here the variants alternate — sdpa, patched, sdpa, patched, ... —
 hits both alike, and the result is the median of per-round ratios. Patching is per instance and reversible,
 so both variants use the same weights.
 
+``--cache static``: the static-cache decode, which Transformers compiles (CUDA graphs on a GPU). A compiled
+forward belongs to one model instance, so there each variant is its own instance (the same weights) compiled
+once, and the rounds alternate between them; ``--profile`` then adds the device time of one decode per
+variant by kernel kind (a CUDA-graph replay's kernels appear one by one under the profiler).
+
     python benchmarks/decode_ab.py --arch gemma2-2b --rounds 5 --json out.json --md out.md
+    python benchmarks/decode_ab.py --arch llama-1b --cache static --rounds 7 --profile
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--profile", action="store_true", help="also profile one decode run per variant (host side)")
     ap.add_argument("--quick", action="store_true", help="CPU smoke test on a tiny config")
+    ap.add_argument("--cache", choices=("dynamic", "static"), default="dynamic")
     ap.add_argument("--without-residual-norm", action="store_true",
                     help="also measure LayerZero without the residual_norm kind, alternating with the rest")
     ap.add_argument("--json", type=Path)
@@ -58,21 +65,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.without_residual_norm:  # the default kinds but the fused residual norm
         variants["layerzero_no_residual_norm"] = {
             "only": [k for k in layerzero_hf.default_patch_kinds() if k != "residual_norm"]}
+    cache = None if args.cache == "dynamic" else "static"
+    if cache:  # one compiled instance per variant, patched for good; the unsampled variant is a dynamic-cache question
+        variants.pop("layerzero_unsampled")
+        instances = {name: build_model(cfg, dtype, device, "sdpa", model.state_dict(), config_class=config_class)
+                     for name in variants}
+        for name, keywords in variants.items():
+            layerzero_hf.patch(instances[name], attention=True, **keywords)
     rounds: list[dict[str, Any]] = []
     for _ in range(args.rounds):
-        row: dict[str, Any] = {"hf_sdpa": decode_ms(model, device, vocab, args.prompt, args.steps, None, 1, args.batch)}
+        row: dict[str, Any] = {"hf_sdpa": decode_ms(model, device, vocab, args.prompt, args.steps, cache, 1, args.batch)}
         for name, keywords in variants.items():
-            with layerzero_hf.patched(model, attention=True, **keywords):
-                row[name] = decode_ms(model, device, vocab, args.prompt, args.steps, None, 1, args.batch)
-                row[f"{name}_kernels"] = _kernel_counts(layerzero_hf.model_telemetry(model)["snapshot"])
+            if cache:
+                patched = instances[name]
+                row[name] = decode_ms(patched, device, vocab, args.prompt, args.steps, cache, 1, args.batch)
+            else:
+                with layerzero_hf.patched(model, attention=True, **keywords):
+                    row[name] = decode_ms(model, device, vocab, args.prompt, args.steps, None, 1, args.batch)
+                patched = model
+            row[f"{name}_kernels"] = _kernel_counts(layerzero_hf.model_telemetry(patched)["snapshot"])
             row[f"{name}_speedup"] = row["hf_sdpa"] / row[name]
         print(json.dumps(row), flush=True)
         rounds.append(row)
-    profile = _profile(model, device, vocab, args, layerzero_hf) if args.profile else None
+    if not args.profile:
+        profile = None
+    elif cache:
+        profile = _device_profile({"hf_sdpa": model, **instances}, device, vocab, args)
+    else:
+        profile = _profile(model, device, vocab, args, layerzero_hf)
     result = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "arch": args.arch,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype).removeprefix("torch."),
-        "decode": {"batch": args.batch, "prompt": args.prompt, "new_tokens": args.steps, "cache": "dynamic"},
+        "decode": {"batch": args.batch, "prompt": args.prompt, "new_tokens": args.steps, "cache": args.cache},
         "versions": versions(), "rounds": rounds, "profile": profile,
         "median_ms": {v: statistics.median(r[v] for r in rounds) for v in ("hf_sdpa", *variants)},
         "median_speedup": {v: statistics.median(r[f"{v}_speedup"] for r in rounds) for v in variants},
@@ -81,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = "\n".join([
         f"# Decode A/B, {args.arch}: LayerZero vs HF sdpa, alternating ({result['date']})", "",
         f"{result['device']}; {result['dtype']}; torch {v['torch']}, transformers {v['transformers']}; commit {v['git']}. "
-        f"Dynamic cache, batch {args.batch}, prompt {args.prompt}, {args.steps} new tokens; ms/step = median of steps 2..N.", "",
+        f"{args.cache.capitalize()} cache{' (compiled by Transformers, one instance per variant)' if cache else ''}, batch {args.batch}, prompt {args.prompt}, {args.steps} new tokens; ms/step = median of steps 2..N.", "",
         "| round | HF sdpa ms/step | " + " | ".join(f"{_LABELS.get(n, n)} ms/step | speed-up" for n in variants)
         + " | kernel failures (" + " / ".join(_LABELS.get(n, n) for n in variants) + ") |",
         "|---|---|" + "---|---|" * len(variants) + "---|",
@@ -92,7 +116,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "", "Median speed-up over rounds: **" + ", ".join(f"{v} {x:.2f}x" for v, x in result["median_speedup"].items())
         + "**; kernels (calls, last round): " + ", ".join(f"{k}: {c}" for k, (c, _) in
                                                          sorted(rounds[-1]["layerzero_kernels"].items())), ""])
-    if profile:
+    if profile and cache:
+        md += "\n".join(_device_profile_markdown(profile)) + "\n"
+    elif profile:
         md += "\n".join(line for name, prof in profile.items()
                         for line in profile_markdown(f"Host profile of one 8-step decode, {name}", prof, rows=12)) + "\n"
     write_result(result, md, args.json, args.md)
@@ -122,6 +148,36 @@ def _profile(model: Any, device: str, vocab: int, args: argparse.Namespace, laye
     with layerzero_hf.patched(model, attention=True):
         out["layerzero"] = profile_decode(model, ids)
     return out
+
+
+def _device_profile(models: dict[str, Any], device: str, vocab: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Device time by kernel kind of one 8-step static-cache decode per variant (after the rounds warmed
+    and compiled them): where a gap between the compiled variants sits on the GPU."""
+    from prefill_profile import profile_call
+
+    ids = torch.randint(3, vocab, (args.batch, args.prompt), device=device)
+    out = {}
+    for name, m in models.items():
+        def run(m: Any = m) -> None:
+            m.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None,
+                       cache_implementation="static")
+        run()
+        out[name] = profile_call(run, device)
+    return out
+
+
+def _device_profile_markdown(profile: dict[str, Any]) -> list[str]:
+    kinds = sorted({k for p in profile.values() for k in p["by_kind_ms"]})
+    lines = ["", "## Device time of one 8-step static-cache decode (prefill included), ms by kernel kind", "",
+             "| variant | total | launches | GPU idle | " + " | ".join(kinds) + " |",
+             "|---|---|---|---|" + "---|" * len(kinds)]
+    for name, p in profile.items():
+        lines.append(f"| {name} | {p['total_ms']:.2f} | {p['launches']} | {p.get('gpu_idle_ms', 0.0):.2f} | "
+                     + " | ".join(f"{p['by_kind_ms'].get(k, 0.0):.2f}" for k in kinds) + " |")
+    for name, p in profile.items():
+        lines += ["", f"Top kernels, {name}: " + "; ".join(f"{t['name'][:60]} {t['ms']:.2f} ms ({t['calls']})"
+                                                           for t in p["top"][:8])]
+    return lines
 
 
 if __name__ == "__main__":
