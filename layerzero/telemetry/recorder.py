@@ -5,9 +5,11 @@
 * Counts are per thread (a ``threading.local`` row per (operation, kernel)), so they are exact under any
   number of threads without a lock every call contends on; ``snapshot`` sums the rows. Counters of
   threads that have exited are folded into one "retired" table, so memory follows the live threads.
-* Latencies go into one fixed-size ring buffer per kernel and one for all calls (``max_samples`` each):
-  percentiles describe the most recent calls, and memory is bounded whatever the traffic. Two threads
-  racing on a ring may overwrite one slot; that loses a *sample*, never a count.
+* Latencies go into one bounded ring per kernel and one for all calls (``max_samples`` each, a
+  ``deque(maxlen=...)``: one C-level append per sample, atomic under the GIL): percentiles describe the
+  most recent calls, and memory is bounded whatever the traffic.
+* A caller that records the same (operation, kernel) pair call after call (a bound call site's cache
+  hits) takes a recorder for it (``hit_recorder``) that has the row and the ring at hand.
 
 Failures (``record_failure``) and selection changes (``record_selection``) are rare and take a lock.
 A selection change emits one structured record on the ``layerzero.selection`` logger (``extra`` carries
@@ -21,8 +23,9 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from layerzero.errors import describe_failure
 
@@ -79,21 +82,15 @@ class TelemetrySnapshot:
         return asdict(self)
 
 
-class _Ring:
-    """Fixed-size sample buffer. Written without a lock (see module docstring) by three statements inlined in
-    ``record``: store at ``pos``, then ``pos = 0 if pos == last else pos + 1`` (a compare and an add, which the
-    interpreter specializes for ints; ``%`` or ``&`` would take its generic, slower path every call). Slots
-    never written hold None."""
-
-    __slots__ = ("buf", "pos", "last")
+class _Ring(deque):
+    """A kernel's (or all calls') most recent latency samples, in ns: a ``deque`` bounded to
+    ``max_samples``, so a sample costs one C-level append and the oldest falls out."""
 
     def __init__(self, n: int):
-        self.buf: list[int | None] = [None] * n
-        self.pos = 0
-        self.last = n - 1
+        super().__init__((), n)
 
     def samples(self) -> list[int]:
-        return [v for v in self.buf if v is not None]
+        return list(self)  # one C-level copy: no recording thread can interleave with it
 
 
 class _ThreadRows:
@@ -144,14 +141,16 @@ class DispatchTelemetry:
         self.max_samples = max_samples
         self._clock = clock
         self._lock = threading.Lock()
+        # Threads' rows and the sample rings live as long as this object: ``reset`` zeroes and clears them
+        # in place, so what a hit recorder holds stays the live row and ring.
+        self._local = threading.local()
+        self._threads: list[_ThreadRows] = []
+        self._rings: dict[str, _Ring] = {}
+        self._all = _Ring(max_samples)
         self._init_state()
 
     def _init_state(self) -> None:
-        self._local = threading.local()
-        self._threads: list[_ThreadRows] = []
         self._retired: dict[tuple[str, str], list[int]] = {}
-        self._rings: dict[str, _Ring] = {}
-        self._all = _Ring(self.max_samples)
         self._failures: dict[tuple[str, str], int] = {}
         self._last_error: dict[str, str | None] = {}
         self._selected: dict[str, str] = {}
@@ -189,13 +188,47 @@ class DispatchTelemetry:
         ring = self._rings.get(kernel_id)
         if ring is None:
             ring = self._ring_for(kernel_id)
-        p = ring.pos  # this kernel's samples (_Ring, inlined: hot path)
-        ring.buf[p] = total_ns
-        ring.pos = 0 if p == ring.last else p + 1
-        ring = self._all  # all calls' samples
-        p = ring.pos
-        ring.buf[p] = total_ns
-        ring.pos = 0 if p == ring.last else p + 1
+        ring.append(total_ns)
+        self._all.append(total_ns)
+
+    def hit_recorder(self, operation: str, kernel_id: str) -> Callable[[int], None]:
+        """``fn(total_ns)``, the same as ``record(operation, kernel_id, total_ns, cache_hit=True)``, for a
+        caller that records this one pair call after call (a bound call site's hits): the calling thread's
+        row is kept in a thread-local of its own and the rings' appends are bound once, so a call costs
+        the increments and two appends. Counts stay exact per thread; ``enabled`` is read every call."""
+        key = (operation, kernel_id)
+        ring = self._rings.get(kernel_id)
+        if ring is None:
+            ring = self._ring_for(kernel_id)
+        to_kernel, to_all = ring.append, self._all.append
+        mine = threading.local()  # .row: this thread's row for ``key``
+        row_for = self._row
+
+        def record_hit(total_ns: int) -> None:
+            if not self.enabled:
+                return
+            try:
+                row = mine.row
+            except AttributeError:
+                row = mine.row = row_for(key)
+            row[0] += 1
+            row[1] += 1
+            row[3] += total_ns
+            to_kernel(total_ns)
+            to_all(total_ns)
+
+        return record_hit
+
+    def _row(self, key: tuple[str, str]) -> list[int]:
+        """The calling thread's counter row for ``key`` (created, with the thread's table, on first use)."""
+        try:
+            rows = self._local.rows
+        except AttributeError:
+            rows = self._register()
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = [0, 0, 0, 0]
+        return row
 
     def _register(self) -> dict[tuple[str, str], list[int]]:
         t = _ThreadRows(threading.current_thread())
@@ -266,9 +299,17 @@ class DispatchTelemetry:
         return dict(self._selected)
 
     def reset(self) -> None:
-        """Forget everything. Calls recorded concurrently with a reset may land before or after it."""
+        """Forget everything. Calls recorded concurrently with a reset may land before or after it.
+
+        Rows and rings are zeroed and cleared in place (not replaced): recorders holding them keep
+        counting into the live tables, and a row left at zero calls is not reported."""
         with self._lock:
             self._init_state()
+            for t in self._threads:
+                for row in t.rows.values():
+                    row[:] = (0, 0, 0, 0)
+            for ring in (*self._rings.values(), self._all):
+                ring.clear()
 
     # ------------------------------------------------------------------ reading
     def _merged_rows(self) -> dict[tuple[str, str], list[int]]:
@@ -299,6 +340,8 @@ class DispatchTelemetry:
         by_kernel: dict[str, list[int]] = {}
         ops: dict[str, dict[str, Any]] = {}
         for (op, kid), (c, h, f, ns) in rows.items():
+            if not c:  # zeroed by a reset, not called since
+                continue
             calls += c
             hits += h
             fallbacks += f

@@ -47,10 +47,10 @@ def test_samples_are_bounded_and_recent():
     s = t.snapshot()
     assert s.dispatch_count == 1000
     assert s.per_kernel["a"].p50_us == 9.0  # only the last 16 samples are kept
-    assert len(t._rings["a"].buf) == 16 and len(t._all.buf) == 16
+    assert len(t._rings["a"]) == 16 and len(t._all) == 16
     few = DispatchTelemetry(max_samples=1000)
     few.record("rms_norm", "a", 2000, True, False)
-    assert len(few._all.buf) == 1000 and few.snapshot().per_kernel["a"].p50_us == 2.0  # unwritten slots ignored
+    assert few._all.maxlen == 1000 and few.snapshot().per_kernel["a"].p50_us == 2.0  # only recorded samples
 
 
 def test_empty_snapshot_and_disabled():
@@ -99,6 +99,38 @@ def test_counts_are_exact_under_8_threads_and_dead_threads_are_folded():
     assert sum(k.calls for k in s.per_kernel.values()) == 8 * n
     assert t._threads == []  # exited threads were folded into the retired table
     assert t.snapshot().dispatch_count == 8 * n
+
+
+def test_a_hit_recorder_counts_as_record_does_exactly_under_threads_and_across_a_reset():
+    t = DispatchTelemetry(max_samples=64)
+    hit = t.hit_recorder("rms_norm", "k")
+    t.record("rms_norm", "k", 5000, False, False)  # the miss that selected the kernel
+    n = 5000
+    barrier = threading.Barrier(8)
+
+    def worker():
+        barrier.wait()
+        for i in range(n):
+            hit(1000 + i)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    s = t.snapshot()
+    assert (s.dispatch_count, s.cache_hits, s.fallback_count) == (8 * n + 1, 8 * n, 0)
+    k = s.per_kernel["k"]
+    assert (k.calls, k.cache_hits) == (8 * n + 1, 8 * n) and len(t._rings["k"]) == 64
+    assert s.operations["rms_norm"].kernels == {"k": 8 * n + 1}
+    t.reset()
+    assert t.snapshot().dispatch_count == 0 and t.snapshot().per_kernel == {}
+    hit(2000)  # a recorder made before the reset keeps counting into the live tables
+    s = t.snapshot()
+    assert (s.dispatch_count, s.cache_hits, s.per_kernel["k"].p50_us) == (1, 1, 2.0)
+    t.enabled = False
+    hit(3000)
+    assert t.snapshot().dispatch_count == 1
 
 
 def test_selection_change_logs_one_structured_record(caplog):
