@@ -10,9 +10,12 @@ cuDNN kernel took 8.6 ms over 16 layers with the mask against 2.9 ms causal).
 
 The ``layerzero::attention`` custom op runs eagerly inside the compiled graph, where reading data is legal,
 so it checks the mask there: one comparison on the device and one host sync per mask *object*, whose verdict
-is reused by every later layer that receives the same tensor (a model passes one mask object to all its
-layers of a kind). The check is skipped while a CUDA graph is being captured (a sync is illegal there) and
-for masks too small for the saving to pay for the sync.
+is reused by every later call that receives the same tensor (eager Transformers passes one mask object to all
+its layers of a kind). Inductor, though, recomputes the mask into a buffer of its own for each consuming
+layer (measured), so in an Inductor graph every layer pays one comparison and one sync; on an H200 that still
+took the compiled Llama-3.2-1B prefill at 1 x 4096 from 0.99x to 1.16x of compiled HF sdpa. The check is
+skipped while a CUDA graph is being captured (a sync is illegal there) and for masks too small for the
+saving to pay for the sync.
 """
 
 from __future__ import annotations
