@@ -63,7 +63,7 @@ def build_rms_norm(ctx: KindContext, path: str, module: nn.Module, params: Mappi
         raise SkipModule("weight-less RMSNorm: hidden size unknown, not patched")
 
     def make(off: float, cast: str) -> Any:
-        return rms_forward(ctx.ops, ctx.orch, eps[0], weight_attr, off, cast)
+        return rms_forward(ctx.orch, eps[0], weight_attr, off, cast)
 
     def check(offset: float, casting: str) -> str:
         return detect.check_norm(module, types.MethodType(make(offset, casting), module), hidden)
@@ -97,7 +97,7 @@ def build_layer_norm(ctx: KindContext, path: str, module: nn.Module, params: Map
     weight = getattr(module, w, None)
     if weight is None or weight.dim() != 1:
         raise SkipModule("LayerNorm without a 1-D weight is not patched")
-    fn = layer_norm_forward(ctx.ops, ctx.orch, eps[0], w, b)
+    fn = layer_norm_forward(ctx.orch, eps[0], w, b)
     why = ""
     if verify or detected:
         _, why = ctx.verdict(("layer_norm", type(module), eps[0]), lambda: (
@@ -125,7 +125,7 @@ def build_rope(ctx: KindContext, path: str, module: nn.Module, params: Mapping[s
     half_tables = params.get("tables", "full") == "half"
     rope_fn = ctx.cache.get(("rope", id(original)))
     if rope_fn is None:
-        rope_fn = rope_function(ctx.ops, ctx.orch, bool(params.get("interleaved", False)), original, half_tables)
+        rope_fn = rope_function(ctx.orch, bool(params.get("interleaved", False)), original, half_tables)
         ctx.cache[("rope", id(original))] = rope_fn
     why = ""
     dims = detect.rope_dims(module)
@@ -175,7 +175,7 @@ def build_mlp(ctx: KindContext, path: str, module: nn.Module, params: Mapping[st
     allowed = params.get("activations")
     if allowed and act_name not in allowed:
         raise SkipModule(f"activation {act_name} not among the spec's activations {list(allowed)}")
-    fn = mlp_forward(ctx.ops, ctx.orch, params, op, approx)
+    fn = mlp_forward(ctx.orch, params, op, approx)
     why = ""
     if verify or detected:
         first = getattr(module, names[-1] if params["layout"] == "gate_up_separate" else names[1])
@@ -226,7 +226,7 @@ def build_residual_norm(ctx: KindContext, path: str, module: nn.Module, params: 
         raise SkipModule(f"{norm_path} has no {weight_attr!r}")
     offset, casting = float(norm_params["offset"]), norm_params["casting"]
     fn = rebuild_around(wrappers, target, lambda: residual_norm_forward(
-        ctx.ops, ctx.orch, target, attrs, eps_attr, weight_attr, offset, casting))
+        ctx.orch, target, attrs, eps_attr, weight_attr, offset, casting))
     detail = f"{attrs['norm']} takes the attention residual add (casting={casting}, offset={offset:g})"
     if wrappers:
         detail += f"; through decorator(s) {', '.join(code_label(w) for w in wrappers)}"

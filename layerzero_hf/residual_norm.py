@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.nn.modules import module as _nn_module
 
+from layerzero import ops  # a global, not a closure cell: see layerzero_hf.replacements
+
 __all__ = ["OBSERVER_HOOK", "ROLES", "residual_norm_forward", "structure_mismatch"]
 
 # The roles of a pre-norm layer's four submodules, in the order the forward uses them.
@@ -125,7 +127,7 @@ def _hooked(module: torch.nn.Module) -> bool:
     return any(not getattr(hook, OBSERVER_HOOK, False) for table in tables for hook in table.values())
 
 
-def residual_norm_forward(ops: Any, orch: str, forward: Callable, attrs: Mapping[str, str], eps_attr: str,
+def residual_norm_forward(orch: str, forward: Callable, attrs: Mapping[str, str], eps_attr: str,
                           weight_attr: str, offset: float, casting: str) -> Callable:
     """The replacement for ``forward`` (a layer class's forward below its decorators, which passed
     :func:`structure_mismatch`; the caller rebuilds the decorators around the result).
