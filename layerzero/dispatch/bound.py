@@ -9,8 +9,9 @@ would have returned it: no new correctness rule to get wrong. The plan is droppe
 selects again, when either changes, or when verification demoted the plan (``Plan.superseded``).
 
 Breakers, fallbacks, output checks and telemetry run exactly as in ``dispatch()``: a bound call skips the
-lookup, never the runner. Calls inside ``use_kernels``, attention calls that leave ``is_causal`` to the
-operation's name, and dispatchers that count in-flight calls (hot reload) go through ``call()``.
+lookup, never the runner (it calls its plan's :meth:`~layerzero.dispatch.runner.Runner.hit_path`, as a
+cache hit through ``call()`` does). Calls inside ``use_kernels``, attention calls that leave ``is_causal``
+to the operation's name, and dispatchers that count in-flight calls (hot reload) go through ``call()``.
 """
 
 from __future__ import annotations
@@ -44,31 +45,48 @@ class BoundCall:
     one tuple, replaced by a single assignment. ``binds`` counts (re)selections: a decode loop should
     leave it flat."""
 
-    __slots__ = ("dispatcher", "operation", "binds", "_memo", "_run", "_attention")
+    __slots__ = ("dispatcher", "operation", "binds", "_memo", "_hit_path", "_attention")
 
     def __init__(self, dispatcher: BindableDispatcher, operation: str):
         self.dispatcher = dispatcher
         self.operation = operation
         self.binds = 0
-        # (selection state, key, plan, the operation's own key function under that state or None)
-        self._memo: tuple = (None, None, None, None)
-        self._run = dispatcher.runner.run
+        # (selection state, key, plan, the operation's own key function under that state or None, the
+        # runner's hit path for the plan)
+        self._memo: tuple = (None, None, None, None, None)
+        self._hit_path = dispatcher.runner.hit_path
         self._attention = operation in _ATTENTION_OPS
 
     def __call__(self, inputs: Mapping[str, Any], kwargs: dict[str, Any]) -> Any:
         t0 = perf_counter_ns()
+        state = self.dispatcher.state
+        m = self._memo
+        # Bound under this very state (so one that counts no calls in flight: those are never bound), outside
+        # use_kernels, is_causal given to attention: only the key is left to compare.
+        if m[0] is not state or _active_overrides() or (self._attention and "is_causal" not in kwargs):
+            return self._unbound(state, inputs, kwargs, t0)
+        own_key = m[3]
+        if own_key is None:
+            key = state.keyer(self.operation, inputs, kwargs)
+        else:
+            # The operation's own key function called directly (the state's keyer would add a frame); the
+            # generic key when it does not fit the arguments, exactly as the keyer itself does.
+            try:
+                key = own_key(self.operation, inputs, kwargs)
+            except KEY_ERRORS:
+                key = state.keyer(self.operation, inputs, kwargs)
+        if key == m[1] and not m[2].superseded:
+            return m[4](inputs, kwargs, t0, key)
+        return self._select(state, key, own_key, inputs, kwargs, t0)
+
+    def _unbound(self, state: Any, inputs: Mapping[str, Any], kwargs: dict[str, Any], t0: int) -> Any:
+        """A call the memo does not cover: a new selection state (or the first call), which may key
+        differently, or one that must take the dispatcher's own path."""
         d = self.dispatcher
         operation = self.operation
-        state = d.state
         if state.inflight is not None or _active_overrides() or (self._attention and "is_causal" not in kwargs):
             return d.call(operation, inputs, kwargs)
-        m = self._memo
-        if m[0] is state:
-            own_key = m[3]
-        else:  # a new selection state (or the first call): its keyer may bucket differently
-            own_key = getattr(state.keyer, "by_operation", {}).get(operation)
-        # The operation's own key function called directly (the state's keyer would add a frame); the
-        # generic key when it does not fit the arguments, exactly as the keyer itself does.
+        own_key = getattr(state.keyer, "by_operation", {}).get(operation)
         if own_key is None:
             key = state.keyer(operation, inputs, kwargs)
         else:
@@ -76,20 +94,28 @@ class BoundCall:
                 key = own_key(operation, inputs, kwargs)
             except KEY_ERRORS:
                 key = state.keyer(operation, inputs, kwargs)
-        if m[0] is state and m[1] == key and not m[2].superseded:
-            plan = m[2]
-        else:
-            plan = state.engine.lookup(key)
-            if plan is None:  # a miss: the full path selects and caches, then this binds that plan
-                out = d.call(operation, inputs, kwargs)
-                plan = state.engine.lookup(key) if d.state is state else None
-                if plan is not None:
-                    self.binds += 1
-                    self._memo = (state, key, plan, own_key)
-                return out
-            self.binds += 1
-            self._memo = (state, key, plan, own_key)
-        return self._run(plan, True, operation, inputs, kwargs, t0, False, key)
+        return self._select(state, key, own_key, inputs, kwargs, t0)
+
+    def _select(self, state: Any, key: Any, own_key: Any, inputs: Mapping[str, Any], kwargs: dict[str, Any],
+                t0: int) -> Any:
+        """Bind the plan the cache holds for ``key`` and run it; on a miss the dispatcher's full path selects
+        and caches, then this binds that plan."""
+        plan = state.engine.lookup(key)
+        if plan is None:
+            d = self.dispatcher
+            out = d.call(self.operation, inputs, kwargs)
+            plan = state.engine.lookup(key) if d.state is state else None
+            if plan is not None:
+                self._bind(state, key, plan, own_key)
+            return out
+        return self._bind(state, key, plan, own_key)(inputs, kwargs, t0, key)
+
+    def _bind(self, state: Any, key: Any, plan: Any, own_key: Any) -> Any:
+        """Remember ``plan`` for calls under (``state``, ``key``); returns its hit path."""
+        hit = self._hit_path(plan, self.operation)
+        self.binds += 1
+        self._memo = (state, key, plan, own_key, hit)
+        return hit
 
     # The same function under a method name: ``bound.call(inputs, kwargs)`` is a plain method call, which the
     # interpreter runs without a C-level detour; calling the instance goes through the type's __call__ slot
@@ -98,7 +124,7 @@ class BoundCall:
 
     def reset(self) -> None:
         """Forget the bound plan (the next call selects through the dispatcher's cache)."""
-        self._memo = (None, None, None, None)
+        self._memo = (None, None, None, None, None)
 
     @property
     def bound_kernel(self) -> str | None:

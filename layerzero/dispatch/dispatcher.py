@@ -122,7 +122,8 @@ class Dispatcher(BaseDispatcher):
         self.ranking: Ranking = ranking
         self._rank_call = ranking.rank_call if isinstance(ranking, CallRanking) else None
         self.runner = Runner(self, config, self.kernel_registry, self.circuits, self.telemetry)
-        self._run = self.runner.run  # the hot path's one call into the runner, bound once
+        self._run = self.runner.run  # the hot path's calls into the runner, bound once
+        self._hit_path = self.runner.hit_path
         if catalogue is not None:
             self.follows_policy = False
             start = None
@@ -250,10 +251,10 @@ class Dispatcher(BaseDispatcher):
         else:
             key = (operation, engine.bucket_context(context))
         plan = engine.lookup(key)
-        hit = plan is not None
-        if not hit:
+        if plan is None:
             plan = self._miss(state, key, operation, inputs, context, kwargs)
-        return self._run(plan, hit, operation, inputs, kwargs, t0, want_result, key)
+            return self._run(plan, False, operation, inputs, kwargs, t0, want_result, key)
+        return self._hit_path(plan, operation)(inputs, kwargs, t0, key, want_result)
 
     def _execute_counted(self, operation: str, inputs: Mapping[str, Any], context: SelectionContext | None,
                          kwargs: dict[str, Any], want_result: bool, state: SelectionState | None = None) -> Any:

@@ -2,7 +2,8 @@
 
 Every way into a kernel ends here: ``dispatch``/``call`` after the cache lookup, a
 :class:`~layerzero.dispatch.bound.BoundCall` with the plan it remembers, a ``use_kernels`` block with its
-forced plan. Keeping one runner keeps one set of rules:
+forced plan. Cache hits take the plan's prepared hit path (:meth:`Runner.hit_path`), which runs the common
+case inline and hands everything else to ``run``. Keeping one runner keeps one set of rules:
 
 * the kernel runs with the plan's GPU current (the device guard: Triton, FlashInfer and Liger launch on the
   current device, and a model split over GPUs calls them with tensors on another one);
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import torch
 
@@ -52,8 +53,21 @@ if TYPE_CHECKING:
     from layerzero.registry import KernelRegistry, KernelSpec
     from layerzero.telemetry import DispatchTelemetry
 
-__all__ = ["Runner"]
+__all__ = ["HitPath", "Runner"]
 
+#: ``fn(inputs, kwargs, t0, key, want_result=False)``: a plan's cache hits (:meth:`Runner.hit_path`).
+HitPath = Callable[..., Any]
+
+
+
+class _NoBreaker:
+    """The breaker of a runner without breakers: always healthy, so the hit path reads one attribute
+    whether or not breakers are on."""
+
+    healthy = True
+
+
+_NO_BREAKER = _NoBreaker()
 
 
 class EngineOwner(Protocol):
@@ -64,9 +78,10 @@ class EngineOwner(Protocol):
     def engine(self) -> Any: ...
 
 class Runner:
-    """Runs plans for one dispatcher (its breakers, telemetry, verifier and config). ``run`` is the hot
-    path: kept flat on purpose, every attribute lookup and call in it costs ~50-100 ns (slots make the
-    instance's own attributes array reads instead of dict lookups)."""
+    """Runs plans for one dispatcher (its breakers, telemetry, verifier and config). ``run`` is the whole
+    path and ``hit_path`` a plan's prepared path for cache hits, the one hot loops take. Both are kept flat
+    on purpose: every attribute lookup and call in them costs ~20-100 ns (slots make the instance's own
+    attributes array reads instead of dict lookups)."""
 
     __slots__ = ("_owner", "config", "kernel_registry", "circuits", "telemetry", "_check_outputs", "_record_timing",
                  "_verify_first", "_sample_every", "_countdown", "_verifier")
@@ -164,6 +179,77 @@ class Runner:
         if self._record_timing:
             return DispatchResult(out, spec.kernel_id, DispatchTiming(t2 - t0, t1 - t0, t2 - t1), False, hit, operation)
         return DispatchResult(out, spec.kernel_id, _NO_TIMING, False, hit, operation)
+
+    def hit_path(self, plan: Plan, operation: str) -> HitPath:
+        """``fn(inputs, kwargs, t0, key, want_result=False)``: ``run(plan, True, operation, inputs, kwargs, t0,
+        want_result, key)`` for the cache hits of one plan, which bound call sites and calls by name make
+        call after call.
+
+        What ``run`` looks up per call and never changes for a plan is looked up here once: the kernel, its
+        breaker (breakers are created once per kernel and only ever reset in place), its telemetry recorder,
+        the plan's device. The call runs inline while it is the common case (a healthy breaker, keywords the
+        kernel takes, its device current, no profiler recording); anything else goes to ``run``, which
+        applies every rule, and a kernel failure goes to the same recovery as in ``run``. Made once per plan
+        and operation, and kept on the plan (``Plan.prepared``)."""
+        prepared = plan.prepared
+        if prepared is not None and prepared[0] is self and prepared[1] == operation:
+            return prepared[2]
+        fn = self._make_hit_path(plan, operation)
+        object.__setattr__(plan, "prepared", (self, operation, fn))
+        return fn
+
+    def _make_hit_path(self, plan: Plan, operation: str) -> HitPath:
+        full = self.run
+
+        def slow(inputs: Mapping[str, Any], kwargs: Mapping[str, Any], t0: int, key: Any,
+                 want_result: bool = False) -> Any:
+            return full(plan, True, operation, inputs, kwargs, t0, want_result, key)
+
+        idx = plan.cuda_index
+        if self._check_outputs or (idx is not None and idx < 0):
+            return slow  # uncommon configurations: not worth a second copy of their rules
+        spec = plan.kernels[0]
+        try:
+            impl = spec.impl  # resolves a lazy import: one that fails is run()'s to report, per call
+        except Exception:  # noqa: BLE001
+            return slow
+        params = spec.parameters
+        kernel_id = spec.kernel_id
+        circuit = _NO_BREAKER if self.circuits is None else self.circuits.get_circuit(plan.circuit_keys[0])
+        record = None if self.telemetry is None else self.telemetry.hit_recorder(operation, kernel_id)
+        sampled = self._verifier is not None and self._sample_every > 0
+        timed = self._record_timing
+
+        def hit(inputs: Mapping[str, Any], kwargs: Mapping[str, Any], t0: int, key: Any,
+                want_result: bool = False) -> Any:
+            if (not circuit.healthy or _profiling() or (idx is not None and _cuda_device() != idx)
+                    or not (params.issuperset(kwargs) and params.issuperset(inputs))):
+                return full(plan, True, operation, inputs, kwargs, t0, want_result, key)
+            t1 = perf_counter_ns() if want_result else t0
+            try:
+                out = impl(**inputs, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - as in run: any kernel failure goes to the fallback path
+                if capture_underway():
+                    raise _capture_failure(kernel_id, operation, exc) from exc
+                result = self._recover(plan, operation, inputs, kwargs, t0, t1, True, [(kernel_id, exc)])
+                return result if want_result else result.output
+            if sampled:
+                countdown = self._countdown - 1
+                self._countdown = countdown
+                if countdown <= 0:
+                    self._countdown = self._sample_every
+                    self._sample(key, plan, operation, inputs, kwargs, out)
+            if not circuit.healthy:  # it failed elsewhere meanwhile: this success counts, as in run
+                circuit.record_success()
+            t2 = perf_counter_ns()
+            if record is not None:
+                record(t2 - t0)
+            if not want_result:
+                return out
+            timing = DispatchTiming(t2 - t0, t1 - t0, t2 - t1) if timed else _NO_TIMING
+            return DispatchResult(out, kernel_id, timing, False, True, operation)
+
+        return hit
 
     # ------------------------------------------------------------------ failures
     def _caller_fault(self, operation: str, inputs: Mapping[str, Any], kwargs: Mapping[str, Any],

@@ -7,7 +7,7 @@ Its own module because rankings, the engine and the dispatcher all speak of plan
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from layerzero.context.call_context import SelectionContext
 
@@ -31,6 +31,9 @@ class Plan:
     # Set when verification replaced this plan in the cache (its first kernel gave a wrong result): bound
     # call sites holding it select again.
     superseded: bool = field(init=False, repr=False, compare=False, default=False)
+    # What a runner prepared to serve this plan's cache hits (``Runner.hit_path``), kept with the plan so a
+    # call site moving between cached buckets, or a call by name, finds it made; dropped with the plan.
+    prepared: Any = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         # Circuit breakers are per kernel and per GPU: a kernel failing on cuda:1 must not open its

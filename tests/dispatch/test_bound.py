@@ -13,6 +13,7 @@ from layerzero.dispatch.bound import BoundCall, RoutedCall
 from layerzero.dispatch.hot_reload import HotReloadDispatcher
 from layerzero.dispatch.protocols import BaseDispatcher
 from layerzero.dispatch.types import DispatchResult
+from layerzero.errors import InvalidInputError
 from layerzero.kernels import reference
 from layerzero.policy import load_policy
 from layerzero.registry import KernelRegistry, KernelSpec
@@ -158,3 +159,47 @@ def test_a_plan_demoted_by_a_sampled_check_is_dropped_by_the_bound_call():
     for _ in range(8):
         bound(inp, {})
     assert bound.bound_kernel == "torch_rms_norm" and bound.binds == 2
+
+
+def test_a_bound_hit_rejects_an_unknown_keyword_before_the_kernel_runs(reg):
+    d = Dispatcher(DispatchConfig(), kernel_registry=reg)
+    bound, inp = d.bind("rms_norm"), _xw()
+    bound(inp, KW)
+    calls = reg.get("a_norm").impl.calls
+    with pytest.raises(InvalidInputError, match="epss"):
+        bound(inp, {"epss": 1e-5})
+    assert reg.get("a_norm").impl.calls == calls and d.circuits.get_circuit("a_norm").healthy
+    assert d.telemetry.snapshot().failure_count == 0
+
+
+def test_a_bound_hit_skips_an_open_breaker_and_shows_in_the_profiler(reg):
+    d = Dispatcher(DispatchConfig(), kernel_registry=reg)
+    bound, inp = d.bind("rms_norm"), _xw()
+    bound(inp, KW)
+    with torch.profiler.profile() as prof:
+        bound(inp, KW)
+    assert "layerzero::a_norm" in {e.key for e in prof.key_averages()}
+    breaker = d.circuits.get_circuit("a_norm")
+    for _ in range(breaker.config.failure_threshold):
+        breaker.record_failure("elsewhere")
+    assert not breaker.allow_request()
+    bound(inp, KW)
+    assert reg.get("b_norm").impl.calls == 1 and bound.bound_kernel == "a_norm"
+    snap = d.telemetry.snapshot()
+    assert snap.fallback_count == 1 and snap.dispatch_count == 3
+
+
+def test_the_hit_path_is_made_once_per_plan_and_serves_calls_by_name_too(reg):
+    d = Dispatcher(DispatchConfig(), kernel_registry=reg)
+    bound = d.bind("rms_norm")
+    small, large = _xw(1), _xw(4096)
+    bound(small, KW)
+    plan = bound._memo[2]
+    made = plan.prepared
+    bound(large, KW)
+    bound(small, KW)  # back to the first bucket: its plan's hit path is reused, not made again
+    assert bound._memo[2] is plan and plan.prepared is made and bound.binds == 3
+    d.call("rms_norm", small, dict(KW))  # a hit by name runs the same prepared path
+    assert plan.prepared is made
+    snap = d.telemetry.snapshot()
+    assert snap.dispatch_count == 4 and snap.cache_hits == 2 and reg.get("a_norm").impl.calls == 4
