@@ -64,8 +64,9 @@ class GatedActivation(Operation):
 
         def act_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
             g = inputs["gate"]
-            h = g.shape[-1]
-            rows = g.numel() // h if h else 0
+            shape = g.shape
+            h = shape[-1]
+            rows = shape.numel() // h if h else 0  # the Size's numel: no second call into the tensor
             return (
                 op, mb.get(rows) or bb(rows), h, g.dtype, g.device, kw.get("approximate"),
                 g.requires_grad and grad_enabled(), g.is_contiguous(),

@@ -115,8 +115,9 @@ class _Norm(Operation):
 
         def norm_key(op: str, inputs: Mapping[str, Any], kw: Mapping[str, Any]) -> Hashable:
             x = inputs["x"]
-            h = x.shape[-1]
-            rows = x.numel() // h if h else 0
+            shape = x.shape
+            h = shape[-1]
+            rows = shape.numel() // h if h else 0  # the Size's numel: no second call into the tensor
             return (
                 op, mb.get(rows) or bb(rows), h, x.dtype, x.device, kw.get("offset"), kw.get("casting"),
                 kw.get("residual") is not None or inputs.get("residual") is not None,
