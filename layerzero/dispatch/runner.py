@@ -29,6 +29,7 @@ import torch
 
 from layerzero.operations import check_outputs
 from layerzero.dispatch.types import _NO_TIMING, DispatchConfig, DispatchResult, DispatchTiming
+from layerzero.dispatch.callers import OTHER_NAMES, Caller, keyword_caller, unwritten
 from layerzero.dispatch.verify import capture_underway
 from layerzero.errors import (
     CircuitOpenError,
@@ -220,19 +221,31 @@ class Runner:
         sampled = self._verifier is not None and self._sample_every > 0
         timed = self._record_timing
 
+        def unpacked(impl: Callable[..., Any], i: Mapping[str, Any], k: Mapping[str, Any]) -> Any:
+            """The caller for names no keyword call can spell: checked and unpacked on every call."""
+            return impl(**i, **k) if params.issuperset(k) and params.issuperset(i) else OTHER_NAMES
+
+        # Calls the kernel for the argument names of the last call (``callers``); the first call, and any call
+        # with other names, goes to run(), which checks them, and the next call gets a caller for them.
+        caller: Caller = unwritten
+
         def hit(inputs: Mapping[str, Any], kwargs: Mapping[str, Any], t0: int, key: Any,
                 want_result: bool = False) -> Any:
-            if (not circuit.healthy or _profiling() or (idx is not None and _cuda_device() != idx)
-                    or not (params.issuperset(kwargs) and params.issuperset(inputs))):
+            nonlocal caller
+            if not circuit.healthy or _profiling() or (idx is not None and _cuda_device() != idx):
                 return full(plan, True, operation, inputs, kwargs, t0, want_result, key)
             t1 = perf_counter_ns() if want_result else t0
             try:
-                out = impl(**inputs, **kwargs)
+                out = caller(impl, inputs, kwargs)
             except Exception as exc:  # noqa: BLE001 - as in run: any kernel failure goes to the fallback path
                 if capture_underway():
                     raise _capture_failure(kernel_id, operation, exc) from exc
                 result = self._recover(plan, operation, inputs, kwargs, t0, t1, True, [(kernel_id, exc)])
                 return result if want_result else result.output
+            if out is OTHER_NAMES:  # the kernel did not run
+                if params.issuperset(kwargs) and params.issuperset(inputs):
+                    caller = keyword_caller(tuple(inputs), tuple(kwargs)) or unpacked
+                return full(plan, True, operation, inputs, kwargs, t0, want_result, key)
             if sampled:
                 countdown = self._countdown - 1
                 self._countdown = countdown
