@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from layerzero.operations.attention import attention_options, default_is_causal
-from layerzero.operations.norm import CASTINGS, rms_options
+from layerzero.operations.norm import CASTINGS
 from layerzero.ops.compile_strategy import inlined
 from layerzero.ops.orchestrators import OrchestratorLike, name_for_graph, run
 
@@ -101,7 +101,10 @@ def rms_norm(
         if residual is not None:
             return torch.ops.layerzero.rms_norm_residual(x, weight, residual, float(eps), float(offset), casting, name)
         return torch.ops.layerzero.rms_norm(x, weight, float(eps), float(offset), casting, name)
-    return run(orchestrator, "rms_norm", {"x": x, "weight": weight}, rms_options(eps, offset, casting, residual))
+    options = {"eps": eps, "offset": offset, "casting": casting}  # rms_options, without a call per norm
+    if residual is not None:
+        options["residual"] = residual
+    return run(orchestrator, "rms_norm", {"x": x, "weight": weight}, options)
 
 
 def layer_norm(
