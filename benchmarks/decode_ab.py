@@ -77,13 +77,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row: dict[str, Any] = {"hf_sdpa": decode_ms(model, device, vocab, args.prompt, args.steps, cache, 1, args.batch)}
         for name, keywords in variants.items():
             if cache:
-                patched = instances[name]
-                row[name] = decode_ms(patched, device, vocab, args.prompt, args.steps, cache, 1, args.batch)
-            else:
+                row[name] = decode_ms(instances[name], device, vocab, args.prompt, args.steps, cache, 1, args.batch)
+                row[f"{name}_kernels"] = _kernel_counts(layerzero_hf.model_telemetry(instances[name])["snapshot"])
+            else:  # the telemetry is read while the patch is on: unpatching drops the model's orchestrator
                 with layerzero_hf.patched(model, attention=True, **keywords):
                     row[name] = decode_ms(model, device, vocab, args.prompt, args.steps, None, 1, args.batch)
-                patched = model
-            row[f"{name}_kernels"] = _kernel_counts(layerzero_hf.model_telemetry(patched)["snapshot"])
+                    row[f"{name}_kernels"] = _kernel_counts(layerzero_hf.model_telemetry(model)["snapshot"])
             row[f"{name}_speedup"] = row["hf_sdpa"] / row[name]
         print(json.dumps(row), flush=True)
         rounds.append(row)

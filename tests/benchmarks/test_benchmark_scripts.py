@@ -79,6 +79,20 @@ def test_decode_ab_quick(tmp_path):
     assert json.loads((tmp_path / "d.json").read_text())["arch"] == "llama-1b"
 
 
+def test_decode_ab_static_cache_quick(tmp_path):
+    """--cache static alternates per-variant patched instances and profiles each variant by kernel kind."""
+    pytest.importorskip("transformers")
+    out = _load("decode_ab").main(["--quick", "--arch", "llama-1b", "--rounds", "1", "--cache", "static",
+                                   "--without-residual-norm", "--profile", "--md", str(tmp_path / "d.md")])
+    (r,) = out["rounds"]
+    assert r["hf_sdpa"] > 0 and r["layerzero"] > 0 and r["layerzero_no_residual_norm"] > 0
+    assert "layerzero_unsampled" not in r and out["decode"]["cache"] == "static"
+    assert any(k.endswith("attention") and calls for k, (calls, _) in r["layerzero_kernels"].items())
+    assert set(out["profile"]) == {"hf_sdpa", "layerzero", "layerzero_no_residual_norm"}
+    assert all(p["total_ms"] > 0 and p["by_kind_ms"] for p in out["profile"].values())
+    assert "by kernel kind" in (tmp_path / "d.md").read_text()
+
+
 @pytest.mark.slow
 def test_prefill_profile_quick(tmp_path):
     """Every variant's profile sums time by kernel kind; LayerZero's custom-op ranges are not counted twice."""
