@@ -94,13 +94,28 @@ class _Ring(deque):
 
 
 class _ThreadRows:
-    """One thread's counters: (operation, kernel_id) -> [calls, cache_hits, fallbacks, total_ns]."""
+    """One thread's counters: (operation, kernel_id) -> [calls, cache_hits, fallbacks, total_ns] for
+    ``record``, and -> [calls, total_ns] for hit recorders, whose every call is a cache hit and none a
+    fallback (two increments a call where a full row takes three)."""
 
-    __slots__ = ("rows", "thread")
+    __slots__ = ("rows", "hits", "thread")
 
     def __init__(self, thread: threading.Thread):
         self.rows: dict[tuple[str, str], list[int]] = {}
+        self.hits: dict[tuple[str, str], list[int]] = {}
         self.thread = thread
+
+    def counted(self) -> list[tuple[tuple[str, str], list[int]]]:
+        """Both tables as full rows (copies; a row read while its thread writes is a moment's count)."""
+        out = [(key, list(row)) for key, row in list(self.rows.items())]
+        for key, (n, total_ns) in list(self.hits.items()):
+            out.append((key, [n, n, 0, total_ns]))
+        return out
+
+    def zero(self) -> None:
+        for table in (self.rows, self.hits):
+            for row in table.values():
+                row[:] = [0] * len(row)
 
 
 def _percentile(sorted_samples: list[int], q: float) -> float | None:
@@ -174,7 +189,7 @@ class DispatchTelemetry:
         try:
             rows = self._local.rows
         except AttributeError:
-            rows = self._register()
+            rows = self._register().rows
         key = (operation, kernel_id)
         row = rows.get(key)
         if row is None:
@@ -201,8 +216,8 @@ class DispatchTelemetry:
         if ring is None:
             ring = self._ring_for(kernel_id)
         to_kernel, to_all = ring.append, self._all.append
-        mine = threading.local()  # .row: this thread's row for ``key``
-        row_for = self._row
+        mine = threading.local()  # .row: this thread's [calls, total_ns] for ``key``
+        row_for = self._hit_row
 
         def record_hit(total_ns: int) -> None:
             if not self.enabled:
@@ -212,32 +227,32 @@ class DispatchTelemetry:
             except AttributeError:
                 row = mine.row = row_for(key)
             row[0] += 1
-            row[1] += 1
-            row[3] += total_ns
+            row[1] += total_ns
             to_kernel(total_ns)
             to_all(total_ns)
 
         return record_hit
 
-    def _row(self, key: tuple[str, str]) -> list[int]:
-        """The calling thread's counter row for ``key`` (created, with the thread's table, on first use)."""
+    def _hit_row(self, key: tuple[str, str]) -> list[int]:
+        """The calling thread's hit row for ``key`` (created, with the thread's tables, on first use)."""
         try:
-            rows = self._local.rows
+            hits = self._local.hits
         except AttributeError:
-            rows = self._register()
-        row = rows.get(key)
+            hits = self._register().hits
+        row = hits.get(key)
         if row is None:
-            row = rows[key] = [0, 0, 0, 0]
+            row = hits[key] = [0, 0]
         return row
 
-    def _register(self) -> dict[tuple[str, str], list[int]]:
+    def _register(self) -> _ThreadRows:
         t = _ThreadRows(threading.current_thread())
         with self._lock:
             self._threads.append(t)
             if len(self._threads) % 64 == 0:
                 self._retire_dead_locked()
         self._local.rows = t.rows
-        return t.rows
+        self._local.hits = t.hits
+        return t
 
     def _ring_for(self, kernel_id: str) -> _Ring:
         with self._lock:
@@ -252,7 +267,7 @@ class DispatchTelemetry:
             if t.thread.is_alive():
                 alive.append(t)
                 continue
-            for key, row in t.rows.items():
+            for key, row in t.counted():
                 acc = self._retired.get(key)
                 if acc is None:
                     self._retired[key] = list(row)
@@ -306,8 +321,7 @@ class DispatchTelemetry:
         with self._lock:
             self._init_state()
             for t in self._threads:
-                for row in t.rows.values():
-                    row[:] = (0, 0, 0, 0)
+                t.zero()
             for ring in (*self._rings.values(), self._all):
                 ring.clear()
 
@@ -318,8 +332,7 @@ class DispatchTelemetry:
             threads = list(self._threads)
             merged = {k: list(v) for k, v in self._retired.items()}
         for t in threads:
-            for key, row in list(t.rows.items()):
-                vals = list(row)
+            for key, vals in t.counted():
                 acc = merged.get(key)
                 if acc is None:
                     merged[key] = vals
