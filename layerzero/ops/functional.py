@@ -3,13 +3,16 @@
 Each function checks its own arguments' spelling (layouts, casting), then either calls the orchestrator
 (eager) or, under ``torch.compile``, the operation's ``layerzero::*`` custom op with the orchestrator's
 name as a graph constant, or, for norms, RoPE and the gated activations set to ``"inline"``
-(:mod:`layerzero.ops.compile_strategy`), the plain-torch kernel traced into the graph.
+(:mod:`layerzero.ops.compile_strategy`), the plain-torch kernel traced into the graph. In eager mode a
+:class:`~layerzero.dispatch.CallSite` (what patched modules pass) is called right here, one frame short of
+:func:`~layerzero.ops.orchestrators.run`: decode loops pay every frame per operation per layer.
 """
 
 from __future__ import annotations
 
 import torch
 
+from layerzero.dispatch.callsite import CallSite
 from layerzero.operations.attention import attention_options, default_is_causal
 from layerzero.operations.norm import CASTINGS
 from layerzero.ops.compile_strategy import inlined
@@ -76,6 +79,8 @@ def attention(
             operation, name_for_graph(orchestrator),
         )
     options = attention_options(query, key, attn_mask, is_causal, scale, dropout_p, sliding_window, softcap, sinks)
+    if type(orchestrator) is CallSite:  # a patched module's site: straight to its bound call
+        return orchestrator.call(operation, {"query": query, "key": key, "value": value}, options)
     return run(orchestrator, operation, {"query": query, "key": key, "value": value}, options)
 
 
@@ -104,6 +109,8 @@ def rms_norm(
     options = {"eps": eps, "offset": offset, "casting": casting}  # rms_options, without a call per norm
     if residual is not None:
         options["residual"] = residual
+    if type(orchestrator) is CallSite:
+        return orchestrator.call("rms_norm", {"x": x, "weight": weight}, options)
     return run(orchestrator, "rms_norm", {"x": x, "weight": weight}, options)
 
 
@@ -121,6 +128,8 @@ def layer_norm(
         if kernel is not None:
             return kernel(x, weight, bias, eps)
         return torch.ops.layerzero.layer_norm(x, weight, bias, float(eps), name_for_graph(orchestrator))
+    if type(orchestrator) is CallSite:
+        return orchestrator.call("layer_norm", {"x": x, "weight": weight, "bias": bias}, {"eps": eps})
     return run(orchestrator, "layer_norm", {"x": x, "weight": weight, "bias": bias}, {"eps": eps})
 
 
@@ -143,6 +152,9 @@ def rope(
         if kernel is not None:
             return kernel(q, k, cos, sin, layout, interleaved, None)
         return torch.ops.layerzero.rope(q, k, cos, sin, layout, bool(interleaved), name_for_graph(orchestrator))
+    if type(orchestrator) is CallSite:
+        return orchestrator.call("rope", {"q": q, "k": k, "cos": cos, "sin": sin},
+                                 {"layout": layout, "interleaved": interleaved})
     return run(orchestrator, "rope", {"q": q, "k": k, "cos": cos, "sin": sin},
                {"layout": layout, "interleaved": interleaved})
 
@@ -154,6 +166,8 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, *, orchestrator: OrchestratorLi
         if kernel is not None:
             return kernel(gate, up)
         return torch.ops.layerzero.swiglu(gate, up, name_for_graph(orchestrator))
+    if type(orchestrator) is CallSite:
+        return orchestrator.call("swiglu", {"gate": gate, "up": up}, {})
     return run(orchestrator, "swiglu", {"gate": gate, "up": up}, {})
 
 
@@ -168,4 +182,6 @@ def geglu(
         if kernel is not None:
             return kernel(gate, up, approximate)
         return torch.ops.layerzero.geglu(gate, up, approximate, name_for_graph(orchestrator))
+    if type(orchestrator) is CallSite:
+        return orchestrator.call("geglu", {"gate": gate, "up": up}, {"approximate": approximate})
     return run(orchestrator, "geglu", {"gate": gate, "up": up}, {"approximate": approximate})
