@@ -51,8 +51,8 @@ class BoundCall:
         self.dispatcher = dispatcher
         self.operation = operation
         self.binds = 0
-        # (selection state, key, plan, the operation's own key function under that state or None, the
-        # runner's hit path for the plan)
+        # (selection state, key, plan, the key function under that state (the operation's own, else the
+        # state's keyer), the runner's hit path for the plan)
         self._memo: tuple = (None, None, None, None, None)
         self._hit_path = dispatcher.runner.hit_path
         self._attention = operation in _ATTENTION_OPS
@@ -60,24 +60,18 @@ class BoundCall:
     def __call__(self, inputs: Mapping[str, Any], kwargs: dict[str, Any]) -> Any:
         t0 = perf_counter_ns()
         state = self.dispatcher.state
-        m = self._memo
+        bound_state, bound_key, plan, key_of, hit = self._memo
         # Bound under this very state (so one that counts no calls in flight: those are never bound), outside
         # use_kernels, is_causal given to attention: only the key is left to compare.
-        if m[0] is not state or _active_overrides() or (self._attention and "is_causal" not in kwargs):
+        if bound_state is not state or _active_overrides() or (self._attention and "is_causal" not in kwargs):
             return self._unbound(state, inputs, kwargs, t0)
-        own_key = m[3]
-        if own_key is None:
+        try:
+            key = key_of(self.operation, inputs, kwargs)
+        except KEY_ERRORS:  # the operation's own key does not fit these arguments: the generic one, as the keyer
             key = state.keyer(self.operation, inputs, kwargs)
-        else:
-            # The operation's own key function called directly (the state's keyer would add a frame); the
-            # generic key when it does not fit the arguments, exactly as the keyer itself does.
-            try:
-                key = own_key(self.operation, inputs, kwargs)
-            except KEY_ERRORS:
-                key = state.keyer(self.operation, inputs, kwargs)
-        if key == m[1] and not m[2].superseded:
-            return m[4](inputs, kwargs, t0, key)
-        return self._select(state, key, own_key, inputs, kwargs, t0)
+        if key == bound_key and not plan.superseded:
+            return hit(inputs, kwargs, t0, key)
+        return self._select(state, key, key_of, inputs, kwargs, t0)
 
     def _unbound(self, state: Any, inputs: Mapping[str, Any], kwargs: dict[str, Any], t0: int) -> Any:
         """A call the memo does not cover: a new selection state (or the first call), which may key
@@ -86,17 +80,16 @@ class BoundCall:
         operation = self.operation
         if state.inflight is not None or _active_overrides() or (self._attention and "is_causal" not in kwargs):
             return d.call(operation, inputs, kwargs)
-        own_key = getattr(state.keyer, "by_operation", {}).get(operation)
-        if own_key is None:
+        # The operation's own key function, called directly (the state's keyer would add a frame); the keyer
+        # itself for an operation without one.
+        key_of = getattr(state.keyer, "by_operation", {}).get(operation) or state.keyer
+        try:
+            key = key_of(operation, inputs, kwargs)
+        except KEY_ERRORS:
             key = state.keyer(operation, inputs, kwargs)
-        else:
-            try:
-                key = own_key(operation, inputs, kwargs)
-            except KEY_ERRORS:
-                key = state.keyer(operation, inputs, kwargs)
-        return self._select(state, key, own_key, inputs, kwargs, t0)
+        return self._select(state, key, key_of, inputs, kwargs, t0)
 
-    def _select(self, state: Any, key: Any, own_key: Any, inputs: Mapping[str, Any], kwargs: dict[str, Any],
+    def _select(self, state: Any, key: Any, key_of: Any, inputs: Mapping[str, Any], kwargs: dict[str, Any],
                 t0: int) -> Any:
         """Bind the plan the cache holds for ``key`` and run it; on a miss the dispatcher's full path selects
         and caches, then this binds that plan."""
@@ -106,15 +99,15 @@ class BoundCall:
             out = d.call(self.operation, inputs, kwargs)
             plan = state.engine.lookup(key) if d.state is state else None
             if plan is not None:
-                self._bind(state, key, plan, own_key)
+                self._bind(state, key, plan, key_of)
             return out
-        return self._bind(state, key, plan, own_key)(inputs, kwargs, t0, key)
+        return self._bind(state, key, plan, key_of)(inputs, kwargs, t0, key)
 
-    def _bind(self, state: Any, key: Any, plan: Any, own_key: Any) -> Any:
+    def _bind(self, state: Any, key: Any, plan: Any, key_of: Any) -> Any:
         """Remember ``plan`` for calls under (``state``, ``key``); returns its hit path."""
-        hit = self._hit_path(plan, self.operation)
+        hit = self._hit_path(plan)
         self.binds += 1
-        self._memo = (state, key, plan, own_key, hit)
+        self._memo = (state, key, plan, key_of, hit)
         return hit
 
     # The same function under a method name: ``bound.call(inputs, kwargs)`` is a plain method call, which the

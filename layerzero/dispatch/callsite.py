@@ -41,13 +41,13 @@ class CallSite:
         orch = registry.get(self.orchestrator_name) if registry is not None else None
         if orch is None:
             orch = self._resolve()
-        m = self._memo
-        if m[0] is not orch or (m[1] is not None and orch.default is not m[1]):
-            m = self._rebind(orch)
+        bound_orch, default, bounds = self._memo
+        if bound_orch is not orch or (default is not None and orch.default is not default):
+            bound_orch, default, bounds = self._rebind(orch)
         try:
-            bound = m[2][operation]
+            bound = bounds[operation]
         except KeyError:
-            bound = m[2][operation] = orch.bind(operation) if m[1] is not None else RoutedCall(orch, operation)
+            bound = bounds[operation] = orch.bind(operation) if default is not None else RoutedCall(orch, operation)
         return bound.call(inputs, kwargs)  # a method call: cheaper than calling the instance (BoundCall.call)
 
     def _rebind(self, orch: Any) -> tuple:

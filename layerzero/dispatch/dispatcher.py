@@ -23,7 +23,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Hashable, Mapping
 
 from layerzero.context.call_context import SelectionContext, default_is_causal
-from layerzero.context.keys import make_keyer
+from layerzero.context.keys import KEY_ERRORS, Keyer, make_keyer
 from layerzero.dispatch.overrides import active_overrides as _active_overrides
 from layerzero.dispatch.overrides import kernel_override
 from layerzero.dispatch.protocols import BaseDispatcher
@@ -54,12 +54,14 @@ class SelectionState:
     unless the dispatcher tracks calls) holds one entry per call running under this state, so a policy
     source can wait for the calls of a replaced state to finish."""
 
-    __slots__ = ("engine", "keyer", "policy", "version", "inflight")
+    __slots__ = ("engine", "keyer", "key_of", "policy", "version", "inflight")
 
     def __init__(self, engine: SelectionEngine, policy: "Policy | None" = None, version: Any = None,
                  track_in_flight: bool = False):
         self.engine = engine
         self.keyer = make_keyer(engine.bucketers)
+        #: operation -> its own key function (``keyer.by_operation``), for callers that save the keyer's frame
+        self.key_of: dict[str, Keyer] = self.keyer.by_operation  # type: ignore[attr-defined]
         self.policy = policy
         self.version = version
         self.inflight: collections.deque[None] | None = collections.deque() if track_in_flight else None
@@ -246,15 +248,24 @@ class Dispatcher(BaseDispatcher):
             if forced is not None:
                 return self._run_forced(forced, operation, inputs, context, kwargs, t0, want_result)
         engine = state.engine
-        if context is None:
-            key = state.keyer(operation, inputs, kwargs)
-        else:
+        if context is not None:
             key = (operation, engine.bucket_context(context))
+        else:
+            # The operation's own key function called directly (one frame less than the keyer, with the same
+            # fallback to the generic key when it does not fit the arguments).
+            key_of = state.key_of.get(operation)
+            if key_of is None:
+                key = state.keyer(operation, inputs, kwargs)
+            else:
+                try:
+                    key = key_of(operation, inputs, kwargs)
+                except KEY_ERRORS:
+                    key = state.keyer(operation, inputs, kwargs)
         plan = engine.lookup(key)
         if plan is None:
             plan = self._miss(state, key, operation, inputs, context, kwargs)
             return self._run(plan, False, operation, inputs, kwargs, t0, want_result, key)
-        return self._hit_path(plan, operation)(inputs, kwargs, t0, key, want_result)
+        return self._hit_path(plan)(inputs, kwargs, t0, key, want_result)  # a cached plan is this operation's
 
     def _execute_counted(self, operation: str, inputs: Mapping[str, Any], context: SelectionContext | None,
                          kwargs: dict[str, Any], want_result: bool, state: SelectionState | None = None) -> Any:

@@ -181,9 +181,9 @@ class Runner:
             return DispatchResult(out, spec.kernel_id, DispatchTiming(t2 - t0, t1 - t0, t2 - t1), False, hit, operation)
         return DispatchResult(out, spec.kernel_id, _NO_TIMING, False, hit, operation)
 
-    def hit_path(self, plan: Plan, operation: str) -> HitPath:
-        """``fn(inputs, kwargs, t0, key, want_result=False)``: ``run(plan, True, operation, inputs, kwargs, t0,
-        want_result, key)`` for the cache hits of one plan, which bound call sites and calls by name make
+    def hit_path(self, plan: Plan) -> HitPath:
+        """``fn(inputs, kwargs, t0, key, want_result=False)``: ``run(plan, True, plan.operation, inputs, kwargs,
+        t0, want_result, key)`` for the cache hits of one plan, which bound call sites and calls by name make
         call after call.
 
         What ``run`` looks up per call and never changes for a plan is looked up here once: the kernel, its
@@ -191,16 +191,17 @@ class Runner:
         the plan's device. The call runs inline while it is the common case (a healthy breaker, keywords the
         kernel takes, its device current, no profiler recording); anything else goes to ``run``, which
         applies every rule, and a kernel failure goes to the same recovery as in ``run``. Made once per plan
-        and operation, and kept on the plan (``Plan.prepared``)."""
+        and runner, and kept on the plan (``Plan.prepared``)."""
         prepared = plan.prepared
-        if prepared is not None and prepared[0] is self and prepared[1] == operation:
-            return prepared[2]
-        fn = self._make_hit_path(plan, operation)
-        object.__setattr__(plan, "prepared", (self, operation, fn))
+        if prepared is not None and prepared[0] is self:
+            return prepared[1]
+        fn = self._make_hit_path(plan)
+        object.__setattr__(plan, "prepared", (self, fn))
         return fn
 
-    def _make_hit_path(self, plan: Plan, operation: str) -> HitPath:
+    def _make_hit_path(self, plan: Plan) -> HitPath:
         full = self.run
+        operation = plan.operation
 
         def slow(inputs: Mapping[str, Any], kwargs: Mapping[str, Any], t0: int, key: Any,
                  want_result: bool = False) -> Any:
