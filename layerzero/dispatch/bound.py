@@ -82,7 +82,7 @@ class BoundCall:
             return d.call(operation, inputs, kwargs)
         # The operation's own key function, called directly (the state's keyer would add a frame); the keyer
         # itself for an operation without one.
-        key_of = getattr(state.keyer, "by_operation", {}).get(operation) or state.keyer
+        key_of = state.key_of.get(operation) or state.keyer
         try:
             key = key_of(operation, inputs, kwargs)
         except KEY_ERRORS:

@@ -60,7 +60,6 @@ __all__ = ["HitPath", "Runner"]
 HitPath = Callable[..., Any]
 
 
-
 class _NoBreaker:
     """The breaker of a runner without breakers: always healthy, so the hit path reads one attribute
     whether or not breakers are on."""
@@ -234,7 +233,7 @@ class Runner:
                 want_result: bool = False) -> Any:
             nonlocal caller
             if not circuit.healthy or _profiling() or (idx is not None and _cuda_device() != idx):
-                return full(plan, True, operation, inputs, kwargs, t0, want_result, key)
+                return slow(inputs, kwargs, t0, key, want_result)
             t1 = perf_counter_ns() if want_result else t0
             try:
                 out = caller(impl, inputs, kwargs)
@@ -246,7 +245,7 @@ class Runner:
             if out is OTHER_NAMES:  # the kernel did not run
                 if params.issuperset(kwargs) and params.issuperset(inputs):
                     caller = keyword_caller(tuple(inputs), tuple(kwargs)) or unpacked
-                return full(plan, True, operation, inputs, kwargs, t0, want_result, key)
+                return slow(inputs, kwargs, t0, key, want_result)
             if sampled:
                 countdown = self._countdown - 1
                 self._countdown = countdown
