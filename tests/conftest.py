@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import pytest
 import torch
@@ -35,6 +36,21 @@ def opaque_compile():
 
     with ops.compile_strategy_set_to("opaque"):
         yield
+
+
+@pytest.fixture
+def run_threads():
+    """``run_threads(worker, count=8)``: start ``count`` threads running ``worker`` and wait for them all
+    (the concurrency tests' race: every thread is started before any is joined)."""
+
+    def run(worker, count: int = 8) -> None:
+        threads = [threading.Thread(target=worker) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    return run
 
 
 @pytest.fixture(autouse=True)

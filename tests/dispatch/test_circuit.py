@@ -196,7 +196,7 @@ def test_stats_dict_is_plain():
 
 
 # ---------------------------------------------------------------------------- threads
-def test_concurrent_failures_open_exactly_once_and_transitions_are_ordered():
+def test_concurrent_failures_open_exactly_once_and_transitions_are_ordered(run_threads):
     clock = FakeClock()
     cb = CircuitBreaker("k", CircuitBreakerConfig(failure_threshold=50, cooldown_seconds=5), clock=clock)
     seen = []
@@ -209,11 +209,7 @@ def test_concurrent_failures_open_exactly_once_and_transitions_are_ordered():
             if cb.allow_request():
                 cb.record_failure()
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker)
     s = cb.stats()
     assert s.state is CircuitState.OPEN and s.times_opened == 1
     assert seen == [(CircuitState.CLOSED, CircuitState.OPEN)]
@@ -221,7 +217,7 @@ def test_concurrent_failures_open_exactly_once_and_transitions_are_ordered():
     assert s.total_failures + s.total_rejections == 8 * 200
 
 
-def test_concurrent_half_open_admits_at_most_max_calls():
+def test_concurrent_half_open_admits_at_most_max_calls(run_threads):
     clock = FakeClock()
     cb = CircuitBreaker("k", CircuitBreakerConfig(failure_threshold=1, half_open_max_calls=3, cooldown_seconds=1),
                         clock=clock)
@@ -234,11 +230,7 @@ def test_concurrent_half_open_admits_at_most_max_calls():
         barrier.wait()
         admitted.append(cb.allow_request())
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker)
     assert sum(admitted) == 3
 
 
@@ -268,7 +260,7 @@ def test_manager_listener_reaches_existing_and_future_circuits():
     assert seen == [("old", CircuitState.OPEN), ("new", CircuitState.OPEN)]
 
 
-def test_manager_concurrent_get_circuit_is_unique():
+def test_manager_concurrent_get_circuit_is_unique(run_threads):
     m = CircuitBreakerManager()
     got = []
     barrier = threading.Barrier(8)
@@ -277,11 +269,7 @@ def test_manager_concurrent_get_circuit_is_unique():
         barrier.wait()
         got.append(m.get_circuit("shared"))
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker)
     assert len({id(c) for c in got}) == 1
 
 

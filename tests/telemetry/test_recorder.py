@@ -101,7 +101,7 @@ def test_counts_are_exact_under_8_threads_and_dead_threads_are_folded():
     assert t.snapshot().dispatch_count == 8 * n
 
 
-def test_a_hit_recorder_counts_as_record_does_exactly_under_threads_and_across_a_reset():
+def test_a_hit_recorder_counts_as_record_does_exactly_under_threads_and_across_a_reset(run_threads):
     t = DispatchTelemetry(max_samples=64)
     hit = t.hit_recorder("rms_norm", "k")
     t.record("rms_norm", "k", 5000, False, False)  # the miss that selected the kernel
@@ -113,11 +113,7 @@ def test_a_hit_recorder_counts_as_record_does_exactly_under_threads_and_across_a
         for i in range(n):
             hit(1000 + i)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    run_threads(worker)
     s = t.snapshot()
     assert (s.dispatch_count, s.cache_hits, s.fallback_count) == (8 * n + 1, 8 * n, 0)
     k = s.per_kernel["k"]
@@ -156,7 +152,7 @@ def test_selection_change_logs_one_structured_record(caplog):
     assert line["logger"] == "layerzero.selection"
 
 
-def test_concurrent_selection_change_logs_once(caplog):
+def test_concurrent_selection_change_logs_once(caplog, run_threads):
     t = DispatchTelemetry()
     barrier = threading.Barrier(8)
     changed = []
@@ -166,11 +162,7 @@ def test_concurrent_selection_change_logs_once(caplog):
         changed.append(t.record_selection("rms_norm", "x"))
 
     with caplog.at_level(logging.INFO, logger="layerzero.selection"):
-        threads = [threading.Thread(target=worker) for _ in range(8)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        run_threads(worker)
     assert sum(changed) == 1
     assert len([r for r in caplog.records if r.name == "layerzero.selection"]) == 1
 
