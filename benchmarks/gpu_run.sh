@@ -26,7 +26,9 @@
 #             keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes). Also: parity-unfused (the
 #             parity matrix without the residual_norm kind), costs-<operation> (re-sweeps one operation, e.g.
 #             costs-rms_norm or costs-attention.decode, over a copy of the shipped sm90 table, returned under costs/),
-#             profile-<arch> (prefill_profile.py --compiled: eager and compiled HF sdpa and LayerZero, PROFILE_SHAPES).
+#             profile-<arch> (prefill_profile.py --compiled: eager and compiled HF sdpa and LayerZero, PROFILE_SHAPES),
+#             flex_options (Flex kernel options for Gemma-2's soft-capped prefill), fused_projections (q/k/v and
+#             gate/up as one GEMM each).
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
 set -uo pipefail
 stage=${1:?stage: install|run1|run2|recheck|bench}
@@ -166,6 +168,12 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
       costs-*) mkdir -p "$OUT/costs" && { [ -f "$OUT/costs/sm90.json" ] || cp layerzero/data/costs/sm90.* "$OUT/costs/"; } \
                    && CUDA_VISIBLE_DEVICES=0 timeout $(( ${COST_SECONDS:-240} + 60 )) python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
                    --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} ${COST_MAX_TOKENS:+--max-tokens "$COST_MAX_TOKENS"} --max-seconds "${COST_SECONDS:-240}" > /tmp/$b.log 2>&1 ;;
+      # Gemma-2's soft-capped prefill attention: Flex kernel options swept at head_dim 256
+      flex_options) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/flex_options.py \
+                   --json "$OUT/flex-options.json" --md "$OUT/flex-options.md" > /tmp/$b.log 2>&1 ;;
+      # q/k/v and gate/up as one GEMM each: what it would save per architecture at the prefill token counts
+      fused_projections) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 benchmarks/fused_projections.py \
+                   --json "$OUT/fused-projections.json" --md "$OUT/fused-projections.md" > /tmp/$b.log 2>&1 ;;
       # profile-<arch>: where the prefill's GPU time goes, eager and torch.compile'd (HF sdpa, LayerZero)
       profile-*) CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/prefill_profile.py --arch "${b#profile-}" --compiled \
                    --no-liger --shapes "${PROFILE_SHAPES:-1x4096,8x1024}" --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;

@@ -1,0 +1,154 @@
+"""FlexAttention's Triton kernel options for Gemma-2's soft-capped causal prefill (head_dim 256) on this GPU.
+
+Why: Gemma-2 soft-caps its attention scores, which SDPA cannot do, so LayerZero runs its prefill attention
+in FlexAttention, and measured on an H200 that is where the patched Gemma2-2B loses to the Liger-patched
+model at 8 x 1024 (Transformers' sdpa path, and with it Liger's model, drops the softcap and runs cuDNN).
+Flex picks its block sizes, warps and pipeline stages from a small built-in table; this sweeps them for the
+call LayerZero makes (B x S tokens, 8 query / 4 KV heads, head_dim 256, softcap 50, causal block mask,
+bf16, (B, H, S, D) views of (B, S, H, D) tensors) and times each with ``triton.testing.do_bench`` (median),
+beside Flex with its defaults and SDPA *without* the softcap (the yardstick: what the peers run; not a
+correct Gemma-2 call). Every option set is checked against the fp32 reference of the soft-capped call.
+
+    python benchmarks/flex_options.py --json out.json --md out.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+H, HKV, D, SOFTCAP = 8, 4, 256, 50.0
+SHAPES = ((8, 1024), (1, 4096), (32, 512))  # (batch, sequence): the e2e prefill shapes
+GRID = dict(BLOCK_M=(64, 128), BLOCK_N=(32, 64), num_warps=(4, 8), num_stages=(2, 3))
+TOP = 4  # option sets re-measured at the other shapes
+
+
+def _inputs(batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(batch, seq, H, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(batch, seq, HKV, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(batch, seq, HKV, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def _median_ms(fn: Callable[[], Any]) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def _grid() -> list[dict[str, int]]:
+    keys = list(GRID)
+    return [dict(zip(keys, values)) for values in itertools.product(*GRID.values())]
+
+
+def measure(shapes: tuple[tuple[int, int], ...] = SHAPES) -> list[dict[str, Any]]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from layerzero.kernels import reference
+    from layerzero.kernels.torch_flex import _block_mask, _softcap_mod
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 4096)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    score_mod = _softcap_mod(SOFTCAP)
+    rows: list[dict[str, Any]] = []
+    ranked: list[dict[str, int] | None] = []
+    for shape_index, (batch, seq) in enumerate(shapes):
+        q, k, v = _inputs(batch, seq)
+        block_mask = _block_mask(seq, seq, True, None, "cuda")
+        expected = reference.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                       softcap=SOFTCAP).float()
+        sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
+        rows.append(dict(batch=batch, seq=seq, variant="sdpa, no softcap", median_ms=_median_ms(sdpa)))
+        candidates: list[dict[str, int] | None] = [None, *_grid()] if shape_index == 0 else ranked
+        for options in candidates:
+            row: dict[str, Any] = dict(batch=batch, seq=seq, variant="flex", options=options)
+            call = lambda: compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True,  # noqa: E731
+                                    kernel_options=options)
+            try:
+                t0 = time.perf_counter()
+                out = call()
+                torch.cuda.synchronize()
+                row["compile_s"] = round(time.perf_counter() - t0, 2)
+                row["max_abs_err"] = (out.transpose(1, 2).float() - expected).abs().max().item()
+                row["median_ms"] = _median_ms(call)
+            except Exception as e:  # an option set Triton cannot fit (shared memory, registers): record, go on
+                row["error"] = f"{type(e).__name__}: {e}"[:200]
+            rows.append(row)
+            print(f"  {batch}x{seq} {options} " + "  ".join(
+                f"{key}={row[key]:.4g}" for key in ("median_ms", "max_abs_err", "compile_s") if key in row)
+                + (f"  {row['error'][:80]}" if "error" in row else ""), flush=True)
+        if shape_index == 0:
+            timed = sorted((r for r in rows if r.get("variant") == "flex" and "median_ms" in r and r["options"]),
+                           key=lambda r: r["median_ms"])
+            ranked = [None, *(r["options"] for r in timed[:TOP])]
+    return rows
+
+
+def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "# FlexAttention kernel options: soft-capped causal prefill, Gemma2-2B attention shape",
+        "",
+        f"{meta['device']}, torch {meta['torch']}, triton {meta['triton']}; {H}/{HKV} heads, head_dim {D}, "
+        f"softcap {SOFTCAP}, causal, bf16. Median of triton.testing.do_bench; commit {meta.get('commit') or '?'}. "
+        "`defaults` = Flex's own choice (what LayerZero passed before this sweep).",
+        "",
+        "| B x S | variant | options | median ms | / sdpa without softcap | / Flex defaults | max abs err |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for (batch, seq), group in itertools.groupby(rows, key=lambda r: (r["batch"], r["seq"])):
+        group = list(group)
+        sdpa = next(r["median_ms"] for r in group if r["variant"] != "flex")
+        default = next((r.get("median_ms") for r in group if r["variant"] == "flex" and r["options"] is None), None)
+        for r in sorted(group, key=lambda r: r.get("median_ms", float("inf"))):
+            options = "-" if r["variant"] != "flex" else ("defaults" if r["options"] is None else
+                      ", ".join(f"{k}={v}" for k, v in r["options"].items()))
+            if "error" in r:
+                lines.append(f"| {batch}x{seq} | {r['variant']} | {options} | failed: {r['error'][:60]} | | | |")
+                continue
+            vs_default = f"{r['median_ms'] / default:.2f}x" if default and r["variant"] == "flex" else "-"
+            err = f"{r['max_abs_err']:.3g}" if "max_abs_err" in r else "-"
+            lines.append(f"| {batch}x{seq} | {r['variant']} | {options} | {r['median_ms']:.3f} | "
+                         f"{r['median_ms'] / sdpa:.2f}x | {vs_default} | {err} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path, help="write the rows and metadata as JSON here")
+    ap.add_argument("--md", type=Path, help="write a markdown table here")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("flex_options: no CUDA device (torch.cuda.is_available() is False); nothing to measure")
+        return 0
+    import triton
+
+    from result_files import git_commit, write_result
+
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                python=platform.python_version(), commit=git_commit())
+    t0 = time.perf_counter()
+    rows = measure()
+    meta["seconds"] = round(time.perf_counter() - t0, 1)
+    table = markdown(meta, rows)
+    print(table)
+    write_result({"meta": meta, "rows": rows}, table, args.json, args.md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
