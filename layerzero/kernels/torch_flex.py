@@ -26,7 +26,7 @@ from layerzero.operations.attention import ATTENTION
 from layerzero.operations.base import implements
 from layerzero.registry.constraints import KernelConstraints
 
-__all__ = ["FLEX_CONSTRAINTS", "set_compile_on_cpu", "torch_flex_attention"]
+__all__ = ["FLEX_CONSTRAINTS", "TUNED_KERNEL_OPTIONS", "kernel_options_for", "set_compile_on_cpu", "torch_flex_attention"]
 
 _compile_on_cpu = False
 _compiled: dict[Hashable, Callable[..., Any]] = {}  # call variant -> its compiled entry point
@@ -57,7 +57,8 @@ def _flex_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict[str
     else a compiled entry point per call variant, each with automatic dynamic shapes: a variant's first new
     length recompiles with symbolic sizes and later lengths reuse that graph (measured on CPU: ten lengths
     17..260, three graphs). The variant is everything a symbolic graph cannot absorb: device, dtype,
-    score_mod, block mask or not, GQA, with the log-sum-exp or not, which dimensions are 1 (dynamo
+    score_mod, block mask or not, GQA, with the log-sum-exp or not, the kernel options (one dict object per
+    option set, :data:`TUNED_KERNEL_OPTIONS`), which dimensions are 1 (dynamo
     specializes size 1: one query token, batch 1, one KV head) and which of q, k, v are contiguous (their
     strides are guarded: a transposed cache view and a contiguous tensor need two graphs). Measured on an
     H200 before the last two were part of it: one GPU test session replaying the calls of nine
@@ -72,7 +73,7 @@ def _flex_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict[str
         return _flex_attention
     variant = (q.device, q.dtype, kwargs.get("score_mod"), kwargs.get("block_mask") is None,
                bool(kwargs.get("enable_gqa")), with_lse, *(n == 1 for n in q.shape), *(n == 1 for n in k.shape),
-               q.is_contiguous(), k.is_contiguous(), v.is_contiguous())
+               q.is_contiguous(), k.is_contiguous(), v.is_contiguous(), id(kwargs.get("kernel_options")))
     fn = _compiled.get(variant)
     if fn is None:
         with _compile_lock:
@@ -81,6 +82,32 @@ def _flex_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict[str
                 fn = torch.compile(_own_code(_call_flex, len(_compiled)), dynamic=None)
                 _compiled[variant] = fn
     return fn
+
+
+# (CUDA capability major, head_dim) -> the Triton kernel options of Flex's forward kernel, where the defaults
+# measured slow. Gemma-2's soft-capped causal prefill (head_dim 256, bf16) on an H200, swept over block sizes,
+# warps and stages by benchmarks/flex_options.py: BLOCK_M 128 / BLOCK_N 64 / 8 warps / 2 stages took
+# 0.68x, 0.73x and 0.67x of the defaults' time at 8x1024, 1x4096 and 32x512 tokens, the best of 16 option
+# sets at each (benchmarks/results/2026-12-02-flex-options-h200-08da1ed.md).
+TUNED_KERNEL_OPTIONS: dict[tuple[int, int], dict[str, int]] = {
+    (9, 256): {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
+}
+_MIN_TUNED_QUERIES = 128  # shorter queries run Flex's decoding kernel, whose options are others
+
+
+@lru_cache(maxsize=16)
+def _capability_major(device: torch.device) -> int:
+    return torch.cuda.get_device_capability(device)[0]
+
+
+def kernel_options_for(q: torch.Tensor, v: torch.Tensor) -> dict[str, int] | None:
+    """The measured kernel options for this call (``q``, ``v``: (B, H, S, D)), or None for Flex's defaults:
+    only for the forward of a CUDA prefill in half precision (the options were measured there; fp32 tiles
+    of that size do not fit in shared memory, and the backward kernels have block sizes of their own)."""
+    if (q.device.type != "cuda" or q.dtype not in (torch.bfloat16, torch.float16) or q.shape[2] < _MIN_TUNED_QUERIES
+            or q.shape[-1] != v.shape[-1] or q.requires_grad or v.requires_grad):
+        return None
+    return TUNED_KERNEL_OPTIONS.get((_capability_major(q.device), q.shape[-1]))
 
 
 def _no_grad_on_cpu(ctx) -> str | None:
@@ -185,6 +212,9 @@ def torch_flex_attention(query, key, value, attn_mask, is_causal, scale, dropout
     if causal or sliding_window is not None:
         block_mask = _block_mask(sq, sk, causal, sliding_window, str(query.device))
     kwargs: dict[str, Any] = dict(block_mask=block_mask, scale=scale, enable_gqa=h != k.shape[1])
+    options = kernel_options_for(q, v)
+    if options is not None:
+        kwargs["kernel_options"] = options
     if attn_mask is None:
         kwargs["score_mod"] = _softcap_mod(float(softcap)) if softcap else None
         fn = _flex_fn(q, k, v, kwargs, sinks is not None)

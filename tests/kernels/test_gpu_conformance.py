@@ -20,7 +20,8 @@ BF16 = (torch.bfloat16,)
 # in-context replay also load (benchmarks/flashinfer_warmup.py, shape "small"), so the GPU tier compiles
 # each once. The head counts and lengths vary (they are run-time arguments, not module parameters).
 LIMITS: dict[str, dict] = {
-    "torch_flex_attention": dict(shapes=[ATTN_SHAPES_GPU[1], ATTN_SHAPES_GPU[4]], dtypes=BF16,
+    # the last shape is Gemma-2's attention at prefill (head_dim 256, >= 128 queries): the tuned kernel options
+    "torch_flex_attention": dict(shapes=[ATTN_SHAPES_GPU[1], ATTN_SHAPES_GPU[4], (2, 256, 256, 8, 4, 256)], dtypes=BF16,
                                  variants=("causal", "softcap", "sliding_window", "sinks", "bool_mask")),
     "flashinfer_prefill_attention": dict(shapes=[(2, 128, 128, 8, 2, 64), (1, 48, 200, 8, 8, 64)], dtypes=BF16,
                                          variants=("causal",)),
