@@ -39,7 +39,7 @@ from torch import nn
 from transformers.integrations.sdpa_attention import create_position_bias_mask
 
 from layerzero import ops
-from layerzero.operations.causal_mask import shared_mask
+from layerzero.operations.shared import shared
 from layerzero_hf.model_orchestrators import ORCHESTRATOR_ATTR, call_site_for
 
 ATTN_IMPLEMENTATION = "layerzero"
@@ -209,7 +209,7 @@ def layerzero_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
     Llama-3.2-1B shape, 1x4096: the same cuDNN kernel takes 8.6 ms with that mask and 2.9 ms causal
     (``benchmarks/results/2026-12-02-prefill-profile-compiled-h200-1f0a941.md``). Compiled forwards with a
     cache (``generate``, a compiled prefill into a ``DynamicCache``) get the skip. A mask that is
-    materialized under compile goes through :func:`~layerzero.operations.causal_mask.shared_mask`, so
+    materialized under compile goes through :func:`~layerzero.operations.shared.shared`, so
     Inductor builds it once per forward rather than once per layer, and the attention op's check that finds
     it plain causal runs once."""
     from transformers.masking_utils import sdpa_mask
@@ -217,7 +217,7 @@ def layerzero_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
     if not args and _causal_skip_under_compile(**kwargs):
         return None
     mask = sdpa_mask(*args, **kwargs)
-    return mask if mask is None else shared_mask(mask)
+    return mask if mask is None else shared(mask)
 
 
 def _causal_skip_under_compile(

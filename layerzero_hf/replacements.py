@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from layerzero import ops
+from layerzero.operations.shared import shared
 
 __all__ = ["layer_norm_forward", "mlp_forward", "rms_forward", "rope_function", "table_widener"]
 
@@ -84,6 +85,8 @@ def rope_function(orch: str, interleaved: bool, original: Callable, half_tables:
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
         if widen is not None:  # gpt-oss: half-width tables -> HF's full-width cat(freqs, freqs)
             cos, sin = widen(cos, sin)
+        if cos.dim() > 1 and cos.shape[-2] > 1:  # a prefill: one table buffer per compiled forward
+            cos, sin = shared(cos), shared(sin)
         # HF passes (B, H, S, D) with unsqueeze_dim=1; unsqueeze_dim=2 means (B, S, H, D).
         if unsqueeze_dim == 1:
             return ops.rope(q, k, cos, sin, layout="bhsd", interleaved=interleaved, orchestrator=site)

@@ -12,10 +12,10 @@ The ``layerzero::attention`` custom op runs eagerly inside the compiled graph, w
 so it checks the mask there: one comparison on the device and one host sync per mask *object*, whose verdict
 is reused by every later call that receives the same tensor (eager Transformers passes one mask object to all
 its layers of a kind). Inductor, though, recomputes a traced mask into a buffer of its own for each
-consuming layer (measured: one mask kernel, one comparison and one sync per layer). :func:`shared_mask`
-stops that: a mask builder that runs under tracing passes its mask through the opaque
-``layerzero::shared_mask`` op, whose output is one buffer that every layer receives, so the compiled
-forward builds the mask once and checks it once. The check is skipped while a CUDA graph is being captured
+consuming layer (measured: one mask kernel, one comparison and one sync per layer).
+:func:`layerzero.operations.shared.shared` stops that: a mask builder that runs under tracing passes its
+mask through the opaque ``layerzero::shared`` op, whose output is one buffer that every layer receives, so
+the compiled forward builds the mask once and checks it once. The check is skipped while a CUDA graph is being captured
 (a sync is illegal there) and for masks too small for the saving to pay for the sync.
 """
 
@@ -25,7 +25,7 @@ import weakref
 
 import torch
 
-__all__ = ["MIN_CHECKED_SEQ", "is_plain_causal", "shared_mask"]
+__all__ = ["MIN_CHECKED_SEQ", "is_plain_causal"]
 
 MIN_CHECKED_SEQ = 256
 """Masks over fewer queries are passed as they are: the attention they would save is a few microseconds."""
@@ -68,25 +68,3 @@ def is_plain_causal(mask: torch.Tensor, seq_q: int, seq_k: int) -> bool:
     _verdicts[id(mask)] = (weakref.ref(mask), mask._version, verdict)
     return verdict
 
-
-@torch.library.custom_op("layerzero::shared_mask", mutates_args=())
-def _shared_mask(mask: torch.Tensor) -> torch.Tensor:
-    return mask.clone()
-
-
-@_shared_mask.register_fake
-def _(mask: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(mask)
-
-
-def shared_mask(mask: torch.Tensor) -> torch.Tensor:
-    """``mask``, pinned into one buffer when traced by ``torch.compile``; as it is otherwise.
-
-    Why: Inductor inlines a traced mask's computation into each consumer, so a mask shared by every layer is
-    rebuilt per layer, and each copy is a new tensor whose causal verdict (:func:`is_plain_causal`) has to be
-    found again, one host sync each. Behind an opaque op the mask is computed once per forward and every
-    layer gets the same tensor. The copy costs one pass over a bool mask, a few microseconds next to the
-    per-layer rebuilds it replaces. Eager callers already share one tensor and get it back untouched."""
-    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
-        return torch.ops.layerzero.shared_mask(mask)
-    return mask

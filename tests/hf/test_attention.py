@@ -15,6 +15,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
+import layerzero_hf  # noqa: E402
 import layerzero_hf.attention as lz_attention  # noqa: E402  (registers "layerzero")
 from layerzero import ops  # noqa: E402
 from layerzero.kernels import reference as ref  # noqa: E402
@@ -476,26 +477,43 @@ def test_compiled_prefill_without_padding_runs_causal_without_a_mask(tiny_model_
 
 
 @pytest.mark.slow
-def test_inductor_builds_and_checks_the_materialized_mask_once_per_forward(tiny_model_dir, monkeypatch):
-    """Under Inductor the packed-sequence mask of a forward without a cache goes through one opaque op, so
-    every layer gets the same tensor: one causal check (one host sync) per forward, not one per layer, and
-    the logits still match eager."""
+def test_inductor_builds_the_mask_and_the_rope_tables_once_per_forward(monkeypatch):
+    """Under Inductor the packed-sequence mask of a forward without a cache and the RoPE cos/sin tables go
+    through the opaque ``layerzero::shared`` op, so Inductor builds each once instead of inlining its
+    computation into every layer: one causal check (one host sync) per forward, not one per layer, and the
+    cos/sin computation in fewer kernels than there are layers; the logits still match eager."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
     checks: list[bool] = []
     real = causal_mask._compare
     monkeypatch.setattr(causal_mask, "_compare", lambda mask, seq: checks.append(real(mask, seq)) or checks[-1])
     monkeypatch.setattr(causal_mask, "MIN_CHECKED_SEQ", 4)
+    layers = 4
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB)
+    torch.manual_seed(0)
+    eager = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    lz = AutoModelForCausalLM.from_config(config, attn_implementation=NAME).eval()
+    lz.load_state_dict(eager.state_dict())
+    layerzero_hf.patch(lz, attention=True)
     torch._dynamo.reset()
-    eager, lz = _pair(tiny_model_dir, "llama")
-    assert lz.config.num_hidden_layers > 1
     compiled = torch.compile(lz, fullgraph=True, backend="inductor")
-    for seed in (1, 2):
-        ids = _ids(2, 12, seed=seed)
-        with torch.no_grad():
-            got = compiled(ids, use_cache=False).logits
-            expected = eager(ids, use_cache=False).logits
-        assert (got - expected).abs().max().item() <= ATOL
+    try:
+        for seed in (1, 2):
+            ids = _ids(2, 12, seed=seed)
+            with torch.no_grad():
+                got, (code, *_) = run_and_get_code(lambda: compiled(ids, use_cache=False).logits)
+                expected = eager(ids, use_cache=False).logits
+            assert (got - expected).abs().max().item() <= ATOL
+    finally:
+        layerzero_hf.unpatch(lz)
+        torch._dynamo.reset()
     assert checks == [True, True]
-    torch._dynamo.reset()
+    assert code.count("torch.ops.layerzero.shared.default(") == 1 + 2 * layers  # the mask; cos, sin per layer
+    cos_kernel_calls = re.findall(r"^\s+(cpp_fused\w*_cos_\w*)\(", code, flags=re.MULTILINE)
+    assert 0 < len(cos_kernel_calls) < layers, cos_kernel_calls
 
 
 @pytest.mark.slow
@@ -590,7 +608,7 @@ def test_gpu_compiled_prefill_without_cache_runs_the_materialized_causal_mask_as
             got = compiled(ids, use_cache=False).logits
             expected = eager(ids, use_cache=False).logits
         assert (got - expected).abs().max().item() <= 1e-3
-    # the mask is one buffer per forward (layerzero::shared_mask), so one check per forward; under CUDA graphs
+    # the mask is one buffer per forward (layerzero::shared), so one check per forward; under CUDA graphs
     # only the runs outside the capture check
     assert verdicts and all(verdicts) and len(verdicts) <= 3
     torch._dynamo.reset()
