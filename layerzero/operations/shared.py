@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from layerzero.operations.tracing import is_compile_tracing
+
 __all__ = ["shared"]
 
 
@@ -30,6 +32,6 @@ def _(tensor: torch.Tensor) -> torch.Tensor:
 def shared(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` behind one opaque op when traced by ``torch.compile`` (not ``torch.export``, whose graphs
     are for other runtimes); as it is otherwise: eager callers already share one tensor."""
-    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+    if is_compile_tracing():
         return torch.ops.layerzero.shared(tensor)
     return tensor

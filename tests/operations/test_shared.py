@@ -20,19 +20,17 @@ def test_a_copy_with_the_same_values_under_compile():
     torch._dynamo.reset()
 
 
-def test_inductor_computes_a_shared_input_once_for_many_consumers():
-    """The point of the op: a cheap pointwise tensor read by several opaque consumers is built once (Inductor
-    would otherwise inline its computation into each consumer), and the graph's results stay exact."""
-    from torch._inductor.utils import run_and_get_code
+def test_left_out_of_an_exported_graph():
+    """``torch.export`` graphs run elsewhere: they keep the plain tensor, not a LayerZero op."""
 
-    def f(x, y):
-        table = torch.cos(x) * 2 + 1
-        return sum(torch.ops.aten.mm(shared(table), y + i) for i in range(4))
+    class Mask(torch.nn.Module):
+        def forward(self, x):
+            return shared(x & x)
 
-    x, y = torch.randn(16, 16), torch.randn(16, 16)
-    torch._dynamo.reset()
-    got, (code, *_) = run_and_get_code(torch.compile(f, fullgraph=True, backend="inductor"), x, y)
-    torch._dynamo.reset()
-    torch.testing.assert_close(got, f(x, y))
-    assert code.count("torch.ops.layerzero.shared.default(") == 4
-    assert code.count("cos") >= 1
+    mask = torch.ones(1, 1, 8, 8, dtype=torch.bool).tril()
+    program = torch.export.export(Mask(), (mask,))
+    assert "layerzero" not in str(program.graph)
+    assert torch.equal(program.module()(mask), mask)
+
+# What the op is for (one buffer where Inductor would rebuild a tensor per consumer) shows only in a model's
+# graph: tests/hf/test_attention.py::test_inductor_builds_the_mask_and_the_rope_tables_once_per_forward.
