@@ -40,6 +40,7 @@ from transformers.integrations.sdpa_attention import create_position_bias_mask
 
 from layerzero import ops
 from layerzero.operations.shared import shared
+from layerzero.operations.tracing import is_compile_tracing
 from layerzero_hf.model_orchestrators import ORCHESTRATOR_ATTR, call_site_for
 
 ATTN_IMPLEMENTATION = "layerzero"
@@ -233,7 +234,7 @@ def _causal_skip_under_compile(
     """Eager Transformers' rule for returning ``None`` (no padding mask case), for a compiling trace."""
     if not (allow_is_causal_skip and attention_mask is None and q_length is not None and kv_length is not None):
         return False
-    if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if not is_compile_tracing():
         return False  # eager: sdpa_mask decides itself; export: keep the mask (see the docstring)
     if isinstance(q_offset, torch.Tensor) or isinstance(kv_offset, torch.Tensor) or kv_offset != 0:
         return False  # a StaticCache's offset is a tensor: its value is data, not a size
