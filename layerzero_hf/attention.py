@@ -190,9 +190,11 @@ def _implicit_allowed(
 
 # ------------------------------------------------------------------------------------------ mask builder
 def layerzero_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
-    """Transformers' ``sdpa_mask``, except that under ``torch.compile`` a call with no padding mask returns
-    ``None`` where eager Transformers would: one query token, as many keys as queries, or an empty cache,
-    with no sliding window or chunk that can bite.
+    """Transformers' ``sdpa_mask``, with two differences. Under ``torch.compile`` a call with no padding mask
+    returns ``None`` where eager Transformers would: one query token, as many keys as queries, or an empty
+    cache, with no sliding window or chunk that can bite. And a window or chunk exactly as long as the keys
+    (from position 0) counts as one that cannot bite, eagerly too (:func:`_window_cannot_bite`), where
+    Transformers builds a mask that is exactly causal.
 
     Why: ``sdpa_mask`` never returns ``None`` while tracing (its guard against ``torch.export`` baking
     ``is_causal=True`` into a graph later called with a cache), so a compiled model without padding hands
@@ -217,6 +219,8 @@ def layerzero_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
 
     if not args and _causal_skip_under_compile(**kwargs):
         return None
+    if not args and _window_cannot_bite(**kwargs):
+        kwargs = {**kwargs, "local_size": None}  # sdpa_mask's skip rules then decide as for full attention
     mask = sdpa_mask(*args, **kwargs)
     return mask if mask is None else shared(mask)
 
@@ -238,11 +242,30 @@ def _causal_skip_under_compile(
         return False  # eager: sdpa_mask decides itself; export: keep the mask (see the docstring)
     if isinstance(q_offset, torch.Tensor) or isinstance(kv_offset, torch.Tensor) or kv_offset != 0:
         return False  # a StaticCache's offset is a tensor: its value is data, not a size
-    if local_size is not None and kv_length >= local_size:
+    if local_size is not None and not _window_cannot_bite(kv_length, kv_offset, local_size):
         return False  # the window (or chunk) removes keys: only a mask says which
     # one query, or as many keys as queries: is_causal suffices; an empty cache (offset 0) whose extra keys
     # are unused StaticCache slots: upper-left causal (the attention function slices them off)
     return q_length == 1 or q_length == kv_length or q_offset == 0
+
+
+def _window_cannot_bite(
+    kv_length: Any = None,
+    kv_offset: Any = 0,
+    local_size: int | None = None,
+    allow_is_causal_skip: bool = True,
+    **_: Any,
+) -> bool:
+    """A causal call's sliding window (or attention chunk) of ``local_size`` keys removes none of them: at most
+    ``local_size`` keys counted from position 0, so every query's distance to its first key is below the
+    window (and every key lies in the first chunk).
+
+    Why: Transformers materializes a mask whenever ``kv_length >= local_size``, so a prompt exactly as long
+    as the window (Gemma-2 and Mistral at 4096 tokens) gets a dense mask on every sliding layer, although
+    that mask is exactly causal; with the mask, kernels cannot skip the masked half of the prefill, and a
+    soft-capped layer runs FlexAttention over the dense mask instead of its causal kernel."""
+    return (allow_is_causal_skip and local_size is not None and isinstance(kv_length, int)
+            and not isinstance(kv_offset, torch.Tensor) and kv_offset == 0 and kv_length <= local_size)
 
 
 # ------------------------------------------------------------------------------------------ registration

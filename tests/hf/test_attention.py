@@ -322,6 +322,29 @@ def test_sliding_window_kept_only_when_it_can_bite(recorder):
     assert recorder.calls[-1][1]["sliding_window"] == 4
 
 
+@pytest.mark.parametrize("arch", ["mistral", "gemma2"])
+def test_prompt_as_long_as_the_window_runs_causal_without_a_mask(tiny_model_dir, recorder, arch):
+    """A prompt exactly as long as the sliding window (Gemma-2 and Mistral at 4096 tokens): Transformers
+    builds a dense, exactly causal mask for the sliding layers; LayerZero's layers get none and run causal
+    (soft-capped for Gemma-2), with the eager model's logits. One token more and the window bites."""
+    from tests.hf.conftest import SLIDING_WINDOW
+
+    eager, lz = _pair(tiny_model_dir, arch)
+    for m in lz.modules():
+        if hasattr(m, "num_key_value_groups"):
+            setattr(m, lz_attention.ORCHESTRATOR_ATTR, "hf_test_recorder")
+    for seq, bites in ((SLIDING_WINDOW, False), (SLIDING_WINDOW + 1, True)):
+        recorder.calls.clear()
+        ids = _ids(2, seq)
+        with torch.no_grad():
+            got, expected = lz(ids).logits, eager(ids).logits
+        assert (got - expected).abs().max().item() <= ATOL
+        layer_types = getattr(lz.config, "layer_types", None) or ["sliding_attention"] * lz.config.num_hidden_layers
+        for (_, options), layer_type in zip(recorder.calls, layer_types, strict=True):
+            windowed = bites and layer_type == "sliding_attention"
+            assert options["is_causal"] is not windowed  # the wrapper passes is_causal only without a mask
+
+
 def test_dropout_only_in_training(recorder):
     module = _Attn()
     module._layerzero_orchestrator = "hf_test_recorder"
@@ -386,6 +409,9 @@ _MASK_CASES = [  # (q_length, kv_length, q_offset, local_size, padded)
     (6, 6, 0, None, False), (1, 9, 8, None, False), (6, 6, 0, 4, False), (6, 6, 0, 8, False),
     (6, 6, 0, None, True), (5, 12, 0, None, False), (1, 12, 3, 8, False),
 ]
+# a window as long as the keys: Transformers builds an exactly causal mask, LayerZero skips it (as for any
+# window that cannot bite); with padding both build the same mask
+_WINDOW_AS_LONG_AS_KEYS = [(6, 6, 0, 6, False), (1, 6, 5, 6, False), (6, 6, 0, 6, True)]
 
 
 def _mask_kwargs(q_length, kv_length, q_offset, local_size, padded):
@@ -410,6 +436,29 @@ def test_mask_builder_is_sdpa_mask_outside_compile(case):
     assert (got is None) == (expected is None)
     if expected is not None:
         assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("case", _WINDOW_AS_LONG_AS_KEYS)
+def test_mask_builder_skips_a_window_as_long_as_the_keys(case):
+    """The window cannot bite: no mask where Transformers builds one that is exactly causal; with padding
+    the same mask as sdpa_mask's."""
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs = _mask_kwargs(*case)
+    q_length, kv_length, *_ , padded = case
+    got, transformers_mask = lz_attention.layerzero_mask(**kwargs), sdpa_mask(**kwargs)
+    assert transformers_mask is not None
+    if padded:
+        assert torch.equal(got, transformers_mask)
+        return
+    assert got is None
+    causal = torch.ones(kv_length, kv_length, dtype=torch.bool).tril()[-q_length:]
+    assert torch.equal(transformers_mask, causal.expand_as(transformers_mask))
+    torch._dynamo.reset()
+    skipped = torch.compile(lambda x: x if lz_attention.layerzero_mask(**kwargs) is None else x + 1,
+                            fullgraph=True, backend="eager")(torch.zeros(()))
+    torch._dynamo.reset()
+    assert skipped.item() == 0
 
 
 @pytest.mark.parametrize("case", _MASK_CASES)
