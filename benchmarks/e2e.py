@@ -32,6 +32,7 @@ import gc
 import json
 import logging
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -302,7 +303,17 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+class Interrupted(Exception):
+    """The run was stopped (SIGTERM, e.g. from ``timeout``) before it finished."""
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure every variant into ``result`` (a new dict if None) as each one finishes, so a caller that
+    stops the run (see :func:`main`) still holds every variant measured before the stop."""
     import layerzero_hf  # registers the "layerzero" attention implementation
 
     quick = args.quick
@@ -319,7 +330,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = build_model(cfg, dtype, device, "sdpa", config_class=config_class)
     state = {k: v for k, v in base.state_dict().items()}
     parity_ids = token_ids(vocab, (1, 64 if quick else 512), device, seed=7)
-    result: dict[str, Any] = {
+    result = {} if result is None else result
+    result.update({
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "arch": args.arch,
         "decode": {"batch": args.decode_batch, "prompt": prompt, "new_tokens": steps},
@@ -329,7 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "versions": versions(),
         "compile_strategy": DEFAULT_STRATEGY,
         "variants": {},
-    }
+    })
 
     # The reference every variant's logits are judged against: HF eager in fp32 on the same weights. HF
     # sdpa's own bf16 error against it is the bar LayerZero's must not exceed.
@@ -341,6 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
 
     def measure(name: str, model) -> dict[str, Any]:
+        result["running"] = name
         entry: dict[str, Any] = {"prefill_tokens_per_s": {}, "decode_ms_per_step": {}}
         for b, s in shapes:
             try:
@@ -376,6 +389,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def measure_compiled(name: str, model) -> dict[str, Any]:
         """Prefill of ``torch.compile(model)`` (default mode, static shapes) at the compile shapes."""
+        result["running"] = name
         compiled = torch.compile(model)
         entry: dict[str, Any] = {"prefill_tokens_per_s": {}}
         for b, s in compile_shapes:
@@ -447,21 +461,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 {"layerzero": variants["layerzero"]["patched"],
                  "layerzero_no_residual_norm": variants.get("layerzero_no_residual_norm", {}).get("patched")})
 
-    sdpa = variants["hf_sdpa"]
-    for name, entry in variants.items():
+    result.pop("running", None)
+    return add_ratios(result)
+
+
+def add_ratios(result: dict[str, Any]) -> dict[str, Any]:
+    """Each variant's speed-ups against HF sdpa (eager and compiled) and compiled against LayerZero eager,
+    for the variants ``result`` holds (all of them, or those measured before an interrupted run stopped)."""
+    variants, compiled_variants = result.get("variants", {}), result.get("compiled", {})
+    sdpa = variants.get("hf_sdpa")
+    for name, entry in variants.items() if sdpa else ():
         entry["prefill_speedup_vs_sdpa"] = {
             k: (v / sdpa["prefill_tokens_per_s"][k]) if v and sdpa["prefill_tokens_per_s"].get(k) else None
             for k, v in entry["prefill_tokens_per_s"].items()}
         entry["decode_speedup_vs_sdpa"] = {
             k: (sdpa["decode_ms_per_step"][k] / v) if v and sdpa["decode_ms_per_step"].get(k) else None
             for k, v in entry["decode_ms_per_step"].items()}
-    for name, entry in compiled_variants.items():
+    eager_lz = variants.get("layerzero", {}).get("prefill_tokens_per_s", {})
+    for name, entry in compiled_variants.items() if "hf_sdpa" in compiled_variants else ():
         entry["prefill_speedup_vs_compiled_sdpa"] = {
             k: v / compiled_variants["hf_sdpa"]["prefill_tokens_per_s"][k]
             for k, v in entry["prefill_tokens_per_s"].items()}
         entry["prefill_speedup_vs_eager_layerzero"] = {
-            k: v / variants["layerzero"]["prefill_tokens_per_s"][k]
-            for k, v in entry["prefill_tokens_per_s"].items() if variants["layerzero"]["prefill_tokens_per_s"].get(k)}
+            k: v / eager_lz[k] for k, v in entry["prefill_tokens_per_s"].items() if eager_lz.get(k)}
     return result
 
 
@@ -533,9 +555,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"Config: {json.dumps(result['config'])}", "",
         f"Decode: {json.dumps(result['decode'])}", "",
         f"Liger: {result.get('liger')}", "",
-        "## Prefill tokens/s (speedup vs HF sdpa)", "",
     ]
+    if result.get("partial"):
+        lines += [f"**Partial run**: {result['partial']}", ""]
     variants = result["variants"]
+    if "hf_sdpa" not in variants:
+        return "\n".join(lines + ["No variant finished."]) + "\n"
+    lines += ["## Prefill tokens/s (speedup vs HF sdpa)", ""]
     shapes = list(next(iter(variants.values()))["prefill_tokens_per_s"])
     lines.append("| variant | " + " | ".join(shapes) + " |")
     lines.append("|---|" + "---|" * len(shapes))
@@ -551,7 +577,7 @@ def markdown(result: dict[str, Any]) -> str:
                  if e["decode_ms_per_step"][c] else "n/a" for c in caches]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     compiled = result.get("compiled") or {}
-    if compiled:
+    if "hf_sdpa" in compiled:
         cshapes = list(compiled["hf_sdpa"]["prefill_tokens_per_s"])
         lines += ["", "## torch.compile(model) prefill tokens/s (speedup vs compiled HF sdpa; vs LayerZero eager)", "",
                   "| variant | " + " | ".join(cshapes) + " |", "|---|" + "---|" * len(cshapes)]
@@ -635,7 +661,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--compile-shapes", default="", help="also measure torch.compile(model) prefill of HF sdpa and "
                     "LayerZero at these BATCHxSEQ shapes, e.g. 8x1024 (each compiles once per shape)")
     args = ap.parse_args(argv)
-    result = run(args)
+    # ``timeout`` (the GPU runner's per-benchmark limit) stops a run with SIGTERM: the variants measured by
+    # then are still written, marked partial, instead of being lost with the process.
+    result: dict[str, Any] = {}
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        run(args, result)
+    except Interrupted as exc:
+        result["partial"] = (f"stopped by {exc} while measuring {result.pop('running', 'the setup')}; "
+                             "the variants below finished before that")
+        add_ratios(result)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if "versions" not in result:
+        raise SystemExit("e2e: stopped before any measurement")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

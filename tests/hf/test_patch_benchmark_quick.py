@@ -79,3 +79,34 @@ def test_e2e_compiled_prefill_both_strategies_with_and_without_cache(tmp_path):
         assert entry["parity_vs_fp32_eager"]["max_abs_diff"] <= 1e-4
     assert result["other_compile_strategy"]["strategy"] == "opaque"
     assert "Compiled prefill into a fresh cache" in md.read_text()
+
+
+@pytest.mark.slow
+def test_e2e_stopped_by_sigterm_writes_the_variants_it_finished(tmp_path, monkeypatch):
+    """``timeout`` stops a GPU run with SIGTERM: the variants measured by then are written, marked partial,
+    with their ratios to HF sdpa, instead of being lost with the process."""
+    import os
+    import signal
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
+    spec = importlib.util.spec_from_file_location("e2e_bench_partial", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    real_liger_model = bench.liger_model
+
+    def stop_at_liger(*args, **kwargs):  # SIGTERM arrives once HF sdpa and LayerZero are done
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_liger_model(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "liger_model", stop_at_liger)
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
+    before = signal.getsignal(signal.SIGTERM)
+    bench.main(["--quick", "--arch", "llama-1b", "--no-static", "--skip-eager", "--liger-rounds", "0",
+                "--json", str(out), "--md", str(md)])
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+    result = json.loads(out.read_text())
+    assert "stopped by SIGTERM" in result["partial"]
+    assert set(result["variants"]) == {"hf_sdpa", "layerzero"}
+    assert result["variants"]["layerzero"]["prefill_speedup_vs_sdpa"]
+    text = md.read_text()
+    assert "Partial run" in text and "| layerzero |" in text
