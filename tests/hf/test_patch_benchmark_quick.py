@@ -11,13 +11,19 @@ import pytest
 pytest.importorskip("transformers")
 
 
+def _load_e2e(name: str):
+    """A fresh copy of benchmarks/e2e.py as module ``name`` (a test may monkeypatch its globals)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama-1b", "gemma2-2b"])
 def test_e2e_benchmark_quick(tmp_path, arch):
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
-    spec = importlib.util.spec_from_file_location("e2e_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_e2e("e2e_bench")
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     bench.main(["--quick", "--arch", arch, "--no-static", "--skip-eager", "--json", str(out), "--md", str(md)])
     result = json.loads(out.read_text())
@@ -37,10 +43,7 @@ def test_e2e_benchmark_quick(tmp_path, arch):
 def test_e2e_alternates_layerzero_and_liger_prefill_on_two_live_models(tmp_path, monkeypatch):
     """The LayerZero-vs-Liger prefill rounds re-patch the first model after "Liger" is applied and alternate
     the two within each round (Liger stood in by an unpatched model: its kernels need a GPU)."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
-    spec = importlib.util.spec_from_file_location("e2e_bench_alt", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_e2e("e2e_bench_alt")
     monkeypatch.setattr(bench, "liger_model", lambda cfg, dtype, device, state, config_class: bench.build_model(
         cfg, dtype, device, "sdpa", state, config_class=config_class))
     out, md = tmp_path / "r.json", tmp_path / "r.md"
@@ -61,10 +64,7 @@ def test_e2e_alternates_layerzero_and_liger_prefill_on_two_live_models(tmp_path,
 def test_e2e_compiled_prefill_both_strategies_with_and_without_cache(tmp_path):
     """--compile-shapes measures compiled HF sdpa and LayerZero under the default and the other compile
     strategy (Inductor on CPU), and --compile-with-cache adds the prefill into a fresh cache."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
-    spec = importlib.util.spec_from_file_location("e2e_bench_compiled", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_e2e("e2e_bench_compiled")
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     bench.main(["--quick", "--arch", "llama-1b", "--no-static", "--skip-eager", "--liger-rounds", "0",
                 "--compile-shapes", "1x32", "--compile-with-cache", "--json", str(out), "--md", str(md)])
@@ -88,10 +88,7 @@ def test_e2e_stopped_by_sigterm_writes_the_variants_it_finished(tmp_path, monkey
     import os
     import signal
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
-    spec = importlib.util.spec_from_file_location("e2e_bench_partial", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_e2e("e2e_bench_partial")
     real_liger_model = bench.liger_model
 
     def stop_at_liger(*args, **kwargs):  # SIGTERM arrives once HF sdpa and LayerZero are done
