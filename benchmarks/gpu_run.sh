@@ -158,7 +158,7 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
       # DECODE_ARCH picks the shape (default gemma2-2b), DECODE_EXTRA adds flags (e.g. --without-residual-norm)
       decode_ab) CUDA_VISIBLE_DEVICES=0 timeout 230 python3 benchmarks/decode_ab.py --arch "${DECODE_ARCH:-gemma2-2b}" \
                    --rounds "${DECODE_ROUNDS:-11}" --profile ${DECODE_EXTRA:-} --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/$b.log 2>&1 ;;
-      prefill_archs) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/prefill_archs.py \
+      prefill_archs) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/prefill_archs.py \
                    --json "$OUT/prefill-archs.json" --md "$OUT/prefill-archs.md" > /tmp/$b.log 2>&1 ;;
       parity-unfused) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/parity_matrix.py \
                    --kinds rms_norm,rope,mlp --json "$OUT/parity-unfused.json" --md "$OUT/parity-unfused.md" > /tmp/$b.log 2>&1 ;;

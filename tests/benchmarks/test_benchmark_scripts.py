@@ -64,6 +64,31 @@ def test_prefill_archs_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_prefill_archs_alternates_layerzero_and_liger_rounds(tmp_path, monkeypatch):
+    """vs Liger comes from alternating rounds on the two live models, re-patched after Liger, not from
+    one-pass tables measured minutes apart. A stand-in for Liger's entry point (no-op) keeps this on CPU."""
+    import types
+
+    pytest.importorskip("transformers")
+    applied = []
+    fake = types.ModuleType("liger_kernel.transformers")
+    fake._apply_liger_kernel_to_instance = lambda model, **kw: applied.append(kw)
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", fake)
+    out = _load("prefill_archs").main(["--quick", "--archs", "llama", "--json", str(tmp_path / "p.json"),
+                                       "--md", str(tmp_path / "p.md")])
+    assert applied == [{"cross_entropy": False, "fused_linear_cross_entropy": False}]
+    row = out["rows"][0]
+    alt = row["vs_liger_alternating"]
+    assert alt["same_patch_as_before_liger"] and alt["patched"]["rms_norm"] > 0
+    for shape, entry in alt["shapes"].items():
+        assert len(entry["round_ratios"]) == 2 and all(r > 0 for r in entry["round_ratios"])
+        assert row["layerzero_vs_liger"][shape] == entry["speedup_vs_liger"]
+    md = (tmp_path / "p.md").read_text()
+    assert "rounds alternating" in md and "(NO)" not in md
+
+
+@pytest.mark.slow
 def test_decode_ab_quick(tmp_path):
     """The alternating decode A/B runs both variants every round on one model and reports per-round ratios."""
     pytest.importorskip("transformers")
