@@ -1,15 +1,17 @@
-"""FlexAttention's Triton kernel options for Gemma-2's soft-capped causal prefill (head_dim 256) on this GPU.
+"""FlexAttention's Triton kernel options for Gemma-2's soft-capped causal prefill on this GPU.
 
 Why: Gemma-2 soft-caps its attention scores, which SDPA cannot do, so LayerZero runs its prefill attention
 in FlexAttention, and measured on an H200 that is where the patched Gemma2-2B loses to the Liger-patched
 model at 8 x 1024 (Transformers' sdpa path, and with it Liger's model, drops the softcap and runs cuDNN).
 Flex picks its block sizes, warps and pipeline stages from a small built-in table; this sweeps them for the
-call LayerZero makes (B x S tokens, 8 query / 4 KV heads, head_dim 256, softcap 50, causal block mask,
-bf16, (B, H, S, D) views of (B, S, H, D) tensors) and times each with ``triton.testing.do_bench`` (median),
+call LayerZero makes (B x S tokens, softcap 50, causal block mask, bf16, (B, H, S, D) views of (B, S, H, D)
+tensors; Gemma2-2B's 8 query / 4 KV heads at head_dim 256 by default, ``--head-dim 128 --heads 16/8`` for
+the head size of Gemma2-27B and of the 1-2B-class shape ``prefill_archs.py`` measures) and times each with ``triton.testing.do_bench`` (median),
 beside Flex with its defaults and SDPA *without* the softcap (the yardstick: what the peers run; not a
 correct Gemma-2 call). Every option set is checked against the fp32 reference of the soft-capped call.
 
     python benchmarks/flex_options.py --json out.json --md out.md
+    python benchmarks/flex_options.py --head-dim 128 --heads 16/8 --json out.json --md out.md
 """
 
 from __future__ import annotations
@@ -29,17 +31,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-H, HKV, D, SOFTCAP = 8, 4, 256, 50.0
+SOFTCAP = 50.0
 SHAPES = ((8, 1024), (1, 4096), (32, 512))  # (batch, sequence): the e2e prefill shapes
-GRID = dict(BLOCK_M=(64, 128), BLOCK_N=(32, 64), num_warps=(4, 8), num_stages=(2, 3))
+# per head_dim: at 256 a 128-wide key block does not fit in shared memory; at 128 it may be the fastest
+GRIDS = {256: dict(BLOCK_M=(64, 128), BLOCK_N=(32, 64), num_warps=(4, 8), num_stages=(2, 3)),
+         128: dict(BLOCK_M=(64, 128), BLOCK_N=(64, 128), num_warps=(4, 8), num_stages=(2, 3))}
 TOP = 4  # option sets re-measured at the other shapes
 
 
-def _inputs(batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _inputs(batch: int, seq: int, heads: int, kv_heads: int, head_dim: int) -> tuple[torch.Tensor, ...]:
     g = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(batch, seq, H, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    k = torch.randn(batch, seq, HKV, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    v = torch.randn(batch, seq, HKV, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    q = torch.randn(batch, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(batch, seq, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(batch, seq, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
@@ -49,12 +53,14 @@ def _median_ms(fn: Callable[[], Any]) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
-def _grid() -> list[dict[str, int]]:
-    keys = list(GRID)
-    return [dict(zip(keys, values)) for values in itertools.product(*GRID.values())]
+def _grid(head_dim: int) -> list[dict[str, int]]:
+    grid = GRIDS.get(head_dim, GRIDS[128])
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
 
 
-def measure(shapes: tuple[tuple[int, int], ...] = SHAPES) -> list[dict[str, Any]]:
+def measure(shapes: tuple[tuple[int, int], ...] = SHAPES, heads: int = 8, kv_heads: int = 4,
+            head_dim: int = 256) -> list[dict[str, Any]]:
     from torch.nn.attention.flex_attention import flex_attention
 
     from layerzero.kernels import reference
@@ -68,13 +74,13 @@ def measure(shapes: tuple[tuple[int, int], ...] = SHAPES) -> list[dict[str, Any]
     rows: list[dict[str, Any]] = []
     ranked: list[dict[str, int] | None] = []
     for shape_index, (batch, seq) in enumerate(shapes):
-        q, k, v = _inputs(batch, seq)
+        q, k, v = _inputs(batch, seq, heads, kv_heads, head_dim)
         block_mask = _block_mask(seq, seq, True, None, "cuda")
         expected = reference.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
                                        softcap=SOFTCAP).float()
         sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
         rows.append(dict(batch=batch, seq=seq, variant="sdpa, no softcap", median_ms=_median_ms(sdpa)))
-        candidates: list[dict[str, int] | None] = [None, *_grid()] if shape_index == 0 else ranked
+        candidates: list[dict[str, int] | None] = [None, *_grid(head_dim)] if shape_index == 0 else ranked
         for options in candidates:
             row: dict[str, Any] = dict(batch=batch, seq=seq, variant="flex", options=options)
             call = lambda: compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True,  # noqa: E731
@@ -101,9 +107,10 @@ def measure(shapes: tuple[tuple[int, int], ...] = SHAPES) -> list[dict[str, Any]
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
-        "# FlexAttention kernel options: soft-capped causal prefill, Gemma2-2B attention shape",
+        f"# FlexAttention kernel options: soft-capped causal prefill, head_dim {meta['head_dim']}",
         "",
-        f"{meta['device']}, torch {meta['torch']}, triton {meta['triton']}; {H}/{HKV} heads, head_dim {D}, "
+        f"{meta['device']}, torch {meta['torch']}, triton {meta['triton']}; {meta['heads']}/{meta['kv_heads']} "
+        f"heads, head_dim {meta['head_dim']}, "
         f"softcap {SOFTCAP}, causal, bf16. Median of triton.testing.do_bench; commit {meta.get('commit') or '?'}. "
         "`defaults` = Flex's own choice (what LayerZero passed before this sweep).",
         "",
@@ -131,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, help="write the rows and metadata as JSON here")
     ap.add_argument("--md", type=Path, help="write a markdown table here")
+    ap.add_argument("--head-dim", type=int, default=256, choices=sorted(GRIDS))
+    ap.add_argument("--heads", default="8/4", help="query/KV heads (Gemma2-2B: 8/4)")
     args = ap.parse_args(argv)
+    heads, kv_heads = (int(n) for n in args.heads.split("/"))
     if not torch.cuda.is_available():
         print("flex_options: no CUDA device (torch.cuda.is_available() is False); nothing to measure")
         return 0
@@ -140,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     from result_files import git_commit, write_result
 
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                python=platform.python_version(), commit=git_commit())
+                python=platform.python_version(), commit=git_commit(), heads=heads, kv_heads=kv_heads,
+                head_dim=args.head_dim)
     t0 = time.perf_counter()
-    rows = measure()
+    rows = measure(heads=heads, kv_heads=kv_heads, head_dim=args.head_dim)
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     table = markdown(meta, rows)
     print(table)

@@ -169,7 +169,7 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
                    && CUDA_VISIBLE_DEVICES=0 timeout $(( ${COST_SECONDS:-240} + 60 )) python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
                    --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} ${COST_MAX_TOKENS:+--max-tokens "$COST_MAX_TOKENS"} --max-seconds "${COST_SECONDS:-240}" > /tmp/$b.log 2>&1 ;;
       # Gemma-2's soft-capped prefill attention: Flex kernel options swept at head_dim 256
-      flex_options) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/flex_options.py \
+      flex_options) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/flex_options.py ${FLEX_EXTRA:-} \
                    --json "$OUT/flex-options.json" --md "$OUT/flex-options.md" > /tmp/$b.log 2>&1 ;;
       # q/k/v and gate/up as one GEMM each: what it would save per architecture at the prefill token counts
       fused_projections) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 benchmarks/fused_projections.py \
