@@ -26,7 +26,8 @@
 #             keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes). Also: parity-unfused (the
 #             parity matrix without the residual_norm kind), costs-<operation> (re-sweeps one operation, e.g.
 #             costs-rms_norm or costs-attention.decode, over a copy of the shipped sm90 table, returned under costs/),
-#             profile-<arch> (prefill_profile.py --compiled: eager and compiled HF sdpa and LayerZero, PROFILE_SHAPES),
+#             profile-<arch> (prefill_profile.py --compiled: eager and compiled HF sdpa and LayerZero, PROFILE_SHAPES;
+#             PROFILE_FLAGS="" profiles eager HF sdpa, LayerZero and Liger; <arch>-4l: an architecture as prefill_archs has it),
 #             flex_options (Flex kernel options for Gemma-2's soft-capped prefill), fused_projections (q/k/v and
 #             gate/up as one GEMM each).
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
@@ -175,8 +176,8 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
       fused_projections) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 benchmarks/fused_projections.py \
                    --json "$OUT/fused-projections.json" --md "$OUT/fused-projections.md" > /tmp/$b.log 2>&1 ;;
       # profile-<arch>: where the prefill's GPU time goes, eager and torch.compile'd (HF sdpa, LayerZero)
-      profile-*) CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/prefill_profile.py --arch "${b#profile-}" --compiled \
-                   --no-liger --shapes "${PROFILE_SHAPES:-1x4096,8x1024}" --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
+      profile-*) CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/prefill_profile.py --arch "${b#profile-}" ${PROFILE_FLAGS---compiled --no-liger} \
+                   --shapes "${PROFILE_SHAPES:-1x4096,8x1024}" --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
       # one e2e per call (E2E_EXTRA adds flags, e.g. --no-other-compile-strategy): with the compiled variants (HF sdpa, LayerZero opaque and inline) and the alternating
       # Liger rounds a Gemma2 run is estimated at ~500 s
       e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout ${E2E_TIMEOUT:-560} python3 benchmarks/e2e.py --arch "$a" --skip-eager --without-residual-norm \

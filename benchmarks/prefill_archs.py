@@ -42,6 +42,14 @@ SHAPES_QUICK = [(1, 32), (2, 16)]
 BASELINE = {"gpt_oss": "eager"}
 
 
+def arch_size(layers: int = 4) -> Any:
+    """The 1-2B-class width every architecture is measured at (``prefill_profile.py`` profiles the same)."""
+    from layerzero_hf.conformance.archs import ModelSize
+
+    return ModelSize(hidden=2048, layers=layers, heads=16, kv_heads=8, head_dim=128, intermediate=6144,
+                     vocab=32000, window=4096)
+
+
 def measure_arch(arch: str, size: Any, dtype: torch.dtype, device: str, shapes: list[tuple[int, int]],
                  warmup: int, repeats: int, liger_rounds: int) -> dict[str, Any]:
     import layerzero_hf
@@ -131,7 +139,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from layerzero_hf.conformance.archs import ARCHS, TINY, ModelSize
+    from layerzero_hf.conformance.archs import ARCHS, TINY
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CPU smoke test on tiny shapes")
@@ -148,8 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    size = TINY if args.quick else ModelSize(hidden=2048, layers=args.layers, heads=16, kv_heads=8, head_dim=128,
-                                             intermediate=6144, vocab=32000, window=4096)
+    size = TINY if args.quick else arch_size(args.layers)
     shapes = SHAPES_QUICK if args.quick else GPU_PREFILL
     warmup, repeats = (1, 1) if args.quick else (args.warmup, args.repeats)
     rounds = min(args.liger_rounds, 2) if args.quick else args.liger_rounds

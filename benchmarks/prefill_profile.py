@@ -33,7 +33,27 @@ LLAMA_8B_8L = dict(hidden_size=4096, num_hidden_layers=8, num_attention_heads=32
                    intermediate_size=14336, vocab_size=128256, head_dim=128, max_position_embeddings=8192,
                    rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
                    tie_word_embeddings=False)
-PROFILE_ARCHS = {**ARCHS, "llama-8b": ("LlamaConfig", LLAMA_8B_8L)}
+
+
+def _arch_config(arch: str, quick: bool = False) -> tuple[str, dict]:
+    """(config class, config) of a shipped architecture at the 4-layer width ``prefill_archs.py`` measures
+    (the conformance tests' tiny size with ``quick``); token ids are e2e's ``build_model``'s to set."""
+    from layerzero_hf.conformance.archs import TINY as CONFORMANCE_TINY, config_kwargs
+    from prefill_archs import arch_size
+
+    cls, kwargs = config_kwargs(arch, CONFORMANCE_TINY if quick else arch_size())
+    return cls, {k: v for k, v in kwargs.items() if not k.endswith("_token_id")}
+
+
+def _arch_shapes() -> dict[str, tuple[str, dict]]:
+    """``<arch>-4l``: each shipped architecture as ``prefill_archs.py`` measures it, so a cell it reports
+    can be profiled."""
+    from layerzero_hf.conformance.archs import ARCHS as SHIPPED
+
+    return {f"{arch}-4l": _arch_config(arch) for arch in SHIPPED}
+
+
+PROFILE_ARCHS = {**ARCHS, "llama-8b": ("LlamaConfig", LLAMA_8B_8L), **_arch_shapes()}
 
 # Kernel kinds by substrings of the kernel's name, first match wins (names differ by library and version:
 # cuBLAS "nvjet"/"sm90_xmma", CUTLASS, flash "fmha"/"flash", cuDNN's generated SDPA kernels, Triton's
@@ -137,7 +157,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     config_class, cfg = PROFILE_ARCHS[args.arch]
-    if args.quick:
+    if args.quick and args.arch.endswith("-4l"):
+        config_class, cfg = _arch_config(args.arch.removesuffix("-4l"), quick=True)
+    elif args.quick:
         cfg = {**cfg, **TINY}
     shapes = [(1, 32), (2, 16)] if args.quick else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     warmup, repeats = (1, 2) if args.quick else (3, 10)

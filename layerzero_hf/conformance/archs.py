@@ -43,6 +43,13 @@ def build_config(arch: str, size: ModelSize = TINY) -> Any:
     """A Transformers config of ``arch`` at ``size`` with the architecture's distinguishing features on."""
     import transformers
 
+    class_name, kwargs = config_kwargs(arch, size)
+    return getattr(transformers, class_name)(**kwargs)
+
+
+def config_kwargs(arch: str, size: ModelSize = TINY) -> tuple[str, dict[str, Any]]:
+    """(Transformers config class name, its keyword arguments) of :func:`build_config`, for callers that
+    build the config themselves (the benchmarks' model builders)."""
     common: dict[str, Any] = dict(
         vocab_size=size.vocab, hidden_size=size.hidden, intermediate_size=size.intermediate,
         num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
@@ -73,7 +80,7 @@ def build_config(arch: str, size: ModelSize = TINY) -> Any:
                "phi3": "Phi3Config", "gpt_oss": "GptOssConfig"}
     if arch not in classes:
         raise KeyError(f"build_config: unknown arch {arch!r}; known: {', '.join(ARCHS)}")
-    return getattr(transformers, classes[arch])(**{**common, **extra[arch]})
+    return classes[arch], {**common, **extra[arch]}
 
 
 def build_model(arch: str, size: ModelSize = TINY, *, seed: int = 0, dtype: torch.dtype = torch.float32,

@@ -134,6 +134,20 @@ def test_prefill_profile_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_prefill_profile_profiles_a_prefill_archs_architecture(tmp_path):
+    """``<arch>-4l`` profiles an architecture as prefill_archs.py measures it (here at the tiny size): the
+    architecture's own features are on (Gemma-3: sliding layers, q/k norms)."""
+    pytest.importorskip("transformers")
+    mod = _load("prefill_profile")
+    assert {f"{a}-4l" for a in ("llama", "gemma2", "gemma3_text", "gpt_oss")} <= set(mod.PROFILE_ARCHS)
+    cls, cfg = mod.PROFILE_ARCHS["gemma3_text-4l"]
+    assert cls == "Gemma3TextConfig" and cfg["num_hidden_layers"] == 4 and cfg["hidden_size"] == 2048
+    out = mod.main(["--quick", "--arch", "gemma3_text-4l", "--no-liger", "--json", str(tmp_path / "p.json")])
+    assert out["config"]["layer_types"][0] == "sliding_attention"
+    assert out["layerzero_kernels"] and out["variants"]["layerzero"]
+
+
+@pytest.mark.slow
 def test_host_cost_quick(tmp_path):
     """Each decode call of the model is listed with every eligible kernel's issue time (GPU time on CUDA)."""
     pytest.importorskip("transformers")
