@@ -1,7 +1,10 @@
 """The calls the shipped architectures make, as cost buckets: what a cost sweep measures.
 
 Dimensions are those of one public checkpoint per architecture of ``patches/*.yaml`` (the sizes
-``benchmarks/e2e.py`` and the conformance archs already use where they overlap). Attention is swept as
+``benchmarks/e2e.py`` and the conformance archs already use where they overlap), plus a second checkpoint
+where an architecture's sizes change what its calls are: Gemma-2/3 at 27B have head_dim 128, so their
+per-head q/k norms are rows of 128 with Gemma's casting, a bucket no small checkpoint produces (without it
+those calls fell back to hand-set priorities and ran F.rms_norm). Attention is swept as
 the operations models dispatch (``layerzero.ops.attention_operation``): ``attention.prefill`` for a prompt
 of several tokens, ``attention.decode`` for one query token per sequence. A bucket is built from
 the same facts a live call's context gives (:func:`layerzero.tuning.cost_bucket.bucket_for`), so a
@@ -53,6 +56,10 @@ ARCH_DIMS: dict[str, ArchDims] = {
                       fused_residual=True),  # Gemma-2B
     "gemma3_text": ArchDims(1152, 4, 1, 256, 6912, "geglu", window=512, qk_norm=True, casting="gemma",
                             norm_offset=1.0),  # Gemma-3-1B
+    "gemma3_text-27b": ArchDims(5376, 32, 16, 128, 21504, "geglu", window=1024, qk_norm=True, casting="gemma",
+                                norm_offset=1.0),  # Gemma-3-27B
+    "gemma2-27b": ArchDims(4608, 32, 16, 128, 36864, "geglu", window=4096, softcap=50.0, casting="gemma",
+                           norm_offset=1.0),  # Gemma-2-27B
     "phi3": ArchDims(3072, 32, 32, 96, 8192),  # Phi-3-mini
     "gpt_oss": ArchDims(2880, 64, 8, 64, 2880, window=128, sinks=True),  # gpt-oss-20b
 }

@@ -78,6 +78,34 @@ def test_strided_rows_and_columns():
     _close(rms_norm(x4, w16), reference.rms_norm(x4, w16))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_transposed_heads_are_normalised_in_memory_order(dtype):
+    """Gemma-3 normalises q/k after the (B, S, H, D) -> (B, H, S, D) transpose: the kernel reads the block
+    as it lies (no copy) and returns an output with the input's strides, like Transformers' own norm."""
+    from layerzero.kernels.triton import rms_norm as mod
+
+    w = torch.randn(16, dtype=dtype)
+    big = torch.randn(3, 5, 4, 16, dtype=dtype)
+    for x in (big.transpose(1, 2), big[1:].transpose(1, 2), big.permute(2, 0, 1, 3)):  # with a storage offset too
+        assert not x.is_contiguous() and mod._permuted_dense(x, 16)
+        out = rms_norm(x, w, eps=1e-6, offset=1.0, casting="gemma")
+        assert out.stride() == x.stride()
+        _close(out, reference.rms_norm(x, w, eps=1e-6, offset=1.0, casting="gemma"))
+    x = big.transpose(1, 2)
+    r = torch.randn(3, 5, 4, 16, dtype=dtype).transpose(1, 2)  # same strides: fused in memory order
+    normed, summed = rms_norm(x, w, eps=1e-6, residual=r)
+    assert normed.stride() == summed.stride() == x.stride()
+    _close(summed, reference.rms_norm(x, w, eps=1e-6, residual=r)[1])
+    _close(normed, reference.rms_norm(summed, w, eps=1e-6))
+    r_other = torch.randn(3, 4, 5, 16, dtype=dtype)  # other strides: the reshape path, contiguous outputs
+    normed, summed = rms_norm(x, w, eps=1e-6, residual=r_other)
+    assert normed.is_contiguous() and summed.is_contiguous()
+    _close(normed, reference.rms_norm(x, w, eps=1e-6, residual=r_other)[0])
+    gappy = big[:, :, :3].transpose(1, 2)  # a slice of the heads: not one dense block
+    assert not mod._permuted_dense(gappy, 16)
+    _close(rms_norm(gappy, w), reference.rms_norm(gappy, w))
+
+
 def test_without_weight():
     x = torch.randn(4, 33)
     _close(rms_norm(x, None), reference.rms_norm(x, None))
@@ -115,6 +143,17 @@ def test_gpu_large(dtype, shape, casting, offset):
     exp_normed, exp_summed = reference.rms_norm(x, w, offset=offset, casting=casting, residual=r)
     assert torch.equal(summed, exp_summed)  # on GPU the bf16 rounding of the sum is exact
     _close(normed, exp_normed)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_gemma3_transposed_qk_norm(dtype):
+    """Gemma-3's q/k norm input as the model passes it: (B, H, S, D) transposed from the projection."""
+    x = torch.randn(2, 1024, 16, 128, dtype=dtype, device="cuda").transpose(1, 2)
+    w = torch.randn(128, dtype=dtype, device="cuda")
+    out = rms_norm(x, w, eps=1e-6, offset=1.0, casting="gemma")
+    assert out.stride() == x.stride()
+    _close(out, reference.rms_norm(x, w, eps=1e-6, offset=1.0, casting="gemma"))
 
 
 @pytest.mark.gpu

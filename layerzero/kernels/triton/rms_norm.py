@@ -19,7 +19,10 @@ With ``residual`` the sum ``x + residual`` is rounded to the input dtype (what a
 produces), written out, and that rounded sum is what gets normalised.
 
 Layout: rows are the last dimension; any leading shape is flattened to rows through a view when the
-strides allow (no copy for slices with a row stride), else through ``reshape``. Small rows are packed
+strides allow (no copy for slices with a row stride). A tensor that is a permutation of a dense one with
+its rows innermost (Gemma-3 normalises q and k *after* the (B, S, H, D) -> (B, H, S, D) transpose) is
+normalised in its memory order, with an output of the same strides, as Transformers' own norm returns it:
+no copy. Anything else goes through ``reshape``. Small rows are packed
 several to a program so each program moves enough bytes; rows too long for registers take a two-pass
 loop (sum of squares, then scale) whose second read mostly hits L2.
 """
@@ -178,6 +181,25 @@ def _as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t if t.dim() == 2 else t.reshape(-1, n)
 
 
+def _permuted_dense(t: torch.Tensor, n: int) -> bool:
+    """Whether ``t`` (not contiguous) covers one dense block of memory, rows innermost: then its rows are
+    the consecutive runs of ``n`` elements of that block, in some order of the leading dimensions."""
+    if t.dim() < 3 or n < 2 or t.stride(-1) != 1:
+        return False
+    dims = sorted((st, size) for st, size in zip(t.stride()[:-1], t.shape[:-1]) if size != 1)
+    expected = n
+    for st, size in dims:
+        if st != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _memory_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """The (rows, n) view of a :func:`_permuted_dense` tensor's block, in memory order."""
+    return t.as_strided((t.numel() // n, n), (n, 1))
+
+
 # Decided once at import (when @triton.jit chose interpreted or compiled kernels); a module constant keeps
 # the wrapper traceable by dynamo, which cannot take type() of a Triton kernel.
 _INTERPRETED = type(_rms_norm_rows).__name__ == "InterpretedFunction"
@@ -230,12 +252,24 @@ def rms_norm(x, weight, eps, offset, casting, residual, *, _config: tuple[int, i
             raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}; pass a residual of x's shape")
         if residual.dtype != x.dtype:
             raise ValueError(f"residual dtype {residual.dtype} != x dtype {x.dtype}; cast the residual to {x.dtype}")
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    h = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
+    permuted = (not x.is_contiguous() and _permuted_dense(x, n)
+                and (residual is None or residual.stride() == x.stride()))
+    if permuted:  # outputs with x's strides: element i of y's memory block is element i of x's
+        y = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        h = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device) if residual is not None else None
+    else:
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        h = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
     if x.numel() == 0:
         return (y, h) if h is not None else y
-    x2 = _as_rows(x, n)
-    r2 = _as_rows(residual, n) if residual is not None else x2
+    if permuted:
+        x2, y_rows = _memory_rows(x, n), _memory_rows(y, n)
+        r2 = _memory_rows(residual, n) if residual is not None else x2
+        h_rows = _memory_rows(h, n) if h is not None else y_rows
+    else:
+        x2 = _as_rows(x, n)
+        r2 = _as_rows(residual, n) if residual is not None else x2
+        y_rows, h_rows = y, h if h is not None else y
     m = x2.shape[0]
     w = weight if weight is not None else x2  # dummy pointer, never read when HAS_W is False
     stride_w = weight.stride(0) if weight is not None else 0
@@ -247,17 +281,16 @@ def rms_norm(x, weight, eps, offset, casting, residual, *, _config: tuple[int, i
     )
     cfg = _config if _config is not None else launch_config(m, n)
     block_m, block_n, num_warps, row_tiles = cfg
-    hh = h if h is not None else y
     if block_m == 0:
         launch(_rms_norm_long_rows, (m,),
-            x2, r2, w, y, hh,
+            x2, r2, w, y_rows, h_rows,
             x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), stride_w,
             float(eps), float(offset),
             N=n, BLOCK_N=block_n, num_warps=num_warps, **flags,
         )
     else:
         launch(_rms_norm_rows, (cdiv(m, block_m * row_tiles),),
-            x2, r2, w, y, hh, m, n,
+            x2, r2, w, y_rows, h_rows, m, n,
             x2.stride(0), x2.stride(1), r2.stride(0), r2.stride(1), stride_w,
             float(eps), float(offset),
             BLOCK_M=block_m, BLOCK_N=block_n, ROW_TILES=row_tiles, EVEN_N=n == block_n, EVICT=EVICT, STORE=STORE,
