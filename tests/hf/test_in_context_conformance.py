@@ -162,6 +162,25 @@ def test_recorded_calls_carry_the_models_layouts_and_features(recorded):
         assert all(c.module and c.module.split(".")[-1].isdigit() for c in fused), [c.module for c in fused]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "bfloat16"])
+def test_gemma3_qk_norms_are_replayed_transposed_on_the_triton_kernel(recorded, dtype):
+    """Gemma-3 normalises q and k after the (B, S, H, D) -> (B, H, S, D) transpose: the recorded calls keep
+    that layout, and the Triton RMSNorm (interpreted on CPU), which reads such input in memory order and
+    returns the input's strides, passes them like every other eligible kernel."""
+    calls = recorded("gemma3_text", dtype)
+    qk = [c for c in calls if c.operation == "rms_norm" and c.module and c.module.endswith(("q_norm", "k_norm"))]
+    assert qk and any(not c.inputs["x"].is_contiguous() and c.inputs["x"].shape[2] > 1 for c in qk)
+    report = replay(qk)
+    assert "triton_rms_norm" in {r.kernel_id for r in report.results}
+    assert report.ok, str(report)
+    from layerzero.kernels.triton.rms_norm import rms_norm as triton_rms_norm
+
+    call = next(c for c in qk if not c.inputs["x"].is_contiguous())
+    x = clone_exact(call.inputs["x"])
+    out = triton_rms_norm(x, call.inputs["weight"], call.options["eps"], call.options["offset"], call.options["casting"], None)
+    assert out.stride() == x.stride()  # read and written in place order: no copy
+
+
 def test_clone_exact_keeps_strides_offsets_and_broadcasts():
     fused = torch.randn(2, 3, 8)
     gate, up = fused.chunk(2, dim=-1)
