@@ -293,6 +293,12 @@ def versions() -> dict[str, str | None]:
         out["liger_kernel"] = version("liger-kernel")
     except Exception:
         pass
+    try:  # optional: with it installed, LayerZero may pick its kernels (soft-capped prefill attention)
+        from importlib.metadata import version
+
+        out["flashinfer"] = version("flashinfer-python")
+    except Exception:
+        out["flashinfer"] = None
     try:
         import triton
 

@@ -39,27 +39,32 @@ MODEL_SHAPES = (
     ("qwen3-1.7b", 16, 8, 128, 2048, None, None),
     ("gemma2-2b", 8, 4, 256, 2304, 50.0, 4096),
     ("small", 4, 2, 64, 256, 5.0, 8),
+    # Gemma-2 at the 1-2B-class width prefill_archs.py measures every architecture at (head_dim 128)
+    ("gemma2-4l", 16, 8, 128, 2048, 50.0, 4096),
 )
 
 
 ATTENTION_KINDS = ("prefill-single", "prefill-batch", "decode-single", "decode-batch")
 
 
-def configurations(shapes: tuple[str, ...] | None = None) -> list[tuple]:
+def configurations(shapes: tuple[str, ...] | None = None, kinds: tuple[str, ...] | None = None) -> list[tuple]:
     """One entry per FlashInfer module a run can load: attention per (kind, shape, softcap on/off, window
-    on/off), and RoPE/RMSNorm/SwiGLU per shape; ``shapes`` names the model shapes (default: all)."""
+    on/off), and RoPE/RMSNorm/SwiGLU ("pointwise") per shape; ``shapes`` names the model shapes and
+    ``kinds`` the kinds (default: all of each)."""
     out: list[tuple] = []
     for name, h, hkv, d, hidden, cap, window in MODEL_SHAPES:
         if shapes is not None and name not in shapes:
             continue
         for c in ((None,) if cap is None else (None, cap)):
             for w in ((None,) if window is None else (None, window)):
-                out += [(kind, h, hkv, d, c, w) for kind in ATTENTION_KINDS]
-        out.append(("pointwise", h, hkv, d, hidden))
+                out += [(kind, h, hkv, d, c, w) for kind in ATTENTION_KINDS if kinds is None or kind in kinds]
+        if kinds is None or "pointwise" in kinds:
+            out.append(("pointwise", h, hkv, d, hidden))
     return out
 
 
-def run_configurations(part: int, parts: int, shapes: tuple[str, ...] | None = None) -> int:
+def run_configurations(part: int, parts: int, shapes: tuple[str, ...] | None = None,
+                       kinds: tuple[str, ...] | None = None) -> int:
     """Run LayerZero's FlashInfer adapters once for every ``parts``-th configuration from ``part``."""
     import torch
 
@@ -67,7 +72,7 @@ def run_configurations(part: int, parts: int, shapes: tuple[str, ...] | None = N
     from layerzero.kernels import flashinfer as fi
 
     dev, dt = "cuda", torch.bfloat16
-    todo = configurations(shapes)[part::parts]
+    todo = configurations(shapes, kinds)[part::parts]
     for cfg in todo:
         kind = cfg[0]
         if kind == "pointwise":
@@ -95,12 +100,13 @@ def run_configurations(part: int, parts: int, shapes: tuple[str, ...] | None = N
     return len(todo)
 
 
-def jobs(parts: int, shapes: tuple[str, ...] | None = None) -> list[tuple[str, list[str]]]:
+def jobs(parts: int, shapes: tuple[str, ...] | None = None, kinds: tuple[str, ...] | None = None,
+         conformance: bool = True) -> list[tuple[str, list[str]]]:
     from_root = [sys.executable]
     out = [(f"conformance:{f}", from_root + ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
                                             "tests/kernels/test_gpu_conformance.py", "-k", f"flashinfer_{f}"])
-           for f in FAMILIES]
-    only = ["--shapes", ",".join(shapes)] if shapes else []
+           for f in FAMILIES] if conformance else []
+    only = (["--shapes", ",".join(shapes)] if shapes else []) + (["--kinds", ",".join(kinds)] if kinds else [])
     out += [(f"configurations:{i}/{parts}", from_root + [__file__, "--part", f"{i}/{parts}", *only])
             for i in range(parts)]
     return out
@@ -121,16 +127,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the per-job results as JSON here")
     p.add_argument("--shapes", help="model shapes to compile, comma-separated (default: all of "
                    + ", ".join(s[0] for s in MODEL_SHAPES) + "); the GPU tier needs only 'small'")
+    p.add_argument("--kinds", help="configuration kinds to compile, comma-separated (default: all of "
+                   + ", ".join((*ATTENTION_KINDS, "pointwise")) + "); a prefill benchmark needs the prefill kinds")
+    p.add_argument("--no-conformance", action="store_true",
+                   help="skip the jobs that compile FlashInfer's GPU conformance tests (a benchmark-only machine)")
     p.add_argument("--part", help=argparse.SUPPRESS)  # a child process: "i/n" of the configurations
     args = p.parse_args(argv)
     shapes = tuple(args.shapes.split(",")) if args.shapes else None
+    kinds = tuple(args.kinds.split(",")) if args.kinds else None
+    unknown = sorted(set(kinds or ()) - {*ATTENTION_KINDS, "pointwise"}) + sorted(
+        set(shapes or ()) - {s[0] for s in MODEL_SHAPES})
+    if unknown:
+        p.error(f"unknown --kinds/--shapes value(s): {', '.join(unknown)}")
     if args.part:
         i, n = (int(x) for x in args.part.split("/"))
-        print(f"{run_configurations(i, n, shapes)} FlashInfer configurations ran")
+        print(f"{run_configurations(i, n, shapes, kinds)} FlashInfer configurations ran")
         return 0
     os.environ.pop("FLASHINFER_DISABLE_JIT", None)  # this is the call that compiles
     t0 = time.perf_counter()
-    todo = jobs(max(1, min(args.jobs - len(FAMILIES), len(configurations(shapes)))), shapes)
+    conformance = not args.no_conformance
+    parts = max(1, min(args.jobs - (len(FAMILIES) if conformance else 0), len(configurations(shapes, kinds))))
+    todo = jobs(parts, shapes, kinds, conformance)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(lambda j: run_job(*j), todo))
     summary = {"seconds": round(time.perf_counter() - t0, 1), "jobs": results}

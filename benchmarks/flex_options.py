@@ -8,7 +8,10 @@ call LayerZero makes (B x S tokens, softcap 50, causal block mask, bf16, (B, H, 
 tensors; Gemma2-2B's 8 query / 4 KV heads at head_dim 256 by default, ``--head-dim 128 --heads 16/8`` for
 the head size of Gemma2-27B and of the 1-2B-class shape ``prefill_archs.py`` measures) and times each with ``triton.testing.do_bench`` (median),
 beside Flex with its defaults and SDPA *without* the softcap (the yardstick: what the peers run; not a
-correct Gemma-2 call). Every option set is checked against the fp32 reference of the soft-capped call.
+correct Gemma-2 call). The best option sets are re-timed with ``USE_TMA`` (Hopper's tensor memory
+accelerator, off by default on CUDA), and where FlashInfer is installed its prefill kernel (softcap in its
+own kernel: what LayerZero runs instead of Flex when it is there) is timed beside them. Every variant is
+checked against the fp32 reference of the soft-capped call.
 
     python benchmarks/flex_options.py --json out.json --md out.md
     python benchmarks/flex_options.py --head-dim 128 --heads 16/8 --json out.json --md out.md
@@ -59,6 +62,44 @@ def _grid(head_dim: int) -> list[dict[str, int]]:
     return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
 
 
+def _flashinfer_attention() -> Callable[..., torch.Tensor] | None:
+    """LayerZero's FlashInfer prefill adapter when FlashInfer is installed (it JIT-compiles each
+    configuration on first use: the first call's time is reported as compile_s), else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("flashinfer") is None:
+        return None
+    from layerzero.kernels.flashinfer import flashinfer_prefill_attention
+
+    return flashinfer_prefill_attention
+
+
+def _version(module: str) -> str | None:
+    try:
+        return getattr(__import__(module), "__version__", "?")
+    except ImportError:
+        return None
+
+
+def _timed(row: dict[str, Any], call: Callable[[], torch.Tensor], to_bshd: Callable[[torch.Tensor], torch.Tensor],
+           expected: torch.Tensor) -> dict[str, Any]:
+    """Run ``call`` once (compile; error against the fp32 reference), then time it; a variant that cannot
+    run here (shared memory, registers, a missing JIT toolchain) is recorded with its error."""
+    try:
+        t0 = time.perf_counter()
+        out = call()
+        torch.cuda.synchronize()
+        row["compile_s"] = round(time.perf_counter() - t0, 2)
+        row["max_abs_err"] = (to_bshd(out).float() - expected).abs().max().item()
+        row["median_ms"] = _median_ms(call)
+    except Exception as e:
+        row["error"] = f"{type(e).__name__}: {e}"[:200]
+    print(f"  {row['batch']}x{row['seq']} {row['variant']} {row['options']} " + "  ".join(
+        f"{key}={row[key]:.4g}" for key in ("median_ms", "max_abs_err", "compile_s") if key in row)
+        + (f"  {row['error'][:80]}" if "error" in row else ""), flush=True)
+    return row
+
+
 def measure(shapes: tuple[tuple[int, int], ...] = SHAPES, heads: int = 8, kv_heads: int = 4,
             head_dim: int = 256) -> list[dict[str, Any]]:
     from torch.nn.attention.flex_attention import flex_attention
@@ -73,6 +114,7 @@ def measure(shapes: tuple[tuple[int, int], ...] = SHAPES, heads: int = 8, kv_hea
     score_mod = _softcap_mod(SOFTCAP)
     rows: list[dict[str, Any]] = []
     ranked: list[dict[str, int] | None] = []
+    flashinfer_call = _flashinfer_attention()
     for shape_index, (batch, seq) in enumerate(shapes):
         q, k, v = _inputs(batch, seq, heads, kv_heads, head_dim)
         block_mask = _block_mask(seq, seq, True, None, "cuda")
@@ -80,28 +122,31 @@ def measure(shapes: tuple[tuple[int, int], ...] = SHAPES, heads: int = 8, kv_hea
                                        softcap=SOFTCAP).float()
         sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
         rows.append(dict(batch=batch, seq=seq, variant="sdpa, no softcap", median_ms=_median_ms(sdpa)))
-        candidates: list[dict[str, int] | None] = [None, *_grid(head_dim)] if shape_index == 0 else ranked
-        for options in candidates:
-            row: dict[str, Any] = dict(batch=batch, seq=seq, variant="flex", options=options)
+
+        def flex(options: dict[str, Any] | None) -> None:
             call = lambda: compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True,  # noqa: E731
                                     kernel_options=options)
-            try:
-                t0 = time.perf_counter()
-                out = call()
-                torch.cuda.synchronize()
-                row["compile_s"] = round(time.perf_counter() - t0, 2)
-                row["max_abs_err"] = (out.transpose(1, 2).float() - expected).abs().max().item()
-                row["median_ms"] = _median_ms(call)
-            except Exception as e:  # an option set Triton cannot fit (shared memory, registers): record, go on
-                row["error"] = f"{type(e).__name__}: {e}"[:200]
-            rows.append(row)
-            print(f"  {batch}x{seq} {options} " + "  ".join(
-                f"{key}={row[key]:.4g}" for key in ("median_ms", "max_abs_err", "compile_s") if key in row)
-                + (f"  {row['error'][:80]}" if "error" in row else ""), flush=True)
+            rows.append(_timed(dict(batch=batch, seq=seq, variant="flex", options=options), call,
+                               lambda out: out.transpose(1, 2), expected))
+
         if shape_index == 0:
+            for options in (None, *_grid(head_dim)):
+                flex(options)
             timed = sorted((r for r in rows if r.get("variant") == "flex" and "median_ms" in r and r["options"]),
                            key=lambda r: r["median_ms"])
             ranked = [None, *(r["options"] for r in timed[:TOP])]
+            # Hopper's tensor memory accelerator for the loads (off by default on CUDA), on the best sets
+            with_tma = [{**(options or {}), "USE_TMA": True} for options in ranked]
+            for options in with_tma:
+                flex(options)
+        else:
+            for options in (*ranked, *with_tma):
+                flex(options)
+        if flashinfer_call is not None:  # what LayerZero runs for this call when FlashInfer is installed
+            qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))  # the (B, S, H, D) tensors the views came from
+            call = lambda: flashinfer_call(qs, ks, vs, is_causal=True, softcap=SOFTCAP, enable_gqa=True)  # noqa: E731
+            rows.append(_timed(dict(batch=batch, seq=seq, variant="flashinfer", options=None), call,
+                               lambda out: out, expected))
     return rows
 
 
@@ -112,7 +157,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{meta['device']}, torch {meta['torch']}, triton {meta['triton']}; {meta['heads']}/{meta['kv_heads']} "
         f"heads, head_dim {meta['head_dim']}, "
         f"softcap {SOFTCAP}, causal, bf16. Median of triton.testing.do_bench; commit {meta.get('commit') or '?'}. "
-        "`defaults` = Flex's own choice (what LayerZero passed before this sweep).",
+        "`defaults` = Flex's own choice (what LayerZero passed before this sweep); `flashinfer` = LayerZero's "
+        f"FlashInfer adapter ({meta.get('flashinfer') or 'not installed: not run'}).",
         "",
         "| B x S | variant | options | median ms | / sdpa without softcap | / Flex defaults | max abs err |",
         "|---|---|---|---:|---:|---:|---:|",
@@ -151,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), commit=git_commit(), heads=heads, kv_heads=kv_heads,
-                head_dim=args.head_dim)
+                head_dim=args.head_dim, flashinfer=_version("flashinfer"))
     t0 = time.perf_counter()
     rows = measure(heads=heads, kv_heads=kv_heads, head_dim=args.head_dim)
     meta["seconds"] = round(time.perf_counter() - t0, 1)

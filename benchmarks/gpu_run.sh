@@ -22,8 +22,10 @@
 #             matrix, FlashInfer off the path.
 #   bench   - (carry .whl) the timing benchmarks, one after another on an otherwise idle machine (host-bound
 #             decode measured beside other jobs lost up to 35%): BENCHES="multi_gpu decode_ab prefill_archs"
-#             by default, e2e-<arch> for benchmarks/e2e.py; FlashInfer off the path (BENCH_FLASHINFER=1
-#             keeps it, after run1 with WARMUP_SHAPES naming the benchmarked shapes). Also: parity-unfused (the
+#             by default (PREFILL_ARCHS limits prefill_archs to some), e2e-<arch> for benchmarks/e2e.py; FlashInfer
+#             off the path (BENCH_FLASHINFER=1 keeps it, after run1 with WARMUP_SHAPES naming the benchmarked
+#             shapes, e.g. WARMUP_SHAPES=gemma2-4l WARMUP_KINDS=prefill-single,prefill-batch WARMUP_CONFORMANCE=0
+#             RUN1_TESTS=1: only the prefill modules, with the GPU tests in the foreground). Also: parity-unfused (the
 #             parity matrix without the residual_norm kind), costs-<operation> (re-sweeps one operation, e.g.
 #             costs-rms_norm or costs-attention.decode, over a copy of the shipped sm90 table, returned under costs/),
 #             profile-<arch> (prefill_profile.py --compiled: eager and compiled HF sdpa and LayerZero, PROFILE_SHAPES;
@@ -76,6 +78,42 @@ tests_replay_parity() {  # pytest -m gpu on GPU 0 beside the in-context replay a
   wait
 }
 
+run_bench() {  # one timing benchmark $1 (see "bench" above), its log in /tmp/$1.log
+  local b=$1
+  case $b in
+    multi_gpu) [ "$NGPU" -ge 2 ] && timeout 260 python3 benchmarks/multi_gpu.py --shape 8b --layers 8 \
+                 --json "$OUT/multi-gpu.json" --md "$OUT/multi-gpu.md" > /tmp/$b.log 2>&1 ;;
+    # DECODE_ARCH picks the shape (default gemma2-2b), DECODE_EXTRA adds flags (e.g. --without-residual-norm)
+    decode_ab) CUDA_VISIBLE_DEVICES=0 timeout 230 python3 benchmarks/decode_ab.py --arch "${DECODE_ARCH:-gemma2-2b}" \
+                 --rounds "${DECODE_ROUNDS:-11}" --profile ${DECODE_EXTRA:-} --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/$b.log 2>&1 ;;
+    prefill_archs) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/prefill_archs.py ${PREFILL_ARCHS:+--archs "$PREFILL_ARCHS"} \
+                 --json "$OUT/prefill-archs.json" --md "$OUT/prefill-archs.md" > /tmp/$b.log 2>&1 ;;
+    parity-unfused) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/parity_matrix.py \
+                 --kinds rms_norm,rope,mlp --json "$OUT/parity-unfused.json" --md "$OUT/parity-unfused.md" > /tmp/$b.log 2>&1 ;;
+    # costs-<operation>: re-sweep one operation over a copy of the shipped sm90 table (a new kernel's rows,
+    # e.g. costs-attention.decode for torch_eager_attention; several costs-* in one call add to one table);
+    # COST_ARCH limits it to some architectures, COST_MAX_TOKENS to decode-sized buckets
+    costs-*) mkdir -p "$OUT/costs" && { [ -f "$OUT/costs/sm90.json" ] || cp layerzero/data/costs/sm90.* "$OUT/costs/"; } \
+                 && CUDA_VISIBLE_DEVICES=0 timeout $(( ${COST_SECONDS:-240} + 60 )) python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
+                 --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} ${COST_MAX_TOKENS:+--max-tokens "$COST_MAX_TOKENS"} --max-seconds "${COST_SECONDS:-240}" > /tmp/$b.log 2>&1 ;;
+    # Gemma-2's soft-capped prefill attention: Flex kernel options (and USE_TMA) swept at head_dim 256 or
+    # FLEX_EXTRA="--head-dim 128 --heads 16/8"; FlashInfer's kernel beside them with BENCH_FLASHINFER=1
+    flex_options) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/flex_options.py ${FLEX_EXTRA:-} \
+                 --json "$OUT/flex-options.json" --md "$OUT/flex-options.md" > /tmp/$b.log 2>&1 ;;
+    # q/k/v and gate/up as one GEMM each: what it would save per architecture at the prefill token counts
+    fused_projections) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 benchmarks/fused_projections.py \
+                 --json "$OUT/fused-projections.json" --md "$OUT/fused-projections.md" > /tmp/$b.log 2>&1 ;;
+    # profile-<arch>: where the prefill's GPU time goes, eager and torch.compile'd (HF sdpa, LayerZero)
+    profile-*) CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/prefill_profile.py --arch "${b#profile-}" ${PROFILE_FLAGS---compiled --no-liger} \
+                 --shapes "${PROFILE_SHAPES:-1x4096,8x1024}" --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
+    # one e2e per call (E2E_EXTRA adds flags, e.g. --no-other-compile-strategy): with the compiled variants (HF sdpa, LayerZero opaque and inline) and the alternating
+    # Liger rounds a Gemma2 run is estimated at ~500 s
+    e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout ${E2E_TIMEOUT:-560} python3 benchmarks/e2e.py --arch "$a" --skip-eager --without-residual-norm \
+                 --compile-shapes "${E2E_COMPILE_SHAPES:-8x1024}" --compile-with-cache --repeats 3 ${E2E_EXTRA:-} --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
+  esac
+  echo "$b rc=$?" >> /tmp/$b.log; tail -12 /tmp/$b.log >> "$LOG"
+}
+
 install_flashinfer() {  # .whl-big holds FlashInfer's wheel, or its files as a .tar.xz (16 MB instead of 62: fits beside .whl)
   if ls .whl-big/*.tar.xz >/dev/null 2>&1; then
     mkdir -p "$fi_site" && tar xJf .whl-big/*.tar.xz -C "$fi_site" && echo "flashinfer unpacked" >> "$LOG"
@@ -107,11 +145,21 @@ if [ "$stage" = run1 ]; then  # results in one archive: a call returns at most 8
   # run2 gave it 200 s more, and pytest still found modules missing).
   section "FlashInfer JIT of what run2 loads (every core, from the start)"
   (with_fi env CUDA_VISIBLE_DEVICES=$G1 MAX_JOBS=${JIT_MAX_JOBS:-4} timeout 575 python3 benchmarks/flashinfer_warmup.py \
-     --jobs 24 --shapes "${WARMUP_SHAPES:-small}" --out "$R/warmup.json" > /tmp/warmup.log 2>&1; echo "warmup rc=$?" >> /tmp/warmup.log) &
+     --jobs 24 --shapes "${WARMUP_SHAPES:-small}" ${WARMUP_KINDS:+--kinds "$WARMUP_KINDS"} \
+     $([ "${WARMUP_CONFORMANCE:-1}" = 0 ] && echo --no-conformance) --out "$R/warmup.json" > /tmp/warmup.log 2>&1
+   echo "warmup rc=$?" >> /tmp/warmup.log) &
   # beside it, the parts of the tier that need no FlashInfer and no quiet host: device-time kernel sweep
-  # (GPU 0) and the cross-device tests (2 GPUs)
+  # (GPU 0) and the cross-device tests (2 GPUs); RUN1_TESTS=1: instead, pytest -m gpu beside the replay and
+  # the parity matrix (the recheck's tests), for a benchmark-only FlashInfer JIT (WARMUP_SHAPES, WARMUP_KINDS,
+  # WARMUP_CONFORMANCE=0) followed by a bench call with BENCH_FLASHINFER=1
+  if [ "${RUN1_TESTS:-0}" = 1 ]; then
+    tests_replay_parity
+    for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -6 "$f" >> "$LOG"; done
+    tail -4 "$OUT/pytest-gpu.log" >> "$LOG"
+  else
   section "kernel sweep (GPU 0), cross-device tests (2 GPUs), FlashInfer off the path"
   CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/kernel_sweep.py --out "$R/kernels" > /tmp/sweep.log 2>&1; echo "sweep rc=$?" >> /tmp/sweep.log
+  fi
   if [ "$NGPU" -ge 2 ]; then
     timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider -rs tests/multidevice > "$R/cross-device.log" 2>&1
     echo "cross-device rc=$?" >> "$R/cross-device.log"; tail -3 "$R/cross-device.log" >> "$LOG"
@@ -153,37 +201,7 @@ elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound 
   [ "${BENCH_FLASHINFER:-0}" = 1 ] || export PYTHONPATH=$site:$PWD
   for b in ${BENCHES:-multi_gpu decode_ab prefill_archs}; do
     section "$b (alone on the machine)"
-    case $b in
-      multi_gpu) [ "$NGPU" -ge 2 ] && timeout 260 python3 benchmarks/multi_gpu.py --shape 8b --layers 8 \
-                   --json "$OUT/multi-gpu.json" --md "$OUT/multi-gpu.md" > /tmp/$b.log 2>&1 ;;
-      # DECODE_ARCH picks the shape (default gemma2-2b), DECODE_EXTRA adds flags (e.g. --without-residual-norm)
-      decode_ab) CUDA_VISIBLE_DEVICES=0 timeout 230 python3 benchmarks/decode_ab.py --arch "${DECODE_ARCH:-gemma2-2b}" \
-                   --rounds "${DECODE_ROUNDS:-11}" --profile ${DECODE_EXTRA:-} --json "$OUT/decode-ab.json" --md "$OUT/decode-ab.md" > /tmp/$b.log 2>&1 ;;
-      prefill_archs) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/prefill_archs.py \
-                   --json "$OUT/prefill-archs.json" --md "$OUT/prefill-archs.md" > /tmp/$b.log 2>&1 ;;
-      parity-unfused) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/parity_matrix.py \
-                   --kinds rms_norm,rope,mlp --json "$OUT/parity-unfused.json" --md "$OUT/parity-unfused.md" > /tmp/$b.log 2>&1 ;;
-      # costs-<operation>: re-sweep one operation over a copy of the shipped sm90 table (a new kernel's rows,
-      # e.g. costs-attention.decode for torch_eager_attention; several costs-* in one call add to one table);
-      # COST_ARCH limits it to some architectures, COST_MAX_TOKENS to decode-sized buckets
-      costs-*) mkdir -p "$OUT/costs" && { [ -f "$OUT/costs/sm90.json" ] || cp layerzero/data/costs/sm90.* "$OUT/costs/"; } \
-                   && CUDA_VISIBLE_DEVICES=0 timeout $(( ${COST_SECONDS:-240} + 60 )) python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
-                   --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} ${COST_MAX_TOKENS:+--max-tokens "$COST_MAX_TOKENS"} --max-seconds "${COST_SECONDS:-240}" > /tmp/$b.log 2>&1 ;;
-      # Gemma-2's soft-capped prefill attention: Flex kernel options swept at head_dim 256
-      flex_options) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/flex_options.py ${FLEX_EXTRA:-} \
-                   --json "$OUT/flex-options.json" --md "$OUT/flex-options.md" > /tmp/$b.log 2>&1 ;;
-      # q/k/v and gate/up as one GEMM each: what it would save per architecture at the prefill token counts
-      fused_projections) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 benchmarks/fused_projections.py \
-                   --json "$OUT/fused-projections.json" --md "$OUT/fused-projections.md" > /tmp/$b.log 2>&1 ;;
-      # profile-<arch>: where the prefill's GPU time goes, eager and torch.compile'd (HF sdpa, LayerZero)
-      profile-*) CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/prefill_profile.py --arch "${b#profile-}" ${PROFILE_FLAGS---compiled --no-liger} \
-                   --shapes "${PROFILE_SHAPES:-1x4096,8x1024}" --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
-      # one e2e per call (E2E_EXTRA adds flags, e.g. --no-other-compile-strategy): with the compiled variants (HF sdpa, LayerZero opaque and inline) and the alternating
-      # Liger rounds a Gemma2 run is estimated at ~500 s
-      e2e-*) a=${b#e2e-}; CUDA_VISIBLE_DEVICES=0 timeout ${E2E_TIMEOUT:-560} python3 benchmarks/e2e.py --arch "$a" --skip-eager --without-residual-norm \
-                   --compile-shapes "${E2E_COMPILE_SHAPES:-8x1024}" --compile-with-cache --repeats 3 ${E2E_EXTRA:-} --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;
-    esac
-    echo "$b rc=$?" >> /tmp/$b.log; tail -12 /tmp/$b.log >> "$LOG"
+    run_bench "$b"
   done
 fi
 tail -40 "$LOG"

@@ -109,7 +109,7 @@ def markdown(result: dict[str, Any]) -> str:
     shapes = list(result["rows"][0]["tokens_per_s"]["hf_sdpa"]) if result["rows"] else []
     out = [f"# Prefill of the nine architectures: {m['device']} ({m['dtype']})", "",
            f"{m['date']}; torch {m['versions']['torch']}, transformers {m['versions']['transformers']}, "
-           f"liger-kernel {m['versions']['liger_kernel']}, commit {m['versions']['git']}. {m['size']}", "",
+           f"liger-kernel {m['versions']['liger_kernel']}, flashinfer {m['versions'].get('flashinfer') or 'not installed'}, commit {m['versions']['git']}. {m['size']}", "",
            "Cells: LayerZero speed-up vs HF sdpa / vs Liger (Liger's own speed-up vs HF sdpa). " + (
                f"vs Liger: median of {m['liger_rounds']} rounds alternating the two models (each 3 timed passes), "
                "with the range of the per-round ratios. " if m.get("liger_rounds") else

@@ -157,3 +157,18 @@ def test_host_cost_quick(tmp_path):
     for c in out["calls"]:
         for t in c["kernels"].values():
             assert "error" in t or (t["issue_us"] > 0 and t["pipelined_us"] > 0)
+
+
+def test_flashinfer_warmup_compiles_only_the_named_shapes_and_kinds():
+    warmup = _load("flashinfer_warmup")
+    # Gemma-2 at prefill_archs' width: softcap on/off x window on/off per prefill kind, and one pointwise entry
+    cfgs = warmup.configurations(("gemma2-4l",), ("prefill-single", "prefill-batch", "pointwise"))
+    assert len(cfgs) == 9 and {c[0] for c in cfgs} == {"prefill-single", "prefill-batch", "pointwise"}
+    assert all(c[3] == 128 for c in cfgs)  # head_dim of the 1-2B-class width
+    assert {(c[4], c[5]) for c in cfgs if c[0] == "prefill-batch"} == {(None, None), (50.0, None), (None, 4096),
+                                                                       (50.0, 4096)}
+    names = [name for name, _ in warmup.jobs(3, ("gemma2-4l",), ("prefill-batch",), conformance=False)]
+    assert names == ["configurations:0/3", "configurations:1/3", "configurations:2/3"]
+    assert len(warmup.jobs(2, None, None)) == len(warmup.FAMILIES) + 2  # default: conformance jobs too
+    with pytest.raises(SystemExit):
+        warmup.main(["--kinds", "prefill"])  # a misspelt kind is refused, not silently compiled as nothing
