@@ -47,15 +47,17 @@ MODEL_SHAPES = (
 ATTENTION_KINDS = ("prefill-single", "prefill-batch", "decode-single", "decode-batch")
 
 
-def configurations(shapes: tuple[str, ...] | None = None, kinds: tuple[str, ...] | None = None) -> list[tuple]:
+def configurations(shapes: tuple[str, ...] | None = None, kinds: tuple[str, ...] | None = None,
+                   model_softcap_only: bool = False) -> list[tuple]:
     """One entry per FlashInfer module a run can load: attention per (kind, shape, softcap on/off, window
     on/off), and RoPE/RMSNorm/SwiGLU ("pointwise") per shape; ``shapes`` names the model shapes and
-    ``kinds`` the kinds (default: all of each)."""
+    ``kinds`` the kinds (default: all of each); ``model_softcap_only``: the softcap as the model has it, not
+    also without it (a model benchmark, not the tests, which call both)."""
     out: list[tuple] = []
     for name, h, hkv, d, hidden, cap, window in MODEL_SHAPES:
         if shapes is not None and name not in shapes:
             continue
-        for c in ((None,) if cap is None else (None, cap)):
+        for c in ((None,) if cap is None else ((cap,) if model_softcap_only else (None, cap))):
             for w in ((None,) if window is None else (None, window)):
                 out += [(kind, h, hkv, d, c, w) for kind in ATTENTION_KINDS if kinds is None or kind in kinds]
         if kinds is None or "pointwise" in kinds:
@@ -64,7 +66,7 @@ def configurations(shapes: tuple[str, ...] | None = None, kinds: tuple[str, ...]
 
 
 def run_configurations(part: int, parts: int, shapes: tuple[str, ...] | None = None,
-                       kinds: tuple[str, ...] | None = None) -> int:
+                       kinds: tuple[str, ...] | None = None, model_softcap_only: bool = False) -> int:
     """Run LayerZero's FlashInfer adapters once for every ``parts``-th configuration from ``part``."""
     import torch
 
@@ -72,7 +74,7 @@ def run_configurations(part: int, parts: int, shapes: tuple[str, ...] | None = N
     from layerzero.kernels import flashinfer as fi
 
     dev, dt = "cuda", torch.bfloat16
-    todo = configurations(shapes, kinds)[part::parts]
+    todo = configurations(shapes, kinds, model_softcap_only)[part::parts]
     for cfg in todo:
         kind = cfg[0]
         if kind == "pointwise":
@@ -101,12 +103,13 @@ def run_configurations(part: int, parts: int, shapes: tuple[str, ...] | None = N
 
 
 def jobs(parts: int, shapes: tuple[str, ...] | None = None, kinds: tuple[str, ...] | None = None,
-         conformance: bool = True) -> list[tuple[str, list[str]]]:
+         conformance: bool = True, model_softcap_only: bool = False) -> list[tuple[str, list[str]]]:
     from_root = [sys.executable]
     out = [(f"conformance:{f}", from_root + ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
                                             "tests/kernels/test_gpu_conformance.py", "-k", f"flashinfer_{f}"])
            for f in FAMILIES] if conformance else []
-    only = (["--shapes", ",".join(shapes)] if shapes else []) + (["--kinds", ",".join(kinds)] if kinds else [])
+    only = (["--shapes", ",".join(shapes)] if shapes else []) + (["--kinds", ",".join(kinds)] if kinds else []) \
+        + (["--model-softcap-only"] if model_softcap_only else [])
     out += [(f"configurations:{i}/{parts}", from_root + [__file__, "--part", f"{i}/{parts}", *only])
             for i in range(parts)]
     return out
@@ -131,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                    + ", ".join((*ATTENTION_KINDS, "pointwise")) + "); a prefill benchmark needs the prefill kinds")
     p.add_argument("--no-conformance", action="store_true",
                    help="skip the jobs that compile FlashInfer's GPU conformance tests (a benchmark-only machine)")
+    p.add_argument("--model-softcap-only", action="store_true",
+                   help="attention with the softcap as each model has it, not also without (a model benchmark)")
     p.add_argument("--part", help=argparse.SUPPRESS)  # a child process: "i/n" of the configurations
     args = p.parse_args(argv)
     shapes = tuple(args.shapes.split(",")) if args.shapes else None
@@ -141,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown --kinds/--shapes value(s): {', '.join(unknown)}")
     if args.part:
         i, n = (int(x) for x in args.part.split("/"))
-        print(f"{run_configurations(i, n, shapes, kinds)} FlashInfer configurations ran")
+        print(f"{run_configurations(i, n, shapes, kinds, args.model_softcap_only)} FlashInfer configurations ran")
         return 0
     os.environ.pop("FLASHINFER_DISABLE_JIT", None)  # this is the call that compiles
     t0 = time.perf_counter()
     conformance = not args.no_conformance
-    parts = max(1, min(args.jobs - (len(FAMILIES) if conformance else 0), len(configurations(shapes, kinds))))
-    todo = jobs(parts, shapes, kinds, conformance)
+    todo_configs = configurations(shapes, kinds, args.model_softcap_only)
+    parts = max(1, min(args.jobs - (len(FAMILIES) if conformance else 0), len(todo_configs)))
+    todo = jobs(parts, shapes, kinds, conformance, args.model_softcap_only)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(lambda j: run_job(*j), todo))
     summary = {"seconds": round(time.perf_counter() - t0, 1), "jobs": results}

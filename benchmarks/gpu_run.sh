@@ -146,7 +146,7 @@ if [ "$stage" = run1 ]; then  # results in one archive: a call returns at most 8
   section "FlashInfer JIT of what run2 loads (every core, from the start)"
   (with_fi env CUDA_VISIBLE_DEVICES=$G1 MAX_JOBS=${JIT_MAX_JOBS:-4} timeout 575 python3 benchmarks/flashinfer_warmup.py \
      --jobs 24 --shapes "${WARMUP_SHAPES:-small}" ${WARMUP_KINDS:+--kinds "$WARMUP_KINDS"} \
-     $([ "${WARMUP_CONFORMANCE:-1}" = 0 ] && echo --no-conformance) --out "$R/warmup.json" > /tmp/warmup.log 2>&1
+     $([ "${WARMUP_CONFORMANCE:-1}" = 0 ] && echo --no-conformance --model-softcap-only) --out "$R/warmup.json" > /tmp/warmup.log 2>&1
    echo "warmup rc=$?" >> /tmp/warmup.log) &
   # beside it, the parts of the tier that need no FlashInfer and no quiet host: device-time kernel sweep
   # (GPU 0) and the cross-device tests (2 GPUs); RUN1_TESTS=1: instead, pytest -m gpu beside the replay and

@@ -167,6 +167,8 @@ def test_flashinfer_warmup_compiles_only_the_named_shapes_and_kinds():
     assert all(c[3] == 128 for c in cfgs)  # head_dim of the 1-2B-class width
     assert {(c[4], c[5]) for c in cfgs if c[0] == "prefill-batch"} == {(None, None), (50.0, None), (None, 4096),
                                                                        (50.0, 4096)}
+    only_capped = warmup.configurations(("gemma2-4l",), ("prefill-batch",), model_softcap_only=True)
+    assert {(c[4], c[5]) for c in only_capped} == {(50.0, None), (50.0, 4096)}  # Gemma-2's own: softcap always on
     names = [name for name, _ in warmup.jobs(3, ("gemma2-4l",), ("prefill-batch",), conformance=False)]
     assert names == ["configurations:0/3", "configurations:1/3", "configurations:2/3"]
     assert len(warmup.jobs(2, None, None)) == len(warmup.FAMILIES) + 2  # default: conformance jobs too
