@@ -129,3 +129,27 @@ def test_bucketer():
     assert b(16) != b(17) and b(17) == b(32) and b(33) == b(64)
     b = Bucketer(Bucketer.boundaries_for([40]))
     assert b(39) != b(40) != b(41) and b(41) == b(42)
+
+
+@pytest.mark.parametrize("batch,seq", [(8, 1024), (1, 4096), (32, 512)])
+def test_soft_capped_prefill_on_sm90_runs_flashinfer_where_installed_else_flex(batch, seq):
+    """Gemma-2's soft-capped prefill: SDPA cannot softcap; FlashInfer's kernel took 1.17-1.23x the time of SDPA
+    without the softcap on an H200 where Flex took 2.8-3.2x, which put Gemma-2 ahead of the Liger-patched
+    model. With the shipped sm90 table and the default policy, an installed FlashInfer must therefore win,
+    and Flex must serve the call without it (the fp32 reference stays the last resort)."""
+    from layerzero.selection.measured_ranking import MeasuredRanking
+
+    ctx = SelectionContext(operation="attention.prefill", batch_size=batch, seq_len_q=seq, num_heads=16,
+                           num_kv_heads=8, head_dim=128, dtype="bfloat16", device="cuda", compute_capability=(9, 0),
+                           is_causal=True, softcap=50.0)
+    chosen = {}
+    for installed in (("torch", "torch_flex", "flashinfer", "triton", "liger"), ("torch", "torch_flex", "triton")):
+        backends = BackendRegistry([BackendSpec(b, modules=("torch",)) for b in installed])  # present, as stand-ins
+        eng = SelectionEngine(get_global_kernel_registry(), backends, PolicyEngine(load_policy(None)),
+                              ranking=MeasuredRanking())
+        plan = eng.plan("attention.prefill", ctx)
+        chosen["flashinfer" in installed] = [k.kernel_id for k in plan.kernels]
+        rejected = eng.explain("attention.prefill", ctx).rejected()
+        assert any("softcap 50.0 not supported" in r for r in rejected["torch_sdpa_cudnn_attention"])
+    assert chosen[True][:2] == ["flashinfer_prefill_attention", "torch_flex_attention"]
+    assert chosen[False][0] == "torch_flex_attention" and chosen[False][-1] == "reference_attention"
