@@ -107,7 +107,11 @@ def measure_arch(arch: str, size: Any, dtype: torch.dtype, device: str, shapes: 
 def markdown(result: dict[str, Any]) -> str:
     m = result["meta"]
     shapes = list(result["rows"][0]["tokens_per_s"]["hf_sdpa"]) if result["rows"] else []
-    out = [f"# Prefill of the nine architectures: {m['device']} ({m['dtype']})", "",
+    from layerzero_hf.conformance.archs import ARCHS
+
+    archs = [r["arch"] for r in result["rows"]]
+    title = "the nine architectures" if set(archs) == set(ARCHS) else ", ".join(archs)
+    out = [f"# Prefill of {title}: {m['device']} ({m['dtype']})", "",
            f"{m['date']}; torch {m['versions']['torch']}, transformers {m['versions']['transformers']}, "
            f"liger-kernel {m['versions']['liger_kernel']}, flashinfer {m['versions'].get('flashinfer') or 'not installed'}, commit {m['versions']['git']}. {m['size']}", "",
            "Cells: LayerZero speed-up vs HF sdpa / vs Liger (Liger's own speed-up vs HF sdpa). " + (

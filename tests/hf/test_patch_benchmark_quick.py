@@ -37,6 +37,8 @@ def test_e2e_benchmark_quick(tmp_path, arch):
     assert lz["decode_ms_per_step"]["dynamic"] > 0
     assert lz["recompile_limit_hits"] == 0
     assert "Prefill tokens/s" in md.read_text()
+    assert "decode_ab.py" in md.read_text()  # the one-pass decode column points to the alternating A/B
+    assert "flashinfer" in result["versions"]  # whether LayerZero could have picked FlashInfer's kernels
 
 
 @pytest.mark.slow
