@@ -23,6 +23,7 @@ KERNELS = [
     ("torch_sdpa_flash_attention", ATTN, "torch", 78, (), (), _CUDA_HALF),
     ("torch_sdpa_efficient_attention", ATTN, "torch", 40, (), (), None),
     ("torch_flex_attention", ATTN, "torch", 60, (), (), None),
+    ("torch_eager_attention", ATTN, "torch", 65, (), (), None),
     ("flash_attn_v2_attention", ATTN, "flash_attn", 85, ("flash_attention_v2",), (), _CUDA_HALF),
     ("flash_attn_v3_attention", ATTN, "flash_attn_3", 95, ("flash_attention_v3",), (), _CUDA_HALF),
     ("flashinfer_prefill_attention", ("attention.causal", "attention.prefill"), "flashinfer", 80, (), (), _CUDA_HALF),
