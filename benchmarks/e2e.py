@@ -285,20 +285,16 @@ def parity(model, reference_logits: torch.Tensor, ids: torch.Tensor) -> dict[str
 def versions() -> dict[str, str | None]:
     import transformers
 
+    from importlib.metadata import PackageNotFoundError, version
+
     out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
-                                  "transformers": transformers.__version__, "liger_kernel": None, "git": None}
-    try:
-        from importlib.metadata import version
-
-        out["liger_kernel"] = version("liger-kernel")
-    except Exception:
-        pass
-    try:  # optional: with it installed, LayerZero may pick its kernels (soft-capped prefill attention)
-        from importlib.metadata import version
-
-        out["flashinfer"] = version("flashinfer-python")
-    except Exception:
-        out["flashinfer"] = None
+                                  "transformers": transformers.__version__, "git": None}
+    # optional: Liger is a compared variant; with FlashInfer installed LayerZero may pick its kernels
+    for key, dist in (("liger_kernel", "liger-kernel"), ("flashinfer", "flashinfer-python")):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out[key] = None
     try:
         import triton
 

@@ -78,6 +78,13 @@ tests_replay_parity() {  # pytest -m gpu on GPU 0 beside the in-context replay a
   wait
 }
 
+log_tests_summary() {  # after tests_replay_parity: the logs' tails and the recompile-limit message counts
+  for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -6 "$f" >> "$LOG"; done
+  section "recompile-limit warnings"
+  grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log >> "$LOG" 2>&1
+  tail -4 "$OUT/pytest-gpu.log" >> "$LOG"
+}
+
 run_bench() {  # one timing benchmark $1 (see "bench" above), its log in /tmp/$1.log
   local b=$1
   case $b in
@@ -154,11 +161,10 @@ if [ "$stage" = run1 ]; then  # results in one archive: a call returns at most 8
   # WARMUP_CONFORMANCE=0) followed by a bench call with BENCH_FLASHINFER=1
   if [ "${RUN1_TESTS:-0}" = 1 ]; then
     tests_replay_parity
-    for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -6 "$f" >> "$LOG"; done
-    tail -4 "$OUT/pytest-gpu.log" >> "$LOG"
+    log_tests_summary
   else
-  section "kernel sweep (GPU 0), cross-device tests (2 GPUs), FlashInfer off the path"
-  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/kernel_sweep.py --out "$R/kernels" > /tmp/sweep.log 2>&1; echo "sweep rc=$?" >> /tmp/sweep.log
+    section "kernel sweep (GPU 0), cross-device tests (2 GPUs), FlashInfer off the path"
+    CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/kernel_sweep.py --out "$R/kernels" > /tmp/sweep.log 2>&1; echo "sweep rc=$?" >> /tmp/sweep.log
   fi
   if [ "$NGPU" -ge 2 ]; then
     timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider -rs tests/multidevice > "$R/cross-device.log" 2>&1
@@ -191,10 +197,7 @@ elif [ "$stage" = recheck ]; then  # one call, no install: FlashInfer off the pa
     tail -3 /tmp/dab.log >> "$LOG"
   fi
   tests_replay_parity
-  for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -6 "$f" >> "$LOG"; done
-  section "recompile-limit warnings"
-  grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log >> "$LOG" 2>&1
-  tail -4 "$OUT/pytest-gpu.log" >> "$LOG"
+  log_tests_summary
 elif [ "$stage" = bench ]; then  # timing: nothing else runs while a host-bound measurement does
   # FlashInfer off the path unless its JIT covered these shapes (run1 with WARMUP_SHAPES=...; BENCH_FLASHINFER=1):
   # an uncompiled configuration costs minutes of JIT inside a timed benchmark
