@@ -31,7 +31,8 @@
 #             profile-<arch> (prefill_profile.py --compiled: eager and compiled HF sdpa and LayerZero, PROFILE_SHAPES;
 #             PROFILE_FLAGS="" profiles eager HF sdpa, LayerZero and Liger; <arch>-4l: an architecture as prefill_archs has it),
 #             flex_options (Flex kernel options for Gemma-2's soft-capped prefill), fused_projections (q/k/v and
-#             gate/up as one GEMM each).
+#             gate/up as one GEMM each), compile_strategies (per operation: traced or a custom op under torch.compile),
+#             dispatch_overhead (the host cost of dispatch on the GPU machine's CPU).
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
 set -uo pipefail
 stage=${1:?stage: install|run1|run2|recheck|bench}
@@ -107,9 +108,16 @@ run_bench() {  # one timing benchmark $1 (see "bench" above), its log in /tmp/$1
     # FLEX_EXTRA="--head-dim 128 --heads 16/8"; FlashInfer's kernel beside them with BENCH_FLASHINFER=1
     flex_options) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/flex_options.py ${FLEX_EXTRA:-} \
                  --json "$OUT/flex-options.json" --md "$OUT/flex-options.md" > /tmp/$b.log 2>&1 ;;
+    dispatch_overhead) timeout 200 python3 benchmarks/dispatch_overhead.py --json "$OUT/dispatch-overhead.json" \
+                 --md "$OUT/dispatch-overhead.md" > /tmp/$b.log 2>&1 ;;
     # q/k/v and gate/up as one GEMM each: what it would save per architecture at the prefill token counts
     fused_projections) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 benchmarks/fused_projections.py \
                  --json "$OUT/fused-projections.json" --md "$OUT/fused-projections.md" > /tmp/$b.log 2>&1 ;;
+    # compile_strategies: each of norms, RoPE and the gated activations traced (inline) or a custom op (opaque)
+    # under torch.compile, against eager LayerZero; CS_ARCH picks the shape (default llama-1b), CS_SHAPES the prefills
+    compile_strategies) CUDA_VISIBLE_DEVICES=0 timeout ${CS_TIMEOUT:-400} python3 benchmarks/compile_strategies.py \
+                 --arch "${CS_ARCH:-llama-1b}" --shapes "${CS_SHAPES:-8x1024}" ${CS_EXTRA:-} \
+                 --json "$OUT/compile-strategies.json" --md "$OUT/compile-strategies.md" > /tmp/$b.log 2>&1 ;;
     # profile-<arch>: where the prefill's GPU time goes, eager and torch.compile'd (HF sdpa, LayerZero)
     profile-*) CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/prefill_profile.py --arch "${b#profile-}" ${PROFILE_FLAGS---compiled --no-liger} \
                  --shapes "${PROFILE_SHAPES:-1x4096,8x1024}" --json "$OUT/$b.json" --md "$OUT/$b.md" > /tmp/$b.log 2>&1 ;;

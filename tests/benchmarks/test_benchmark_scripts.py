@@ -174,3 +174,17 @@ def test_flashinfer_warmup_compiles_only_the_named_shapes_and_kinds():
     assert len(warmup.jobs(2, None, None)) == len(warmup.FAMILIES) + 2  # default: conformance jobs too
     with pytest.raises(SystemExit):
         warmup.main(["--kinds", "prefill"])  # a misspelt kind is refused, not silently compiled as nothing
+
+
+def test_compile_strategies_quick(tmp_path):
+    """Every mix compiles the patched model with the strategies it names and matches eager LayerZero."""
+    pytest.importorskip("transformers")
+    out = _load("compile_strategies").main(["--quick", "--mixes", "inline,opaque:rope+swiglu",
+                                            "--json", str(tmp_path / "c.json"), "--md", str(tmp_path / "c.md")])
+    mixes = out["shapes"]["1x32"]["mixes"]
+    assert mixes["inline"]["strategies"]["rope"] == "inline"
+    strategies = mixes["opaque:rope+swiglu"]["strategies"]
+    assert (strategies["rope"], strategies["swiglu"], strategies["rms_norm"]) == ("opaque", "opaque", "inline")
+    for entry in mixes.values():
+        assert entry["max_abs_diff_vs_eager"] < 1e-4 and entry["second_ms"] > 0
+    assert "| opaque:rope+swiglu |" in (tmp_path / "c.md").read_text()
