@@ -32,6 +32,7 @@
 #             PROFILE_FLAGS="" profiles eager HF sdpa, LayerZero and Liger; <arch>-4l: an architecture as prefill_archs has it),
 #             flex_options (Flex kernel options for Gemma-2's soft-capped prefill), fused_projections (q/k/v and
 #             gate/up as one GEMM each), compile_strategies (per operation: traced or a custom op under torch.compile),
+#             triton_prefill_attention (LayerZero's prefill attention kernel and its launch options),
 #             dispatch_overhead (the host cost of dispatch on the GPU machine's CPU).
 # LAYERZERO_COMMIT names the commit measured (the machine's copy of the tree has no usable git history).
 set -uo pipefail
@@ -108,6 +109,9 @@ run_bench() {  # one timing benchmark $1 (see "bench" above), its log in /tmp/$1
     # FLEX_EXTRA="--head-dim 128 --heads 16/8"; FlashInfer's kernel beside them with BENCH_FLASHINFER=1
     flex_options) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/flex_options.py ${FLEX_EXTRA:-} \
                  --json "$OUT/flex-options.json" --md "$OUT/flex-options.md" > /tmp/$b.log 2>&1 ;;
+    # LayerZero's Triton prefill attention (soft-capped and plain) vs SDPA, Flex and FlashInfer, with its launch-option sweep
+    triton_prefill_attention) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/triton_prefill_attention.py \
+                 --json "$OUT/triton-prefill-attention.json" --md "$OUT/triton-prefill-attention.md" > /tmp/$b.log 2>&1 ;;
     dispatch_overhead) timeout 200 python3 benchmarks/dispatch_overhead.py --json "$OUT/dispatch-overhead.json" \
                  --md "$OUT/dispatch-overhead.md" > /tmp/$b.log 2>&1 ;;
     # q/k/v and gate/up as one GEMM each: what it would save per architecture at the prefill token counts
