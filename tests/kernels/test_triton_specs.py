@@ -14,7 +14,7 @@ from layerzero.operations import contract
 from layerzero.context.call_context import SelectionContext
 
 IDS = {"triton_rms_norm": "rms_norm", "triton_rope": "rope", "triton_swiglu": "swiglu", "triton_geglu": "geglu",
-       "triton_decode_attention": "attention.decode"}
+       "triton_decode_attention": "attention.decode", "triton_prefill_attention": "attention.prefill"}
 
 
 def test_specs_do_not_import_triton():

@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 SEED_YAML = REPO / "configs" / "examples" / "seed_kernels.yaml"
 
 ATTN = "attention.*"
+_CUDA = KernelConstraints(platforms=frozenset({"cuda"}))  # the CPU only under the Triton interpreter
 _CUDA_HALF = KernelConstraints(platforms=frozenset({"cuda"}), dtypes=frozenset({"float16", "bfloat16"}))
 
 # (id, operations, backend, priority, aliases, tags, constraints)
@@ -24,6 +25,7 @@ KERNELS = [
     ("torch_sdpa_efficient_attention", ATTN, "torch", 40, (), (), None),
     ("torch_flex_attention", ATTN, "torch", 60, (), (), None),
     ("torch_eager_attention", ATTN, "torch", 65, (), (), None),
+    ("triton_prefill_attention", ATTN, "triton", 70, (), (), _CUDA),
     ("flash_attn_v2_attention", ATTN, "flash_attn", 85, ("flash_attention_v2",), (), _CUDA_HALF),
     ("flash_attn_v3_attention", ATTN, "flash_attn_3", 95, ("flash_attention_v3",), (), _CUDA_HALF),
     ("flashinfer_prefill_attention", ("attention.causal", "attention.prefill"), "flashinfer", 80, (), (), _CUDA_HALF),

@@ -132,11 +132,12 @@ def test_bucketer():
 
 
 @pytest.mark.parametrize("batch,seq", [(8, 1024), (1, 4096), (32, 512)])
-def test_soft_capped_prefill_on_sm90_runs_flashinfer_where_installed_else_flex(batch, seq):
-    """Gemma-2's soft-capped prefill: SDPA cannot softcap; FlashInfer's kernel took 1.17-1.23x the time of SDPA
-    without the softcap on an H200 where Flex took 2.8-3.2x, which put Gemma-2 ahead of the Liger-patched
-    model. With the shipped sm90 table and the default policy, an installed FlashInfer must therefore win,
-    and Flex must serve the call without it (the fp32 reference stays the last resort)."""
+def test_soft_capped_prefill_on_sm90_runs_flashinfer_where_installed_else_triton_then_flex(batch, seq):
+    """Gemma-2's soft-capped prefill: SDPA cannot softcap. On an H200, FlashInfer's kernel took 1.17-1.23x the
+    time of SDPA without the softcap, LayerZero's Triton prefill kernel 1.33-1.53x and Flex 2.9-3.3x (head_dim
+    128). With the shipped sm90 table and the default policy, an installed FlashInfer must therefore win, the
+    Triton kernel must serve the call without it, and Flex must come after both (the fp32 reference stays the
+    last resort)."""
     from layerzero.selection.measured_ranking import MeasuredRanking
 
     ctx = SelectionContext(operation="attention.prefill", batch_size=batch, seq_len_q=seq, num_heads=16,
@@ -151,5 +152,7 @@ def test_soft_capped_prefill_on_sm90_runs_flashinfer_where_installed_else_flex(b
         chosen["flashinfer" in installed] = [k.kernel_id for k in plan.kernels]
         rejected = eng.explain("attention.prefill", ctx).rejected()
         assert any("softcap 50.0 not supported" in r for r in rejected["torch_sdpa_cudnn_attention"])
-    assert chosen[True][:2] == ["flashinfer_prefill_attention", "torch_flex_attention"]
-    assert chosen[False][0] == "torch_flex_attention" and chosen[False][-1] == "reference_attention"
+    assert chosen[True][:2] == ["flashinfer_prefill_attention", "triton_prefill_attention"]
+    assert chosen[False][0] == "triton_prefill_attention" and chosen[False][-1] == "reference_attention"
+    for plan in chosen.values():
+        assert plan.index("triton_prefill_attention") < plan.index("torch_flex_attention")

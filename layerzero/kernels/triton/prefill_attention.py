@@ -198,18 +198,17 @@ _INTERPRETED = type(_prefill_attention).__name__ == "InterpretedFunction"
 def launch_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) from per-model facts only (never the sequence lengths).
 
-    Measured on an H200 (bf16, causal, softcapped; ``benchmarks/triton_prefill_attention.py``): 128-query
-    tiles with 64-key blocks up to head_dim 128; at 256 the tiles halve to stay in registers. fp32 inputs
-    (exact dots) take half the tile."""
+    Swept on an H200 (bf16, causal, soft-capped, 1x4096 / 8x1024 / 32x512;
+    ``benchmarks/results/2026-12-03-triton-prefill-attention-h200-2fa460a.md``): 64 queries x 64 keys, 4 warps,
+    3 stages was the fastest or within 8% of it at head_dim 128 (and is used below it, unmeasured); at 256,
+    128 x 64 with 8 warps and 2 stages. fp32 inputs (exact dots, twice the registers) take smaller tiles."""
     if _INTERPRETED:
         return _INTERPRETER_CONFIG
     if dtype == torch.float32:
         return (64, 32, 4, 2) if head_dim <= 128 else (32, 32, 4, 1)
-    if head_dim <= 64:
-        return 128, 64, 4, 3
     if head_dim <= 128:
-        return 128, 64, 8, 3
-    return 64, 64, 4, 2
+        return 64, 64, 4, 3
+    return 128, 64, 8, 2
 
 
 def _check(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask, dropout_p: float, sinks) -> None:

@@ -56,13 +56,22 @@ _PLATFORMS = frozenset({"cuda", "cpu"})
 #   measured within 3% of FlashInfer decode on the H100, and no Triton launch overhead), and the
 #   flash-attn builds (80/84), tuned CUDA kernels with their own split-KV decode, keep precedence when
 #   installed. Above flashinfer_decode (60), which JIT-builds a module per configuration and takes no mask.
+# - prefill_attention (many queries; same peers): 70. It exists for the soft-capped prefill SDPA cannot run
+#   (Gemma-2), where the next kernel was FlexAttention: on an H200, bf16, causal, softcap 50, it takes
+#   1.33-1.53x the time of SDPA *without* the softcap at head_dim 128 and 1.48-1.67x at 256, where Flex takes
+#   2.94-3.32x and 2.32-2.53x (``benchmarks/results/2026-12-03-triton-prefill-attention-h200-2fa460a.md``): above
+#   Flex (60). Plain causal prefill stays with SDPA (90; this kernel 1.19-1.46x its time there) and FlashInfer's
+#   prefill (80; 1.17-1.23x SDPA with the softcap, measured the same day) keeps precedence where installed.
+#   Measured cost tables order them per bucket where they hold rows for all of them.
 RMS_NORM_PRIORITY = 75
 ROPE_PRIORITY = 75
 SWIGLU_PRIORITY = 65
 GEGLU_PRIORITY = 65
 DECODE_ATTENTION_PRIORITY = 70
-# Register tiles of the decode kernel hold a whole head (padded to a power of two).
+PREFILL_ATTENTION_PRIORITY = 70
+# Register tiles of the attention kernels hold a whole head (padded to a power of two).
 DECODE_MAX_HEAD_DIM = 256
+PREFILL_MAX_HEAD_DIM = 256
 
 def interpreter_enabled() -> bool:
     """True when Triton kernels would be built for the CPU interpreter."""
@@ -94,8 +103,15 @@ def _decode_only(ctx: "SelectionContext") -> str | None:
     return None
 
 
+def _prefill_only(ctx: "SelectionContext") -> str | None:
+    """seq_len_q > 1"""
+    if ctx.seq_len_q == 1:
+        return "seq_len_q 1 (decode): triton_decode_attention serves it"
+    return None
+
+
 def triton_kernels() -> list[KernelSpec]:
-    """The Triton kernels LayerZero ships (rms_norm, rope, swiglu, geglu, decode attention)."""
+    """The Triton kernels LayerZero ships (rms_norm, rope, swiglu, geglu, decode and prefill attention)."""
     base = dict(platforms=_PLATFORMS, dtypes=_DTYPES, supports_grad=False, supports_compile=True)
     return [
         KernelSpec(
@@ -176,5 +192,26 @@ def triton_kernels() -> list[KernelSpec]:
             description="LayerZero Triton flash-decoding (Sq = 1): split-KV partials + one reduce, GQA group "
             "per program, softcap, sliding window, sinks, bool/additive masks, strided KV-cache views; one "
             "compiled variant for every key length; forward only.",
+        ),
+        KernelSpec(
+            "triton_prefill_attention",
+            ("attention.*",),
+            backend="triton",
+            impl="layerzero.kernels.triton.prefill_attention:prefill_attention",
+            constraints=KernelConstraints(
+                **base,
+                max_head_dim=PREFILL_MAX_HEAD_DIM,
+                supports_dropout=False,
+                supports_softcap=True,
+                supports_sliding_window=True,
+                supports_bool_mask=False,
+                supports_additive_mask=False,
+                supports_mask_with_causal=False,
+                custom=(cpu_needs_interpreter, _prefill_only, gqa_ratio_ok),
+            ),
+            priority=PREFILL_ATTENTION_PRIORITY,
+            tags=frozenset({"triton", "prefill"}),
+            description="LayerZero Triton flash attention forward (Sq > 1): bottom-right causal, sliding window, "
+            "GQA, softcap with the hardware tanh (no masks, no sinks); strided (B, S, H, D) views; forward only.",
         ),
     ]
