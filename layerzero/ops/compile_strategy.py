@@ -12,7 +12,9 @@ Which one is faster depends on the model, the shapes and what Inductor makes of 
 measurement, not a rule: ``benchmarks/e2e.py --compile-shapes`` measures compiled prefill and the
 compiled static-cache decode both ways. "inline" is the default because it was faster in every case
 measured on an H200 (Llama-3.2-1B and Qwen3-1.7B shapes: compiled prefill and the CUDA-graph static-cache
-decode; README, "Performance"). "opaque" remains for what only dispatch gives inside a graph: a policy's
+decode; README, "Performance"), and per operation (``benchmarks/compile_strategies.py``: Llama-3.2-1B at 8 x 1024,
+norms, RoPE or SwiGLU alone kept opaque measured 0.93-0.99x eager LayerZero against 0.965x all inline, ranges
+overlapping; no mix was faster beyond the noise). "opaque" remains for what only dispatch gives inside a graph: a policy's
 kernel choice, fallbacks and telemetry per call (the vLLM plugin selects it in its process: a layer runs
 LayerZero there only when its policy chose a LayerZero kernel, and that choice must still dispatch). Attention is always a custom op (the kernel choice there is the
 point, and SDPA traced by Inductor has no softcap, sinks or sliding window).
