@@ -24,7 +24,7 @@
 #             decode measured beside other jobs lost up to 35%): BENCHES="multi_gpu decode_ab prefill_archs"
 #             by default (PREFILL_ARCHS limits prefill_archs to some), e2e-<arch> for benchmarks/e2e.py; FlashInfer
 #             off the path (BENCH_FLASHINFER=1 keeps it, after run1 with WARMUP_SHAPES naming the benchmarked
-#             shapes, e.g. WARMUP_SHAPES=gemma2-4l WARMUP_KINDS=prefill-single,prefill-batch WARMUP_CONFORMANCE=0
+#             shapes, e.g. WARMUP_SHAPES=gemma2-4l WARMUP_KINDS=prefill-single,prefill-batch WARMUP_CONFORMANCE=0 WARMUP_SOFTCAP_ONLY=1
 #             RUN1_TESTS=1: only the prefill modules, with the GPU tests in the foreground). Also: parity-unfused (the
 #             parity matrix without the residual_norm kind), costs-<operation> (re-sweeps one operation, e.g.
 #             costs-rms_norm or costs-attention.decode, over a copy of the shipped sm90 table, returned under costs/),
@@ -165,12 +165,12 @@ if [ "$stage" = run1 ]; then  # results in one archive: a call returns at most 8
   section "FlashInfer JIT of what run2 loads (every core, from the start)"
   (with_fi env CUDA_VISIBLE_DEVICES=$G1 MAX_JOBS=${JIT_MAX_JOBS:-4} timeout 575 python3 benchmarks/flashinfer_warmup.py \
      --jobs 24 --shapes "${WARMUP_SHAPES:-small}" ${WARMUP_KINDS:+--kinds "$WARMUP_KINDS"} \
-     $([ "${WARMUP_CONFORMANCE:-1}" = 0 ] && echo --no-conformance --model-softcap-only) --out "$R/warmup.json" > /tmp/warmup.log 2>&1
+     $([ "${WARMUP_CONFORMANCE:-1}" = 0 ] && echo --no-conformance) $([ "${WARMUP_SOFTCAP_ONLY:-0}" = 1 ] && echo --model-softcap-only) --out "$R/warmup.json" > /tmp/warmup.log 2>&1
    echo "warmup rc=$?" >> /tmp/warmup.log) &
   # beside it, the parts of the tier that need no FlashInfer and no quiet host: device-time kernel sweep
   # (GPU 0) and the cross-device tests (2 GPUs); RUN1_TESTS=1: instead, pytest -m gpu beside the replay and
   # the parity matrix (the recheck's tests), for a benchmark-only FlashInfer JIT (WARMUP_SHAPES, WARMUP_KINDS,
-  # WARMUP_CONFORMANCE=0) followed by a bench call with BENCH_FLASHINFER=1
+  # WARMUP_CONFORMANCE=0, WARMUP_SOFTCAP_ONLY=1) followed by a bench call with BENCH_FLASHINFER=1
   if [ "${RUN1_TESTS:-0}" = 1 ]; then
     tests_replay_parity
     log_tests_summary

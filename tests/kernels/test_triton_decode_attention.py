@@ -13,6 +13,7 @@ from layerzero.kernels import reference
 from layerzero.kernels.triton.decode_attention import compiled_variants, decode_attention
 from layerzero.context.call_context import SelectionContext
 from layerzero.validation import tolerance
+from lz_triton_helpers import LaunchRecorder, compiles_for_sm90
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -150,19 +151,6 @@ def test_errors_name_the_argument_and_the_fix(q_shape, k_shape, kwargs, match):
 
 
 # ---------------------------------------------------------------------------------------------- one variant
-class _Recorder:
-    """Stands in for a Triton kernel: records what the wrapper would launch it with."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[tuple, dict]] = []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.calls.append((args, kwargs))
-
-        return launch
-
-
 def _jit_options(kernel) -> tuple[list[str], set[str]]:
     """(parameter names, do_not_specialize names) of a compiled or interpreted Triton kernel."""
     import inspect
@@ -181,7 +169,7 @@ def test_every_argument_that_changes_per_decode_step_is_not_specialised(monkeypa
     import layerzero.kernels.triton.decode_attention as mod
 
     kernels = {"_decode_partial": mod._decode_partial, "_decode_reduce": mod._decode_reduce}
-    recorders = {name: _Recorder() for name in kernels}
+    recorders = {name: LaunchRecorder() for name in kernels}
     for name, rec in recorders.items():
         monkeypatch.setattr(mod, name, rec)
     monkeypatch.setattr(mod, "_INTERPRETED", False)
@@ -207,8 +195,8 @@ def test_wrapper_traces_under_torch_compile_fullgraph(monkeypatch):
     static and dynamic shapes (the launches are stand-ins here; the GPU test compiles the real kernels)."""
     import layerzero.kernels.triton.decode_attention as mod
 
-    monkeypatch.setattr(mod, "_decode_partial", _Recorder())
-    monkeypatch.setattr(mod, "_decode_reduce", _Recorder())
+    monkeypatch.setattr(mod, "_decode_partial", LaunchRecorder())
+    monkeypatch.setattr(mod, "_decode_reduce", LaunchRecorder())
     q, k, v = _qkv(2, 4, 2, 32, 9, torch.float32)
     mask, sinks = _left_padding(2, 9, [0, 2]), torch.randn(4)
 
@@ -249,14 +237,7 @@ print("compiled")
 
 
 def test_kernels_compile_for_sm90_without_a_gpu():
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
+    compiles_for_sm90(_COMPILE_FOR_SM90)
 
 
 # ---------------------------------------------------------------------------------------------- selection

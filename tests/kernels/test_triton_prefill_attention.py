@@ -13,6 +13,7 @@ from layerzero.context.call_context import SelectionContext
 from layerzero.kernels import reference
 from layerzero.kernels.triton.prefill_attention import launch_config, prefill_attention
 from layerzero.validation import tolerance
+from lz_triton_helpers import LaunchRecorder, compiles_for_sm90
 
 
 def _qkv(b, sq, sk, h, hkv, d, dtype=torch.float32, device="cpu", dv=None, bhsd=True):
@@ -108,25 +109,12 @@ def test_errors_name_the_argument_and_the_fix(q_shape, k_shape, kwargs, match):
         prefill_attention(q, k, k, **args)
 
 
-class _Recorder:
-    """Stands in for a Triton kernel: records what the wrapper would launch it with."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[tuple, dict]] = []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.calls.append((args, kwargs))
-
-        return launch
-
-
 def test_wrapper_traces_under_torch_compile_fullgraph(monkeypatch):
     """The host code only reads shapes/strides and launches: dynamo traces it without a graph break, with
     static and dynamic shapes (the launch is a stand-in here; the GPU test compiles the real kernel)."""
     import layerzero.kernels.triton.prefill_attention as mod
 
-    monkeypatch.setattr(mod, "_prefill_attention", _Recorder())
+    monkeypatch.setattr(mod, "_prefill_attention", LaunchRecorder())
     q, k, v = _qkv(2, 9, 9, 4, 2, 32)
 
     def f(q, k, v):
@@ -175,14 +163,7 @@ print("compiled")
 
 
 def test_kernel_compiles_for_sm90_without_a_gpu():
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
+    compiles_for_sm90(_COMPILE_FOR_SM90)
 
 
 # ---------------------------------------------------------------------------------------------- selection

@@ -71,6 +71,7 @@ _PARTIAL_DYNAMIC = (
     "sk_b", "sk_h", "sv_b", "sv_h", "sm_b", "sm_h",
 )
 from layerzero.operations.attention import ATTENTION
+from layerzero.kernels.triton.attention_args import check_device, check_qkv
 from layerzero.kernels.triton.launch import cdiv, launch, next_power_of_2
 from layerzero.operations.base import implements
 
@@ -281,38 +282,13 @@ def _mask_view(mask: torch.Tensor, b: int, h: int, sk: int) -> torch.Tensor:
 
 
 def _check(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float) -> None:
-    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
+    check_qkv("triton_decode_attention", query, key, value, dropout_p, _MAX_HEAD_DIM)
+    if query.shape[1] != 1:
         raise ValueError(
-            f"query/key/value must be 4-d (batch, seq, heads, head_dim); got {tuple(query.shape)}, "
-            f"{tuple(key.shape)}, {tuple(value.shape)}"
+            f"triton_decode_attention handles one query per sequence (decode); got seq_len_q={query.shape[1]}. "
+            "Use torch_sdpa_attention, triton_prefill_attention or torch_flex_attention for prefill"
         )
-    b, sq, h, d = query.shape
-    kb, sk, hkv, kd = key.shape
-    if sq != 1:
-        raise ValueError(
-            f"triton_decode_attention handles one query per sequence (decode); got seq_len_q={sq}. Use "
-            "torch_sdpa_attention or torch_flex_attention for prefill"
-        )
-    if kb != b or kd != d:
-        raise ValueError(f"key shape {tuple(key.shape)} does not match query {tuple(query.shape)} in batch / head_dim")
-    if tuple(value.shape[:3]) != (b, sk, hkv):
-        raise ValueError(f"value shape {tuple(value.shape)} does not match key {tuple(key.shape)} in batch, seq, heads")
-    if hkv == 0 or h % hkv:
-        raise ValueError(f"key heads {hkv} must divide query heads {h} (grouped-query attention)")
-    if d > _MAX_HEAD_DIM or value.shape[-1] > _MAX_HEAD_DIM:
-        raise ValueError(
-            f"head_dim {d} / value head_dim {value.shape[-1]} > {_MAX_HEAD_DIM}: too wide for the register "
-            "tiles of triton_decode_attention; use torch_flex_attention"
-        )
-    if not (query.dtype == key.dtype == value.dtype):
-        raise ValueError(f"query/key/value dtypes differ ({query.dtype}, {key.dtype}, {value.dtype}); cast to one dtype")
-    if dropout_p:
-        raise ValueError(f"dropout_p={dropout_p} is not supported (inference kernel); pass dropout_p=0.0")
-    if query.device.type != "cuda" and not _INTERPRETED:
-        raise RuntimeError(
-            f"triton_decode_attention got a tensor on {query.device}; Triton kernels run on CUDA, or on the "
-            "CPU only when TRITON_INTERPRET=1 is set before layerzero.kernels.triton.decode_attention is imported"
-        )
+    check_device("triton_decode_attention", __name__, query, _INTERPRETED)
 
 
 @implements(ATTENTION)

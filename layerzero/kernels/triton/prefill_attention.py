@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from layerzero.kernels.triton.attention_args import check_device, check_qkv
 from layerzero.kernels.triton.launch import cdiv, launch, next_power_of_2
 from layerzero.operations.attention import ATTENTION
 from layerzero.operations.base import implements
@@ -212,38 +213,13 @@ def launch_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int
 
 
 def _check(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask, dropout_p: float, sinks) -> None:
-    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
-        raise ValueError(
-            f"query/key/value must be 4-d (batch, seq, heads, head_dim); got {tuple(query.shape)}, "
-            f"{tuple(key.shape)}, {tuple(value.shape)}"
-        )
-    b, _, h, d = query.shape
-    kb, sk, hkv, kd = key.shape
-    if kb != b or kd != d:
-        raise ValueError(f"key shape {tuple(key.shape)} does not match query {tuple(query.shape)} in batch / head_dim")
-    if tuple(value.shape[:3]) != (b, sk, hkv):
-        raise ValueError(f"value shape {tuple(value.shape)} does not match key {tuple(key.shape)} in batch, seq, heads")
-    if hkv == 0 or h % hkv:
-        raise ValueError(f"key heads {hkv} must divide query heads {h} (grouped-query attention)")
-    if d > _MAX_HEAD_DIM or value.shape[-1] > _MAX_HEAD_DIM:
-        raise ValueError(
-            f"head_dim {d} / value head_dim {value.shape[-1]} > {_MAX_HEAD_DIM}: too wide for the register "
-            "tiles of triton_prefill_attention; use torch_flex_attention"
-        )
-    if not (query.dtype == key.dtype == value.dtype):
-        raise ValueError(f"query/key/value dtypes differ ({query.dtype}, {key.dtype}, {value.dtype}); cast to one dtype")
+    check_qkv("triton_prefill_attention", query, key, value, dropout_p, _MAX_HEAD_DIM)
     if attn_mask is not None:
         raise ValueError("triton_prefill_attention takes no attn_mask (causal and sliding windows are built in); "
                          "pass is_causal / sliding_window, or use torch_sdpa_attention or torch_flex_attention")
     if sinks is not None:
         raise ValueError("triton_prefill_attention takes no sinks; use torch_flex_attention or the eager kernel")
-    if dropout_p:
-        raise ValueError(f"dropout_p={dropout_p} is not supported (inference kernel); pass dropout_p=0.0")
-    if query.device.type != "cuda" and not _INTERPRETED:
-        raise RuntimeError(
-            f"triton_prefill_attention got a tensor on {query.device}; Triton kernels run on CUDA, or on the "
-            "CPU only when TRITON_INTERPRET=1 is set before layerzero.kernels.triton.prefill_attention is imported"
-        )
+    check_device("triton_prefill_attention", __name__, query, _INTERPRETED)
 
 
 @implements(ATTENTION)
