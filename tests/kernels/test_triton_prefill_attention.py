@@ -222,3 +222,32 @@ def test_gpu_torch_compile_fullgraph():
 
     got = torch.compile(f, fullgraph=True)(q, k, v)
     torch.testing.assert_close(got, f(q, k, v))
+
+
+# ---------------------------------------------------------------------------------------------- long sequences
+@pytest.mark.parametrize("kernel", ["prefill", "decode"])
+def test_rows_past_32_bit_offsets_are_refused_before_launch(kernel):
+    """A (B, S, H, D) key whose rows within one head span 2**31 elements or more would wrap the kernels' 32-bit
+    row offsets (silently reading other memory): refused by the argument check, naming the tensor and the way
+    out. Meta tensors: the shapes and strides without the memory."""
+    from layerzero.kernels.triton.decode_attention import decode_attention
+
+    sq = 1 if kernel == "decode" else 4
+    q = torch.empty(1, sq, 8, 128, device="meta")
+    k = torch.empty_strided((1, 2**22, 8, 128), (2**32, 1024, 128, 1), device="meta")  # contiguous (B, S, H, D)
+    call = decode_attention if kernel == "decode" else prefill_attention
+    with pytest.raises(ValueError, match=r"key of shape .* past the 32-bit row offsets"):
+        call(q, k, k, None, True, None, 0.0, None, None, None, True)
+
+
+def test_selection_leaves_contexts_past_32_bit_offsets_to_other_kernels():
+    from layerzero.dispatch.orchestrator import create_orchestrator
+
+    orch = create_orchestrator()
+    huge = orch.explain("attention.prefill", _prefill_ctx(seq_len_q=2**21, seq_len_k=2**21, num_heads=16,
+                                                          num_kv_heads=8, head_dim=128, softcap=50.0))
+    assert huge.chosen != "triton_prefill_attention"
+    assert any("2**31" in r for r in huge["triton_prefill_attention"].reasons)
+    decode = orch.explain("attention.decode", _prefill_ctx(operation="attention.decode", seq_len_q=1,
+                                                           seq_len_k=2**22, num_kv_heads=8, head_dim=128, softcap=50.0))
+    assert any("2**31" in r for r in decode["triton_decode_attention"].reasons)

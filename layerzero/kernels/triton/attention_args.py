@@ -6,9 +6,30 @@ naming the argument, the value and the fix, never a Triton compile error or a si
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-__all__ = ["check_device", "check_qkv"]
+if TYPE_CHECKING:
+    from layerzero.context.call_context import SelectionContext
+
+__all__ = ["INT32_LIMIT", "check_device", "check_qkv", "offsets_fit_int32"]
+
+# The kernels index a head's rows as (position * row stride + feature * feature stride) in 32-bit integers
+# (batch and head offsets are 64-bit): past this, addresses would wrap and read the wrong memory.
+INT32_LIMIT = 2**31
+
+
+def offsets_fit_int32(ctx: "SelectionContext") -> str | None:
+    """seq_len x heads x head_dim < 2**31 (the kernels' 32-bit row offsets)"""
+    worst = 0
+    for seq, heads in ((ctx.seq_len_q, ctx.num_heads), (ctx.seq_len_k, ctx.num_kv_heads)):
+        if seq and heads and ctx.head_dim:
+            worst = max(worst, seq * heads * max(ctx.head_dim, ctx.head_dim_v or 0))
+    if worst >= INT32_LIMIT:
+        return (f"seq_len x heads x head_dim = {worst} >= 2**31: past the 32-bit row offsets of LayerZero's Triton "
+                "attention kernels")
+    return None
 
 
 def check_qkv(kernel: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float,
@@ -37,6 +58,14 @@ def check_qkv(kernel: str, query: torch.Tensor, key: torch.Tensor, value: torch.
         raise ValueError(f"query/key/value dtypes differ ({query.dtype}, {key.dtype}, {value.dtype}); cast to one dtype")
     if dropout_p:
         raise ValueError(f"dropout_p={dropout_p} is not supported (inference kernel); pass dropout_p=0.0")
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        span = (t.shape[1] - 1) * abs(t.stride(1)) + (t.shape[3] - 1) * abs(t.stride(3))
+        if span >= INT32_LIMIT:
+            raise ValueError(
+                f"{name} of shape {tuple(t.shape)} and strides {tuple(t.stride())} spans {span} elements within one "
+                f"head, past the 32-bit row offsets of {kernel}; use torch_sdpa_attention or torch_flex_attention "
+                "for sequences this long"
+            )
 
 
 def check_device(kernel: str, module: str, query: torch.Tensor, interpreted: bool) -> None:

@@ -24,6 +24,7 @@ import os
 from typing import TYPE_CHECKING
 
 from layerzero.kernels.checks import gqa_ratio_ok
+from layerzero.kernels.triton.attention_args import offsets_fit_int32
 from layerzero.registry.constraints import KernelConstraints
 from layerzero.registry.kernel_spec import KernelSpec
 
@@ -185,7 +186,7 @@ def triton_kernels() -> list[KernelSpec]:
                 supports_softcap=True,
                 supports_sliding_window=True,
                 supports_sinks=True,
-                custom=(cpu_needs_interpreter, _decode_only, gqa_ratio_ok),
+                custom=(cpu_needs_interpreter, _decode_only, gqa_ratio_ok, offsets_fit_int32),
             ),
             priority=DECODE_ATTENTION_PRIORITY,
             tags=frozenset({"triton", "decode"}),
@@ -207,7 +208,7 @@ def triton_kernels() -> list[KernelSpec]:
                 supports_bool_mask=False,
                 supports_additive_mask=False,
                 supports_mask_with_causal=False,
-                custom=(cpu_needs_interpreter, _prefill_only, gqa_ratio_ok),
+                custom=(cpu_needs_interpreter, _prefill_only, gqa_ratio_ok, offsets_fit_int32),
             ),
             priority=PREFILL_ATTENTION_PRIORITY,
             tags=frozenset({"triton", "prefill"}),
