@@ -66,6 +66,10 @@ ARCH_DIMS: dict[str, ArchDims] = {
 
 OPERATIONS = ("attention.prefill", "attention.decode", "rms_norm", "rope", "swiglu", "geglu")
 PREFILL_TOKENS = tuple(1 << i for i in range(16))  # 1 .. 32768
+# Batched prompts (batch, sequence): a batch-8 prefill of 1024 tokens keys as 8192 tokens over 1024 keys, which
+# no batch-1 bucket (tokens = keys) reaches within the nearest-bucket distance; these cover the batch prefill
+# shapes of the end-to-end benchmarks and their neighbours.
+PREFILL_BATCHES = ((8, 512), (8, 1024), (8, 4096), (32, 512), (32, 1024))
 DECODE_BATCHES = (1, 8, 64)
 DECODE_KV = (512, 4096, 32768)
 
@@ -170,7 +174,8 @@ def _spread_order(values: Sequence[int]) -> list[int]:
 
 
 def arch_calls(arch: str, dims: ArchDims, operations: Iterable[str], dtype: str, tokens: Sequence[int],
-               decode_batches: Sequence[int], decode_kv: Sequence[int]) -> Iterator[SweepCall]:
+               decode_batches: Sequence[int], decode_kv: Sequence[int],
+               prefill_batches: Sequence[tuple[int, int]] = ()) -> Iterator[SweepCall]:
     """Every call of one architecture for one token count ordering (see :func:`sweep_calls`)."""
     ops = set(operations)
     layers = (False, True) if dims.window else (False,)  # sliding and full-attention layers
@@ -189,6 +194,10 @@ def arch_calls(arch: str, dims: ArchDims, operations: Iterable[str], dtype: str,
             yield SweepCall(arch, "rope", dtype, 1, t, t, dims)
         if dims.activation in ops:
             yield SweepCall(arch, dims.activation, dtype, 1, t, t, dims, rows=t, width=dims.intermediate)
+    if "attention.prefill" in ops:
+        for b, seq in prefill_batches:
+            for full in layers:
+                yield SweepCall(arch, "attention.prefill", dtype, b, seq, seq, dims, full_attention=full)
     if "attention.decode" in ops:
         for kv in decode_kv:
             for b in decode_batches:
@@ -198,13 +207,13 @@ def arch_calls(arch: str, dims: ArchDims, operations: Iterable[str], dtype: str,
 
 def sweep_calls(archs: Sequence[str], operations: Iterable[str], dtype: str, tokens: Sequence[int] = PREFILL_TOKENS,
                 decode_batches: Sequence[int] = DECODE_BATCHES, decode_kv: Sequence[int] = DECODE_KV,
-                ) -> list[SweepCall]:
+                prefill_batches: Sequence[tuple[int, int]] = PREFILL_BATCHES) -> list[SweepCall]:
     """The calls to time, one per distinct bucket, in an order whose every prefix spans all architectures,
     operations and token counts (token counts and KV lengths are visited ends first, then midpoints)."""
     ops = tuple(operations)
     order = _spread_order(tokens)
-    per_arch = [list(arch_calls(a, ARCH_DIMS[a], ops, dtype, order, decode_batches, _spread_order(decode_kv)))
-                for a in archs]
+    per_arch = [list(arch_calls(a, ARCH_DIMS[a], ops, dtype, order, decode_batches, _spread_order(decode_kv),
+                                prefill_batches)) for a in archs]
     out: list[SweepCall] = []
     for i in range(max((len(c) for c in per_arch), default=0)):  # round-robin over architectures
         out.extend(calls[i] for calls in per_arch if i < len(calls))

@@ -39,7 +39,7 @@ from layerzero.tuning.cost_table import (
 )
 from layerzero.tuning.measure import Timer, eligible_kernels, fp32_reference, time_kernels, timer_name
 
-QUICK = dict(archs=("llama",), tokens=(1, 16), decode_batches=(1,), decode_kv=(64,))
+QUICK = dict(archs=("llama",), tokens=(1, 16), decode_batches=(1,), decode_kv=(64,), prefill_batches=((2, 8),))
 # Conformance is checked while the fp32 reference fits comfortably (scores of batch x heads x sq x sk).
 MAX_REFERENCE_SCORES = 1 << 28
 

@@ -183,3 +183,22 @@ def test_decode_attention_is_timed_over_growing_key_lengths():
     times, notes = time_kernels([Spec], seq[0], kwargs, None, timer=timer, sequence=seq)
     assert "probe" in times and not notes
     assert seen[0] == 64 and set(seen[1:]) == {64, 65, 66, 67}  # checked on the first, timed over all
+
+
+def test_batched_prefill_has_buckets_of_its_own():
+    """A batch-8 prefill of 1024 tokens keys as (8192 tokens, 1024 keys): farther than the nearest-bucket distance
+    from every batch-1 bucket (tokens = keys), so the sweep measures batched prompts as well."""
+    from layerzero.context import SelectionContext
+    from layerzero.tuning.cost_table import MAX_LOG2_DISTANCE
+
+    calls = [c for c in sweep_calls(("llama",), ("attention.prefill",), "bfloat16") if c.batch > 1]
+    buckets = {c.bucket("cpu") for c in calls}
+    assert {(b.tokens, b.kv_len) for b in buckets} >= {(8192, 1024), (16384, 512)}  # the e2e shapes 8x1024, 32x512
+    q = torch.empty(8, 1024, 32, 64, device="meta", dtype=torch.bfloat16)
+    kv = torch.empty(8, 1024, 8, 64, device="meta", dtype=torch.bfloat16)
+    live = bucket_for("attention.prefill", SelectionContext.from_inputs(
+        "attention.prefill", {"query": q, "key": kv, "value": kv}, is_causal=True))
+    assert live in buckets
+    batch_one = {c.bucket("cpu") for c in sweep_calls(("llama",), ("attention.prefill",), "bfloat16") if c.batch == 1}
+    assert min(abs(math.log2(live.tokens / b.tokens)) + abs(math.log2(live.kv_len / b.kv_len))
+               for b in batch_one) > MAX_LOG2_DISTANCE
