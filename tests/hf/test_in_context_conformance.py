@@ -181,6 +181,20 @@ def test_gemma3_qk_norms_are_replayed_transposed_on_the_triton_kernel(recorded, 
     assert out.stride() == x.stride()  # read and written in place order: no copy
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "bfloat16"])
+def test_gemma2_soft_capped_prefill_is_replayed_on_the_triton_prefill_kernel(recorded, dtype):
+    """Gemma-2's prefill attention as the model makes it (softcap, the layouts and strides the integration hands
+    over, its query_pre_attn_scalar scale) passes on the Triton prefill kernel, interpreted on CPU; every
+    unmasked prefill call reaches it."""
+    calls = recorded("gemma2", dtype)
+    prefill = [c for c in calls if c.operation == "attention.prefill"]
+    assert prefill and all(c.options.get("softcap") for c in prefill)
+    report = replay(prefill)
+    unmasked = sum(1 for c in prefill if c.inputs.get("attn_mask") is None and c.options.get("attn_mask") is None)
+    on_triton = [r for r in report.results if r.kernel_id == "triton_prefill_attention" and r.status == "pass"]
+    assert unmasked and len(on_triton) == unmasked and report.ok, str(report)
+
+
 def test_clone_exact_keeps_strides_offsets_and_broadcasts():
     fused = torch.randn(2, 3, 8)
     gate, up = fused.chunk(2, dim=-1)
