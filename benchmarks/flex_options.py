@@ -25,7 +25,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from kernel_timing import flashinfer_prefill, median_ms, module_version, timed_row  # noqa: E402
 
 SOFTCAP = 50.0
 SHAPES = ((8, 1024), (1, 4096), (32, 512))  # (batch, sequence): the e2e prefill shapes
@@ -50,54 +52,10 @@ def _inputs(batch: int, seq: int, heads: int, kv_heads: int, head_dim: int) -> t
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
-def _median_ms(fn: Callable[[], Any]) -> float:
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-
 def _grid(head_dim: int) -> list[dict[str, int]]:
     grid = GRIDS.get(head_dim, GRIDS[128])
     keys = list(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
-
-
-def _flashinfer_attention() -> Callable[..., torch.Tensor] | None:
-    """LayerZero's FlashInfer prefill adapter when FlashInfer is installed (it JIT-compiles each
-    configuration on first use: the first call's time is reported as compile_s), else None."""
-    import importlib.util
-
-    if importlib.util.find_spec("flashinfer") is None:
-        return None
-    from layerzero.kernels.flashinfer import flashinfer_prefill_attention
-
-    return flashinfer_prefill_attention
-
-
-def _version(module: str) -> str | None:
-    try:
-        return getattr(__import__(module), "__version__", "?")
-    except ImportError:
-        return None
-
-
-def _timed(row: dict[str, Any], call: Callable[[], torch.Tensor], to_bshd: Callable[[torch.Tensor], torch.Tensor],
-           expected: torch.Tensor) -> dict[str, Any]:
-    """Run ``call`` once (compile; error against the fp32 reference), then time it; a variant that cannot
-    run here (shared memory, registers, a missing JIT toolchain) is recorded with its error."""
-    try:
-        t0 = time.perf_counter()
-        out = call()
-        torch.cuda.synchronize()
-        row["compile_s"] = round(time.perf_counter() - t0, 2)
-        row["max_abs_err"] = (to_bshd(out).float() - expected).abs().max().item()
-        row["median_ms"] = _median_ms(call)
-    except Exception as e:
-        row["error"] = f"{type(e).__name__}: {e}"[:200]
-    print(f"  {row['batch']}x{row['seq']} {row['variant']} {row['options']} " + "  ".join(
-        f"{key}={row[key]:.4g}" for key in ("median_ms", "max_abs_err", "compile_s") if key in row)
-        + (f"  {row['error'][:80]}" if "error" in row else ""), flush=True)
-    return row
 
 
 def measure(shapes: tuple[tuple[int, int], ...] = SHAPES, heads: int = 8, kv_heads: int = 4,
@@ -114,20 +72,20 @@ def measure(shapes: tuple[tuple[int, int], ...] = SHAPES, heads: int = 8, kv_hea
     score_mod = _softcap_mod(SOFTCAP)
     rows: list[dict[str, Any]] = []
     ranked: list[dict[str, int] | None] = []
-    flashinfer_call = _flashinfer_attention()
+    flashinfer_call = flashinfer_prefill()
     for shape_index, (batch, seq) in enumerate(shapes):
         q, k, v = _inputs(batch, seq, heads, kv_heads, head_dim)
         block_mask = _block_mask(seq, seq, True, None, "cuda")
         expected = reference.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
                                        softcap=SOFTCAP).float()
         sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
-        rows.append(dict(batch=batch, seq=seq, variant="sdpa, no softcap", median_ms=_median_ms(sdpa)))
+        rows.append(dict(batch=batch, seq=seq, variant="sdpa, no softcap", median_ms=median_ms(sdpa)))
 
         def flex(options: dict[str, Any] | None) -> None:
             call = lambda: compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True,  # noqa: E731
                                     kernel_options=options)
-            rows.append(_timed(dict(batch=batch, seq=seq, variant="flex", options=options), call,
-                               lambda out: out.transpose(1, 2), expected))
+            rows.append(timed_row(dict(batch=batch, seq=seq, variant="flex", options=options), call, expected,
+                                  lambda out: out.transpose(1, 2)))
 
         if shape_index == 0:
             for options in (None, *_grid(head_dim)):
@@ -145,8 +103,7 @@ def measure(shapes: tuple[tuple[int, int], ...] = SHAPES, heads: int = 8, kv_hea
         if flashinfer_call is not None:  # what LayerZero runs for this call when FlashInfer is installed
             qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))  # the (B, S, H, D) tensors the views came from
             call = lambda: flashinfer_call(qs, ks, vs, is_causal=True, softcap=SOFTCAP, enable_gqa=True)  # noqa: E731
-            rows.append(_timed(dict(batch=batch, seq=seq, variant="flashinfer", options=None), call,
-                               lambda out: out, expected))
+            rows.append(timed_row(dict(batch=batch, seq=seq, variant="flashinfer", options=None), call, expected))
     return rows
 
 
@@ -197,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), commit=git_commit(), heads=heads, kv_heads=kv_heads,
-                head_dim=args.head_dim, flashinfer=_version("flashinfer"))
+                head_dim=args.head_dim, flashinfer=module_version("flashinfer"))
     t0 = time.perf_counter()
     rows = measure(heads=heads, kv_heads=kv_heads, head_dim=args.head_dim)
     meta["seconds"] = round(time.perf_counter() - t0, 1)

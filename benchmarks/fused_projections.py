@@ -19,7 +19,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -28,6 +28,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from kernel_timing import median_ms  # noqa: E402
+
 # hidden, q out, k/v out (each), intermediate, layers
 ARCHS = {
     "llama-1b": (2048, 2048, 512, 8192, 16),
@@ -35,12 +37,6 @@ ARCHS = {
     "gemma2-2b": (2304, 2048, 1024, 9216, 26),
 }
 TOKENS = (4096, 8192, 16384)  # 1 x 4096, 8 x 1024 / 16 x 512, 32 x 512
-
-
-def _median_ms(fn: Callable[[], Any]) -> float:
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
 def measure() -> list[dict[str, Any]]:
@@ -59,12 +55,12 @@ def measure() -> list[dict[str, Any]]:
             a = torch.randn(tokens, q_out, device="cuda", dtype=torch.bfloat16)
             m = torch.randn(tokens, inter, device="cuda", dtype=torch.bfloat16)
             times = {
-                "qkv_separate": _median_ms(lambda: (f.linear(x, wq), f.linear(x, wk), f.linear(x, wv))),
-                "qkv_fused": _median_ms(lambda: f.linear(x, wqkv)),
-                "gate_up_separate": _median_ms(lambda: (f.linear(x, wg), f.linear(x, wu))),
-                "gate_up_fused": _median_ms(lambda: f.linear(x, wgu)),
-                "o_proj": _median_ms(lambda: f.linear(a, wo)),
-                "down_proj": _median_ms(lambda: f.linear(m, wd)),
+                "qkv_separate": median_ms(lambda: (f.linear(x, wq), f.linear(x, wk), f.linear(x, wv))),
+                "qkv_fused": median_ms(lambda: f.linear(x, wqkv)),
+                "gate_up_separate": median_ms(lambda: (f.linear(x, wg), f.linear(x, wu))),
+                "gate_up_fused": median_ms(lambda: f.linear(x, wgu)),
+                "o_proj": median_ms(lambda: f.linear(a, wo)),
+                "down_proj": median_ms(lambda: f.linear(m, wd)),
             }
             separate = times["qkv_separate"] + times["gate_up_separate"] + times["o_proj"] + times["down_proj"]
             fused = times["qkv_fused"] + times["gate_up_fused"] + times["o_proj"] + times["down_proj"]

@@ -19,7 +19,6 @@ Every soft-capped variant is checked against the fp32 reference of the soft-capp
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import platform
 import sys
@@ -34,34 +33,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from kernel_timing import flashinfer_prefill, module_version, timed_row  # noqa: E402
+
 SOFTCAP = 50.0
 SHAPES = ((8, 1024), (1, 4096), (32, 512))
 HEADS = {128: (16, 8), 256: (8, 4)}  # 1-2B-class width at head_dim 128 (Gemma2-27B's head size); Gemma2-2B
 GRIDS = {128: dict(BLOCK_M=(64, 128), BLOCK_N=(32, 64, 128), num_warps=(4, 8), num_stages=(2, 3)),
          256: dict(BLOCK_M=(32, 64, 128), BLOCK_N=(32, 64), num_warps=(4, 8), num_stages=(1, 2))}
 TOP = 3
-
-
-def _median_ms(fn: Callable[[], Any]) -> float:
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
-
-
-def _row(rows: list, call: Callable[[], torch.Tensor], expected: torch.Tensor | None, **row: Any) -> dict:
-    try:
-        t0 = time.perf_counter()
-        out = call()
-        torch.cuda.synchronize()
-        row["first_call_s"] = round(time.perf_counter() - t0, 2)
-        if expected is not None:
-            row["max_abs_err"] = (out.float() - expected).abs().max().item()
-        row["median_ms"] = _median_ms(call)
-    except Exception as exc:  # noqa: BLE001 - a config that cannot run here (shared memory, registers) is a result
-        row["error"] = f"{type(exc).__name__}: {exc}"[:160]
-    rows.append(row)
-    print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-    return row
+REP = 150  # do_bench's time budget per variant (ms): the launch-option grid has 16-24 variants per head size
 
 
 def measure(head_dim: int) -> list[dict[str, Any]]:
@@ -70,9 +50,7 @@ def measure(head_dim: int) -> list[dict[str, Any]]:
     from layerzero.kernels.triton.prefill_attention import launch_config, prefill_attention
 
     heads, kv_heads = HEADS[head_dim]
-    flashinfer = None
-    if importlib.util.find_spec("flashinfer") is not None:
-        from layerzero.kernels.flashinfer import flashinfer_prefill_attention as flashinfer
+    flashinfer = flashinfer_prefill()
     grid = [dict(zip(GRIDS[head_dim], values)) for values in itertools.product(*GRIDS[head_dim].values())]
     shipped = launch_config(head_dim, torch.bfloat16)
     rows: list[dict[str, Any]] = []
@@ -86,20 +64,26 @@ def measure(head_dim: int) -> list[dict[str, Any]]:
         plain = reference.attention(q, k, v, is_causal=True, enable_gqa=True).float()
         common = dict(head_dim=head_dim, heads=heads, kv_heads=kv_heads, batch=batch, seq=seq)
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-        _row(rows, lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True
-                                                                            ).transpose(1, 2),
-             plain, variant="sdpa", softcap=False, **common)
-        _row(rows, lambda: torch_flex_attention(q, k, v, None, True, None, 0.0, None, SOFTCAP, None, True),
-             expected, variant="flex", softcap=True, **common)
+
+        def row(call: Callable[[], torch.Tensor], reference_out: torch.Tensor, **fields: Any) -> dict:
+            r = timed_row({**fields, **common}, call, reference_out, rep=REP)
+            rows.append(r)
+            return r
+
+        row(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True
+                                                                     ).transpose(1, 2),
+            plain, variant="sdpa", softcap=False)
+        row(lambda: torch_flex_attention(q, k, v, None, True, None, 0.0, None, SOFTCAP, None, True),
+            expected, variant="flex", softcap=True)
         if flashinfer is not None:
-            _row(rows, lambda: flashinfer(q, k, v, is_causal=True, softcap=SOFTCAP, enable_gqa=True), expected,
-                 variant="flashinfer", softcap=True, **common)
+            row(lambda: flashinfer(q, k, v, is_causal=True, softcap=SOFTCAP, enable_gqa=True), expected,
+                variant="flashinfer", softcap=True)
 
         def ours(config: tuple[int, ...], softcap: float | None) -> dict:
-            return _row(rows, lambda: prefill_attention(q, k, v, None, True, None, 0.0, None, softcap, None, True,
-                                                        _config=config),
-                        expected if softcap else plain, variant="triton", softcap=bool(softcap),
-                        config=list(config), shipped=config == shipped, **common)
+            return row(lambda: prefill_attention(q, k, v, None, True, None, 0.0, None, softcap, None, True,
+                                                 _config=config),
+                       expected if softcap else plain, variant="triton", softcap=bool(softcap),
+                       config=list(config), shipped=config == shipped)
 
         if index == 0:
             timed = [ours(tuple(c.values()), SOFTCAP) for c in grid]
@@ -171,13 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from result_files import git_commit, write_result
 
-    flashinfer_version = None
-    if importlib.util.find_spec("flashinfer") is not None:
-        from importlib.metadata import version
-
-        flashinfer_version = version("flashinfer-python")
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                python=platform.python_version(), commit=git_commit(), flashinfer=flashinfer_version)
+                python=platform.python_version(), commit=git_commit(), flashinfer=module_version("flashinfer"))
     t0 = time.perf_counter()
     rows = [r for hd in args.head_dims.split(",") for r in measure(int(hd))]
     meta["seconds"] = round(time.perf_counter() - t0, 1)

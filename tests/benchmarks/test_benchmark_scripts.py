@@ -188,3 +188,19 @@ def test_compile_strategies_quick(tmp_path):
     for entry in mixes.values():
         assert entry["max_abs_diff_vs_eager"] < 1e-4 and entry["second_ms"] > 0
     assert "| opaque:rope+swiglu |" in (tmp_path / "c.md").read_text()
+
+
+def test_kernel_timing_row_records_error_first_call_and_time(monkeypatch):
+    """The kernel benchmarks' shared row: the error against the expected output (after ``to_expected``), the
+    first call's time, the median; a variant that raises is recorded with its error, not a crash."""
+    import torch
+
+    timing = _load("kernel_timing")
+    monkeypatch.setattr(timing.torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(timing, "median_ms", lambda fn, rep: 0.25 if rep == 150 else None)
+    out = torch.tensor([[1.0, 2.0], [3.0, 4.5]])
+    row = timing.timed_row({"variant": "v"}, lambda: out, torch.tensor([[1.0, 3.0], [2.0, 4.0]]),
+                           lambda o: o.t(), rep=150)
+    assert row["max_abs_err"] == 0.5 and row["median_ms"] == 0.25 and row["compile_s"] >= 0
+    failed = timing.timed_row({"variant": "w"}, lambda: 1 / 0)
+    assert failed["error"].startswith("ZeroDivisionError") and "median_ms" not in failed
