@@ -59,7 +59,8 @@ def check_qkv(kernel: str, query: torch.Tensor, key: torch.Tensor, value: torch.
     if dropout_p:
         raise ValueError(f"dropout_p={dropout_p} is not supported (inference kernel); pass dropout_p=0.0")
     for name, t in (("query", query), ("key", key), ("value", value)):
-        span = (t.shape[1] - 1) * abs(t.stride(1)) + (t.shape[3] - 1) * abs(t.stride(3))
+        size, stride = t.shape, t.stride()  # one read each: this runs on every (host-bound) decode call
+        span = (size[1] - 1) * abs(stride[1]) + (size[3] - 1) * abs(stride[3])
         if span >= INT32_LIMIT:
             raise ValueError(
                 f"{name} of shape {tuple(t.shape)} and strides {tuple(t.stride())} spans {span} elements within one "
