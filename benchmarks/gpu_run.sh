@@ -12,7 +12,7 @@
 #             JIT of every configuration run2 loads (benchmarks/flashinfer_warmup.py) from the first second
 #             on every core, beside the kernel sweep (GPU 0) and the cross-device tests (2 GPUs), both with
 #             FlashInfer off the path.
-#   run2    - (carry .whl) finishes that JIT if run1 could not; then pytest -m gpu on GPU 0 while GPU 1
+#   run2    - (carry .whl) finishes that JIT (the same WARMUP_* selection) if run1 could not; then pytest -m gpu on GPU 0 while GPU 1
 #             replays the calls real models make on every eligible kernel and runs the parity matrix.
 #             FlashInfer loads what run1 compiled from its workspace (FLASHINFER_WORKSPACE_BASE). Do not set
 #             FLASHINFER_DISABLE_JIT: it restricts FlashInfer to its ahead-of-time package and ignores that
@@ -80,8 +80,13 @@ tests_replay_parity() {  # pytest -m gpu on GPU 0 beside the in-context replay a
   wait
 }
 
-log_tests_summary() {  # after tests_replay_parity: the logs' tails and the recompile-limit message counts
-  for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -6 "$f" >> "$LOG"; done
+warmup_selection() {  # what flashinfer_warmup.py compiles, the same in run1 and in run2's catch-up
+  echo --shapes "${WARMUP_SHAPES:-small}" ${WARMUP_KINDS:+--kinds "$WARMUP_KINDS"} \
+    $([ "${WARMUP_CONFORMANCE:-1}" = 0 ] && echo --no-conformance) $([ "${WARMUP_SOFTCAP_ONLY:-0}" = 1 ] && echo --model-softcap-only)
+}
+
+log_tests_summary() {  # after tests_replay_parity: the logs' last ${1:-6} lines and the recompile-limit message counts
+  for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -"${1:-6}" "$f" >> "$LOG"; done
   section "recompile-limit warnings"
   grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log >> "$LOG" 2>&1
   tail -4 "$OUT/pytest-gpu.log" >> "$LOG"
@@ -164,8 +169,7 @@ if [ "$stage" = run1 ]; then  # results in one archive: a call returns at most 8
   # run2 gave it 200 s more, and pytest still found modules missing).
   section "FlashInfer JIT of what run2 loads (every core, from the start)"
   (with_fi env CUDA_VISIBLE_DEVICES=$G1 MAX_JOBS=${JIT_MAX_JOBS:-4} timeout 575 python3 benchmarks/flashinfer_warmup.py \
-     --jobs 24 --shapes "${WARMUP_SHAPES:-small}" ${WARMUP_KINDS:+--kinds "$WARMUP_KINDS"} \
-     $([ "${WARMUP_CONFORMANCE:-1}" = 0 ] && echo --no-conformance) $([ "${WARMUP_SOFTCAP_ONLY:-0}" = 1 ] && echo --model-softcap-only) --out "$R/warmup.json" > /tmp/warmup.log 2>&1
+     --jobs 24 $(warmup_selection) --out "$R/warmup.json" > /tmp/warmup.log 2>&1
    echo "warmup rc=$?" >> /tmp/warmup.log) &
   # beside it, the parts of the tier that need no FlashInfer and no quiet host: device-time kernel sweep
   # (GPU 0) and the cross-device tests (2 GPUs); RUN1_TESTS=1: instead, pytest -m gpu beside the replay and
@@ -192,13 +196,11 @@ export PYTHONPATH=$fi_site:$PYTHONPATH  # FlashInfer loads the modules run1 comp
 if [ "$stage" = run2 ]; then
   if ! grep -q "failed: none" /tmp/warmup.log 2>/dev/null; then
     section "FlashInfer JIT: what run1 left unfinished"
-    env CUDA_VISIBLE_DEVICES=$G1 MAX_JOBS=2 timeout 200 python3 benchmarks/flashinfer_warmup.py --jobs 24 --shapes "${WARMUP_SHAPES:-small}" \
+    env CUDA_VISIBLE_DEVICES=$G1 MAX_JOBS=2 timeout 200 python3 benchmarks/flashinfer_warmup.py --jobs 24 $(warmup_selection) \
       > /tmp/warmup2.log 2>&1; tail -3 /tmp/warmup2.log >> "$LOG"
   fi
   tests_replay_parity
-  for f in /tmp/replay.log /tmp/parity.log; do echo "--- $f" >> "$LOG"; tail -15 "$f" >> "$LOG"; done
-  section "recompile-limit warnings"
-  grep -c "recompile_limit\|cache_size_limit" "$OUT/pytest-gpu.log" /tmp/replay.log /tmp/parity.log >> "$LOG" 2>&1
+  log_tests_summary 15
   tail -30 "$OUT/pytest-gpu.log"
 elif [ "$stage" = recheck ]; then  # one call, no install: FlashInfer off the path (its tests skip)
   export PYTHONPATH=$site:$PWD
