@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kernel_timing import flashinfer_prefill, median_ms, module_version, timed_row  # noqa: E402
+from kernel_timing import flashinfer_prefill, measure_and_write, median_ms, module_version, timed_row  # noqa: E402
 
 SOFTCAP = 50.0
 SHAPES = ((8, 1024), (1, 4096), (32, 512))  # (batch, sequence): the e2e prefill shapes
@@ -150,17 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import triton
 
-    from result_files import git_commit, write_result
-
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                python=platform.python_version(), commit=git_commit(), heads=heads, kv_heads=kv_heads,
-                head_dim=args.head_dim, flashinfer=module_version("flashinfer"))
-    t0 = time.perf_counter()
-    rows = measure(heads=heads, kv_heads=kv_heads, head_dim=args.head_dim)
-    meta["seconds"] = round(time.perf_counter() - t0, 1)
-    table = markdown(meta, rows)
-    print(table)
-    write_result({"meta": meta, "rows": rows}, table, args.json, args.md)
+    measure_and_write(lambda: measure(heads=heads, kv_heads=kv_heads, head_dim=args.head_dim), markdown,
+                      args.json, args.md, triton=triton.__version__, heads=heads, kv_heads=kv_heads,
+                      head_dim=args.head_dim, flashinfer=module_version("flashinfer"))
     return 0
 
 

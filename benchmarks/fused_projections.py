@@ -15,9 +15,7 @@ whole layer's GEMMs (with ``o_proj`` and ``down_proj``, unchanged) so the saving
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kernel_timing import median_ms  # noqa: E402
+from kernel_timing import measure_and_write, median_ms  # noqa: E402
 
 # hidden, q out, k/v out (each), intermediate, layers
 ARCHS = {
@@ -105,16 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("fused_projections: no CUDA device (torch.cuda.is_available() is False); nothing to measure")
         return 0
-    from result_files import git_commit, write_result
-
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, python=platform.python_version(),
-                commit=git_commit())
-    t0 = time.perf_counter()
-    rows = measure()
-    meta["seconds"] = round(time.perf_counter() - t0, 1)
-    table = markdown(meta, rows)
-    print(table)
-    write_result({"meta": meta, "rows": rows}, table, args.json, args.md)
+    measure_and_write(measure, markdown, args.json, args.md)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Timing one kernel call on the GPU, shared by the kernel-level benchmarks (``flex_options.py``,
 ``fused_projections.py``, ``triton_prefill_attention.py``): the device-time median, a row that records a
-variant's first-call time, error and median (or why it could not run), and the optional FlashInfer adapter."""
+variant's first-call time, error and median (or why it could not run), the optional FlashInfer adapter, and
+writing the rows with the device, versions and commit they were measured at."""
 
 from __future__ import annotations
 
@@ -54,3 +55,21 @@ def module_version(module: str) -> str | None:
         return getattr(__import__(module), "__version__", "?")
     except ImportError:
         return None
+
+
+def measure_and_write(measure: Callable[[], list[dict[str, Any]]], markdown: Callable[[dict, list], str],
+                      json_path: Any, md_path: Any, **meta: Any) -> None:
+    """Run ``measure`` and write its rows with ``meta`` (the device, torch, Python and commit added here, and
+    how long it took) as JSON and as ``markdown(meta, rows)``, which is also printed."""
+    import platform
+
+    from result_files import git_commit, write_result
+
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, python=platform.python_version(),
+                commit=git_commit(), **meta)
+    t0 = time.perf_counter()
+    rows = measure()
+    meta["seconds"] = round(time.perf_counter() - t0, 1)
+    table = markdown(meta, rows)
+    print(table)
+    write_result({"meta": meta, "rows": rows}, table, json_path, md_path)

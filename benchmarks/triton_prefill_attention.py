@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kernel_timing import flashinfer_prefill, module_version, timed_row  # noqa: E402
+from kernel_timing import flashinfer_prefill, measure_and_write, module_version, timed_row  # noqa: E402
 
 SOFTCAP = 50.0
 SHAPES = ((8, 1024), (1, 4096), (32, 512))
@@ -153,16 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import triton
 
-    from result_files import git_commit, write_result
-
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                python=platform.python_version(), commit=git_commit(), flashinfer=module_version("flashinfer"))
-    t0 = time.perf_counter()
-    rows = [r for hd in args.head_dims.split(",") for r in measure(int(hd))]
-    meta["seconds"] = round(time.perf_counter() - t0, 1)
-    table = markdown(meta, rows)
-    print(table)
-    write_result({"meta": meta, "rows": rows}, table, args.json, args.md)
+    measure_and_write(lambda: [r for hd in args.head_dims.split(",") for r in measure(int(hd))], markdown,
+                      args.json, args.md, triton=triton.__version__, flashinfer=module_version("flashinfer"))
     return 0
 
 
