@@ -106,10 +106,11 @@ run_bench() {  # one timing benchmark $1 (see "bench" above), its log in /tmp/$1
                  --kinds rms_norm,rope,mlp --json "$OUT/parity-unfused.json" --md "$OUT/parity-unfused.md" > /tmp/$b.log 2>&1 ;;
     # costs-<operation>: re-sweep one operation over a copy of the shipped sm90 table (a new kernel's rows,
     # e.g. costs-attention.decode for torch_eager_attention; several costs-* in one call add to one table);
-    # COST_ARCH limits it to some architectures, COST_MAX_TOKENS to decode-sized buckets
+    # COST_ARCH limits it to some architectures, COST_MAX_TOKENS to decode-sized buckets, COST_ONLY_MISSING=1 to
+    # the buckets the table lacks (new ones added to the sweep)
     costs-*) mkdir -p "$OUT/costs" && { [ -f "$OUT/costs/sm90.json" ] || cp layerzero/data/costs/sm90.* "$OUT/costs/"; } \
                  && CUDA_VISIBLE_DEVICES=0 timeout $(( ${COST_SECONDS:-240} + 60 )) python3 -m layerzero.tuning.cost_sweep --out "$OUT/costs" \
-                 --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} ${COST_MAX_TOKENS:+--max-tokens "$COST_MAX_TOKENS"} --max-seconds "${COST_SECONDS:-240}" > /tmp/$b.log 2>&1 ;;
+                 --operations "${b#costs-}" ${COST_ARCH:+--arch "$COST_ARCH"} ${COST_MAX_TOKENS:+--max-tokens "$COST_MAX_TOKENS"} ${COST_ONLY_MISSING:+--only-missing} --max-seconds "${COST_SECONDS:-240}" > /tmp/$b.log 2>&1 ;;
     # Gemma-2's soft-capped prefill attention: Flex kernel options (and USE_TMA) swept at head_dim 256 or
     # FLEX_EXTRA="--head-dim 128 --heads 16/8"; FlashInfer's kernel beside them with BENCH_FLASHINFER=1
     flex_options) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/flex_options.py ${FLEX_EXTRA:-} \

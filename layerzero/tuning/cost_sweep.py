@@ -92,10 +92,13 @@ def run_sweep(
     into_cache: TuningCache | None = None,
     timer: Timer | None = None,
     on_bucket: Callable[[int, int, str], None] | None = None,
+    only_missing: bool = False,
 ) -> SweepResult:
     """Measure, merge over any existing table at ``out_dir`` and write it (``out_dir=None``: no files).
     ``max_tokens`` keeps only buckets of at most that many tokens (re-measuring the host-bound decode-sized
-    calls alone); ``into_cache`` also records the measurements as local ones in an autotune cache."""
+    calls alone); ``into_cache`` also records the measurements as local ones in an autotune cache;
+    ``only_missing`` skips the buckets the table at ``out_dir`` already holds (filling buckets added to the
+    sweep since the table was made, without re-timing the rest)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cls = device_class(dev)
     dt = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
@@ -106,7 +109,7 @@ def run_sweep(
     calls = sweep_calls(arch_list, op_list, dt, **plan)
     table = CostTable(cls, device_name(dev), library_versions(), _dt.datetime.now(_dt.timezone.utc).isoformat(
         timespec="seconds"), timer_name(dev))
-    seen: set[CostBucket] = set()
+    seen: set[CostBucket] = set(_existing_buckets(out_dir, cls) if only_missing else ())
     todo = []
     for call in calls:
         bucket = call.bucket(dev)
@@ -141,6 +144,15 @@ def run_sweep(
     if out_dir is not None:
         _write(result, Path(out_dir))
     return result
+
+
+def _existing_buckets(out_dir: str | Path | None, device_class_name: str) -> set[CostBucket]:
+    """The buckets the table of ``device_class_name`` at ``out_dir`` measures (none without a table)."""
+    path = Path(out_dir) / f"{device_class_name}.json" if out_dir is not None else None
+    if path is None or not path.exists():
+        return set()
+    old = load_table_file(path, "shipped")
+    return set(old.entries) if old is not None and old.device_class == device_class_name else set()
 
 
 @contextlib.contextmanager
@@ -199,6 +211,8 @@ def parser() -> argparse.ArgumentParser:
                    help="only buckets of at most this many tokens (e.g. 64: the host-bound decode-sized calls)")
     p.add_argument("--quick", action="store_true", help="one architecture, two token counts (CI, CPU)")
     p.add_argument("--into-cache", action="store_true", help="also record the times as local measurements")
+    p.add_argument("--only-missing", action="store_true",
+                   help="skip the buckets the table in --out already holds (fill new buckets only)")
     return p
 
 
@@ -206,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     result = run_sweep(args.out, device=args.device, archs=args.arch, operations=args.operations, dtype=args.dtype,
                        quick=args.quick, max_seconds=args.max_seconds, max_tokens=args.max_tokens,
-                       into_cache=TuningCache() if args.into_cache else None,
+                       into_cache=TuningCache() if args.into_cache else None, only_missing=args.only_missing,
                        on_bucket=lambda i, n, label: print(f"[{i}/{n}] {label}", flush=True))
     print(f"{result.buckets_done} of {result.buckets_total} buckets, {len(result.table)} measurements -> "
           f"{result.json_path} ({result.summary_path})")

@@ -121,6 +121,21 @@ def test_sweep_merges_into_an_existing_table_and_honours_the_budget(tmp_path):
     assert {b.operation for b in table.entries} == {"rms_norm"}  # the earlier run's measurements stay
 
 
+def test_only_missing_fills_new_buckets_and_keeps_the_measured_ones(tmp_path):
+    """``--only-missing``: a bucket the table already holds is not timed again (its measurement stays as it was);
+    one it lacks is measured and merged in."""
+    run_sweep(tmp_path, device="cpu", quick=True, operations=["rms_norm"], timer=FakeTimer(_timing(5.0, 0.0)))
+    timer = FakeTimer(_timing(9.0, 0.0))
+    again = run_sweep(tmp_path, device="cpu", quick=True, operations=["rms_norm,swiglu"], timer=timer,
+                      only_missing=True)
+    assert again.buckets_total == again.buckets_done == 2  # the two swiglu buckets; the rms_norm ones are held
+    table = table_from_json(json.loads((tmp_path / "cpu.json").read_text()))
+    times = {b.operation: {m.median_us for m in ks.values()} for b, ks in table.entries.items()}
+    assert times == {"rms_norm": {5.0}, "swiglu": {9.0}}
+    assert main(["--out", str(tmp_path), "--device", "cpu", "--quick", "--operations", "swiglu",
+                 "--only-missing"]) == 0  # nothing left to measure: a clean no-op
+
+
 def test_unknown_operation_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--operations"):
         run_sweep(tmp_path, device="cpu", quick=True, operations=["conv*"])
