@@ -327,7 +327,7 @@ def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[
     if quick:
         args.decode_batch = min(args.decode_batch, 2)
     vocab = cfg["vocab_size"]
-    caches = [None] if args.no_static else [None, "static"]
+    caches = [] if args.prefill_only else [None] if args.no_static else [None, "static"]
 
     base = build_model(cfg, dtype, device, "sdpa", config_class=config_class)
     state = {k: v for k, v in base.state_dict().items()}
@@ -407,6 +407,8 @@ def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[
         return entry
 
     compile_shapes = [tuple(int(x) for x in s.split("x")) for s in args.compile_shapes.split(",") if s]
+    if args.prefill_only:
+        compile_shapes = []
     if quick:
         compile_shapes = compile_shapes and [shapes[0]]
     variants = result["variants"]
@@ -423,7 +425,7 @@ def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[
     variants["layerzero"] = measure("layerzero", base)
     if compile_shapes:
         compiled_variants["layerzero"] = measure_compiled("layerzero compiled", base)
-    if args.other_compile_strategy:  # the same patch with the other compile strategy for norms, RoPE and MLP
+    if args.other_compile_strategy and not args.prefill_only:  # the same patch with the other compile strategy for norms, RoPE and MLP
         other = measure_other_strategy(base, compile_shapes, "static" in caches, measure_compiled,
                                        lambda: decode_ms(base, device, vocab, prompt, steps, "static", repeats,
                                                          args.decode_batch))
@@ -441,6 +443,16 @@ def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[
         variants["layerzero_no_residual_norm"] = measure("layerzero without residual_norm", base)
         variants["layerzero_no_residual_norm"]["patched"] = unfused.counts()
         layerzero_hf.unpatch(base)
+    expected_patched = {"layerzero": variants["layerzero"]["patched"],
+                        "layerzero_no_residual_norm": variants.get("layerzero_no_residual_norm", {}).get("patched")}
+    if args.sdpa_rounds:  # the default patch against HF sdpa on a second copy of the weights, before Liger
+        result["running"] = "layerzero vs hf_sdpa, alternating"
+        peer = build_model(cfg, dtype, device, "sdpa", state, config_class=config_class)
+        result["vs_hf_sdpa_alternating"] = prefill_alternating(
+            base, peer, "hf_sdpa", {"layerzero": None}, shapes, device, vocab, warmup,
+            2 if quick else args.sdpa_rounds, expected_patched)
+        del peer
+        gc.collect()
     if not args.liger_rounds:
         del base
         gc.collect()
@@ -458,10 +470,10 @@ def run(args: argparse.Namespace, result: dict[str, Any] | None = None) -> dict[
             lz_variants = {"layerzero": None}
             if args.without_residual_norm:
                 lz_variants["layerzero_no_residual_norm"] = unfused_kinds
-            result["vs_liger_alternating"] = prefill_vs_liger(
-                base, liger, lz_variants, shapes, device, vocab, warmup, 2 if quick else args.liger_rounds,
-                {"layerzero": variants["layerzero"]["patched"],
-                 "layerzero_no_residual_norm": variants.get("layerzero_no_residual_norm", {}).get("patched")})
+            result["running"] = "layerzero vs liger, alternating"
+            result["vs_liger_alternating"] = prefill_alternating(
+                base, liger, "liger", lz_variants, shapes, device, vocab, warmup, 2 if quick else args.liger_rounds,
+                expected_patched)
 
     result.pop("running", None)
     return add_ratios(result)
@@ -515,36 +527,37 @@ def measure_other_strategy(model, compile_shapes, static: bool, measure_compiled
     return out
 
 
-def prefill_vs_liger(base, liger, lz_variants: dict[str, list[str] | None], shapes, device: str, vocab: int,
-                     warmup: int, rounds: int, expected_patched: dict[str, Any]) -> dict[str, Any]:
-    """LayerZero vs Liger prefill, alternating within each round on two live models (the per-variant tables
-    measure one variant after another, so a noisy minute lands on one of them; here both see it). Liger is
-    already applied, so the LayerZero model is re-patched now: its patch must cover what it covered before
-    Liger rewrote the modeling module's globals (``patched`` is compared), or the round would time Liger's
-    RoPE inside "LayerZero" and the result says so. Per shape: the median of per-round ratios and the
-    medians of the tokens/s."""
+def prefill_alternating(base, peer, peer_name: str, lz_variants: dict[str, list[str] | None], shapes, device: str,
+                        vocab: int, warmup: int, rounds: int, expected_patched: dict[str, Any]) -> dict[str, Any]:
+    """LayerZero vs a peer model's prefill (Liger, or HF sdpa on a second copy of the weights), alternating
+    within each round on two live models: the per-variant tables measure one variant after another, so a noisy
+    minute lands on one of them; here both see it. ``base`` is patched again for each LayerZero variant; its
+    patch must cover what it covered in the per-variant run (``patched`` is compared: after Liger rewrote the
+    modeling module's globals, a short patch would time Liger's RoPE inside "LayerZero", and the result says
+    so). Per shape: the median of per-round ratios and the medians of the tokens/s."""
     import layerzero_hf
 
     out: dict[str, Any] = {"rounds": rounds}
     for name, kinds in lz_variants.items():
         report = layerzero_hf.patch(base, attention=True, only=kinds)  # only=None: the default kinds
         patched = report.counts()
-        entry: dict[str, Any] = {"patched": patched, "same_patch_as_before_liger": patched == expected_patched.get(name),
+        entry: dict[str, Any] = {"patched": patched, "same_patch_as_before": patched == expected_patched.get(name),
                                  "shapes": {}}
         for b, s in shapes:
-            ratios, lz_tps, liger_tps = [], [], []
+            ratios, lz_tps, peer_tps = [], [], []
             for _ in range(rounds):
                 lz = prefill_tps(base, device, b, s, vocab, warmup, 3)
-                lg = prefill_tps(liger, device, b, s, vocab, warmup, 3)
-                ratios.append(lz / lg)
+                other = prefill_tps(peer, device, b, s, vocab, warmup, 3)
+                ratios.append(lz / other)
                 lz_tps.append(lz)
-                liger_tps.append(lg)
+                peer_tps.append(other)
             entry["shapes"][f"{b}x{s}"] = {
-                "speedup_vs_liger": statistics.median(ratios), "round_ratios": ratios,
-                "layerzero_tokens_per_s": statistics.median(lz_tps), "liger_tokens_per_s": statistics.median(liger_tps)}
+                f"speedup_vs_{peer_name}": statistics.median(ratios), "round_ratios": ratios,
+                "layerzero_tokens_per_s": statistics.median(lz_tps),
+                f"{peer_name}_tokens_per_s": statistics.median(peer_tps)}
         layerzero_hf.unpatch(base)
         out[name] = entry
-        print(f"[{name} vs liger, alternating] {json.dumps(entry)}", flush=True)
+        print(f"[{name} vs {peer_name}, alternating] {json.dumps(entry)}", flush=True)
     return out
 
 
@@ -572,12 +585,12 @@ def markdown(result: dict[str, Any]) -> str:
                  if e["prefill_tokens_per_s"][s] else "n/a" for s in shapes]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     caches = list(next(iter(variants.values()))["decode_ms_per_step"])
-    lines += ["", "## Decode ms/step (speedup vs HF sdpa)", "",
+    lines += [] if not caches else ["", "## Decode ms/step (speedup vs HF sdpa)", "",
               "One pass per variant, minutes apart: a host-bound decode step drifts between them (the same code "
               "read 0.70x and 1.23x in two runs); `benchmarks/decode_ab.py` alternates the variants in rounds and "
               "is the decode number to quote.", "", "| variant | " + " | ".join(caches) + " |",
               "|---|" + "---|" * len(caches)]
-    for name, e in variants.items():
+    for name, e in variants.items() if caches else ():
         cells = [f"{e['decode_ms_per_step'][c]:.2f} ({e['decode_speedup_vs_sdpa'][c]:.2f}x)"
                  if e["decode_ms_per_step"][c] else "n/a" for c in caches]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -620,19 +633,23 @@ def markdown(result: dict[str, Any]) -> str:
                   f"CUDA graphs skipped because: {'; '.join(other.get('cudagraph_skips', [])) or '-'}"]
     elif other.get("error"):
         lines += ["", f"Static-cache decode with `set_compile_strategy(\"{other['strategy']}\")` failed: {other['error']}"]
-    alt = result.get("vs_liger_alternating")
-    if alt:
+    for peer, title in (("hf_sdpa", "HF sdpa (a second copy of the weights)"), ("liger", "Liger")):
+        alt = result.get(f"vs_{peer}_alternating")
+        if not alt:
+            continue
         names = [n for n in alt if n != "rounds"]
         ashapes = list(alt[names[0]]["shapes"]) if names else []
-        lines += ["", f"## Prefill vs Liger, alternating on two live models ({alt['rounds']} rounds; median of "
-                  "per-round ratios, the range beside it)", "", "| variant | " + " | ".join(ashapes) + " | same patch as before Liger |",
+        lines += ["", f"## Prefill vs {title}, alternating on two live models ({alt['rounds']} rounds; median of "
+                  "per-round ratios, the range beside it)", "",
+                  "| variant | " + " | ".join(ashapes) + " | same patch as in its own run |",
                   "|---|" + "---|" * (len(ashapes) + 1)]
         for n in names:
             cells = []
             for sh in ashapes:
                 e = alt[n]["shapes"][sh]
-                cells.append(f"{e['speedup_vs_liger']:.2f}x ({min(e['round_ratios']):.2f}-{max(e['round_ratios']):.2f})")
-            lines.append(f"| {n} | " + " | ".join(cells) + f" | {'yes' if alt[n]['same_patch_as_before_liger'] else 'NO: ' + json.dumps(alt[n]['patched'])} |")
+                cells.append(f"{e[f'speedup_vs_{peer}']:.2f}x ({min(e['round_ratios']):.2f}-{max(e['round_ratios']):.2f})")
+            same = "yes" if alt[n]["same_patch_as_before"] else "NO: " + json.dumps(alt[n]["patched"])
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {same} |")
     errors = [(n, e) for n, entry in variants.items() for e in entry.get("errors", [])]
     if errors:
         lines += ["", "## Errors", ""] + [f"- {n}: {e}" for n, e in errors]
@@ -653,6 +670,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "static-cache decode)")
     ap.add_argument("--liger-rounds", type=int, default=5, help="prefill rounds alternating LayerZero and Liger "
                     "on two live models after Liger is applied (0: skip; keeps a second model in memory)")
+    ap.add_argument("--sdpa-rounds", type=int, default=5, help="prefill rounds alternating LayerZero and HF sdpa on "
+                    "two live models (a second copy of the weights, before Liger is applied; 0: skip)")
+    ap.add_argument("--prefill-only", action="store_true", help="prefill and logits only: no decode, no compiled "
+                    "runs (the alternating rounds stay)")
     ap.add_argument("--prefill-repeats", type=int, default=9, help="prefill: timed forward passes per shape "
                     "(cheap; a median of 3 moved by up to 30%% on a busy host)")
     ap.add_argument("--prompt", type=int, default=512, help="decode: prompt length")

@@ -51,15 +51,41 @@ def test_e2e_alternates_layerzero_and_liger_prefill_on_two_live_models(tmp_path,
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     bench.main(["--quick", "--arch", "llama-1b", "--no-static", "--skip-eager", "--without-residual-norm",
                 "--liger-rounds", "2", "--json", str(out), "--md", str(md)])
-    alt = json.loads(out.read_text())["vs_liger_alternating"]
+    result = json.loads(out.read_text())
+    alt = result["vs_liger_alternating"]
     assert set(alt) == {"rounds", "layerzero", "layerzero_no_residual_norm"}
     for name in ("layerzero", "layerzero_no_residual_norm"):
-        assert alt[name]["same_patch_as_before_liger"] is True
+        assert alt[name]["same_patch_as_before"] is True
         for shape in alt[name]["shapes"].values():
             assert len(shape["round_ratios"]) == 2 and shape["speedup_vs_liger"] > 0
     assert alt["layerzero"]["patched"].get("residual_norm") == 2  # on by default
     assert "residual_norm" not in alt["layerzero_no_residual_norm"]["patched"]
-    assert "Prefill vs Liger, alternating" in md.read_text()
+    # and against HF sdpa on a second copy of the weights, before Liger is applied: the default patch only
+    vs_sdpa = result["vs_hf_sdpa_alternating"]
+    assert set(vs_sdpa) == {"rounds", "layerzero"} and vs_sdpa["layerzero"]["same_patch_as_before"] is True
+    for b, s in (tuple(map(int, k.split("x"))) for k in vs_sdpa["layerzero"]["shapes"]):
+        shape = vs_sdpa["layerzero"]["shapes"][f"{b}x{s}"]
+        assert len(shape["round_ratios"]) == 2 and shape["speedup_vs_hf_sdpa"] > 0 and shape["hf_sdpa_tokens_per_s"] > 0
+    text = md.read_text()
+    assert "Prefill vs Liger, alternating" in text and "Prefill vs HF sdpa (a second copy of the weights)" in text
+
+
+@pytest.mark.slow
+def test_e2e_prefill_only_skips_decode_and_compile(tmp_path):
+    """--prefill-only: prefill tables, logits and the alternating rounds; no decode and no compiled run, and
+    the markdown has no decode section."""
+    bench = _load_e2e("e2e_bench_prefill_only")
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
+    bench.main(["--quick", "--arch", "llama-1b", "--prefill-only", "--skip-eager", "--liger-rounds", "0",
+                "--compile-shapes", "1x32", "--json", str(out), "--md", str(md)])
+    result = json.loads(out.read_text())
+    lz = result["variants"]["layerzero"]
+    assert lz["decode_ms_per_step"] == {} and not result["compiled"]
+    assert all(v > 0 for v in lz["prefill_tokens_per_s"].values())
+    assert lz["parity_vs_fp32_eager"]["max_abs_diff"] <= 1e-4
+    assert result["vs_hf_sdpa_alternating"]["layerzero"]["shapes"]
+    text = md.read_text()
+    assert "Decode ms/step" not in text and "Prefill vs HF sdpa" in text
 
 
 @pytest.mark.slow
