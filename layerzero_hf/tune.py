@@ -25,6 +25,7 @@ from layerzero.context.call_context import SelectionContext
 from layerzero_hf.model_key import model_key
 from layerzero.selection.measured_ranking import MeasuredRanking, measured_ranking_for_device, reset_measured_rankings
 from layerzero.tuning.cache import TuningCache, put_costs
+from layerzero.tuning.cost_bucket import bucket_cost
 from layerzero.tuning.cost_table import CostBucket, bucket_for, device_class
 from layerzero.tuning.measure import Timer, eligible_kernels, fp32_reference, time_kernels
 
@@ -109,7 +110,8 @@ def tune(
         specs, ref = eligible_kernels(call.operation, ctx)
         expected = fp32_reference(ref, call.inputs, call.options)
         timings, notes = time_kernels(specs, call.inputs, call.options, expected, timer=timer, attempts=attempts)
-        times = {k: t.cost_us for k, t in timings.items()}  # device time, or issue time where host-bound
+        # device time, or issue time where host-bound (never in a long prefill: bucket_cost)
+        times = {k: bucket_cost(bucket, t.median_us, t.host_us) for k, t in timings.items()}
         tuned[bucket] = TunedCall(call.operation, bucket, times, notes, call.count)
         put_costs(store, cls, bucket.key(), times, scope=key, rejected=notes, save=False)
     store.save()

@@ -5,13 +5,14 @@ dimensions (hidden size, head_dim, heads, kv heads), tokens and KV length rounde
 the options that change a kernel's work (causal, sliding window, softcap, GQA, fused residual, ...). Policy
 thresholds never enter it, so a table measured once serves every policy. A :class:`Measurement` is one
 kernel's time in a bucket; what a call costs (:func:`call_cost`) is its device time, or the host time to
-issue it where that is larger. Tables of them: :mod:`layerzero.tuning.cost_table`.
+issue it where that is larger and can decide (:func:`issue_time_counts`: not in a long prefill, whose GEMMs
+keep the GPU busy while the host issues ahead). Tables of them: :mod:`layerzero.tuning.cost_table`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from layerzero.context.call_context import SelectionContext, dtype_name
@@ -138,6 +139,43 @@ def call_cost(device_us: float, host_us: float | None) -> float:
     """What one call costs in a sequence of calls: its device time, or the host time to issue it where that
     is larger (a host-bound call: a decode step's tiny kernels cost what it takes to launch them)."""
     return device_us if host_us is None else max(device_us, host_us)
+
+
+# A call whose token side (tokens x width: the rows of a norm or activation, the query of attention and RoPE)
+# holds at least this many elements belongs to a model step that keeps the GPU busy: its GEMMs alone take
+# longer than the host needs to issue the step's calls, so the host runs ahead and a call costs its device
+# time, however long its own issue takes. Measured on an H200 (Llama-3.2-1B, hidden 2048): the GEMMs take
+# ~171 ns per token and layer, the host ~150-250 us to issue a layer's calls, so steps pass from host- to
+# device-bound at ~1,000-1,500 tokens (2-3M elements of a hidden-size norm); wider models cross sooner. The
+# threshold sits above that crossover: below it, the host time still counts (decode, short prompts), as before.
+DEVICE_BOUND_ELEMENTS = 1 << 23
+
+
+def token_elements(bucket: "CostBucket") -> int:
+    """Elements on a bucket's token side: tokens x the width each token carries (hidden size for norms and
+    activations, heads x head_dim for attention and RoPE)."""
+    dims = dict(bucket.dims)
+    width = dims["hidden"] if "hidden" in dims else dims.get("heads", 1) * dims.get("head_dim", 1)
+    return bucket.tokens * width
+
+
+def issue_time_counts(bucket: "CostBucket") -> bool:
+    """Whether the host time to issue a call of ``bucket`` can decide its cost in a model step (see
+    :data:`DEVICE_BOUND_ELEMENTS`)."""
+    return token_elements(bucket) < DEVICE_BOUND_ELEMENTS
+
+
+def bucket_cost(bucket: "CostBucket", device_us: float, host_us: float | None) -> float:
+    """:func:`call_cost` of a call in ``bucket``: its issue time counts only where it can decide."""
+    return call_cost(device_us, host_us if issue_time_counts(bucket) else None)
+
+
+def as_in_a_step(bucket: "CostBucket", times: Mapping[str, "Measurement"]) -> dict[str, "Measurement"]:
+    """``times`` as a model step sees a call of ``bucket``: without their issue times where those cannot
+    decide (so :attr:`Measurement.cost_us` is the device time there)."""
+    if issue_time_counts(bucket):
+        return dict(times)
+    return {k: m if m.host_us is None else replace(m, host_us=None) for k, m in times.items()}
 
 
 @dataclass(frozen=True)

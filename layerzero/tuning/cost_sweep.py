@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from layerzero.tuning.cache import TuningCache, device_name, library_versions, put_costs
+from layerzero.tuning.cost_bucket import as_in_a_step
 from layerzero.tuning.cost_shapes import ARCH_DIMS, OPERATIONS, SweepCall, sweep_calls
 from layerzero.tuning.cost_table import (
     CostBucket,
@@ -130,7 +131,8 @@ def run_sweep(
                 table.add(bucket, kid, m)
             table.notes.extend(f"{bucket.label()}: {n}" for n in notes)
             if into_cache is not None:
-                steady = {k: m.cost_us for k, m in times.items() if not m.noisy}  # the cache keeps no noise flag
+                steady = {k: m.cost_us for k, m in as_in_a_step(bucket, times).items()
+                          if not m.noisy}  # the cache keeps no noise flag
                 if steady:
                     put_costs(into_cache, cls, bucket.key(), steady, save=False)
             done += 1

@@ -38,6 +38,7 @@ from layerzero.errors import ConfigValidationError, ValidationProblem
 from layerzero.tuning.cost_bucket import (
     CostBucket,
     Measurement,
+    as_in_a_step,
     bucket_for,
     call_cost,
     context_device_class,
@@ -92,7 +93,12 @@ class CostTable:
     def lookup(self, bucket: CostBucket) -> tuple[CostBucket, dict[str, Measurement]] | None:
         """The measurements of ``bucket``, or of the nearest measured bucket of the same family (log2
         distance in tokens plus KV length, at most :data:`MAX_LOG2_DISTANCE`; ties go to the smaller
-        bucket), or None."""
+        bucket), or None. They come as a model step sees a call of ``bucket``: without issue times where
+        those cannot decide (:func:`~layerzero.tuning.cost_bucket.issue_time_counts`)."""
+        found = self._measured_near(bucket)
+        return None if found is None else (found[0], as_in_a_step(bucket, found[1]))
+
+    def _measured_near(self, bucket: CostBucket) -> tuple[CostBucket, dict[str, Measurement]] | None:
         exact = self.entries.get(bucket)
         if exact:
             return bucket, exact
@@ -352,19 +358,21 @@ _MISSING: Any = object()
 
 def summary_markdown(table: CostTable) -> str:
     """One row per bucket: the cheapest kernel, its cost, and every other kernel's cost relative to it. A
-    cost is the device time, or the host issue time where that is larger (marked "host")."""
+    cost is the device time, or the host issue time where that is larger and can decide (marked "host")."""
     lines = [f"# Cost table `{table.device_class}`", "",
              f"Device: {table.device_name or '?'}; measured {table.created or '?'} with {table.timer or '?'}; "
              f"versions: {', '.join(f'{k} {v}' for k, v in sorted(table.versions.items())) or '?'}.", "",
              "Cost = device time, or the host time to issue the call where that is larger (\"host\": the call "
-             "is host-bound); \"noisy\": a device time that never held still, ranked only where decisive.", "",
+             "is host-bound; never in buckets of 2**23 elements or more on the token side, whose model steps keep "
+             "the GPU busy); \"noisy\": a device time that never held still, ranked only where decisive.", "",
              "| bucket | cheapest | µs | others (x costlier) |", "| --- | --- | ---: | --- |"]
 
     def marks(m: Measurement) -> str:
         return (" host" if m.host_us is not None and m.host_us > m.median_us else "") + (" noisy" if m.noisy else "")
 
     for bucket in sorted(table.entries, key=_sort_key):
-        (best_id, best), *rest = sorted(table.entries[bucket].items(), key=lambda kv: (kv[1].cost_us, kv[0]))
+        (best_id, best), *rest = sorted(as_in_a_step(bucket, table.entries[bucket]).items(),
+                                        key=lambda kv: (kv[1].cost_us, kv[0]))
         others = ", ".join(f"{k} {m.cost_us / best.cost_us:.2f}{marks(m)}" for k, m in rest)
         lines.append(f"| {bucket.label()} | {best_id}{marks(best)} | {best.cost_us:.1f} | {others or '-'} |")
     return "\n".join(lines + (["", "## Notes", ""] + [f"- {n}" for n in table.notes] if table.notes else [])) + "\n"

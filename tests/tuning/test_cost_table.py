@@ -85,6 +85,38 @@ def test_host_time_round_trips_and_decides_the_cost_of_a_host_bound_call():
     assert "noisy" in cost_table.summary_markdown(again)
 
 
+def test_issue_time_counts_only_where_the_model_step_can_be_host_bound():
+    """A long prefill's GEMMs keep the GPU busy while the host issues ahead: in buckets of 2**23 elements or more
+    on the token side, a call costs its device time however long its issue takes; below, the larger of the two."""
+    from layerzero.tuning.cost_bucket import DEVICE_BOUND_ELEMENTS, bucket_cost, issue_time_counts, token_elements
+
+    def norm(tokens: int) -> CostBucket:
+        return CostBucket.make("rms_norm", "bfloat16", {"hidden": 2048}, tokens, None,
+                               {"casting": "llama", "residual": False})
+
+    assert token_elements(norm(4096)) == 4096 * 2048 == DEVICE_BOUND_ELEMENTS
+    assert token_elements(_bucket(1024)) == 1024 * 32 * 64  # attention: the query side, heads x head_dim
+    assert issue_time_counts(norm(8)) and issue_time_counts(norm(2048)) and not issue_time_counts(norm(4096))
+    assert bucket_cost(norm(8), 13.3, 24.1) == 24.1 and bucket_cost(norm(4096), 13.3, 24.1) == 13.3
+    # the shipped sm90 numbers of Llama-3.2-1B's hidden norm at 8 and 4096 tokens: Triton issues in ~24 us
+    rows = [dict(operation="rms_norm", dtype="bfloat16", dims={"hidden": 2048}, tokens=t, kv_len=None,
+                 options={"casting": "llama", "residual": False}, kernel_id=k, median_us=dev, spread=0.01,
+                 host_us=host)
+            for t, k, dev, host in ((8, "triton", 7.6, 35.9), (8, "torch", 7.7, 14.3),
+                                    (4096, "triton", 13.3, 24.1), (4096, "torch", 16.0, 10.1))]
+    table = table_from_json(_doc(*rows))
+    decode, prefill = table.lookup(norm(8))[1], table.lookup(norm(4096))[1]
+    assert min(decode, key=lambda k: decode[k].cost_us) == "torch"  # host-bound: the cheaper launch wins
+    assert min(prefill, key=lambda k: prefill[k].cost_us) == "triton"  # device-bound: the faster kernel wins
+    assert prefill["triton"].host_us is None and table.entries[norm(4096)]["triton"].host_us == 24.1  # kept raw
+    # the call's own bucket decides, not the nearest measured one: 2048 tokens borrow the 4096 row, issue time kept
+    near, near_times = table.lookup(norm(2048))
+    assert near == norm(4096) and near_times["triton"].cost_us == 24.1
+    md = cost_table.summary_markdown(table)
+    assert "| rms_norm bfloat16 hidden=2048 tokens=4096 casting=llama | triton | 13.3 | torch 1.20 |" in md
+    assert "| rms_norm bfloat16 hidden=2048 tokens=8 casting=llama | torch host | 14.3 |" in md
+
+
 @pytest.mark.parametrize("mutate, field", [
     (lambda d: d.update(schema=2), "schema"),
     (lambda d: d["entries"][0].update(host_us=-3), "entries[0].host_us"),
