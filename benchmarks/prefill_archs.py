@@ -9,7 +9,7 @@ random weights shared by the three variants, bf16, prefill tokens/s at 1x4096, 8
 (``use_cache=False, logits_to_keep=1``). Liger is applied last per architecture (it rewrites the modeling
 module's globals for the process); an architecture Liger does not support is reported as such.
 
-"vs Liger" comes from rounds alternating the two live models (``e2e.prefill_vs_liger``, re-patching the
+"vs Liger" comes from rounds alternating the two live models (``e2e.prefill_alternating``, re-patching the
 LayerZero model after Liger and checking the patch covers what it covered before): a 4-layer prefill takes
 a few milliseconds, and one pass per variant measured minutes apart swung Liger's own speed-up between 0.67x
 and 1.39x at the same shape across runs.
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from e2e import GPU_PREFILL, prefill_tps, prefill_vs_liger, versions  # noqa: E402
+from e2e import GPU_PREFILL, prefill_alternating, prefill_tps, versions  # noqa: E402
 from result_files import write_result  # noqa: E402
 
 SHAPES_QUICK = [(1, 32), (2, 16)]
@@ -85,8 +85,8 @@ def measure_arch(arch: str, size: Any, dtype: torch.dtype, device: str, shapes: 
             run("liger", liger)
             row["liger"] = "applied last"
             if liger_rounds:
-                alt = prefill_vs_liger(model, liger, {"layerzero": None}, shapes, device, vocab, warmup, liger_rounds,
-                                       {"layerzero": expected_patch})["layerzero"]
+                alt = prefill_alternating(model, liger, "liger", {"layerzero": None}, shapes, device, vocab, warmup,
+                                          liger_rounds, {"layerzero": expected_patch})["layerzero"]
                 row["vs_liger_alternating"] = alt
         del liger
     del model
@@ -135,7 +135,7 @@ def markdown(result: dict[str, Any]) -> str:
                 cells.append(f"{lz:.2f}x / {r['layerzero_vs_liger'][s]:.2f}x ({r['speedup_vs_sdpa']['liger'][s]:.2f}x)")
             else:
                 cells.append(f"{lz:.2f}x / n/a")
-        same = r.get("vs_liger_alternating", {}).get("same_patch_as_before_liger", True)
+        same = r.get("vs_liger_alternating", {}).get("same_patch_as_before", True)
         out.append(f"| {r['arch']} | " + " | ".join(cells) + f" | {', '.join(r.get('kernels', []))}"
                    + ("" if same else " (NO)") + " |")
     notes = [f"- {r['arch']}: Liger {r['liger']}" for r in result["rows"] if r.get("liger") != "applied last"]
