@@ -204,3 +204,33 @@ def test_kernel_timing_row_records_error_first_call_and_time(monkeypatch):
     assert row["max_abs_err"] == 0.5 and row["median_ms"] == 0.25 and row["compile_s"] >= 0
     failed = timing.timed_row({"variant": "w"}, lambda: 1 / 0)
     assert failed["error"].startswith("ZeroDivisionError") and "median_ms" not in failed
+
+
+def test_prefill_bound_from_a_profile(tmp_path):
+    """The bound: peer GPU time over (its GEMM + attention time + the memory floor of the rest); the floor moves
+    each layer's norm, RoPE and GLU bytes once at the given peak bandwidth."""
+    bench = _load("prefill_bound")
+    cfg = {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 8, "num_key_value_heads": 2,
+           "head_dim": 128, "num_hidden_layers": 2}
+    tokens = 2 * 512
+    per_layer = (2 * 4 * tokens * 1024 + 2 * tokens * 10 * 128 + 3 * tokens * 4096) * 2
+    assert bench.floor_bytes_per_layer(cfg, tokens) == per_layer
+
+    def cell(total, gemm, attention, wall):
+        return {"total_ms": total, "wall_ms": wall, "by_kind_ms": {"gemm": gemm, "attention": attention, "norm": 0.5}}
+
+    profile = {"arch": "llama-test", "device": "test GPU", "config": cfg,
+               "versions": {"git": "abc1234", "torch": "2", "transformers": "5", "liger_kernel": "0.8"},
+               "variants": {"liger": {"2x512": cell(10.0, 7.0, 1.0, 10.5)},
+                            "layerzero": {"2x512": cell(9.8, 7.0, 1.0, 10.2)}}}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(profile))
+    rows = bench.main([str(path), "--peak-gbs", "1000", "--md", str(tmp_path / "b.md"), "--json", str(tmp_path / "b.json")])
+    (row,) = rows
+    floor_ms = 2 * per_layer / 1e12 * 1e3
+    assert row["floor_ms"] == pytest.approx(floor_ms)
+    assert row["max_speedup_vs_peer"] == pytest.approx(10.0 / (8.0 + floor_ms))
+    assert row["gpu_speedup_vs_peer"] == pytest.approx(10.0 / 9.8) and row["patched_rest_ms"] == pytest.approx(1.8)
+    assert "max speed-up of any patch" in (tmp_path / "b.md").read_text()
+    with pytest.raises(SystemExit, match="--peer"):
+        bench.main([str(path), "--peer", "flashinfer"])
