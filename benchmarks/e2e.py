@@ -14,7 +14,10 @@ weights in every variant. Measures:
   1x512 input;
 * with ``--compile-shapes``, ``torch.compile(model)`` prefill of HF sdpa and of the patched model, the latter
   with both compile strategies (:mod:`layerzero.ops.compile_strategy`; the static-cache decode too);
-* which kernels LayerZero chose (the patched model's telemetry).
+* which kernels LayerZero chose (the patched model's telemetry);
+* prefill in rounds alternating the patched model with a peer on two live models (``--sdpa-rounds``: HF sdpa on
+  a second copy of the weights; ``--liger-rounds``: the Liger-patched model): a noisy minute lands on both, so
+  these medians are the prefill ratios to quote (``--prefill-only`` keeps just prefill, logits and the rounds).
 
 Liger is applied LAST and on its own model instance: Liger's ``apply_liger_kernel_to_*`` functions rewrite
 the modeling module's globals and classes for the whole process, so any HF baseline measured after it would
