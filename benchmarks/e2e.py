@@ -588,15 +588,16 @@ def markdown(result: dict[str, Any]) -> str:
                  if e["prefill_tokens_per_s"][s] else "n/a" for s in shapes]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     caches = list(next(iter(variants.values()))["decode_ms_per_step"])
-    lines += [] if not caches else ["", "## Decode ms/step (speedup vs HF sdpa)", "",
-              "One pass per variant, minutes apart: a host-bound decode step drifts between them (the same code "
-              "read 0.70x and 1.23x in two runs); `benchmarks/decode_ab.py` alternates the variants in rounds and "
-              "is the decode number to quote.", "", "| variant | " + " | ".join(caches) + " |",
-              "|---|" + "---|" * len(caches)]
-    for name, e in variants.items() if caches else ():
-        cells = [f"{e['decode_ms_per_step'][c]:.2f} ({e['decode_speedup_vs_sdpa'][c]:.2f}x)"
-                 if e["decode_ms_per_step"][c] else "n/a" for c in caches]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if caches:  # none with --prefill-only
+        lines += ["", "## Decode ms/step (speedup vs HF sdpa)", "",
+                  "One pass per variant, minutes apart: a host-bound decode step drifts between them (the same code "
+                  "read 0.70x and 1.23x in two runs); `benchmarks/decode_ab.py` alternates the variants in rounds "
+                  "and is the decode number to quote.", "", "| variant | " + " | ".join(caches) + " |",
+                  "|---|" + "---|" * len(caches)]
+        for name, e in variants.items():
+            cells = [f"{e['decode_ms_per_step'][c]:.2f} ({e['decode_speedup_vs_sdpa'][c]:.2f}x)"
+                     if e["decode_ms_per_step"][c] else "n/a" for c in caches]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     compiled = result.get("compiled") or {}
     if "hf_sdpa" in compiled:
         cshapes = list(compiled["hf_sdpa"]["prefill_tokens_per_s"])

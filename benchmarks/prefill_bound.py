@@ -40,6 +40,11 @@ def floor_bytes_per_layer(cfg: dict[str, Any], tokens: int, dtype_bytes: int = 2
     return (norms + rope + glu) * dtype_bytes
 
 
+def _gemm_and_attention_ms(cell: dict[str, Any]) -> float:
+    """The GPU time of a profiled cell that every patch keeping the GEMMs and the attention kernel keeps too."""
+    return cell["by_kind_ms"].get(GEMM, 0.0) + cell["by_kind_ms"].get(ATTENTION, 0.0)
+
+
 def bound(profile: dict[str, Any], peer: str, peak_gbs: float, patched: str = "layerzero") -> list[dict[str, Any]]:
     """One row per profiled shape: the peer's and the patched model's GPU time split, the floor, the bound."""
     cfg = profile["config"]
@@ -47,14 +52,13 @@ def bound(profile: dict[str, Any], peer: str, peak_gbs: float, patched: str = "l
     for shape, p in profile["variants"][peer].items():
         b, s = (int(x) for x in shape.split("x"))
         floor_ms = cfg["num_hidden_layers"] * floor_bytes_per_layer(cfg, b * s) / (peak_gbs * 1e9) * 1e3
-        fixed = p["by_kind_ms"].get(GEMM, 0.0) + p["by_kind_ms"].get(ATTENTION, 0.0)
+        fixed = _gemm_and_attention_ms(p)
         mine = profile["variants"].get(patched, {}).get(shape)
         row = {"shape": shape, "peer_gpu_ms": p["total_ms"], "peer_wall_ms": p["wall_ms"], "peer_gemm_attention_ms": fixed,
                "peer_rest_ms": p["total_ms"] - fixed, "floor_ms": floor_ms, "max_speedup_vs_peer": p["total_ms"] / (fixed + floor_ms)}
         if mine is not None:
-            mine_fixed = mine["by_kind_ms"].get(GEMM, 0.0) + mine["by_kind_ms"].get(ATTENTION, 0.0)
             row.update({"patched_gpu_ms": mine["total_ms"], "patched_wall_ms": mine["wall_ms"],
-                        "patched_rest_ms": mine["total_ms"] - mine_fixed,
+                        "patched_rest_ms": mine["total_ms"] - _gemm_and_attention_ms(mine),
                         "gpu_speedup_vs_peer": p["total_ms"] / mine["total_ms"]})
         rows.append(row)
     return rows

@@ -130,7 +130,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 lines.append(f"| {hd}, {r['heads']}/{r['kv_heads']} | {batch}x{seq} | {r['variant']} | {r['softcap']} | "
                              f"{r.get('config', '-')} | failed: {r['error'][:50]} | | |")
                 continue
-            config = "-" if "config" in r else "-"
+            config = "-"
             if "config" in r:
                 config = "(" + ", ".join(map(str, r["config"])) + ")" + (" *" if r["shipped"] else "")
             ratio = f"{r['median_ms'] / sdpa:.2f}x" if sdpa else "-"

@@ -110,7 +110,8 @@ def run_sweep(
     calls = sweep_calls(arch_list, op_list, dt, **plan)
     table = CostTable(cls, device_name(dev), library_versions(), _dt.datetime.now(_dt.timezone.utc).isoformat(
         timespec="seconds"), timer_name(dev))
-    seen: set[CostBucket] = set(_existing_buckets(out_dir, cls) if only_missing else ())
+    held = _existing_table(Path(out_dir), cls) if only_missing and out_dir is not None else None
+    seen: set[CostBucket] = set(held.entries) if held is not None else set()
     todo = []
     for call in calls:
         bucket = call.bucket(dev)
@@ -148,13 +149,11 @@ def run_sweep(
     return result
 
 
-def _existing_buckets(out_dir: str | Path | None, device_class_name: str) -> set[CostBucket]:
-    """The buckets the table of ``device_class_name`` at ``out_dir`` measures (none without a table)."""
-    path = Path(out_dir) / f"{device_class_name}.json" if out_dir is not None else None
-    if path is None or not path.exists():
-        return set()
-    old = load_table_file(path, "shipped")
-    return set(old.entries) if old is not None and old.device_class == device_class_name else set()
+def _existing_table(out_dir: Path, device_class_name: str) -> CostTable | None:
+    """The table of ``device_class_name`` already at ``out_dir``, or None (no file, or one of another class)."""
+    path = out_dir / f"{device_class_name}.json"
+    old = load_table_file(path, "shipped") if path.exists() else None
+    return old if old is not None and old.device_class == device_class_name else None
 
 
 @contextlib.contextmanager
@@ -189,8 +188,8 @@ def _write(result: SweepResult, out_dir: Path) -> None:
     """Merge over an existing table of the device class at ``out_dir`` and write both files."""
     cls = result.table.device_class
     table = result.table
-    old = load_table_file(out_dir / f"{cls}.json", "shipped") if (out_dir / f"{cls}.json").exists() else None
-    if old is not None and old.device_class == cls:
+    old = _existing_table(out_dir, cls)
+    if old is not None:
         table = old.merged(result.table)
         table.device_name, table.versions, table.created, table.timer = (
             result.table.device_name, result.table.versions, result.table.created, result.table.timer)

@@ -36,6 +36,7 @@ from layerzero.data_files import packaged_data_file
 from layerzero.context.call_context import dtype_name
 from layerzero.errors import ConfigValidationError, ValidationProblem
 from layerzero.tuning.cost_bucket import (
+    DEVICE_BOUND_ELEMENTS,
     CostBucket,
     Measurement,
     as_in_a_step,
@@ -363,8 +364,9 @@ def summary_markdown(table: CostTable) -> str:
              f"Device: {table.device_name or '?'}; measured {table.created or '?'} with {table.timer or '?'}; "
              f"versions: {', '.join(f'{k} {v}' for k, v in sorted(table.versions.items())) or '?'}.", "",
              "Cost = device time, or the host time to issue the call where that is larger (\"host\": the call "
-             "is host-bound; never in buckets of 2**23 elements or more on the token side, whose model steps keep "
-             "the GPU busy); \"noisy\": a device time that never held still, ranked only where decisive.", "",
+             f"is host-bound; never in buckets of 2**{DEVICE_BOUND_ELEMENTS.bit_length() - 1} elements or more on "
+             "the token side, whose model steps keep the GPU busy); \"noisy\": a device time that never held "
+             "still, ranked only where decisive.", "",
              "| bucket | cheapest | µs | others (x costlier) |", "| --- | --- | ---: | --- |"]
 
     def marks(m: Measurement) -> str:
